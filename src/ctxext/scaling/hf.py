@@ -1,0 +1,65 @@
+"""Hugging Face rope configs: read a model's RoPE shape, write a spec as stock rope fields.
+
+Two schemas exist: transformers ≥ 5 reads `rope_parameters` (with rope_theta inside); 4.4x–4.5x read
+top-level `rope_theta` + `rope_scaling`. Export writes both so every version loads the same frequencies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import CtxextError
+from .base import RopeShape
+from .spec import Spec, check_fits, effective_shape, resolve_rope
+
+
+def rope_shape_from_config(cfg: dict[str, Any]) -> RopeShape:
+    """RoPE shape of a model config (as a dict), in either schema."""
+    rp = cfg.get("rope_parameters") or {}
+    if isinstance(rp, dict) and rp and all(isinstance(v, dict) for v in rp.values()):
+        rp = rp.get("full_attention") or next(iter(rp.values()))  # per-layer-type configs
+    scaling = cfg.get("rope_scaling") or {}
+    base = rp.get("rope_theta", cfg.get("rope_theta"))
+    if base is None:
+        raise CtxextError("model config has no rope_theta: is this a RoPE model?")
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    partial = rp.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    original = (rp.get("original_max_position_embeddings") or scaling.get("original_max_position_embeddings")
+                or cfg.get("original_max_position_embeddings") or cfg["max_position_embeddings"])
+    return RopeShape(int(head_dim * partial), float(base), int(original))
+
+
+def hf_rope_fields(spec: Spec, shape: RopeShape) -> tuple[dict[str, Any], int]:
+    """(rope_parameters, max_position_embeddings) for a spec, or a CtxextError saying why no stock
+    config can express it. Static methods without a named rope_type are written as explicit longrope factors."""
+    check_fits(spec, "rope")
+    entry = spec.entry
+    eff = effective_shape(spec, shape)
+    out = entry.hf(eff, spec.params) if entry.hf else None
+    if isinstance(out, str):
+        raise CtxextError(f"cannot export '{spec.text}': {out}")
+    if out is None:
+        if entry.length_dependent:
+            raise CtxextError(f"cannot export '{spec.text}': no stock rope config expresses it")
+        freqs = resolve_rope(spec, shape)
+        factors = [float(x) for x in eff.theta() / freqs.inv_freq]
+        s = max(1.0, max(factors))
+        out = ({"rope_type": "longrope", "rope_theta": eff.base, "factor": s,
+                "original_max_position_embeddings": eff.original_len, "attention_factor": freqs.attention_factor,
+                "short_factor": factors, "long_factor": factors}, round(eff.original_len * s))
+    rope_parameters, max_pos = out
+    return rope_parameters, int(max_pos)
+
+
+def legacy_rope_fields(rope_parameters: dict[str, Any]) -> dict[str, Any]:
+    """The same rope as transformers 4.x fields: top-level rope_theta and rope_scaling (None for default)."""
+    rest = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
+    scaling = None if rest.get("rope_type", "default") == "default" else {**rest, "type": rest["rope_type"]}
+    return {"rope_theta": rope_parameters["rope_theta"], "rope_scaling": scaling}
+
+
+def factors_of(spec: Spec, shape: RopeShape, seq_len: int | None = None) -> np.ndarray:
+    """Per-pair factors f_i = θ_i/θ'_i of a spec (plots, search seeds)."""
+    return resolve_rope(spec, shape, seq_len).factors(effective_shape(spec, shape))
