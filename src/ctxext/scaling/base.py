@@ -36,9 +36,15 @@ class RopeShape:
         return self.rotary_dim // 2
 
     def theta(self, base: float | None = None) -> np.ndarray:
-        """θ_i = b^(−2i/d), i = 0 … d/2−1, float64."""
+        """θ_i = b^(−2i/d), i = 0 … d/2−1, returned as float64.
+
+        Rounded through float32 the way models compute it (exponent 2i/d in float32, reciprocal in float32),
+        so every later step starts from the θ the model really uses: ctxext's vectors then match
+        transformers' to ~1 ulp instead of float64-vs-float32 drift (up to 1.1e-6 relative)."""
         b = self.base if base is None else base
-        return 1.0 / b ** (np.arange(0, self.rotary_dim, 2, dtype=np.float64) / self.rotary_dim)
+        exponent = np.arange(0, self.rotary_dim, 2).astype(np.float32) / np.float32(self.rotary_dim)
+        power = (float(b) ** exponent.astype(np.float64)).astype(np.float32)
+        return (np.float32(1.0) / power).astype(np.float64)
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ def parse_spec(text: str) -> Spec:
     if not text:
         raise CtxextError("empty scaling spec; expected name[:key=value,...] or a .json file")
     path = Path(text)
-    if text.endswith(".json") or path.is_file():
+    if text.endswith(".json") or (":" not in text and "=" not in text and _is_file(path)):
         return load_spec_file(path, text)
     name, _, rest = text.partition(":")
     values: dict[str, Any] = {}
@@ -91,6 +91,13 @@ def parse_spec(text: str) -> Spec:
             raise CtxextError(f"bad spec item '{item}' in '{text}'; expected key=value")
         values[key.strip()] = value.strip()
     return _from_values(name.strip(), values, text)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name longer than the file system allows: not a path
+        return False
 
 
 def load_spec_file(path: Path, text: str | None = None) -> Spec:

@@ -1,0 +1,87 @@
+"""Bad specs fail with one clear line before any model is touched."""
+
+import json
+
+import pytest
+
+from ctxext.errors import CtxextError
+from ctxext.scaling import RopeShape, check_fits, parse_spec, resolve_rope
+
+SMOL = RopeShape(64, 1e5, 8192)
+
+
+def fails(text, *needles):
+    with pytest.raises(CtxextError) as e:
+        parse_spec(text)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for n in needles:
+        assert n in msg, msg
+    return msg
+
+
+def test_unknown_method_suggests_the_closest():
+    fails("yarm:factor=2", "unknown scaling method 'yarm'", "did you mean 'yarn'", "accepted:")
+    fails("linaer:factor=2", "did you mean 'linear'")
+
+
+def test_unknown_key_lists_accepted_keys():
+    fails("yarn:facter=2", "unknown key 'facter'", "did you mean 'factor'", "beta_fast")
+
+
+def test_factor_below_one_and_bad_numbers():
+    fails("linear:factor=0.5", "factor must be >= 1", "0.5")
+    fails("yarn:factor=0.9", "factor must be >= 1")
+    fails("linear:factor=abc", "factor='abc' is not a valid")
+    fails("linear", "missing required key", "factor")
+    fails("yarn:factor", "expected key=value")
+
+
+def test_base_must_be_positive():
+    fails("abf:base=0", "base must be > 0")
+    fails("abf:base=-5", "base must be > 0")
+    with pytest.raises(CtxextError, match="rope base must be > 0"):
+        RopeShape(64, 0.0, 8192)
+
+
+def test_longrope_factor_lists():
+    fails("longrope:factor=2,long_factor=[1,2,1.5]", "non-decreasing", "pair 2")
+    fails("longrope:factor=2,long_factor=[1,2],short_factor=[1,1,1]", "short_factor has 3 values")
+    spec = parse_spec("longrope:factor=2,long_factor=[1,1.5,2]")
+    with pytest.raises(CtxextError, match="has 3 values; this model has 32 rotary pairs"):
+        resolve_rope(spec, SMOL)
+
+
+def test_encoding_mismatch_both_ways():
+    with pytest.raises(CtxextError, match="'ntk-alibi' does not fit .* \\(RoPE\\); accepted for RoPE models: .*yarn"):
+        check_fits(parse_spec("ntk-alibi:factor=2"), "rope")
+    with pytest.raises(CtxextError, match="'yarn' does not fit .* \\(ALiBi\\); accepted for ALiBi models: alibi-interp"):
+        check_fits(parse_spec("yarn:factor=2"), "alibi")
+    check_fits(parse_spec("default"), "alibi")
+
+
+def test_json_spec_round_trip(tmp_path):
+    spec = parse_spec("longrope:factor=4,start_tokens=2,long_factor=[1,2,3,4]")
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps(spec.to_dict()))
+    again = parse_spec(str(path))
+    assert again.method == "longrope" and again.params == spec.params and again.text == str(path)
+
+
+def test_json_spec_errors(tmp_path):
+    fails(str(tmp_path / "missing.json"), "not found")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    fails(str(bad), "not valid JSON")
+    nomethod = tmp_path / "nomethod.json"
+    nomethod.write_text(json.dumps({"params": {}}))
+    fails(str(nomethod), "has no 'method'")
+
+
+def test_original_length_override():
+    spec = parse_spec("yarn:factor=2,original_max_position_embeddings=4096")
+    assert spec.original_len == 4096
+    a = resolve_rope(spec, SMOL)
+    b = resolve_rope(parse_spec("yarn:factor=2"), RopeShape(64, 1e5, 4096))
+    assert (a.inv_freq == b.inv_freq).all()
+    fails("yarn:factor=2,original_max_position_embeddings=-3", "must be > 0")
