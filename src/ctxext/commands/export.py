@@ -1,0 +1,26 @@
+"""`ctxext export`: a checkpoint with the scaled RoPE that stock transformers load, verified."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="HF directory, .gguf file, or built-in name (smollm2-135m, tiny-rope, ...)")
+    p.add_argument("--scaling", required=True, help="SPEC: name:key=value,... or a ctxext JSON file (e.g. runs/search/best.json)")
+    p.add_argument("--out", required=True, help="folder to write the checkpoint into")
+    p.add_argument("--verify-tokens", type=int, default=1000, help="tokens of book text for the stock-load logit check")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import export
+
+    res = export(args.model, args.scaling, args.out, verify_tokens=args.verify_tokens, overwrite=args.overwrite)
+    v = res["verification"]
+    rp = res["rope_parameters"]
+    print(f"wrote {args.out}: rope_type={rp.get('rope_type', 'n/a')}, "
+          f"max_position_embeddings={res['max_position_embeddings']}")
+    print(f"stock transformers load: max |logit diff| {v['max_abs_logit_diff']:.3g} over {v['tokens']} tokens "
+          f"({'ok' if v['passed'] else 'MISMATCH'})")
+    return 0 if v["passed"] else 1

@@ -1,0 +1,160 @@
+"""Write a checkpoint that stock transformers (and vLLM) load with the scaled RoPE, and prove it.
+
+The config carries the rope in both Hugging Face schemas (DESIGN.md compatibility contract):
+`rope_parameters` (transformers >= 5) and top-level `rope_theta` + `rope_scaling` (4.4x-4.5x).
+Everything that can fail is checked from the config alone, before any weights are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CtxextError
+from .scaling import Spec, check_fits, hf_rope_fields, legacy_rope_fields, parse_spec
+
+VERIFY_TOKENS = 1000
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What will be written, resolved from the model config and the spec (no weights)."""
+
+    model: str
+    spec: Spec
+    rope_parameters: dict[str, Any]
+    max_position_embeddings: int
+    original_len: int
+
+
+def plan_export(model: str, spec: Spec | str) -> ExportPlan:
+    from .models import model_info
+
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    info = model_info(model)
+    if info.encoding != "rope":
+        check_fits(spec, info.encoding)
+        if spec.method != "default":
+            raise CtxextError(f"cannot export '{spec.text}': stock {info.config.get('model_type', 'ALiBi')} configs "
+                              "have no field for ALiBi slopes, so the checkpoint would silently use the original ones")
+        return ExportPlan(model, spec, {}, int(info.trained_len), int(info.trained_len))
+    rope_parameters, max_pos = hf_rope_fields(spec, info.rope_shape)
+    kept = (info.config.get("rope_parameters") or {})
+    if isinstance(kept, dict) and "partial_rotary_factor" in kept:  # Phi-style partial rotary lives here in 5.x
+        rope_parameters = {**rope_parameters, "partial_rotary_factor": kept["partial_rotary_factor"]}
+    return ExportPlan(model, spec, rope_parameters, max_pos, info.rope_shape.original_len)
+
+
+def export_config(config: dict[str, Any], plan: ExportPlan) -> dict[str, Any]:
+    """The source config with the rope fields replaced, in both schemas."""
+    cfg = {k: v for k, v in config.items() if k not in ("rope_scaling", "rope_parameters", "rope_theta")}
+    if plan.rope_parameters:
+        cfg["rope_parameters"] = plan.rope_parameters
+        cfg.update(legacy_rope_fields(plan.rope_parameters))
+    cfg["max_position_embeddings"] = plan.max_position_embeddings
+    return cfg
+
+
+def _sample_ids(tokenizer, n_tokens: int) -> list[int]:
+    from .fixtures import HELD_OUT_BOOK, books_dir
+
+    try:
+        text = (books_dir() / HELD_OUT_BOOK).read_text(encoding="utf-8", errors="replace")[: 20 * n_tokens]
+    except CtxextError:
+        text = " ".join(f"Sentence number {i} of a plain verification text." for i in range(n_tokens))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:n_tokens]
+    return ids
+
+
+def max_logit_diff(a, b, ids: list[int]) -> float:
+    """Max |logits_a − logits_b| over a sequence (full logits are fine at verification length)."""
+    import torch
+
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        return float((a(x).logits - b(x).logits).abs().max())
+
+
+def export(model: str, spec: Spec | str, out: str | Path, verify_tokens: int = VERIFY_TOKENS,
+           overwrite: bool = False) -> dict[str, Any]:
+    """Export `model` scaled by `spec` into `out`; return the results written to out/results.json."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from . import __version__
+    from .models import apply_spec, load_model
+    from .runinfo import versions
+
+    plan = plan_export(model, spec)  # every refusal happens here, before weights
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CtxextError(f"--out {out} exists and is not empty; choose another folder or pass --overwrite")
+
+    lm = load_model(model)
+    apply_spec(lm, plan.spec)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
+    try:
+        lm.model.save_pretrained(tmp, safe_serialization=True)
+        lm.tokenizer.save_pretrained(tmp)
+        cfg = export_config(json.loads((tmp / "config.json").read_text()), plan)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+        ids = _sample_ids(lm.tokenizer, min(verify_tokens, plan.max_position_embeddings))
+        stock = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, local_files_only=True).eval()
+        diff = max_logit_diff(lm.model, stock, ids) if ids else float("nan")
+        results = {
+            "meta": {"ctxext": __version__, **versions(), "model": model, "spec": plan.spec.text,
+                     "resolved": plan.spec.to_dict()},
+            "rope_parameters": plan.rope_parameters, "max_position_embeddings": plan.max_position_embeddings,
+            "original_max_position_embeddings": plan.original_len,
+            "verification": {"tokens": len(ids), "max_abs_logit_diff": diff, "passed": bool(diff < 1e-4)},
+        }
+        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(plan, results))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return results
+
+
+def model_card(plan: ExportPlan, results: dict[str, Any]) -> str:
+    v = results["verification"]
+    rp = json.dumps(plan.rope_parameters, indent=2) if plan.rope_parameters else "(unchanged)"
+    meta = plan.spec.meta or {}
+    measured = "".join(f"- {k}: {val}\n" for k, val in meta.items() if not isinstance(val, (dict, list)))
+    return f"""# {Path(plan.model).name} extended with `{plan.spec.method}`
+
+Exported by ctxext {results['meta']['ctxext']} from `{plan.model}` with the scaling spec `{plan.spec.text}`.
+
+- trained context (original_max_position_embeddings): {plan.original_len}
+- max_position_embeddings written: {plan.max_position_embeddings}
+- rope (transformers >= 5 `rope_parameters`; the same values are written as `rope_theta` + `rope_scaling`
+  for transformers 4.4x-4.5x):
+
+```json
+{rp}
+```
+
+## Verified
+Loaded back with stock `AutoModelForCausalLM.from_pretrained` (no ctxext code), the checkpoint gives the same
+logits as ctxext's in-memory model: max |diff| = {v['max_abs_logit_diff']:.3g} over {v['tokens']} tokens
+({'passed' if v['passed'] else 'FAILED'}, threshold 1e-4).
+
+## Provenance
+{measured or '- no search or training metadata was attached to this spec' + chr(10)}
+## Use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("PATH")
+tokenizer = AutoTokenizer.from_pretrained("PATH")
+```
+"""

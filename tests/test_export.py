@@ -1,0 +1,130 @@
+"""Export: stock transformers load the checkpoint with the same frequencies and logits as ctxext."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from ctxext.errors import CtxextError
+from ctxext.export import export, plan_export
+
+# A process that has never imported ctxext: the "stock transformers" side of the contract.
+STOCK = textwrap.dedent("""
+    import sys, numpy as np, torch
+    from transformers import AutoModelForCausalLM
+    ids = torch.tensor(np.load(sys.argv[2]))
+    want = np.load(sys.argv[3])
+    m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32, local_files_only=True).eval()
+    assert "ctxext" not in sys.modules
+    with torch.inference_mode():
+        got = m(ids).logits.numpy()
+    print(float(np.abs(got - want).max()))
+""")
+
+
+def stock_logit_diff(tmp_path, ckpt, ids, want) -> float:
+    np.save(tmp_path / "ids.npy", ids.numpy())
+    np.save(tmp_path / "want.npy", want)
+    out = subprocess.run([sys.executable, "-c", STOCK, str(ckpt), str(tmp_path / "ids.npy"), str(tmp_path / "want.npy")],
+                         capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def longrope_file(tmp_path, n_pairs=32, s=2.0):
+    ramp = np.clip((np.arange(n_pairs) - 8) / 12, 0, 1)
+    long = (1 + (s - 1) * ramp).tolist()
+    path = tmp_path / "factors.json"
+    path.write_text(json.dumps({"method": "longrope", "params": {"factor": s, "long_factor": long},
+                                "meta": {"fitness": 12.3, "target": 16384}}))
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["yarn:factor=2", "linear:factor=2", "abf:base=1000000", "longrope-file"])
+def test_smollm2_export_matches_stock_load(tmp_path, which):
+    from ctxext.models import apply_spec, load_model
+
+    spec = longrope_file(tmp_path) if which == "longrope-file" else which
+    res = export("smollm2-135m", spec, tmp_path / "ckpt", verify_tokens=50)
+    assert res["verification"]["passed"]
+    lm = load_model("smollm2-135m")
+    apply_spec(lm, __import__("ctxext.scaling", fromlist=["x"]).parse_spec(spec))
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+
+    text = (books_dir() / HELD_OUT_BOOK).read_text()[:20000]
+    ids = torch.tensor([lm.tokenizer(text)["input_ids"][:1000]])
+    assert ids.shape[1] == 1000
+    with torch.inference_mode():
+        want = lm.model(ids).logits.numpy()
+    diff = stock_logit_diff(tmp_path, tmp_path / "ckpt", ids, want)
+    assert diff < 1e-4, f"{which}: max |logit diff| {diff}"
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    expected_max = {"yarn:factor=2": 16384, "linear:factor=2": 8192, "abf:base=1000000": 8192, "longrope-file": 16384}
+    assert cfg["max_position_embeddings"] == expected_max[which]
+    assert cfg["rope_theta"] == cfg["rope_parameters"]["rope_theta"]
+
+
+@pytest.mark.parametrize("spec,rope_type,max_pos", [
+    ("yarn:factor=4", "yarn", 1024), ("linear:factor=4", "linear", 256), ("dynamic-ntk:factor=4", "dynamic", 256),
+    ("llama3:factor=4", "llama3", 1024), ("abf:base=500000", "default", 256), ("ntk-by-parts:factor=4", "longrope", 1024),
+])
+def test_tiny_export_writes_both_schemas(tmp_path, spec, rope_type, max_pos):
+    res = export("tiny-rope", spec, tmp_path / "out", verify_tokens=200)
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    rp = cfg["rope_parameters"]
+    assert rp["rope_type"] == rope_type and cfg["max_position_embeddings"] == max_pos
+    assert cfg["rope_theta"] == rp["rope_theta"]
+    if rope_type == "default":
+        assert cfg["rope_scaling"] is None
+    else:
+        assert cfg["rope_scaling"]["type"] == rope_type == cfg["rope_scaling"]["rope_type"]
+        assert {k: v for k, v in cfg["rope_scaling"].items() if k != "type"} == {k: v for k, v in rp.items() if k != "rope_theta"}
+    assert res["verification"]["passed"] and res["verification"]["max_abs_logit_diff"] < 1e-4
+    for f in ("model.safetensors", "tokenizer.json", "README.md", "results.json"):
+        assert (tmp_path / "out" / f).is_file(), f
+    assert spec in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    import ctxext.models as models
+
+    def boom(*a, **k):
+        raise AssertionError("weights were loaded before the input was validated")
+
+    monkeypatch.setattr(models, "load_model", boom)
+
+
+@pytest.mark.parametrize("model,spec,needle", [
+    ("tiny-rope", "dynamic-yarn", "no stock rope_type recomputes YaRN"),
+    ("tiny-rope", "longrope:factor=4,start_tokens=4,long_factor=[" + ",".join(["2"] * 16) + "]", "start_tokens=4"),
+    ("tiny-rope", "longrope:factor=4,long_factor=[1,2,3]", "has 3 values; this model has 16 rotary pairs"),
+    ("tiny-rope", "ntk-alibi:factor=2", "does not fit"),
+    ("tiny-alibi", "yarn:factor=2", "does not fit"),
+    ("tiny-alibi", "alibi-interp:factor=4", "no field for ALiBi slopes"),
+    ("tiny-rope", "yarm:factor=2", "did you mean 'yarn'"),
+    ("/nonexistent/model-dir", "yarn:factor=2", "/nonexistent/model-dir"),
+])
+def test_refusals_come_before_weights(tmp_path, no_weights, model, spec, needle):
+    with pytest.raises(CtxextError, match=None) as e:
+        export(model, spec, tmp_path / "out")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_a_non_empty_out(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("x")
+    with pytest.raises(CtxextError, match="not empty"):
+        export("tiny-rope", "yarn:factor=2", tmp_path / "out")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "x"
+
+
+def test_plan_keeps_original_length_from_an_extended_model():
+    p = plan_export("tiny-rope", "yarn:factor=4")
+    assert p.original_len == 256 and p.max_position_embeddings == 1024
