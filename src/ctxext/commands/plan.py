@@ -1,0 +1,194 @@
+"""theory: how far a RoPE model reaches, and which method and parameters reach a target length.
+
+Reads only the model's config (no weights): critical dimension, extrapolation limit 2π·b^(d_extra/d),
+critical base for the target, per-pair wavelengths, and one recommendation per scaling method with
+its predicted reach (Liu et al. 2023, https://arxiv.org/abs/2310.05209). With --out DIR it writes
+results.json, summary.md and plan.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import CtxextError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of tokens, got '{text}'") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not v > 1:
+        raise argparse.ArgumentTypeError(f"rope base must be > 1, got {text}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="HF directory, .gguf file, or built-in name (smollm2-135m, ...)")
+    p.add_argument("--target", required=True, type=_positive_int, help="target context length in tokens (> trained length)")
+    p.add_argument("--base", type=_positive_float,
+                   help="plan for the model with its rope base changed to B (e.g. after ABF tuning); "
+                        "the critical dimension stays the one learned with the trained base")
+    p.add_argument("--original-len", type=_positive_int, metavar="L",
+                   help="override the trained length read from the config")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON to stdout")
+    p.add_argument("--out", type=Path, metavar="DIR", help="also write results.json, summary.md and plan.png here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models import model_info
+    from ..scaling import RopeShape
+    from ..theory import check_target, plan
+
+    info = model_info(args.model)  # config only, no weights
+    if info.encoding != "rope":
+        raise CtxextError(f"plan predicts RoPE extrapolation; {args.model} uses {info.encoding} positions "
+                          f"(for ALiBi try `--scaling alibi-interp:factor=a` or `ntk-alibi:factor=a` in eval)")
+    shape = info.rope_shape
+    if args.original_len:
+        shape = RopeShape(shape.rotary_dim, shape.base, args.original_len)
+    check_target(args.target, shape.original_len)
+    p = plan(shape, args.target, base=args.base)
+
+    head_dim = getattr(info, "head_dim", None) or _head_dim(info.config) or shape.rotary_dim
+    data = {"model": getattr(info, "name", args.model), "head_dim": head_dim, **p.to_dict()}
+    if args.json:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_text(data))
+    if args.out:
+        write_outputs(args.out, data, p, info, args)
+    return 0
+
+
+def _head_dim(cfg: dict[str, Any]) -> int | None:
+    if cfg.get("head_dim"):
+        return int(cfg["head_dim"])
+    if cfg.get("hidden_size") and cfg.get("num_attention_heads"):
+        return int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
+    return None
+
+
+def write_outputs(out: Path, data: dict[str, Any], p: Any, info: Any, args: argparse.Namespace) -> None:
+    from ..plots import plan_wavelengths
+    from ..runinfo import versions
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "versions": versions(),
+        "command": getattr(args, "command_line", "ctxext plan"),
+        "config": {"model": args.model, "target": args.target, "base": args.base, "original_len": args.original_len,
+                   "rope_shape": {"rotary_dim": p.shape.rotary_dim, "base": p.shape.base,
+                                  "original_len": p.shape.original_len},
+                   "model_config": getattr(info, "config", None)},
+    }
+    (out / "results.json").write_text(json.dumps({**data, "meta": meta}, indent=2) + "\n")
+    (out / "summary.md").write_text(render_markdown(data))
+    plan_wavelengths(p, out / "plan.png", title=f"{Path(data['model']).name}: RoPE wavelength per pair, "
+                                                f"{data['original_max_position_embeddings']:,} → {data['target']:,} tokens")
+    print(f"wrote {out / 'results.json'}, {out / 'summary.md'}, {out / 'plan.png'}", file=sys.stderr)
+
+
+# --- rendering -------------------------------------------------------------------------------------------
+
+def _reach(r: dict[str, Any]) -> str:
+    return f"≥ {r['predicted_reach']:,.0f} (no limit)" if r["reach_capped"] else f"{r['predicted_reach']:,.0f}"
+
+
+def _short(spec: str, width: int = 34) -> str:
+    return spec if len(spec) <= width else spec[: width - 1] + "…"
+
+
+def _facts(d: dict[str, Any]) -> list[str]:
+    L, T, c = d["original_max_position_embeddings"], d["target"], d["critical_pair"]
+    base = f"{d['rope_theta']:g}" + (f" (planned with base {d['planned_base']:g})" if d["planned_base"] != d["rope_theta"] else "")
+    return [
+        f"model        {d['model']}: rotary dim {d['rotary_dim']} (head_dim {d['head_dim']}), rope base {base}",
+        f"lengths      trained L = {L:,}, target T = {T:,} (s = {d['scale']:.4g})",
+        f"critical     dim d_extra = {d['critical_dim']}: pairs 0-{c - 1} complete a full period within L, "
+        f"pair {c} is the first that never does",
+        f"reach        as trained, 2π·b^(d_extra/d) = {d['extrapolation_limit']:,.0f} tokens",
+        f"bases for T  critical base {d['critical_base']:,.0f} (tune at T with base ≤ this to reach T); "
+        f"training-free base {d['training_free_base']:,.0f}",
+    ]
+
+
+def _rec_rows(d: dict[str, Any], short: bool) -> list[list[str]]:
+    rows = []
+    for r in d["recommendations"]:
+        ft = r["fine_tuning"]
+        rows.append([r["method"], _short(r["spec"]) if short else r["spec"], _reach(r),
+                     "yes" if r["reaches_target"] else "no", f"{r['attention_factor']:.4f}",
+                     ("required: " if ft["required"] else "") + ft["cost"], r["recommended"] or ""])
+    return rows
+
+
+def _pair_rows(d: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    specs = [s for s in d["recommended"].values() if s]
+    head = ["pair", "wavelength", "full period in L", "in T"] + [f"f_i {_short(s, 20)}" for s in specs]
+    rows = []
+    for row in d["pairs"]:
+        mark = " ← critical" if row["index"] == d["critical_pair"] else ""
+        rows.append([f"{row['index']}{mark}", f"{row['wavelength']:,.1f}",
+                     "yes" if row["full_period_within_original"] else "no",
+                     "yes" if row["full_period_within_target"] else "no"]
+                    + [f"{row['factors'][s]:.4g}" for s in specs])
+    return head, rows
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    w = [max(len(x) for x in col) for col in zip(head, *rows)]
+    fmt = lambda r: "  ".join(x.ljust(n) for x, n in zip(r, w)).rstrip()  # noqa: E731
+    return [fmt(head), fmt(["-" * n for n in w])] + [fmt(r) for r in rows]
+
+
+REC_HEAD = ["method", "spec", "predicted reach", "≥ T", "attn", "fine-tuning", "recommended"]
+
+
+def render_text(d: dict[str, Any]) -> str:
+    lines = _facts(d) + [""] + _table(REC_HEAD, _rec_rows(d, short=True)) + [""]
+    for kind, spec in d["recommended"].items():
+        r = next(x for x in d["recommendations"] if x["spec"] == spec) if spec else None
+        if r:
+            lines.append(f"recommended, {kind}: {r['spec']}  (reach {_reach(r)})")
+    lines += ["", "why:"] + [f"  {r['method']:<13} {r['rationale']}" for r in d["recommendations"]]
+    if d["skipped"]:
+        lines.append("skipped: " + "; ".join(f"{k} ({v})" for k, v in d["skipped"].items()))
+    lines += [""] + _table(*_pair_rows(d))
+    return "\n".join(lines) + "\n"
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    esc = lambda x: x.replace("|", "\\|")  # noqa: E731
+    return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            + ["| " + " | ".join(esc(x) for x in r) + " |" for r in rows])
+
+
+def render_markdown(d: dict[str, Any]) -> str:
+    lines = [f"# ctxext plan: {d['model']} → {d['target']:,} tokens", "", "```"] + _facts(d) + ["```", "",
+             "## Recommendations", "",
+             "Predicted reach = wavelength of the critical pair under the spec, 2π/θ'_c "
+             "(Liu et al. 2023, https://arxiv.org/abs/2310.05209).", ""]
+    lines += _md_table(REC_HEAD, [r[:1] + [f"`{r[1]}`"] + r[2:] for r in _rec_rows(d, short=False)])
+    lines += ["", "## Why", ""] + [f"- **{r['method']}** `{_short(r['spec'], 40)}`: {r['rationale']}"
+                                   for r in d["recommendations"]]
+    if d["skipped"]:
+        lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in d["skipped"].items()) + "."]
+    lines += ["", "## Per-pair wavelengths", "", "![wavelength per pair](plan.png)", ""]
+    lines += _md_table(*_pair_rows(d))
+    return "\n".join(lines) + "\n"

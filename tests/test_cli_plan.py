@@ -1,0 +1,163 @@
+"""`ctxext plan` end to end: JSON keys and the acceptance numbers, the files --out writes, and refusals that
+come before any weights are read. Models are config-only directories (no weights exist to load) plus the
+built-in smollm2-135m."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ctxext.cli import main
+from ctxext.theory import critical_dim
+
+PLAN_KEYS = {"model", "head_dim", "rotary_dim", "rope_theta", "original_max_position_embeddings", "target",
+             "critical_dim", "critical_pair", "extrapolation_limit", "critical_base", "wavelengths",
+             "recommendations", "pairs", "recommended"}
+REC_KEYS = {"method", "spec", "params", "predicted_reach", "fine_tuning", "rationale", "recommended"}
+
+
+def _config_dir(root: Path, config) -> Path:
+    config.save_pretrained(root)  # config.json only: nothing here could be loaded as weights
+    assert sorted(p.name for p in root.iterdir()) == ["config.json"]
+    return root
+
+
+@pytest.fixture(scope="module")
+def smol_config(tmp_path_factory) -> str:
+    """SmolLM2-135M's shape: head_dim 64, rope_theta 1e5, 8192-token window."""
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                      num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192,
+                      rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
+    return str(_config_dir(tmp_path_factory.mktemp("smol-config"), cfg))
+
+
+def _ctxext(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "ctxext.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _check_acceptance(d: dict) -> None:
+    assert PLAN_KEYS <= set(d)
+    assert (d["head_dim"], d["rotary_dim"], d["rope_theta"], d["original_max_position_embeddings"]) == (64, 64, 1e5, 8192)
+    assert d["critical_dim"] == 40 and d["critical_pair"] == 20
+    assert d["extrapolation_limit"] == pytest.approx(8_379, rel=0.005)
+    assert d["critical_base"] == pytest.approx(925_387, rel=0.005)
+    assert d["recommended"] == {"training-free": "dynamic-ntk:factor=2.4266",
+                                "fine-tuning": "abf:base=925387"}
+    for r in d["recommendations"]:
+        assert REC_KEYS <= set(r)
+    assert len(d["wavelengths"]) == 32
+
+
+def test_plan_json_acceptance_numbers(smol_config, capsys):
+    assert main(["plan", "--model", smol_config, "--target", "32768", "--json"]) == 0
+    out = capsys.readouterr().out
+    _check_acceptance(json.loads(out))
+
+
+def test_plan_smollm2_builtin_json(capsys):
+    """The issue's acceptance command, as a user types it (reads the config only)."""
+    res = _ctxext("plan", "--model", "smollm2-135m", "--target", "32768", "--json")
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    _check_acceptance(d)
+    assert d["model"] == "smollm2-135m"
+    assert main(["plan", "--model", "smollm2-135m", "--target", "8192"]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == ""
+    assert cap.err.splitlines() == ["ctxext: error: --target 8192 is not longer than the model's trained window "
+                                       "(8192 tokens); give a target > 8192"]
+
+
+def test_plan_text_output(smol_config, capsys):
+    assert main(["plan", "--model", smol_config, "--target", "32768"]) == 0
+    out = capsys.readouterr().out
+    assert "critical" in out and "d_extra = 40" in out and "8,379" in out and "925,387" in out
+    assert "recommended, training-free: dynamic-ntk:factor=2.4266" in out
+    assert "recommended, fine-tuning: abf:base=925387" in out
+    assert "20 ← critical" in out  # the per-pair table marks the critical pair
+
+
+def test_plan_out_writes_results_summary_and_png(smol_config, tmp_path, capsys):
+    import matplotlib.image
+
+    out = tmp_path / "plan"
+    assert main(["plan", "--model", smol_config, "--target", "32768", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["plan.png", "results.json", "summary.md"]
+    res = json.loads((out / "results.json").read_text())
+    assert res["critical_dim"] == 40 and res["target"] == 32768
+    meta = res["meta"]
+    assert {"ctxext", "torch", "transformers"} <= set(meta["versions"])
+    assert meta["command"] == f"ctxext plan --model {smol_config} --target 32768 --out {out}"
+    assert meta["config"]["rope_shape"] == {"rotary_dim": 64, "base": 1e5, "original_len": 8192}
+    md = (out / "summary.md").read_text()
+    assert "| yarn | `yarn:factor=4` |" in md and "![wavelength per pair](plan.png)" in md
+    png = out / "plan.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = matplotlib.image.imread(png)
+    assert img.shape[0] > 400 and img.shape[1] > 800 and img.std() > 0.05  # a real picture, not blank
+
+
+@pytest.mark.parametrize("target", ["8192", "4096"])
+def test_target_not_longer_than_window_fails_in_one_line(smol_config, target, capsys):
+    assert main(["plan", "--model", smol_config, "--target", target, "--json"]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == ""
+    assert cap.err.splitlines() == [f"ctxext: error: --target {target} is not longer than the model's trained "
+                                    f"window (8192 tokens); give a target > 8192"]
+
+
+def test_target_check_comes_before_weights(smol_config, monkeypatch, capsys):
+    import ctxext.models as models
+
+    def boom(*a, **k):
+        raise AssertionError("plan must not load weights")
+
+    monkeypatch.setattr(models, "load_model", boom, raising=False)
+    assert main(["plan", "--model", smol_config, "--target", "8000"]) == 2
+    assert capsys.readouterr().err.startswith("ctxext: error: --target 8000 is not longer")
+    assert main(["plan", "--model", smol_config, "--target", "16384", "--json"]) == 0  # and a good plan neither
+
+
+def test_original_len_and_base_overrides(smol_config, capsys):
+    assert main(["plan", "--model", smol_config, "--target", "16384", "--original-len", "4096", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["original_max_position_embeddings"] == 4096 and d["critical_dim"] == critical_dim(64, 1e5, 4096) == 38
+    assert main(["plan", "--model", smol_config, "--target", "65536", "--base", "1e6", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["critical_dim"] == 40 and d["planned_base"] == 1e6 and d["rope_theta"] == 1e5
+    assert d["extrapolation_limit"] == pytest.approx(2 * 3.141592653589793 * 1e6 ** (40 / 64))
+
+
+def test_alibi_model_refused(tmp_path, capsys):
+    from transformers import BloomConfig
+
+    d = _config_dir(tmp_path / "bloom", BloomConfig(hidden_size=64, n_head=8, n_layer=2, vocab_size=256))
+    assert main(["plan", "--model", str(d), "--target", "4096"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "RoPE" in err[0] and "alibi" in err[0]
+
+
+def test_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "--model", "x", "--target", "-5"])
+    assert e.value.code == 2 and "must be > 0" in capsys.readouterr().err
+    assert main(["plna", "--model", "x"]) == 2
+    assert "did you mean 'plan'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("ctxext 0.")
+
+
+def test_plan_help_imports_nothing_heavy():
+    code = ("import sys\nfrom ctxext.cli import main\ntry:\n    main(['plan', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "--target" in res.stdout and res.stdout.strip().endswith("[]")
