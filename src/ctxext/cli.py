@@ -17,6 +17,8 @@ from .errors import CtxextError, did_you_mean
 COMMANDS: dict[str, str] = {
     "plan": "ctxext.commands.plan",
     "export": "ctxext.commands.export",
+    "eval": "ctxext.commands.eval",
+    "train": "ctxext.commands.train",
 }
 
 

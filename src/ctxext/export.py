@@ -80,23 +80,35 @@ def max_logit_diff(a, b, ids: list[int]) -> float:
         return float((a(x).logits - b(x).logits).abs().max())
 
 
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CtxextError(f"--out {out} exists and is not empty; choose another folder or pass --overwrite")
+
+
 def export(model: str, spec: Spec | str, out: str | Path, verify_tokens: int = VERIFY_TOKENS,
            overwrite: bool = False) -> dict[str, Any]:
     """Export `model` scaled by `spec` into `out`; return the results written to out/results.json."""
+    from .models import apply_spec, load_model
+
+    plan = plan_export(model, spec)  # every refusal happens here, before weights
+    _check_out(Path(out), overwrite)
+    lm = load_model(model)
+    apply_spec(lm, plan.spec)
+    return export_loaded(lm, plan, out, verify_tokens, overwrite)
+
+
+def export_loaded(lm: Any, plan: ExportPlan, out: str | Path, verify_tokens: int = VERIFY_TOKENS,
+                  overwrite: bool = False) -> dict[str, Any]:
+    """Write a model already in memory (a `LoadedModel`, float32 on CPU, `plan.spec` applied; e.g. just
+    fine-tuned by ctxext train) as `export` does, with the same stock-load verification."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from . import __version__
-    from .models import apply_spec, load_model
     from .runinfo import versions
 
-    plan = plan_export(model, spec)  # every refusal happens here, before weights
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CtxextError(f"--out {out} exists and is not empty; choose another folder or pass --overwrite")
-
-    lm = load_model(model)
-    apply_spec(lm, plan.spec)
+    _check_out(out, overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
     try:
         lm.model.save_pretrained(tmp, safe_serialization=True)
@@ -108,7 +120,7 @@ def export(model: str, spec: Spec | str, out: str | Path, verify_tokens: int = V
         stock = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, local_files_only=True).eval()
         diff = max_logit_diff(lm.model, stock, ids) if ids else float("nan")
         results = {
-            "meta": {"ctxext": __version__, **versions(), "model": model, "spec": plan.spec.text,
+            "meta": {"ctxext": __version__, **versions(), "model": plan.model, "spec": plan.spec.text,
                      "resolved": plan.spec.to_dict()},
             "rope_parameters": plan.rope_parameters, "max_position_embeddings": plan.max_position_embeddings,
             "original_max_position_embeddings": plan.original_len,

@@ -1,0 +1,220 @@
+"""Eval speed and memory: ctxext's chunked perplexity vs a naive transformers loop, and KV prefix reuse over a
+passkey depth grid. Not a test: it measures, prints, and writes benchmarks/results/eval_speed.json.
+
+    python benchmarks/eval_speed.py [--model smollm2-135m] [--length 16384] [--reuse-length 4096]
+                                    [--depths 0,0.1,...,1] [--repeats 1] [--out benchmarks/results/eval_speed.json]
+
+Each measurement runs in a fresh subprocess, so its peak resident memory (VmHWM of /proc/self/status) is its
+own: `process_peak` includes loading the model, `forward_peak` is reset (clear_refs 5) just before the timed
+call. Throughput is reported as tokens/s and as a fraction of this machine's measured fp32 matmul rate × the
+model's forward FLOPs (ctxext.evals.cost). The machine's load average is recorded before and after each
+measurement: other processes on the same cores slow everything down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def book_tokens(tokenizer, n: int):
+    from ctxext.data import load_documents
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+
+    doc = load_documents([books_dir() / HELD_OUT_BOOK], tokenizer)[0]
+    if len(doc) < n:
+        raise SystemExit(f"{HELD_OUT_BOOK} has only {len(doc)} tokens, fewer than {n}")
+    return doc.tokens[:n]
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+
+def worker_ppl(args) -> dict:
+    """One perplexity forward over `length` tokens: ctxext (chunked) or naive (model(ids, labels=ids).loss)."""
+    import numpy as np
+    import torch
+
+    from ctxext.evals.scoring import token_nll
+    from ctxext.models import load_model
+
+    lm = load_model(args.model)
+    ids = book_tokens(lm.tokenizer, args.length)
+    load_peak = status_kb("VmHWM")
+    base_rss = status_kb("VmRSS")
+    reset_peak()
+    t = time.perf_counter()
+    with torch.inference_mode():
+        if args.worker == "ours":
+            nll = token_nll(lm.model, ids)
+            loss = float(np.mean(nll))
+        else:
+            x = torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]
+            loss = float(lm.model(input_ids=x, labels=x).loss)
+    seconds = time.perf_counter() - t
+    fwd_peak = status_kb("VmHWM")
+    return {"seconds": seconds, "tokens_per_s": args.length / seconds, "loss": loss,
+            "process_peak_mb": max(load_peak, fwd_peak) / 1024, "forward_peak_mb": fwd_peak / 1024,
+            "rss_before_mb": base_rss / 1024}
+
+
+def worker_reuse(args) -> dict:
+    """A passkey grid of D depths at one length: shared-prefix cache vs D independent forwards. `seconds` is the
+    forward cost (greedy decoding needed by undecided verdicts is the same in both and reported apart)."""
+    import torch
+
+    from ctxext.evals.passkey import build
+    from ctxext.evals.scoring import Scorer
+    from ctxext.evals.tasks import Settings, TaskContext
+    from ctxext.models import load_model
+
+    lm = load_model(args.model)
+    depths = [float(d) for d in args.depths.split(",")]
+    ctx = TaskContext(lm=lm, spec=None, settings=Settings(samples=args.trials), docs=None, out=Path("."), cost=None,
+                      same_freqs=lambda a, b: True)
+    base, probes, _ = build(ctx, args.reuse_length, [(args.reuse_length, d) for d in depths])
+    scorer = Scorer(lm.model, lm.tokenizer)
+    out = {}
+    with torch.inference_mode():
+        for mode in ("independent", "reuse"):
+            scorer.decode_seconds = 0.0
+            t = time.perf_counter()
+            res = list(scorer.scores(base, probes, reuse=mode == "reuse"))
+            out[mode] = {"seconds": time.perf_counter() - t - scorer.decode_seconds,
+                         "greedy_decode_seconds": scorer.decode_seconds,
+                         "tokens_encoded": sum(new for _, _, new, _ in res),
+                         "greedy_steps": sum(r.generated for _, r, _, _ in res),
+                         "verdicts": [r.correct for _, r, _, _ in sorted(res, key=lambda x: x[0])]}
+    out["same_verdicts"] = out["reuse"]["verdicts"] == out["independent"]["verdicts"]
+    out["cost_ratio"] = out["reuse"]["seconds"] / out["independent"]["seconds"]
+    out["token_ratio"] = out["reuse"]["tokens_encoded"] / out["independent"]["tokens_encoded"]
+    out["depths"], out["length"], out["trials"] = depths, args.reuse_length, args.trials
+    return out
+
+
+def worker_rate(args) -> dict:
+    import torch
+
+    from ctxext.evals.cost import measure_matmul_rate
+
+    return {"fp32_matmul_flops": measure_matmul_rate(torch.float32, seconds=3.0), "threads": torch.get_num_threads()}
+
+
+WORKERS = {"ours": worker_ppl, "naive": worker_ppl, "reuse": worker_reuse, "rate": worker_rate}
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def spawn(name: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", name, "--model", args.model, "--length", str(args.length),
+           "--reuse-length", str(args.reuse_length), "--depths", args.depths, "--trials", str(args.trials)]
+    load_before = os.getloadavg()[0]
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"worker {name} failed:\n{p.stderr[-3000:]}")
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res["wall_s"] = time.perf_counter() - t
+    res["loadavg_1min"] = [load_before, os.getloadavg()[0]]
+    print(f"  {name}: {json.dumps({k: v for k, v in res.items() if k != 'verdicts'})[:400]}", file=sys.stderr)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--length", type=int, default=16384)
+    ap.add_argument("--reuse-length", type=int, default=4096)
+    ap.add_argument("--depths", default=",".join(f"{d / 10:g}" for d in range(11)))
+    ap.add_argument("--trials", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=1, help="ours/naive pairs (best of each is reported)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: ppl, reuse")
+    ap.add_argument("--out", default=str(HERE / "results" / "eval_speed.json"))
+    ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](args)))
+        return
+
+    import torch
+    import transformers
+
+    from ctxext import __version__
+    from ctxext.evals.cost import ModelCost
+    from ctxext.models import model_info
+
+    skip = set(filter(None, args.skip.split(",")))
+    info = model_info(args.model)
+    mc = ModelCost.of(info)
+    report: dict = {
+        "what": "ctxext eval speed: chunked ppl vs naive model(ids, labels=ids).loss; KV prefix reuse over depths",
+        "model": args.model, "length": args.length,
+        "versions": {"ctxext": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    print(f"eval_speed: {args.model}, ppl at {args.length} tokens, reuse at {args.reuse_length}", file=sys.stderr)
+    rate = spawn("rate", args)
+    report["fp32_matmul_gflops"] = rate["fp32_matmul_flops"] / 1e9
+    if "ppl" not in skip:
+        ours, naive = [], []
+        for _ in range(args.repeats):
+            ours.append(spawn("ours", args))
+            naive.append(spawn("naive", args))
+        best_o = min(ours, key=lambda r: r["seconds"])
+        best_n = min(naive, key=lambda r: r["seconds"])
+        flops = mc.flops(args.length, scored=args.length)
+        for r in (best_o, best_n):
+            r["fraction_of_matmul_peak"] = flops / r["seconds"] / rate["fp32_matmul_flops"]
+        report["ppl"] = {
+            "forward_flops": flops, "ours": best_o, "naive": best_n, "all_runs": {"ours": ours, "naive": naive},
+            "speedup_vs_naive": best_n["seconds"] / best_o["seconds"],
+            "loss_abs_diff": abs(best_o["loss"] - best_n["loss"]),
+            "memory_limit_mb": 2048, "memory_ok": best_o["process_peak_mb"] <= 2048,
+        }
+    if "reuse" not in skip:
+        report["prefix_reuse"] = spawn("reuse", args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    if "ppl" in report:
+        p = report["ppl"]
+        print(f"ppl @ {args.length}: ours {p['ours']['tokens_per_s']:.0f} tok/s "
+              f"({100 * p['ours']['fraction_of_matmul_peak']:.0f} % of matmul peak), peak {p['ours']['process_peak_mb']:.0f} MB; "
+              f"naive {p['naive']['tokens_per_s']:.0f} tok/s, peak {p['naive']['process_peak_mb']:.0f} MB; "
+              f"speed-up {p['speedup_vs_naive']:.2f}x", file=sys.stderr)
+    if "prefix_reuse" in report:
+        r = report["prefix_reuse"]
+        print(f"prefix reuse @ {r['length']}, {len(r['depths'])} depths: {r['cost_ratio']:.2f} of independent forwards "
+              f"(tokens {r['token_ratio']:.2f}), same verdicts: {r['same_verdicts']}", file=sys.stderr)
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""`ctxext eval`: perplexity curves, passkey, needle in a haystack, needle-driven perplexity and the loss-law
+fit, for every --scaling spec × --task × --lengths (× --depths), on one model load.
+
+Writes DIR/results.json (flat records, rewritten after every finished cell), DIR/summary.md and PNG plots.
+--resume skips cells already in DIR/results.json. Before running it states the peak memory and time per cell,
+and refuses a length that cannot fit in memory.
+
+examples:
+  ctxext eval --model smollm2-135m --scaling default --scaling yarn:factor=2 \\
+      --task ppl --task passkey --lengths 4096,8192,16384 --data books/ --out runs/cmp
+  ctxext eval --model tiny-rope --scaling linear:factor=4 --task niah --lengths 256,512,1024 \\
+      --depths 0,0.25,0.5,0.75,1 --data books/pg84.txt --out runs/niah
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _csv(kind: str):
+    def parse(text: str) -> list[str]:
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind}, got '{text}'")
+        return items
+
+    return parse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="HF directory, .gguf file, or built-in name (smollm2-135m, tiny-rope, …)")
+    p.add_argument("--scaling", action="append", metavar="SPEC",
+                   help="name:key=value,… or a ctxext JSON file; repeat to compare (default: default)")
+    p.add_argument("--task", action="append", required=True, metavar="TASK",
+                   help="ppl, passkey, niah, needle-ppl or fit; repeat for several")
+    p.add_argument("--lengths", required=True, type=_csv("token counts"), help="comma-separated, e.g. 4096,8192,16384")
+    p.add_argument("--depths", type=_csv("fractions"), default=None,
+                   help="needle depths in [0, 1] for passkey/niah (default 0,0.25,0.5,0.75,1)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="documents per length (ppl) or trials per cell (passkey 5, niah 2, needle-ppl 5 by default; ppl 4)")
+    p.add_argument("--data", action="append", metavar="PATH", help="text file, folder or .jsonl; repeat for several")
+    p.add_argument("--out", required=True, help="folder for results.json, summary.md and plots")
+    p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished cells")
+    p.add_argument("--protocol", default="window", choices=("window", "sliding", "both"),
+                   help="ppl: one window of the first L tokens, a sliding window, or both (default window)")
+    p.add_argument("--stride", type=int, default=None, help="sliding-window stride in tokens (default L/2)")
+    p.add_argument("--bucket", type=int, default=None, help="ppl bucket width in tokens (default: longest length / 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of pass keys and needles (default 0)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="model dtype")
+    p.add_argument("--no-prefix-reuse", action="store_true",
+                   help="encode every needle prompt from scratch instead of sharing the haystack prefix (same results)")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the cost estimate, run nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evals import run_eval
+
+    res = run_eval(args.model, args.scaling or ["default"], args.task, args.lengths, depths=args.depths,
+                   samples=args.samples, data=args.data, out=args.out, resume=args.resume, seed=args.seed,
+                   protocol=args.protocol, stride=args.stride, bucket=args.bucket,
+                   reuse_prefix=not args.no_prefix_reuse, dtype=args.dtype, progress=not args.no_progress,
+                   command=getattr(args, "command_line", None), dry_run=args.dry_run)
+    if not args.dry_run:
+        print(f"wrote {args.out}/results.json ({len(res['records'])} records), {args.out}/summary.md")
+    return 0

@@ -1,0 +1,170 @@
+"""Text files, folders and JSONL -> token streams, cached per tokenizer.
+
+A *document* is one text file, or one line of a JSONL file (its ``text`` field, or the line itself when it is
+a JSON string). Folders are read recursively (``.txt``, ``.md``, ``.text``, ``.jsonl``), in sorted order.
+Project Gutenberg headers and licences are stripped. Token ids are cached under
+``<cache root>/tokens/<tokenizer fingerprint>/`` (cache root: env ``CTXEXT_CACHE``, else ``~/.cache/ctxext``),
+keyed by each file's path, size and modification time, so a second run does not tokenize again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .errors import CtxextError
+
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+JSONL_SUFFIXES = (".jsonl",)
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document: where it came from (``path`` or ``path:line``) and its token ids (int32)."""
+
+    name: str
+    tokens: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def cache_root() -> Path:
+    """$CTXEXT_CACHE, else ~/.cache/ctxext (created on first use by the writers)."""
+    env = os.environ.get("CTXEXT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ctxext"
+
+
+def strip_gutenberg(text: str) -> str:
+    """The body of a Project Gutenberg book (header and licence removed); other text unchanged."""
+    text = text.replace("\r\n", "\n").lstrip("\ufeff")
+    start = re.search(r"\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG[^\n]*\n", text)
+    end = re.search(r"\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG", text)
+    if not start and not end:
+        return text
+    return text[start.end() if start else 0: end.start() if end else len(text)].strip() + "\n"
+
+
+def data_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The files behind --data arguments (files as given, folders expanded); errors name the bad path."""
+    paths = [Path(p).expanduser() for p in paths]
+    if not paths:
+        raise CtxextError("no data given; pass --data with text files, folders or .jsonl files")
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES)
+            if not found:
+                raise CtxextError(f"data folder {p} holds no {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)} files")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise CtxextError(f"data path not found: {p}")
+    return files
+
+
+def _jsonl_texts(path: Path, field: str) -> list[tuple[str, str]]:
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj: Any = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CtxextError(f"{path}:{i} is not valid JSON ({e.msg})") from None
+            text = obj if isinstance(obj, str) else obj.get(field) if isinstance(obj, dict) else None
+            if not isinstance(text, str):
+                raise CtxextError(f"{path}:{i} has no string field '{field}'")
+            if text.strip():
+                out.append((f"{path}:{i}", text))
+    return out
+
+
+def read_texts(paths: Iterable[str | Path], field: str = "text") -> list[tuple[str, str]]:
+    """(name, text) for every non-empty document; an error when there is none."""
+    docs: list[tuple[str, str]] = []
+    for f in data_files(paths):
+        if f.suffix.lower() in JSONL_SUFFIXES:
+            docs += _jsonl_texts(f, field)
+        else:
+            try:
+                text = strip_gutenberg(f.read_text(encoding="utf-8", errors="replace"))
+            except OSError as e:
+                raise CtxextError(f"cannot read data file {f}: {e.strerror}") from None
+            if text.strip():
+                docs.append((str(f), text))
+    if not docs:
+        raise CtxextError(f"no text in the data given ({', '.join(str(p) for p in paths)}): every document is empty")
+    return docs
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Short hash that changes when the tokenizer's vocabulary or pipeline changes."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        blob = backend.to_str()
+    else:  # slow tokenizers: the vocabulary decides
+        blob = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _file_key(path: Path, field: str) -> str:
+    st = path.stat()
+    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{field}|v1"
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def _encode(tokenizer: Any, text: str) -> np.ndarray:
+    return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int32)
+
+
+def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def load_documents(paths: Iterable[str | Path], tokenizer: Any, field: str = "text",
+                   cache: bool = True) -> list[Document]:
+    """Token streams of every document under `paths` (files, folders, JSONL), in a stable order."""
+    paths = list(paths)
+    fp = tokenizer_fingerprint(tokenizer) if cache else ""
+    docs: list[Document] = []
+    for f in data_files(paths):
+        cpath = cache_root() / "tokens" / fp / f"{_file_key(f, field)}.npz" if cache else None
+        if cpath is not None and cpath.is_file():
+            try:
+                with np.load(cpath) as z:
+                    names, offsets, ids = list(z["names"]), z["offsets"], z["ids"]
+                docs += [Document(str(n), ids[offsets[i]:offsets[i + 1]]) for i, n in enumerate(names)]
+                continue
+            except (OSError, KeyError, ValueError):
+                pass  # unreadable cache entry: tokenize again
+        texts = _jsonl_texts(f, field) if f.suffix.lower() in JSONL_SUFFIXES else \
+            [(str(f), strip_gutenberg(f.read_text(encoding="utf-8", errors="replace")))]
+        encoded = [(n, _encode(tokenizer, t)) for n, t in texts if t.strip()]
+        if cpath is not None:
+            offsets = np.cumsum([0] + [len(t) for _, t in encoded]).astype(np.int64)
+            ids = np.concatenate([t for _, t in encoded]) if encoded else np.zeros(0, np.int32)
+            _write_npz(cpath, names=np.asarray([n for n, _ in encoded], dtype=str), offsets=offsets, ids=ids)
+        docs += [Document(n, t) for n, t in encoded]
+    if not docs:
+        raise CtxextError(f"no text in the data given ({', '.join(str(p) for p in paths)}): every document is empty")
+    return docs
+
+
+def documents_at_least(docs: list[Document], n_tokens: int) -> tuple[list[Document], list[Document]]:
+    """(documents with >= n_tokens tokens, the ones too short) — callers say which were skipped."""
+    long = [d for d in docs if len(d) >= n_tokens]
+    return long, [d for d in docs if len(d) < n_tokens]

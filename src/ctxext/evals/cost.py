@@ -1,0 +1,169 @@
+"""What a cell will cost before it runs: FLOPs -> seconds at this machine's measured matmul rate, and peak memory
+from the model's config alone (`ModelInfo`), so a length that cannot fit is refused before weights load.
+
+FLOPs of a forward over T new tokens after P cached ones: 2·N_body·T (every weight once per token) +
+4·layers·heads·head_dim·(T·P + T²/2) (causal QKᵀ and PV) + 2·hidden·vocab·S for the S scored positions.
+Memory: weights + a fixed runtime + activations of one layer at T (hidden-sized and MLP-sized tensors) +
+the KV cache when one is kept + the attention mask of a cached call + one chunk of logits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..data import cache_root
+from .scoring import LOGITS_BYTES, PREFILL_CHUNK
+
+RUNTIME_BYTES = 350 * 2**20  # python + torch + tokenizer, measured ~300 MB on CPU
+SAFETY = 1.15  # allocator slack on top of the sum
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """Sizes that decide cost, read from a ModelInfo."""
+
+    n_params: int
+    body_params: int
+    n_layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    dtype_bytes: int = 4
+
+    @classmethod
+    def of(cls, info: Any, dtype_bytes: int = 4) -> ModelCost:
+        cfg = info.config
+        head_dim = int(cfg.get("head_dim") or info.hidden_size // info.n_heads)
+        inter = int(cfg.get("intermediate_size") or cfg.get("n_inner") or 4 * info.hidden_size)
+        tied = cfg.get("tie_word_embeddings", True)
+        emb = info.vocab_size * info.hidden_size * (1 if tied else 2)
+        return cls(info.n_params, max(info.n_params - emb, 1), info.n_layers, info.hidden_size, info.n_heads,
+                   info.n_kv_heads, head_dim, inter, info.vocab_size, dtype_bytes)
+
+    # ---- FLOPs
+    def flops(self, new: int, past: int = 0, scored: int = 0) -> float:
+        body = 2.0 * self.body_params * new
+        attn = 4.0 * self.n_layers * self.heads * self.head_dim * (new * past + new * new / 2)
+        return body + attn + 2.0 * self.hidden * self.vocab * scored
+
+    # ---- bytes
+    def weights(self) -> float:
+        return float(self.n_params * self.dtype_bytes)
+
+    def activations(self, tokens: int) -> float:
+        return tokens * self.dtype_bytes * (8.0 * self.hidden + 3.0 * self.intermediate)
+
+    def kv_cache(self, tokens: int) -> float:
+        return 2.0 * self.n_layers * self.kv_heads * self.head_dim * tokens * self.dtype_bytes
+
+    def logits(self) -> float:
+        return 2.0 * min(LOGITS_BYTES, 4096 * self.vocab * 4)
+
+    def peak_forward(self, tokens: int) -> float:
+        """A plain forward (no cache) over `tokens`, scored in chunks (ppl)."""
+        return SAFETY * (RUNTIME_BYTES + self.weights() + self.activations(tokens) + self.logits())
+
+    def peak_cached(self, total: int, plain: bool = True) -> float:
+        """Probes: a KV cache of `total` tokens, filled in PREFILL_CHUNK calls (each with a chunk × total mask)
+        or, with `plain`, in one call over the whole prompt."""
+        chunk = min(total, PREFILL_CHUNK)
+        act = max(self.activations(chunk) + 2.0 * chunk * total * 4, self.activations(total) if plain else 0.0)
+        return SAFETY * (RUNTIME_BYTES + self.weights() + self.kv_cache(total) + act + self.logits())
+
+
+# ------------------------------------------------------------------------------------------- the machine
+
+
+def _rate_key(dtype: Any, device: str) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    return f"{platform.node()}|{cpu}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}|{dtype}|{device}"
+
+
+def matmul_rate(dtype: Any = None, device: str = "cpu", refresh: bool = False) -> float:
+    """This machine's matmul rate in FLOP/s for `dtype` (measured once, cached under the cache root)."""
+    import torch
+
+    dtype = dtype or torch.float32
+    path = cache_root() / "machine.json"
+    key = _rate_key(dtype, device)
+    try:
+        known = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    if key in known and not refresh:
+        return float(known[key])
+    rate = measure_matmul_rate(dtype, device)
+    known[key] = rate
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".machine.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return rate
+
+
+def measure_matmul_rate(dtype: Any = None, device: str = "cpu", seconds: float = 0.4) -> float:
+    """Best-of-several FLOP/s of a (2048×1024)·(1024×2048) matmul, the shape class of a small LM's layers."""
+    import torch
+
+    dtype = dtype or torch.float32
+    a = torch.randn(2048, 1024, dtype=dtype, device=device)
+    b = torch.randn(1024, 2048, dtype=dtype, device=device)
+    flop = 2.0 * 2048 * 1024 * 2048
+
+    def sync() -> None:
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    a @ b
+    sync()
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end or best == 0.0:
+        t = time.perf_counter()
+        a @ b
+        sync()
+        best = max(best, flop / (time.perf_counter() - t))
+    return best
+
+
+def available_memory(device: str = "cpu") -> float:
+    """Bytes a new allocation can use now: MemAvailable on CPU (Linux), free memory on a GPU."""
+    if device != "cpu":
+        import torch
+
+        return float(torch.cuda.mem_get_info()[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
+
+
+def fmt_bytes(n: float) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
+def fmt_seconds(s: float) -> str:
+    if s < 60:
+        return f"{s:.0f} s" if s >= 1 else f"{s:.1f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"

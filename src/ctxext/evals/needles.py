@@ -1,0 +1,127 @@
+"""What passkey, niah and needle-ppl share: prompt pieces as tokens, random keys, the depth sweep that turns
+probes into per-cell accuracy records, and its cost.
+
+A length's probes (all pending depths × trials) share one haystack `base`; each probe inserts its needle at a
+position of it. `Scorer.scores` runs them by increasing needle position over one cache, so the haystack is
+encoded once per length and each probe pays only for what follows its needle.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..errors import CtxextError
+from .scoring import Probe, Scorer
+from .tasks import Cell, Settings, TaskContext
+
+Builder = Callable[[TaskContext, int, list[Cell]], tuple[np.ndarray, list[Probe], list[Cell]]]
+
+
+def encode(tokenizer: Any, text: str) -> np.ndarray:
+    return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+
+
+def special_prefix(tokenizer: Any) -> np.ndarray:
+    """The tokens the tokenizer puts before any text (BOS for Llama-style tokenizers, nothing for GPT-2 style)."""
+    return np.asarray(tokenizer("", add_special_tokens=True)["input_ids"], dtype=np.int64)
+
+
+def key_rng(seed: int, task: str, length: int, depth: float | None, trial: int) -> np.random.Generator:
+    """A generator that depends only on the cell and trial, so a resumed or reordered run draws the same keys."""
+    tag = sum(ord(c) * 31 ** i for i, c in enumerate(task)) % 2**31
+    d = -1 if depth is None else int(round(depth * 1e6))
+    return np.random.default_rng([seed, tag, length, d + 1, trial])
+
+
+def random_number(rng: np.random.Generator, digits: int) -> str:
+    return str(int(rng.integers(10 ** (digits - 1), 10 ** digits)))
+
+
+def room(task: str, length: int, fixed: int, probes: list[Probe], unit: int = 1) -> int:
+    """Haystack tokens left in `length` after the fixed pieces and the longest needle + question + answer."""
+    extra = max(p.extra() for p in probes)
+    left = length - fixed - extra
+    if left < unit:
+        raise CtxextError(f"{task}: length {length} is too short for the prompt ({fixed + extra + unit} tokens "
+                          "without any haystack); use a longer length")
+    return left
+
+
+def run_probes(ctx: TaskContext, task: str, cells: list[Cell], build: Builder
+               ) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
+    """Per length: build its probes, score them over one shared haystack, yield each cell's accuracy as soon
+    as its trials are done."""
+    scorer = Scorer(ctx.model, ctx.tokenizer, ctx.settings.max_new_tokens,
+                    reusable=lambda prefix, total: ctx.same_freqs(1, total))
+    for length in sorted({L for L, _ in cells}):
+        base, probes, owners = build(ctx, length, [c for c in cells if c[0] == length])
+        trials = Counter(owners)
+        left = trials.copy()
+        right: dict[Cell, int] = defaultdict(int)
+        decoded = 0
+        for i, res, new, past in scorer.scores(base, probes, ctx.settings.reuse_prefix):
+            ctx.tick(ctx.cost.flops(new, past, scored=len(probes[i].answer) + 1))
+            cell = owners[i]
+            right[cell] += bool(res.correct)
+            decoded += res.generated > 0
+            left[cell] -= 1
+            if left[cell] == 0:
+                n = trials[cell]
+                yield cell, [ctx.record(task, length, cell[1], "accuracy", right[cell] / n, n)]
+        if decoded:
+            ctx.log(f"{task} @ {length}: {decoded}/{len(probes)} verdicts needed greedy decoding past the "
+                    "teacher-forced answer")
+
+
+def depth_cost(mc: Any, length: int, depths: list[float], trials: int, s: Settings) -> tuple[float, float]:
+    """FLOPs per depth cell and peak bytes of a depth sweep at one length."""
+    d = sorted(depths) or [0.0]
+    if s.reuse_prefix:
+        total = mc.flops(int(max(d) * length)) + trials * sum(
+            mc.flops(length - int(x * length), int(x * length), scored=8) for x in d)
+    else:
+        total = trials * len(d) * mc.flops(length, scored=8)
+    return total / len(d), mc.peak_cached(length, plain=True)
+
+
+def sentence_starts(tokenizer: Any, ids: np.ndarray) -> np.ndarray:
+    """Indices i (0 < i < len) where a sentence has just ended before ids[i] (so a needle sentence inserted at i
+    sits between two sentences), plus 0 and len(ids)."""
+    import re
+
+    end = re.compile(r"[.!?][\"'”’)\]]*$")
+    end_ws = re.compile(r"[.!?][\"'”’)\]]*\s+$")
+    uniq = np.unique(ids)
+    texts = {int(t): tokenizer.decode([int(t)]) for t in uniq}
+    ends = {t for t, s in texts.items() if end.search(s)}
+    ends_ws = {t for t, s in texts.items() if end_ws.search(s)}
+    starts_ws = {t for t, s in texts.items() if s[:1].isspace()}
+    prev, nxt = ids[:-1], ids[1:]
+    ok = np.isin(prev, list(ends_ws)) | (np.isin(prev, list(ends)) & np.isin(nxt, list(starts_ws)))
+    return np.concatenate([[0], np.nonzero(ok)[0] + 1, [len(ids)]]).astype(np.int64)
+
+
+def haystack_stream(ctx: TaskContext, task: str, length: int) -> np.ndarray:
+    """All documents as one token stream, separated by a blank line."""
+    docs = ctx.docs or []
+    sep = encode(ctx.tokenizer, "\n\n")
+    parts: list[np.ndarray] = []
+    for d in docs:
+        parts += [np.asarray(d.tokens, dtype=np.int64), sep]
+    stream = np.concatenate(parts[:-1]) if parts else np.zeros(0, np.int64)
+    if len(stream) < length:
+        raise CtxextError(f"{task}: the data holds {len(stream)} tokens, fewer than length {length}")
+    return stream
+
+
+def check_total(task: str) -> Callable[[list, list[int]], None]:
+    def check(docs: list, lengths: list[int]) -> None:
+        total = sum(len(d) for d in docs)
+        if total < max(lengths):
+            raise CtxextError(f"{task}: the data holds {total} tokens in all, fewer than length {max(lengths)}; "
+                              "give more text or shorter --lengths")
+
+    return check

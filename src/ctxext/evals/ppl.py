@@ -1,0 +1,136 @@
+"""Long-document perplexity: a per-position loss curve, reported per length bucket, in two protocols
+(METHODS.md): `window` scores one window of the first L tokens of each document (token p is predicted from
+the p tokens before it, so the curve shows what position does); `sliding` moves an L-token window with a
+stride over the first 2L tokens and scores each token once, with at least L − stride tokens of context
+(PI / YaRN's protocol). Documents shorter than L are skipped and said so.
+
+Records: metric `ppl` (window) / `ppl_sliding`, one per bucket [start, end) of token positions plus one
+overall (bucket null); n = documents. The mean loss per position is saved in DIR/curves/ for plots and fit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..data import Document, documents_at_least
+from ..errors import CtxextError
+from .files import curve_path, save_array
+from .scoring import token_nll
+from .tasks import Cell, Settings, Task, TaskContext, register
+
+SLIDING_SPAN = 2  # the sliding protocol scores the first SLIDING_SPAN × L tokens of a document
+
+
+def stride_of(settings: Settings, length: int) -> int:
+    return min(settings.stride or max(1, length // 2), length)
+
+
+def sliding_ends(length: int, span: int, stride: int) -> list[int]:
+    """Window ends: the first window is [0, L); each next one ends `stride` later; the last ends at span."""
+    ends = list(range(length, span + 1, stride))
+    if ends[-1] != span:
+        ends.append(span)
+    return ends
+
+
+def sliding_nll(model: Any, tokens: np.ndarray, length: int, stride: int) -> np.ndarray:
+    """NLL per document position over the first min(len, 2L) tokens (position 0: NaN, never predicted)."""
+    span = min(len(tokens), SLIDING_SPAN * length)
+    out = np.full(span, np.nan)
+    scored = 0  # positions < scored are done
+    for e in sliding_ends(length, span, stride):
+        s = e - length
+        nll = token_nll(model, tokens[s:e])  # predicts positions s+1 … e-1
+        lo = max(scored, s + 1)
+        out[lo:e] = nll[lo - s - 1:]
+        scored = e
+    return out
+
+
+def bucket_records(ctx: TaskContext, metric: str, length: int, sums: np.ndarray, counts: np.ndarray,
+                   n_docs: int) -> list[dict[str, Any]]:
+    """One record per bucket of positions [b, b + width) that holds scored tokens, plus the overall figure."""
+    w, recs = ctx.bucket, []
+    for b in range(0, len(sums), w):
+        c = counts[b:b + w].sum()
+        if c > 0:
+            recs.append(ctx.record("ppl", length, None, metric, math.exp(sums[b:b + w].sum() / c), n_docs,
+                                   (b, min(b + w, len(sums)))))
+    recs.append(ctx.record("ppl", length, None, metric, math.exp(sums.sum() / counts.sum()), n_docs))
+    return recs
+
+
+def _usable(ctx: TaskContext, length: int) -> list[Document]:
+    docs, short = documents_at_least(ctx.docs or [], length)
+    if short:
+        names = ", ".join(f"{d.name} ({len(d)})" for d in short[:3]) + (" …" if len(short) > 3 else "")
+        ctx.log(f"ppl @ {length}: skipped {len(short)} document(s) shorter than {length} tokens: {names}")
+    return docs[:ctx.settings.samples_for(TASK)]
+
+
+def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
+    s = ctx.settings
+    windows: dict[str, np.ndarray] = {}  # document -> NLL of its first tokens (longest window computed so far)
+    for length in sorted({L for L, _ in cells}, reverse=True):  # longest first: shorter windows are slices
+        docs = _usable(ctx, length)
+        recs: list[dict[str, Any]] = []
+        if s.protocol in ("window", "both"):
+            sums, counts = np.zeros(length), np.zeros(length)
+            for d in docs:
+                prev = windows.get(d.name)
+                if prev is not None and len(prev) >= length - 1 and ctx.same_freqs(length, len(prev) + 1):
+                    nll = prev[:length - 1]  # the first L positions of a longer causal forward are this forward
+                else:
+                    nll = token_nll(ctx.model, d.tokens[:length])
+                    windows[d.name] = nll
+                    ctx.tick(ctx.cost.flops(length, scored=length))
+                sums[1:] += nll
+                counts[1:] += 1
+            curve = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+            save_array(curve_path(ctx.out, "ppl", ctx.spec.text, length), curve)
+            ctx.memo[("ppl", length)] = (curve, len(docs))
+            recs += bucket_records(ctx, "ppl", length, sums, counts, len(docs))
+        if s.protocol in ("sliding", "both"):
+            stride = stride_of(s, length)
+            sums, counts = np.zeros(SLIDING_SPAN * length), np.zeros(SLIDING_SPAN * length)
+            for d in docs:
+                nll = sliding_nll(ctx.model, d.tokens, length, stride)
+                ok = ~np.isnan(nll)
+                sums[:len(nll)][ok] += nll[ok]
+                counts[:len(nll)][ok] += 1
+                ctx.tick(len(sliding_ends(length, len(nll), stride)) * ctx.cost.flops(length, scored=stride))
+            used = int(np.nonzero(counts)[0].max()) + 1
+            sums, counts = sums[:used], counts[:used]
+            save_array(curve_path(ctx.out, "ppl_sliding", ctx.spec.text, length),
+                       np.where(counts > 0, sums / np.maximum(counts, 1), np.nan))
+            recs += bucket_records(ctx, "ppl_sliding", length, sums, counts, len(docs))
+        yield (length, None), recs
+
+
+def cost(mc: Any, length: int, depths: list[float], s: Settings) -> tuple[float, float]:
+    n = s.samples_for(TASK)
+    flops = 0.0
+    if s.protocol in ("window", "both"):
+        flops += n * mc.flops(length, scored=length)
+    if s.protocol in ("sliding", "both"):
+        stride = stride_of(s, length)
+        flops += n * len(sliding_ends(length, SLIDING_SPAN * length, stride)) * mc.flops(length, scored=stride)
+    return flops, mc.peak_forward(length)
+
+
+def check(docs: list[Document], lengths: list[int]) -> None:
+    longest = max((len(d) for d in docs), default=0)
+    too_long = [L for L in lengths if L > longest]
+    if too_long:
+        what = "every length" if len(too_long) == len(lengths) else f"length(s) {', '.join(map(str, too_long))}"
+        raise CtxextError(f"ppl: no document is long enough for {what} (the longest has {longest} tokens); "
+                          "give longer documents or shorter --lengths")
+
+
+TASK = register(Task(
+    name="ppl", summary="per-position perplexity curve over long documents (window / sliding protocols)",
+    run=run, cost=cost, metric="ppl", needs_data=True, default_samples=4, check=check,
+))

@@ -1,0 +1,160 @@
+"""results.json (flat records, rewritten atomically after every finished cell, read back by --resume) and
+summary.md (a table per task: specs as rows, lengths as columns)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..errors import CtxextError
+from .files import atomic_write, write_json
+
+RESULTS = "results.json"
+SUMMARY = "summary.md"
+# settings whose change makes old records incomparable; a resumed run must keep them
+RESUME_KEYS = ("model", "dtype", "seed", "samples", "protocol", "stride", "bucket", "max_new_tokens", "data")
+
+
+def cell_key(rec: dict[str, Any]) -> tuple:
+    return rec["model"], rec["scaling"], rec["task"], rec["length"], rec["depth"]
+
+
+class Results:
+    """The records of one --out folder. A cell is finished once any of its records is stored: a cell's records
+    are always added together, in one atomic rewrite."""
+
+    def __init__(self, out: Path, meta: dict[str, Any], resume: bool):
+        self.path = Path(out) / RESULTS
+        self.records: list[dict[str, Any]] = []
+        self.meta = meta
+        if self.path.is_file():
+            if not resume:
+                raise CtxextError(f"{self.path} already exists; pass --resume to continue that run, or choose "
+                                  "another --out")
+            try:
+                old = json.loads(self.path.read_text())
+                old_meta, self.records = old["meta"], list(old["records"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise CtxextError(f"cannot resume from {self.path}: not a ctxext results file ({e})") from None
+            before = old_meta.get("config", {}).get("resume_keys", {})
+            now = meta["config"]["resume_keys"]
+            diff = [f"{k} {before[k]!r} -> {now[k]!r}" for k in RESUME_KEYS if k in before and before[k] != now.get(k)]
+            if diff:
+                raise CtxextError(f"cannot resume {self.path}: it was run with other settings ({'; '.join(diff)}); "
+                                  "use another --out")
+            meta["created"] = old_meta.get("created", meta.get("created"))
+            meta["runs"] = int(old_meta.get("runs", 1)) + 1
+            meta["config"]["specs"] = {**old_meta.get("config", {}).get("specs", {}), **meta["config"]["specs"]}
+        self.done = {cell_key(r) for r in self.records}
+
+    def finished(self, model: str, scaling: str, task: str, length: int, depth: float | None) -> bool:
+        return (model, scaling, task, length, depth) in self.done
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        self.records += records
+        self.done |= {cell_key(r) for r in records}
+        self.write()
+
+    def write(self) -> None:
+        write_json(self.path, self.as_dict())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"meta": self.meta, "records": self.records}
+
+
+# --------------------------------------------------------------------------------------------- summary
+
+
+def fmt_value(metric: str, v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if metric == "accuracy":
+        return f"{100 * v:.0f} %"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:.1f}"
+    return f"{v:.3g}" if abs(v) < 10 else f"{v:.2f}"
+
+
+def _table(rows: list[Any], cols: list[Any], cell: Any, corner: str, col_name: Any = str,
+           row_name: Any = lambda r: f"`{r}`") -> list[str]:
+    lines = [f"| {corner} | " + " | ".join(col_name(c) for c in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for r in rows:
+        lines.append(f"| {row_name(r)} | " + " | ".join(cell(r, c) for c in cols) + " |")
+    return lines + [""]
+
+
+def _index(records: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    return {(r["scaling"], r["task"], r["metric"], r["length"], r["depth"],
+             tuple(r["bucket"]) if r["bucket"] is not None else None): r for r in records}
+
+
+def summary_markdown(meta: dict[str, Any], records: list[dict[str, Any]], plots: list[str]) -> str:
+    """Human summary: one table per task and metric (specs × lengths), ppl by position bucket, depth grids."""
+    from .tasks import get_task
+
+    cfg = meta.get("config", {})
+    idx = _index(records)
+    specs = list(dict.fromkeys(r["scaling"] for r in records))
+    trained = cfg.get("model_info", {}).get("trained_len")
+    out = [f"# ctxext eval: {cfg.get('model', '?')}", ""]
+    if meta.get("command"):
+        out += [f"`{meta['command']}`", ""]
+    v = meta.get("versions", {})
+    out += [f"ctxext {v.get('ctxext', '?')}, torch {v.get('torch', '?')}, transformers {v.get('transformers', '?')}; "
+            f"seed {meta.get('seed')}; trained length {trained}; {len(records)} records.", ""]
+
+    def lab(L: int) -> str:
+        return f"{L:,}" + (" ▲" if trained and L > trained else "")
+
+    for task in dict.fromkeys(r["task"] for r in records):
+        recs = [r for r in records if r["task"] == task]
+        try:
+            t = get_task(task)
+            title = f"## {task}: {t.summary}"
+        except CtxextError:
+            title = f"## {task}"
+        out += [title, ""]
+        lengths = sorted({r["length"] for r in recs})
+        for metric in dict.fromkeys(r["metric"] for r in recs):
+            mrecs = [r for r in recs if r["metric"] == metric]
+            if any(r["depth"] is not None for r in mrecs):  # depth sweep: mean over depths, then a grid per spec
+                def mean_cell(s: str, L: int, m: str = metric) -> str:
+                    vals = [r for r in mrecs if r["scaling"] == s and r["length"] == L]
+                    if not vals:
+                        return "–"
+                    return fmt_value(m, sum(r["value"] for r in vals) / len(vals))
+
+                out += [f"**{metric}**, mean over depths (▲ = past the trained length)", ""]
+                out += _table(specs, lengths, mean_cell, "spec \\ length", lab)
+                depths = sorted({r["depth"] for r in mrecs})
+                for s in specs:
+                    if any(r["scaling"] == s for r in mrecs):
+                        out += [f"`{s}`: {metric} by depth", ""]
+                        out += _table(depths, lengths, lambda d, L, s=s, m=metric: fmt_value(
+                            m, idx.get((s, task, m, L, d, None), {}).get("value")), "depth \\ length", lab,
+                            lambda d: f"{100 * d:g} %")
+                continue
+            out += [f"**{metric}** (▲ = past the trained length)", ""]
+            out += _table(specs, lengths, lambda s, L, m=metric: fmt_value(
+                m, idx.get((s, task, m, L, None, None), {}).get("value")), "spec \\ length", lab)
+            for L in lengths:
+                bl = sorted({tuple(r["bucket"]) for r in mrecs if r["bucket"] is not None and r["length"] == L})
+                if len(bl) > 1:
+                    out += [f"{metric} by position bucket at length {L:,} (tokens [start, end))", ""]
+                    out += _table(specs, bl, lambda s, b, m=metric, L=L: fmt_value(
+                        m, idx.get((s, task, m, L, None, b), {}).get("value")), "spec \\ bucket",
+                        lambda b: f"{b[0] / 1024:g}k–{b[1] / 1024:g}k" if b[1] >= 1024 else f"{b[0]}–{b[1]}")
+    if plots:
+        out += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(out)
+
+
+def write_summary(out: Path, meta: dict[str, Any], records: list[dict[str, Any]], plots: list[str]) -> Path:
+    path = Path(out) / SUMMARY
+    atomic_write(path, summary_markdown(meta, records, plots))
+    return path

@@ -1,0 +1,292 @@
+"""One run: every spec × task × length (× depth) on one model load.
+
+Order of work: validate everything that needs no weights (tasks, specs against the model's config, lengths,
+depths, data paths, memory per length) -> state the cost -> load the model once -> per spec: apply it in place,
+run each task's pending cells, rewrite results.json after every finished cell -> summary.md and plots (also
+when interrupted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..errors import CtxextError
+from .cost import ModelCost, available_memory, fmt_bytes, fmt_seconds, matmul_rate
+from .results import RESUME_KEYS, Results, write_summary
+from .tasks import Settings, Task, TaskContext, get_task, task_names
+
+DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def resolve_tasks(names: Iterable[str]) -> list[Task]:
+    """Tasks by name, each after the tasks it reads (added when not asked for)."""
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise CtxextError(f"no task given; pass --task (accepted: {', '.join(task_names())})")
+    out: list[Task] = []
+
+    def add(name: str) -> None:
+        t = get_task(name)
+        for dep in t.requires:
+            add(dep)
+        if t not in out:
+            out.append(t)
+
+    for n in names:
+        add(n)
+    return out
+
+
+def parse_lengths(lengths: Iterable[int | str]) -> list[int]:
+    out = []
+    for x in lengths:
+        try:
+            v = int(str(x).replace("_", "").replace(",", ""))
+        except ValueError:
+            raise CtxextError(f"length '{x}' is not an integer number of tokens") from None
+        if v < 2:
+            raise CtxextError(f"length {v} is too short; lengths are token counts >= 2")
+        out.append(v)
+    if not out:
+        raise CtxextError("no length given; pass --lengths, e.g. 4096,8192,16384")
+    return sorted(set(out))
+
+
+def parse_depths(depths: Iterable[float | str] | None) -> list[float]:
+    if depths is None:
+        return list(DEFAULT_DEPTHS)
+    out = []
+    for x in depths:
+        try:
+            v = float(x)
+        except ValueError:
+            raise CtxextError(f"depth '{x}' is not a number; depths are fractions in [0, 1]") from None
+        if not 0.0 <= v <= 1.0:
+            raise CtxextError(f"depth {v:g} is outside [0, 1] (0 = needle at the start, 1 = just before the question)")
+        out.append(v)
+    if not out:
+        raise CtxextError("no depth given; depths are fractions in [0, 1], e.g. 0,0.5,1")
+    return sorted(set(out))
+
+
+def default_bucket(lengths: list[int]) -> int:
+    """A power of two giving ~8 buckets at the longest length."""
+    target = max(1, max(lengths) // 8)
+    return 1 << (target.bit_length() - 1)
+
+
+def same_freqs_of(spec: Any, info: Any) -> Callable[[int, int], bool]:
+    """Do forwards of lengths a and b rotate the positions they share alike? Always for static methods and the
+    causal dynamic ones (a token's frequencies depend on its own position only); for longrope only when a and b
+    are on the same side of the original length (short vs long factors)."""
+    if info.encoding != "rope" or not spec.entry.length_dependent:
+        return lambda a, b: True
+    from ..models.attention import CausalLengthPlan, make_plan
+
+    plan = make_plan(spec, info.rope_shape)
+    if isinstance(plan, CausalLengthPlan):
+        return lambda a, b: True
+    return lambda a, b: plan.bucket(a) == plan.bucket(b)
+
+
+@dataclasses.dataclass
+class Plan:
+    """What will run, and its stated cost."""
+
+    tasks: list[Task]
+    cells: dict[tuple[str, str], list[tuple[int, float | None]]]  # (spec, task) -> pending cells
+    flops: dict[tuple[str, int], float]  # (task, length) -> FLOPs per cell
+    peak: dict[tuple[str, int], float]  # (task, length) -> bytes
+    rate: float
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.flops[(t, L)] for (_, t), cs in self.cells.items() for L, _ in cs) / self.rate
+
+    def describe(self) -> str:
+        rows = sorted({(t, L) for (_, t), cs in self.cells.items() for L, _ in cs},
+                      key=lambda x: ([t.name for t in self.tasks].index(x[0]), x[1]))
+        n = sum(len(c) for c in self.cells.values())
+        lines = [f"{n} cells to run; estimate per cell (peak memory, time at {self.rate / 1e9:.0f} GFLOP/s measured):"]
+        for t, L in rows:
+            lines.append(f"  {t:<11} {L:>8,} tokens   {fmt_bytes(self.peak[(t, L)]):>8}   "
+                         f"{fmt_seconds(self.flops[(t, L)] / self.rate):>8}")
+        lines.append(f"  total ≈ {fmt_seconds(self.seconds)}")
+        return "\n".join(lines)
+
+
+def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: Iterable[int | str],
+             depths: Iterable[float | str] | None = None, samples: int | None = None,
+             data: Iterable[str | Path] | None = None, out: str | Path = "runs/eval", resume: bool = False, *,
+             seed: int = 0, protocol: str = "window", stride: int | None = None, bucket: int | None = None,
+             reuse_prefix: bool = True, max_new_tokens: int = 16, dtype: str = "float32",
+             progress: bool = True, log: Callable[[str], None] | None = None, command: str | None = None,
+             dry_run: bool = False) -> dict[str, Any]:
+    """Run every spec × task × length (× depth) on one model load; -> the results dict written to out/results.json.
+
+    `model`: a name for ctxext.models.load_model, or a LoadedModel already in memory. `specs`: spec strings as the
+    user wrote them (results are keyed by them). `samples`: documents (ppl) or trials per cell (needle tasks);
+    None keeps each task's default. With `resume`, cells already in out/results.json are skipped.
+    """
+    import torch
+
+    from .. import runinfo
+    from ..data import data_files, load_documents
+    from ..models import apply_spec, load_model, model_info
+    from ..scaling import check_fits, parse_spec
+
+    log = log or _err
+    task_list = resolve_tasks(tasks)
+    Ls = parse_lengths(lengths)
+    uses_depths = any(t.uses_depths for t in task_list)
+    Ds = parse_depths(depths) if uses_depths else []
+    spec_texts = list(dict.fromkeys(s.strip() for s in specs)) or ["default"]
+    parsed = [parse_spec(s) for s in spec_texts]
+    lm = None if isinstance(model, str) else model
+    info = model_info(model) if lm is None else lm.info
+    for s in parsed:
+        check_fits(s, info.encoding)
+    data = [str(p) for p in (data or [])]
+    needs = [t.name for t in task_list if t.needs_data]
+    if needs and not data:
+        raise CtxextError(f"task {', '.join(needs)} needs --data (text files, folders or .jsonl with long documents)")
+    if needs:
+        data_files(data)  # missing paths fail now, before any weights
+    try:
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise CtxextError(f"unknown dtype '{dtype}'; accepted: float32, bfloat16, float16") from None
+    out = Path(out)
+    settings = Settings(seed=seed, samples=samples, protocol=protocol, stride=stride, bucket=bucket,
+                        reuse_prefix=reuse_prefix, max_new_tokens=max_new_tokens)
+    if settings.bucket is None:  # a resumed run keeps the bucket width its records were written with
+        old = _previous_bucket(out) if resume else None
+        settings = dataclasses.replace(settings, bucket=old or default_bucket(Ls))
+    name = model if isinstance(model, str) else lm.name
+    device = "cpu" if lm is None else str(next(lm.model.parameters()).device)
+
+    resume_keys = {"model": name, "dtype": dtype, "seed": seed, "samples": samples, "protocol": protocol,
+                   "stride": stride, "bucket": settings.bucket, "max_new_tokens": max_new_tokens,
+                   "data": [str(Path(p).resolve()) for p in data] if needs else None}
+    assert set(resume_keys) == set(RESUME_KEYS)
+    meta = {
+        "versions": runinfo.versions(), "seed": seed, "command": command,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "runs": 1,
+        "machine": runinfo.machine(),
+        "config": {
+            "model": name, "model_info": _info_dict(info), "specs": {s.text: s.to_dict() for s in parsed},
+            "tasks": [t.name for t in task_list], "lengths": Ls, "depths": Ds or None,
+            "settings": dataclasses.asdict(settings), "data": data or None, "dtype": dtype, "device": device,
+            "resume_keys": resume_keys,
+        },
+    }
+    results = Results(out, meta, resume)
+
+    # ---- the plan and its cost, before any weights
+    mc = ModelCost.of(info, torch.finfo(torch_dtype).bits // 8)
+    rate = matmul_rate(torch_dtype, "cpu" if device == "cpu" else "cuda")
+    meta["machine"]["matmul_flops"] = rate
+    cells = {(s.text, t.name): [c for c in t.cells(Ls, Ds) if not results.finished(name, s.text, t.name, *c)]
+             for s in parsed for t in task_list}
+    flops, peak = {}, {}
+    for t in task_list:
+        for L in Ls:
+            flops[(t.name, L)], peak[(t.name, L)] = t.cost(mc, L, Ds, settings)
+    plan = Plan(task_list, {k: v for k, v in cells.items() if v}, flops, peak, rate)
+    free = available_memory(device if device == "cpu" else "cuda")
+    for (t, L), need in peak.items():
+        if need > free and any(c[0] == L for (_, tn), cs in plan.cells.items() if tn == t for c in cs):
+            raise CtxextError(f"length {L:,} cannot fit in memory for {t}: it needs ≈ {fmt_bytes(need)} "
+                              f"(weights {fmt_bytes(mc.weights())}), {fmt_bytes(free)} is available; "
+                              "drop that length or free memory")
+    log(f"ctxext eval: {name} ({info.encoding}, trained length {info.trained_len:,}), {len(parsed)} spec(s) × "
+        f"{len(task_list)} task(s) × {len(Ls)} length(s)" + (f" × {len(Ds)} depth(s)" if Ds else "") + f" -> {out}")
+    log(plan.describe() if plan.cells else "every cell is already in results.json; nothing to run")
+    if dry_run:
+        return results.as_dict()
+
+    # ---- run
+    try:
+        if plan.cells:
+            if lm is None:
+                lm = load_model(model, dtype=torch_dtype)
+            if lm.tokenizer is None:
+                raise CtxextError(f"{name} has no tokenizer files; ctxext eval needs one")
+            docs = load_documents(data, lm.tokenizer) if needs else None
+            for t in task_list:
+                if t.check is not None and docs is not None:
+                    t.check(docs, sorted({L for (_, tn), cs in plan.cells.items() if tn == t.name for L, _ in cs}))
+            _run(lm, parsed, task_list, plan, settings, docs, out, results, mc, progress, log, apply_spec)
+    finally:
+        if results.records:
+            _write_reports(out, results, info)
+    return results.as_dict()
+
+
+def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings, docs: Any, out: Path,
+         results: Results, mc: ModelCost, progress: bool, log: Callable[[str], None], apply_spec: Any) -> None:
+    import torch
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=round(plan.seconds, 1), unit="s", disable=not progress, dynamic_ncols=True,
+               bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} est. s [{elapsed}<{remaining}]")
+    say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else log
+    try:
+        with torch.inference_mode():
+            for spec in specs:
+                todo = [(t, plan.cells.get((spec.text, t.name), [])) for t in tasks]
+                if not any(c for _, c in todo):
+                    continue
+                apply_spec(lm, spec)
+                ctx = TaskContext(lm=lm, spec=spec, settings=settings, docs=docs, out=out, cost=mc,
+                                  same_freqs=same_freqs_of(spec, lm.info), log=say, bucket=settings.bucket,
+                                  tick=lambda f: bar.update(f / plan.rate))
+                ctx.memo["records"] = [r for r in results.records if r["scaling"] == spec.text]
+                for task, cells in todo:
+                    if not cells:
+                        continue
+                    bar.set_description_str(f"{spec.text} · {task.name}")
+                    for cell, recs in task.run(ctx, cells):
+                        results.add(recs)
+                        ctx.memo["records"] += recs
+                        head = next((r for r in recs if r["bucket"] is None), recs[0] if recs else None)
+                        if head is not None and head["value"] is not None:
+                            bar.set_postfix_str(f"{cell[0]:,}" + (f" @ {cell[1]:g}" if cell[1] is not None else "")
+                                                + f": {head['metric']} {head['value']:.4g}", refresh=True)
+    finally:
+        bar.close()
+
+
+def _write_reports(out: Path, results: Results, info: Any) -> None:
+    from .plots import write_plots
+
+    name = results.meta["config"]["model"]
+    plots = write_plots(out, results.records, info.trained_len, name)
+    write_summary(out, results.meta, results.records, plots)
+
+
+def _previous_bucket(out: Path) -> int | None:
+    import json
+
+    try:
+        return json.loads((out / "results.json").read_text())["meta"]["config"]["settings"]["bucket"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _info_dict(info: Any) -> dict[str, Any]:
+    d = {k: getattr(info, k) for k in ("encoding", "n_params", "n_layers", "hidden_size", "n_heads", "n_kv_heads",
+                                       "vocab_size", "trained_len")}
+    if info.rope_shape is not None:
+        d["rope"] = {"rotary_dim": info.rope_shape.rotary_dim, "base": info.rope_shape.base,
+                     "original_len": info.rope_shape.original_len}
+    d["path"] = str(info.path)
+    return d

@@ -1,0 +1,265 @@
+"""Scoring primitives shared by every task.
+
+- `token_nll`: per-token negative log-likelihood of a sequence. The decoder body runs once; the LM head and
+  log-softmax run over chunks of positions, so full-vocabulary logits never exist for the whole sequence
+  (16k tokens × 49k vocab in fp32 would be 3.2 GB).
+- `score_probes`: passkey / needle prompts scored teacher-forced. The answer tokens are appended to the
+  prompt and one forward gives, at every answer position, the token greedy decoding would pick. When the
+  greedy tokens follow the answer and then stop the integer, greedy decoding provably outputs the answer
+  (verdict: correct); when they leave it in a way that already fixes the first integer, the verdict is
+  wrong; only an undecided case (e.g. greedy starts with a newline instead of the number) continues with
+  real greedy decoding from the cache. Verdicts therefore equal `generate(do_sample=False)` exactly.
+- Prompts that share a haystack prefix (several needle depths and trials at one length) encode the prefix
+  once: the KV cache is extended depth by depth and cropped back after each probe.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+LOGITS_BYTES = 128 * 2**20  # at most this much fp32 logits at once
+PREFILL_CHUNK = 2048  # queries per cached forward call (bounds the attention mask: chunk × total)
+
+
+# ------------------------------------------------------------------------------------------ model parts
+
+
+def body_and_head(model: Any) -> tuple[Any, Any]:
+    """(decoder body returning final-normed hidden states, LM head) of a *ForCausalLM model."""
+    return getattr(model, model.base_model_prefix), model.get_output_embeddings()
+
+
+def head_rows(vocab_size: int) -> int:
+    """Positions per LM-head chunk so that one chunk's logits stay under LOGITS_BYTES."""
+    rows = LOGITS_BYTES // (4 * max(vocab_size, 1))
+    return int(max(64, min(4096, 2 ** int(np.log2(max(rows, 1))))))
+
+
+def logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """fp32 logits for a few positions (hidden: (n, H))."""
+    out = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        out = torch.tanh(out / cap) * cap
+    return out
+
+
+def _ids(x: Any, device: Any) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.int64), device=device)
+
+
+def device_of(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def hidden_states(model: Any, ids: Any, cache: Any = None) -> torch.Tensor:
+    """Final hidden states (T, H) of one sequence; appends to `cache` when given."""
+    body, _ = body_and_head(model)
+    x = _ids(ids, device_of(model))[None]
+    out = body(input_ids=x, past_key_values=cache, use_cache=cache is not None)
+    return out.last_hidden_state[0]
+
+
+@torch.inference_mode()
+def nll_of_hidden(model: Any, hidden: torch.Tensor, targets: Any) -> np.ndarray:
+    """-log p(targets[i] | hidden[i]) for every row, computed in LM-head chunks (float64 result)."""
+    tgt = _ids(targets, hidden.device)
+    rows = head_rows(model.get_output_embeddings().weight.shape[0])
+    out = torch.empty(len(tgt), dtype=torch.float32)
+    for s in range(0, len(tgt), rows):
+        lg = logits(model, hidden[s:s + rows])
+        out[s:s + rows] = torch.nn.functional.cross_entropy(lg, tgt[s:s + rows], reduction="none").cpu()
+        del lg
+    return out.double().numpy()
+
+
+@torch.inference_mode()
+def token_nll(model: Any, ids: Any) -> np.ndarray:
+    """NLL of ids[1:] given their prefixes, shape (T-1,); never more than one chunk of logits in memory."""
+    ids = np.asarray(ids)
+    h = hidden_states(model, ids)
+    return nll_of_hidden(model, h[:-1], ids[1:])
+
+
+def new_cache(model: Any) -> Any:
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def crop(cache: Any, length: int) -> None:
+    """Keep the first `length` tokens of a cache."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+@torch.inference_mode()
+def extend(model: Any, cache: Any, ids: Any, keep: int = 0, chunk: int = PREFILL_CHUNK) -> torch.Tensor | None:
+    """Feed `ids` after what `cache` holds, `chunk` tokens per call; -> hidden states of the last `keep` tokens."""
+    ids = np.asarray(ids)
+    n = len(ids)
+    if n == 0:
+        return None
+    starts = list(range(0, n, chunk))
+    if keep and len(starts) > 1 and n - starts[-1] < keep:  # the last call must hold the rows we keep
+        starts[-1] = max(0, n - keep)
+    outs = []
+    for j, s in enumerate(starts):
+        e = starts[j + 1] if j + 1 < len(starts) else n
+        h = hidden_states(model, ids[s:e], cache)
+        if keep and j == len(starts) - 1:
+            outs.append(h[-keep:])
+    return outs[0] if keep else None
+
+
+# --------------------------------------------------------------------------------------------- verdicts
+
+
+def first_integer_verdict(text: str, target: str, final: bool) -> bool | None:
+    """Is the first integer in `text` equal to `target`? None while more text could still change the answer."""
+    m = re.search(r"\d+", text)
+    if m is None:
+        return False if final else None
+    run = m.group()
+    if m.end() < len(text) or final:  # the integer is complete
+        return run == target
+    return None if target.startswith(run) else False
+
+
+def eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    gen = getattr(model, "generation_config", None)
+    for src in (getattr(gen, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(src, int):
+            ids.add(src)
+        elif src is not None:
+            ids.update(int(x) for x in src)
+    return frozenset(ids)
+
+
+# ----------------------------------------------------------------------------------------------- probes
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A prompt `base[:at] + needle + base[at:] + tail` followed by the expected `answer` tokens.
+    `target` is the integer greedy decoding must produce first (None: only the answer's NLL is wanted)."""
+
+    at: int
+    needle: np.ndarray
+    tail: np.ndarray
+    answer: np.ndarray
+    target: str | None = None
+
+    def prompt(self, base: np.ndarray) -> np.ndarray:
+        return np.concatenate([base[:self.at], self.needle, base[self.at:], self.tail]).astype(np.int64)
+
+    def extra(self) -> int:
+        """Tokens beyond the haystack itself."""
+        return len(self.needle) + len(self.tail) + len(self.answer)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    nll: np.ndarray  # per answer token
+    correct: bool | None  # None when the probe has no target
+    generated: int  # greedy steps decoded beyond the single teacher-forced forward (0 = none needed)
+
+
+class Scorer:
+    """Scores probes on one model; `reusable(prefix_len, total_len)` says whether a cached prefix is valid for a
+    prompt of total_len tokens (False for methods whose frequencies depend on the whole sequence length)."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_new_tokens: int = 16,
+                 reusable: Callable[[int, int], bool] = lambda p, t: True):
+        self.model, self.tok = model, tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.reusable = reusable
+        self.eos = eos_ids(model, tokenizer)
+        self.decode_seconds = 0.0  # time spent in greedy decoding past the teacher-forced forward
+
+    # -- one probe, given the hidden states of its last k+1 positions and a cache holding prompt+answer
+    @torch.inference_mode()
+    def _judge(self, pr: Probe, h: torch.Tensor, cache: Any, prompt_len: int) -> ProbeResult:
+        k = len(pr.answer)
+        lg = logits(self.model, h)  # (k+1, V): position j predicts answer[j]; row k is after the answer
+        ans = _ids(pr.answer, lg.device)
+        nll = torch.nn.functional.cross_entropy(lg[:k], ans, reduction="none").double().cpu().numpy()
+        if pr.target is None:
+            return ProbeResult(nll, None, 0)
+        greedy = lg.argmax(-1).tolist()
+        answer = [int(t) for t in pr.answer]
+        for i, g in enumerate(greedy):
+            if i < k and g == answer[i]:
+                continue
+            seq = answer[:i] + [g]
+            verdict, steps = self._decide(seq, pr.target)
+            if verdict is None:  # undecided: continue greedy decoding from the cached prompt + answer[:i]
+                crop(cache, prompt_len + i)
+                verdict, steps = self._greedy(cache, seq, pr.target)
+            return ProbeResult(nll, verdict, steps)
+        raise AssertionError("unreachable: the loop returns at the latest after the answer")
+
+    def _decide(self, seq: list[int], target: str) -> tuple[bool | None, int]:
+        final = seq[-1] in self.eos or len(seq) >= self.max_new_tokens
+        text = self.tok.decode(seq, skip_special_tokens=True)
+        return first_integer_verdict(text, target, final), 0
+
+    @torch.inference_mode()
+    def _greedy(self, cache: Any, seq: list[int], target: str) -> tuple[bool, int]:
+        t0, steps = time.perf_counter(), 0
+        while True:
+            h = hidden_states(self.model, [seq[-1]], cache)
+            seq.append(int(logits(self.model, h[-1:]).argmax(-1)))
+            steps += 1
+            verdict, _ = self._decide(seq, target)
+            if verdict is not None:
+                self.decode_seconds += time.perf_counter() - t0
+                return verdict, steps
+
+    # -- many probes over one haystack
+    def scores(self, base: np.ndarray, probes: Sequence[Probe],
+               reuse: bool = True) -> Iterator[tuple[int, ProbeResult, int, int]]:
+        """Yields (index, result, tokens encoded, tokens they attended to before them) probe by probe.
+        Probes run by increasing needle position, so the haystack before each needle extends one shared
+        cache (when `reuse` and the prefix is valid for the prompt's length), cropped back after each probe."""
+        base = np.asarray(base)
+        shared, cur = None, 0
+        for i in sorted(range(len(probes)), key=lambda j: probes[j].at):
+            pr = probes[i]
+            if len(pr.answer) + 1 > self.max_new_tokens:
+                raise ValueError(f"answer of {len(pr.answer)} tokens needs max_new_tokens > {len(pr.answer)}")
+            prompt = pr.prompt(base)
+            full = np.concatenate([prompt, pr.answer]).astype(np.int64)
+            keep = len(pr.answer) + 1
+            if reuse and pr.at > 0 and self.reusable(pr.at, len(full)):
+                if shared is None or cur > pr.at:
+                    shared, cur = new_cache(self.model), 0
+                new, past = len(full) - cur, cur
+                extend(self.model, shared, base[cur:pr.at])
+                cur = pr.at
+                h = extend(self.model, shared, full[pr.at:], keep=keep)
+                res = self._judge(pr, h, shared, len(prompt))
+                crop(shared, pr.at)
+            else:  # one plain forward over the whole prompt
+                cache = new_cache(self.model) if pr.target is not None else None  # kept for greedy fallback
+                h = hidden_states(self.model, full, cache)[-keep:]
+                new, past = len(full), 0
+                res = self._judge(pr, h, cache, len(prompt))
+                del cache
+            yield i, res, new, past
+
+    def score(self, base: np.ndarray, probes: Sequence[Probe], reuse: bool = True) -> list[ProbeResult]:
+        """Results in the order of `probes`."""
+        out: list[ProbeResult | None] = [None] * len(probes)
+        for i, res, _, _ in self.scores(base, probes, reuse):
+            out[i] = res
+        return out  # type: ignore[return-value]

@@ -1,0 +1,122 @@
+"""The task registry and what a task sees while it runs.
+
+A task is a `Task` entry: a generator `run(ctx, cells)` that yields `(cell, records)` as each cell finishes
+(the runner writes results after every one), a `cost(model_cost, length, depths, settings)` that states FLOPs
+per cell and peak bytes before anything runs, and a few facts (needs --data, sweeps depths). Adding a task is
+one module with one `register(...)` call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ..errors import CtxextError, did_you_mean
+
+Cell = tuple[int, "float | None"]  # (length, depth); depth None for tasks without depths
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Knobs that decide results; saved in results.json, and a resumed run must use the same ones."""
+
+    seed: int = 0
+    samples: int | None = None  # per cell: documents (ppl), trials (passkey, niah, needle-ppl); None: task default
+    protocol: str = "window"  # ppl: window (first L tokens), sliding, or both
+    stride: int | None = None  # sliding-window stride; None: L // 2
+    bucket: int | None = None  # ppl curve bucket width in tokens; None: max length / 8 (a power of two)
+    reuse_prefix: bool = True  # needle tasks: encode the haystack shared by several depths once
+    max_new_tokens: int = 16  # greedy budget of a passkey / needle answer
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise CtxextError(f"unknown ppl protocol '{self.protocol}'{did_you_mean(self.protocol, list(PROTOCOLS))}; "
+                              f"accepted: {', '.join(PROTOCOLS)}")
+        for name in ("samples", "stride", "bucket"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise CtxextError(f"--{name} must be >= 1, got {v}")
+
+    def samples_for(self, task: Task) -> int:
+        return self.samples if self.samples is not None else task.default_samples
+
+
+PROTOCOLS = ("window", "sliding", "both")
+
+
+@dataclass
+class TaskContext:
+    """Everything a task needs for one spec: the loaded model (spec applied), data, settings, and the
+    runner's callbacks (`tick(flops)` advances the progress bar, `log(line)` reports)."""
+
+    lm: Any  # ctxext.models.LoadedModel
+    spec: Any  # ctxext.scaling.Spec
+    settings: Settings
+    docs: list | None
+    out: Path
+    cost: Any  # ctxext.evals.cost.ModelCost
+    same_freqs: Callable[[int, int], bool]  # do forwards of these two lengths rotate shared positions alike?
+    tick: Callable[[float], None] = lambda flops: None
+    log: Callable[[str], None] = print
+    memo: dict[str, Any] = field(default_factory=dict)  # shared by the tasks of one spec (ppl curves for fit)
+    bucket: int = 1024
+
+    @property
+    def model(self) -> Any:
+        return self.lm.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.lm.tokenizer
+
+    def record(self, task: str, length: int, depth: float | None, metric: str, value: float | None, n: int,
+               bucket: tuple[int, int] | None = None) -> dict[str, Any]:
+        return {"model": self.lm.name, "scaling": self.spec.text, "task": task, "length": int(length),
+                "depth": depth, "bucket": list(bucket) if bucket is not None else None, "metric": metric,
+                "value": None if value is None else float(value), "n": int(n)}
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    summary: str
+    run: Callable[[TaskContext, list[Cell]], Iterator[tuple[Cell, list[dict[str, Any]]]]]
+    cost: Callable[..., tuple[float, float]]  # (model_cost, length, depths, settings) -> (flops per cell, peak bytes)
+    metric: str  # the headline metric of the summary table
+    needs_data: bool = False
+    uses_depths: bool = False
+    default_samples: int = 1
+    requires: tuple[str, ...] = ()  # tasks whose results this one reads (run first, added when missing)
+    higher_is_better: bool = False
+    check: Callable[[list, list[int]], None] | None = None  # (documents, lengths): CtxextError if data cannot serve
+
+    def cells(self, lengths: list[int], depths: list[float]) -> list[Cell]:
+        return [(L, d) for L in lengths for d in depths] if self.uses_depths else [(L, None) for L in lengths]
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    TASKS[task.name] = task
+    return task
+
+
+BUILTIN_ORDER = ("ppl", "passkey", "niah", "needle-ppl", "fit")  # how listings show them; others follow
+
+
+def get_task(name: str) -> Task:
+    names = task_names()
+    if name not in TASKS:
+        raise CtxextError(f"unknown task '{name}'{did_you_mean(name, names)}; accepted: {', '.join(names)}")
+    return TASKS[name]
+
+
+def task_names() -> list[str]:
+    _load_all()
+    return sorted(TASKS, key=lambda n: BUILTIN_ORDER.index(n) if n in BUILTIN_ORDER else len(BUILTIN_ORDER))
+
+
+def _load_all() -> None:
+    from . import fit, needle_ppl, niah, passkey, ppl  # noqa: F401  (registration side effects)

@@ -1,0 +1,74 @@
+"""ALiBi slopes for BLOOM, set per model instance.
+
+transformers 5.x builds BLOOM's bias in ``BloomModel.forward``: with an attention mask through the instance
+method ``self.build_alibi_tensor`` (which calls the module-level ``build_alibi_tensor``), without one from the
+module-level ``_get_alibi_slopes``. ctxext sets slopes on one model only, with two instance attributes on its
+``BloomModel`` and no global monkeypatch:
+
+- ``build_alibi_tensor``: the same bias, ``slopes[h] · (cumsum(mask) − 1) · mask``, with the given slopes;
+- ``forward``: when called without an attention mask, passes an all-ones mask over cache + input, which makes
+  the stock code take the mask path (the bias is identical: key index 0 … K−1 times the slope).
+
+Undo deletes both attributes. The slopes are a float32 tensor moved to the mask's device on use.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CtxextError
+
+ALIBI_MODEL_TYPES = ("bloom",)
+
+
+def alibi_base_model(model: nn.Module) -> nn.Module:
+    mods = [m for m in model.modules() if type(m).__name__ == "BloomModel" and hasattr(m, "build_alibi_tensor")]
+    if len(mods) != 1:
+        model_type = getattr(model.config, "model_type", "?")
+        raise CtxextError(f"setting ALiBi slopes is supported for {', '.join(ALIBI_MODEL_TYPES)} models, "
+                          f"not '{model_type}'")
+    return mods[0]
+
+
+def patch_alibi(model: nn.Module, slopes: np.ndarray) -> Callable[[], None]:
+    """Make `model` use `slopes` (one per head) -> an undo function."""
+    base = alibi_base_model(model)
+    if len(slopes) != base.num_heads:
+        raise CtxextError(f"got {len(slopes)} ALiBi slopes for a model with {base.num_heads} heads")
+    table = torch.as_tensor(np.asarray(slopes, dtype=np.float64), dtype=torch.float32)
+    stock_forward = base.forward
+    sig = inspect.signature(stock_forward)
+
+    def build_alibi_tensor(attention_mask: torch.Tensor, num_heads: int, dtype: torch.dtype) -> torch.Tensor:
+        batch, seq = attention_mask.shape
+        s = table.to(attention_mask.device)
+        arange = ((attention_mask.cumsum(dim=-1) - 1) * attention_mask)[:, None, :]
+        return (s[..., None] * arange).reshape(batch * num_heads, 1, seq).to(dtype)
+
+    def forward(*args: Any, **kwargs: Any):
+        bound = sig.bind_partial(*args, **kwargs)
+        a = bound.arguments
+        if a.get("attention_mask") is None:
+            x = a.get("input_ids") if a.get("input_ids") is not None else a.get("inputs_embeds")
+            cache = a.get("past_key_values")
+            past = cache.get_seq_length() if cache is not None else 0
+            a["attention_mask"] = torch.ones(x.shape[0], past + x.shape[1], dtype=torch.long, device=x.device)
+        return stock_forward(*bound.args, **bound.kwargs)
+
+    saved = {k: base.__dict__[k] for k in ("build_alibi_tensor", "forward") if k in base.__dict__}
+    base.build_alibi_tensor = build_alibi_tensor
+    base.forward = forward
+
+    def undo() -> None:
+        for k in ("build_alibi_tensor", "forward"):
+            if k in saved:
+                setattr(base, k, saved[k])
+            else:
+                delattr(base, k)
+
+    return undo

@@ -1,0 +1,103 @@
+"""Apply a scaling spec to a loaded model, in place; the previous spec is undone first.
+
+RoPE, static methods: the model's rotary-embedding module is replaced by a `ScaledRotary` with the spec's
+inv_freq and attention factor (nothing else changes; the state dict stays the stock one).
+RoPE, length-dependent methods (dynamic-ntk, dynamic-yarn, longrope): the same module swap, plus every attention
+module's forward replaced by ctxext's pre-RoPE-cache attention with a position plan (`ctxext.models.attention`).
+ALiBi (BLOOM): the model's bias uses the spec's slopes (`ctxext.models.alibi`).
+
+`default` restores the model exactly as loaded (original modules and forwards, kept for undo). For a checkpoint
+whose config already scales RoPE (e.g. a LongRoPE model), that is the checkpoint's own RoPE; other specs are
+computed from its RopeShape (base and original length read from the config). Every refusal (a method that does
+not fit the encoding, factors of the wrong length, an unsupported architecture) happens before the model changes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from ..errors import CtxextError
+from ..scaling import Spec, check_fits, resolve_alibi, resolve_rope
+from ..scaling.spec import effective_shape
+from .alibi import alibi_base_model, patch_alibi
+from .attention import SUPPORTED_MODEL_TYPES, attention_modules, make_plan, patch_attention
+from .load import LoadedModel
+from .rope import ScaledRotary
+
+Installer = Callable[[], Callable[[], None]]  # installs a patch, returns its undo
+
+
+def find_rotary(model: nn.Module) -> tuple[nn.Module, str, nn.Module]:
+    """(parent, attribute, module) of the model's single rotary-embedding module."""
+    found = [(name, m) for name, m in model.named_modules()
+             if isinstance(m, ScaledRotary) or (type(m).__name__.endswith("RotaryEmbedding") and hasattr(m, "inv_freq"))]
+    if len(found) != 1:
+        model_type = getattr(model.config, "model_type", "?")
+        raise CtxextError(f"expected one rotary-embedding module in this '{model_type}' model, found {len(found)}; "
+                          "ctxext cannot apply RoPE scaling to it")
+    name, module = found[0]
+    parent_name, _, attr = name.rpartition(".")
+    return model.get_submodule(parent_name), attr, module
+
+
+def _rope_installer(lm: LoadedModel, spec: Spec) -> Installer | None:
+    if spec.method == "default":
+        return None
+    shape = lm.info.rope_shape
+    freqs = resolve_rope(spec, shape)  # validates the spec against this shape (e.g. longrope factor count)
+    parent, attr, current = find_rotary(lm.model)
+    if current.inv_freq.numel() != shape.n_pairs:
+        raise CtxextError(f"the model's rotary module has {current.inv_freq.numel()} pairs, its config says "
+                          f"{shape.n_pairs} (rotary dim {shape.rotary_dim}); cannot apply '{spec.text}'")
+    base = effective_shape(spec, shape).theta()
+    device = current.inv_freq.device
+    plan = None
+    if spec.entry.length_dependent:
+        plan = make_plan(spec, shape)
+        model_type = lm.info.config.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES or len(attention_modules(lm.model)) != lm.info.n_layers:
+            raise CtxextError(f"'{spec.method}' patches attention, which ctxext supports for "
+                              f"{', '.join(SUPPORTED_MODEL_TYPES)} models, not '{model_type}'")
+        freqs = plan.resolved(plan.bucket(plan.L))
+    rotary = ScaledRotary(freqs, base, plan).to(device)
+
+    def install() -> Callable[[], None]:
+        original = getattr(parent, attr)
+        setattr(parent, attr, rotary)
+        undo_attention = patch_attention(lm.model, plan, lm.info.n_layers) if plan is not None else None
+
+        def undo() -> None:
+            if undo_attention is not None:
+                undo_attention()
+            setattr(parent, attr, original)
+
+        return undo
+
+    return install
+
+
+def _alibi_installer(lm: LoadedModel, spec: Spec) -> Installer | None:
+    if spec.method == "default":
+        return None
+    slopes = resolve_alibi(spec, lm.info.n_heads)
+    alibi_base_model(lm.model)  # refuses non-BLOOM ALiBi models now
+    return lambda: patch_alibi(lm.model, slopes)
+
+
+def restore(lm: LoadedModel) -> None:
+    """Undo the current patch: the model as loaded."""
+    if lm._undo is not None:
+        lm._undo()
+        lm._undo = None
+
+
+def apply_spec(lm: LoadedModel, spec: Spec) -> None:
+    """Apply `spec` to `lm` in place (replacing any previous spec); `default` restores the model as loaded."""
+    check_fits(spec, lm.info.encoding)
+    install = (_rope_installer if lm.info.encoding == "rope" else _alibi_installer)(lm, spec)
+    restore(lm)
+    if install is not None:
+        lm._undo = install()
+    lm.spec = spec

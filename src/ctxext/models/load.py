@@ -1,0 +1,66 @@
+"""Load a model by name into a `LoadedModel` (eval mode, CPU, no network)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..scaling import Spec
+from .info import ModelInfo, info_from_config, read_config
+from .names import convert_gguf, offline, resolve_source
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to use: `spec` is the scaling currently applied (None: as loaded)."""
+
+    name: str
+    info: ModelInfo
+    model: Any
+    tokenizer: Any
+    spec: Spec | None = None
+    load_seconds: float = field(default=0.0, compare=False)
+    _undo: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+
+
+def load_tokenizer(path: Path) -> Any:
+    """The directory's tokenizer, or None when it has no tokenizer files (e.g. a bare test checkpoint)."""
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32, attn: str = "sdpa") -> LoadedModel:
+    """Load a built-in name, HF directory or .gguf file (converted once, then cached) in eval mode."""
+    offline()
+    from transformers import AutoModelForCausalLM
+
+    t0 = time.perf_counter()
+    src = resolve_source(name)  # every naming error is raised here, before any weights
+    path = src.path if src.kind == "hf" else convert_gguf(src.path)
+    info = info_from_config(read_config(path), name, src.path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation=attn,
+                                                     local_files_only=True)
+    except ValueError as e:  # e.g. BLOOM has no SDPA path: fall back to eager rather than fail
+        if attn != "sdpa" or "does not support" not in str(e):
+            raise
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="eager",
+                                                     local_files_only=True)
+    model.eval()
+    return LoadedModel(name, info, model, load_tokenizer(path), load_seconds=time.perf_counter() - t0)
+
+
+def wrap_model(model: Any, tokenizer: Any = None, name: str | None = None) -> LoadedModel:
+    """A LoadedModel around a model already in memory (tests, training loops)."""
+    cfg = model.config.to_dict()
+    where = getattr(model.config, "_name_or_path", "") or "in-memory"
+    return LoadedModel(name or where, info_from_config(cfg, name or where, where), model, tokenizer)

@@ -1,0 +1,122 @@
+"""RoPE tables and rotation, computed exactly as Hugging Face transformers computes them.
+
+`ScaledRotary` replaces a model's rotary-embedding module (``model.model.rotary_emb`` in transformers 5.x).
+Its ``forward(x, position_ids)`` returns ``(cos, sin)`` like transformers' own module:
+
+    freqs = position_ids.float()[..., None] * inv_freq          # float32, (B, S, d/2)
+    emb   = cat(freqs, freqs);  cos = emb.cos() * m;  sin = emb.sin() * m   -> cast to x.dtype
+
+with ``inv_freq`` and the attention factor ``m`` from ``ctxext.scaling.resolve_rope``. The only addition is
+LongRoPE's n̂ (``RopeFreqs.start_tokens``): positions < n̂ keep the unscaled frequencies, so the table is
+per position (m still multiplies every position: it is a logit temperature, not a position effect).
+The last dim of cos/sin is the rotary dim; partial-rotary models (Phi3 ``partial_rotary_factor``) rotate the
+first rotary_dim channels of each head and pass the rest through (``apply_rope``).
+
+For length-dependent methods the module also hands the attention layers the position ids (see
+``ctxext.models.attention``): the returned tuple is a ``PlannedRope`` that carries them and a per-forward memo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..scaling import RopeFreqs
+
+
+@dataclass(frozen=True)
+class TorchFreqs:
+    """One frequency set on one device: float32 inv_freq (d/2,), attention factor m, and n̂ with the
+    unscaled inv_freq it falls back to."""
+
+    inv_freq: torch.Tensor
+    attention_factor: float
+    start_tokens: int
+    base_inv_freq: torch.Tensor
+
+    @classmethod
+    def of(cls, freqs: RopeFreqs, base_inv_freq: np.ndarray, device: torch.device | str | None = None) -> TorchFreqs:
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=torch.float32, device=device)
+
+        return cls(t(freqs.inv_freq), float(freqs.attention_factor), int(freqs.start_tokens), t(base_inv_freq))
+
+
+def cos_sin(position_ids: torch.Tensor, f: TorchFreqs, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each (B, S, rotary_dim), for integer positions (B, S) — transformers' formula."""
+    inv_freq = f.inv_freq.to(position_ids.device)
+    pos = position_ids[..., None].float()
+    freqs = pos * inv_freq
+    if f.start_tokens > 0:
+        freqs = torch.where(position_ids[..., None] < f.start_tokens, pos * f.base_inv_freq.to(pos.device), freqs)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+    if f.attention_factor != 1.0:  # x * 1.0 == x exactly: skipping it changes no bit
+        cos, sin = cos * f.attention_factor, sin * f.attention_factor
+    return cos.to(dtype), sin.to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, x_half: torch.Tensor | None = None):
+    """Rotate x (B, H, S, D) by per-position tables (B, S, rd), rd ≤ D (channels ≥ rd pass through).
+    `x_half` = rotate_half(x[..., :rd]) when the caller already has it (it does not depend on frequencies)."""
+    cos, sin = cos[:, None], sin[:, None]
+    rd = cos.shape[-1]
+    x_rot = x if rd == x.shape[-1] else x[..., :rd]
+    out = x_rot * cos + (rotate_half(x_rot) if x_half is None else x_half) * sin
+    return out if rd == x.shape[-1] else torch.cat([out, x[..., rd:]], dim=-1)
+
+
+class PlannedRope(tuple):
+    """``(cos, sin)`` as transformers expects, plus what patched attention layers need: the position ids of
+    this forward, its length (max position + 1) and a memo shared by all layers of one forward."""
+
+    position_ids: torch.Tensor
+    seq_len: int
+    memo: dict[Any, Any]
+
+    def __new__(cls, cos: torch.Tensor, sin: torch.Tensor, position_ids: torch.Tensor, seq_len: int):
+        self = super().__new__(cls, (cos, sin))
+        self.position_ids, self.seq_len, self.memo = position_ids, seq_len, {}
+        return self
+
+
+class ScaledRotary(nn.Module):
+    """Drop-in replacement for a transformers rotary-embedding module.
+
+    Static methods: one `TorchFreqs`. Length-dependent methods: `plan` (a ``PositionPlan``) picks the
+    frequencies for the current forward, and the output is a `PlannedRope` for the patched attention.
+    """
+
+    def __init__(self, freqs: RopeFreqs, base_inv_freq: np.ndarray, plan: Any = None):
+        super().__init__()
+        f = TorchFreqs.of(freqs, base_inv_freq)
+        # non-persistent: the state dict (and save_pretrained) stays exactly the stock one
+        self.register_buffer("inv_freq", f.inv_freq, persistent=False)
+        self.register_buffer("base_inv_freq", f.base_inv_freq, persistent=False)
+        self.attention_scaling = f.attention_factor
+        self.start_tokens = f.start_tokens
+        self.plan = plan
+
+    def extra_repr(self) -> str:
+        kind = type(self.plan).__name__ if self.plan is not None else "static"
+        return f"pairs={self.inv_freq.numel()}, attention_scaling={self.attention_scaling:.6g}, " \
+               f"start_tokens={self.start_tokens}, plan={kind}"
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, *args: Any, **kwargs: Any):
+        if self.plan is None:
+            f = TorchFreqs(self.inv_freq, self.attention_scaling, self.start_tokens, self.base_inv_freq)
+            return cos_sin(position_ids, f, x.dtype)
+        seq_len = int(position_ids.max()) + 1
+        f = self.plan.freqs(self.plan.bucket(seq_len), x.device)
+        cos, sin = cos_sin(position_ids, f, x.dtype)
+        return PlannedRope(cos, sin, position_ids, seq_len)

@@ -1,0 +1,53 @@
+"""Tiny random models from configs (Llama, Mistral, Qwen2, Qwen3, Phi3, BLOOM) for tests and smoke runs.
+
+hidden 64, 2 layers, 4 heads (2 KV heads), head_dim 16, vocab 96, window 64: "past the window" is cheap.
+`init_std` is larger than transformers' 0.02 so attention is sharp enough for position changes to show.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "phi3", "bloom")
+WINDOW = 64
+
+
+def tiny_config(arch: str, **overrides: Any):
+    import transformers as tf
+
+    rope = {"rope_type": "default", "rope_theta": 10000.0}
+    common = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=WINDOW, tie_word_embeddings=False,
+                  initializer_range=0.1, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if arch == "llama":
+        cfg = tf.LlamaConfig(**common, head_dim=16, rope_parameters=rope)
+    elif arch == "mistral":
+        cfg = tf.MistralConfig(**common, head_dim=16, rope_parameters=rope, sliding_window=None)
+    elif arch == "qwen2":
+        cfg = tf.Qwen2Config(**common, rope_parameters=rope)
+    elif arch == "qwen3":
+        cfg = tf.Qwen3Config(**common, head_dim=16, rope_parameters=rope)
+    elif arch == "phi3":  # partial rotary: 8 of 16 channels per head rotate
+        cfg = tf.Phi3Config(**common, rope_parameters={**rope, "partial_rotary_factor": 0.5},
+                            original_max_position_embeddings=WINDOW)
+    elif arch == "bloom":
+        cfg = tf.BloomConfig(vocab_size=96, hidden_size=64, n_layer=2, n_head=4, initializer_range=0.1,
+                             seq_length=WINDOW, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    else:
+        raise ValueError(f"unknown tiny arch {arch!r}; choose from {ARCHS}")
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def tiny_model(arch: str, seed: int = 0, attn: str = "sdpa", **overrides: Any):
+    """A random float32 model in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    if arch == "bloom" and attn == "sdpa":
+        attn = "eager"  # BLOOM has no SDPA path in transformers
+    cfg = tiny_config(arch, **overrides)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation=attn).eval()

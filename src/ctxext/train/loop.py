@@ -1,0 +1,343 @@
+"""The training loop: one CPU, one GPU, or many through accelerate (DDP, FSDP, DeepSpeed ZeRO-3).
+
+One optimizer step consumes `rows_per_step` packed rows of --seq-len tokens over all processes; each process
+takes its slice and runs it in forwards of --micro-batch rows. Every forward returns the summed token loss,
+scaled by world / (scored tokens of the whole global batch) before backward, so after the engines average the
+gradients over processes, one process and N processes with the same global batch take the same step.
+
+Order: everything that needs no weights (spec, export plan, memory estimate and refusal) -> model, data ->
+evaluation of the untrained extension (step 0) -> steps, with a checkpoint every --save-every steps, on
+Ctrl-C (after the current step), and at the end -> final evaluation -> DIR/final exported as ctxext export does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import CtxextError
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import IGNORE, RowOrder, is_short_step, load_rows, model_inputs
+from .evaluate import evaluate, headline
+from .loss import LossModel
+from .memory import GIB, check_fits
+from .optim import make_optimizer, make_scheduler, param_groups
+from .report import write_reports
+from .setup import build_model, plan_run
+
+FINAL_DIR = "final"
+CARD_FIGURES = ("steps_done", "tokens", "final_loss", "passkey", "ppl", "ppl_last_quarter")  # onto the model card
+
+
+def make_accelerator() -> Any:
+    """bf16 autocast with fp32 master weights on GPU, fp32 on CPU. Under torchrun / accelerate launch on CPU the
+    processes join a gloo group (DDP); FSDP there is switched on by hand, because accelerate 1.15 enables FSDP only
+    for accelerators (the CPU path serves the tests; it uses FSDP2 exactly as on GPU)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    cuda = torch.cuda.is_available()
+    mp = "no"
+    if cuda:
+        mp = os.environ.get("ACCELERATE_MIXED_PRECISION") or ("bf16" if torch.cuda.is_bf16_supported() else "no")
+    acc = Accelerator(mixed_precision=mp, cpu=not cuda)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and \
+            acc.distributed_type == DistributedType.MULTI_CPU:
+        acc.state.distributed_type = DistributedType.FSDP
+        acc.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # read from the FSDP_* variables of the launcher
+    return acc
+
+
+class StopFlag:
+    """The first Ctrl-C asks the loop to stop after the current step (checkpoint, then exit); a second one
+    interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nctxext train: stopping after this step and saving a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _check_out(out: Path, cfg: TrainConfig, progress: dict[str, Any] | None) -> None:
+    if cfg.resume:  # without a checkpoint --resume starts from step 0 (the same command serves every restart)
+        if progress is None:
+            return
+        before = progress.get("config", {})
+        diff = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items()
+                if k in TrainConfig.RESUME_KEYS and _jsonish(before.get(k)) != _jsonish(v)]
+        if diff:
+            raise CtxextError(f"cannot --resume {out}: its checkpoint was written with other settings "
+                              f"({'; '.join(diff)}); use the same settings or another --out")
+        return
+    if (out / ckpt.CKPT_DIR).exists():
+        raise CtxextError(f"{out} holds a checkpoint; pass --resume to continue it, or choose another --out")
+    if out.exists() and any(out.iterdir()):
+        raise CtxextError(f"--out {out} exists and is not empty; choose another folder")
+
+
+def _jsonish(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _peak_memory(device: str) -> int:
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Run (or --resume) the training described by `cfg`; returns the summary written to OUT/results.json.
+    `on_step(record)` is called on every process after each step (tests use it to interrupt)."""
+    import torch
+    from accelerate.utils import DistributedType
+    from tqdm.auto import tqdm
+
+    from .. import runinfo
+    from ..data import data_files
+
+    acc = make_accelerator()
+    world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
+    say = (lambda m: tqdm.write(m, file=sys.stderr)) if main else (lambda m: None)
+    out = Path(cfg.out)
+    dtype_kind = acc.distributed_type
+    rows_per_step = cfg.rows_per_step(world)
+    per_rank = rows_per_step // world
+    if dtype_kind == DistributedType.DEEPSPEED and cfg.micro_batch < per_rank:
+        raise CtxextError(f"with DeepSpeed, --micro-batch must cover the {per_rank} rows per process and step "
+                          "(ctxext accumulates gradients itself, DeepSpeed's own accumulation is not wired in)")
+    sharded = dtype_kind in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    plan = plan_run(cfg, min(cfg.micro_batch, per_rank), acc.mixed_precision == "bf16", world if sharded else 1)
+    data_files(cfg.data)
+    if cfg.eval_data:
+        data_files(cfg.eval_data)
+    prev = ckpt.read_progress(out) if cfg.resume else None
+    _check_out(out, cfg, prev)
+    device = str(acc.device)
+    micro_desc = f"{min(cfg.micro_batch, per_rank)} × {cfg.seq_len:,} tokens per forward"
+    say(f"ctxext train: {cfg.model} with {plan.spec.text}, {cfg.steps} steps of {rows_per_step} × {cfg.seq_len:,} "
+        f"tokens on {world} process(es) ({dtype_kind.value}, {device}, "
+        f"{'bf16 autocast' if acc.mixed_precision == 'bf16' else 'fp32'}) -> {out}")
+    say(f"peak memory estimate per process ({micro_desc}): {plan.memory.describe()}")
+    if cfg.check_memory:
+        check_fits(plan.memory, device, f"training {cfg.model} at {micro_desc}")
+
+    torch.manual_seed(cfg.seed)
+    lm = build_model(cfg, plan.spec)
+    with acc.main_process_first():
+        rows = load_rows(cfg.data, lm.tokenizer, cfg.seq_len)
+    L = plan.export.original_len
+    if cfg.mixed_window and cfg.seq_len % L:
+        raise CtxextError(f"--mixed-window cuts rows into the original window: --seq-len {cfg.seq_len} must be a "
+                          f"multiple of {L}")
+    model, opt = acc.prepare(LossModel(lm.model, cfg.loss_chunk),
+                             make_optimizer(param_groups(lm.model, cfg.weight_decay), cfg.peak_lr))
+    sched = make_scheduler(opt.optimizer if hasattr(opt, "optimizer") else opt, cfg.steps, cfg.warmup,
+                           cfg.schedule, cfg.min_lr_ratio)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_file = out / "spec.json"  # the spec as ctxext eval / export accept it (also for the mixed-window longrope)
+    if main:
+        from ..evals.files import write_json
+
+        write_json(spec_file, plan.spec.to_dict())
+    spec_arg = cfg.scaling if not cfg.mixed_window else str(spec_file)
+
+    history: list[dict[str, Any]] = []
+    evals: list[dict[str, Any]] = []
+    step, elapsed = 0, 0.0
+    if prev is not None:
+        state = ckpt.load(out, acc, model, opt, sched)
+        step, history, evals, elapsed = state["step"], state["history"], state["evals"], state["seconds"]
+        say(f"resumed from step {step} ({out / ckpt.CKPT_DIR})")
+
+    host = _Host(acc, model, lm, cfg, plan.spec)
+    meta = {"versions": runinfo.versions(), "machine": runinfo.machine(), "command": cfg.command_line,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "seed": cfg.seed,
+            "spec": plan.spec.text, "resolved_spec": plan.spec.to_dict(), "config": cfg.to_dict(),
+            "processes": world, "distributed": dtype_kind.value, "device": device,
+            "mixed_precision": acc.mixed_precision, "memory_estimate": plan.memory.as_dict(),
+            "rows": {"count": rows.n_rows, "documents": rows.n_documents, "rows_per_step": rows_per_step},
+            "trainable_parameters": plan.n_trainable}
+
+    def summary() -> dict[str, Any]:
+        timed = history[1:] if len(history) > 1 else history  # the first step pays warm-up costs
+        secs = sum(h["step_seconds"] for h in timed)
+        return {"steps_done": step, "steps": cfg.steps, "tokens": step * rows_per_step * cfg.seq_len,
+                "final_loss": history[-1]["loss"] if history else None,
+                "tokens_per_second": (sum(h["step_tokens"] for h in timed) / secs) if secs else None,
+                "train_seconds": round(elapsed, 2),
+                "peak_memory_bytes": _peak_memory(device), "peak_memory_gib": round(_peak_memory(device) / GIB, 3),
+                "memory_estimate_gib": round(plan.memory.total / GIB, 3),
+                "final": str(out / FINAL_DIR) if (out / FINAL_DIR / "config.json").is_file() else None}
+
+    def progress_state() -> dict[str, Any]:
+        return {"step": step, "rows_consumed": step * rows_per_step, "seconds": elapsed, "history": history,
+                "evals": evals, "config": cfg.to_dict()}
+
+    def run_eval_at(s: int) -> None:
+        if not cfg.evaluate or any(e["step"] == s for e in evals):
+            return
+        records = host.evaluate(spec_arg, out, s)
+        evals.append({"step": s, "records": records})
+        if main:
+            say(f"evaluation at step {s}: " + ", ".join(f"{k} {v:.4g}" for k, v in headline(records, cfg.seq_len).items()))
+            write_reports(out, meta, history, evals, summary())
+
+    if step == 0:
+        run_eval_at(0)
+    order = RowOrder(rows.n_rows, cfg.seed)
+    ddp = dtype_kind in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (main and progress), unit="step", dynamic_ncols=True,
+               desc="train")
+    interrupted = False
+    with StopFlag() as stop:
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            short = cfg.mixed_window and is_short_step(step, cfg.short_fraction)
+            idx = order.rows(step * rows_per_step, rows_per_step)[rank * per_rank:(rank + 1) * per_rank]
+            batch = model_inputs(rows.ids[idx], rows.starts[idx], L if short else None)
+            n_global = acc.reduce((batch["labels"] != IGNORE).sum().to(acc.device), "sum")
+            per_fwd = cfg.micro_batch * (cfg.seq_len // L if short else 1)
+            n_rows = batch["input_ids"].shape[0]
+            loss_sum = torch.zeros((), device=acc.device)
+            lr = sched.get_last_lr()[0]
+            for s in range(0, n_rows, per_fwd):
+                mb = {k: v[s:s + per_fwd].to(acc.device) for k, v in batch.items()}
+                last = s + per_fwd >= n_rows
+                with (acc.no_sync(model) if ddp and not last else contextlib.nullcontext()):
+                    part, _ = model(**mb)
+                    acc.backward(part * (world / n_global))
+                loss_sum += part.detach()
+            if cfg.grad_clip:
+                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            loss = float(acc.reduce(loss_sum, "sum") / n_global)
+            if not math.isfinite(loss):
+                raise CtxextError(f"the loss became {loss} at step {step + 1}; lower --lr (now {cfg.peak_lr:g})")
+            step += 1
+            dt_step = time.perf_counter() - t0
+            elapsed += dt_step
+            tokens = rows_per_step * cfg.seq_len
+            rec = {"step": step, "loss": loss, "lr": lr, "tokens": step * tokens, "step_tokens": tokens,
+                   "step_seconds": round(dt_step, 4), "short": short}
+            history.append(rec)
+            bar.update(1)
+            bar.set_postfix_str(f"loss {loss:.4f}, lr {lr:.2e}, {tokens / dt_step:,.0f} tok/s", refresh=False)
+            if on_step is not None:
+                on_step(rec)
+            want_stop = torch.tensor(float(stop.requested), device=acc.device)
+            if float(acc.reduce(want_stop, "sum")) > 0:
+                interrupted = True
+                break
+            if step % cfg.save_every == 0 and step < cfg.steps:
+                ckpt.save(out, acc, model, opt, sched, progress_state())
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                run_eval_at(step)
+    bar.close()
+    ckpt.save(out, acc, model, opt, sched, progress_state())
+    if interrupted:
+        if main:
+            write_reports(out, meta, history, evals, summary())
+            say(f"stopped at step {step}; continue with the same command and --resume")
+        raise KeyboardInterrupt
+    run_eval_at(step)
+    final = host.export(plan.export, out / FINAL_DIR, {**summary(), **headline(evals[-1]["records"], cfg.seq_len)}
+                        if evals else summary())
+    result = summary()
+    if main:
+        if final is not None:
+            v = final["verification"]
+            say(f"exported {out / FINAL_DIR}: stock transformers load, max |logit diff| "
+                f"{v['max_abs_logit_diff']:.3g} ({'ok' if v['passed'] else 'MISMATCH'})")
+            result["export_verification"] = v
+        write_reports(out, meta, history, evals, result)
+    acc.wait_for_everyone()
+    return result
+
+
+class _Host:
+    """The full model on the main process, for evaluation and export: the trained model itself on one process or
+    under DDP; under FSDP / DeepSpeed a copy on the main process into which the gathered weights are loaded."""
+
+    def __init__(self, acc: Any, model: Any, lm: Any, cfg: TrainConfig, spec: Any):
+        from accelerate.utils import DistributedType
+
+        self.acc, self.model, self.live, self.cfg, self.spec = acc, model, lm, cfg, spec
+        self.gather = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        self._copy: Any = None
+
+    def _lm(self) -> Any:
+        """The LoadedModel to use now (collective under FSDP / DeepSpeed: every process must call it)."""
+        if not self.gather:
+            return self.live if self.acc.is_main_process else None
+        state = self.acc.get_state_dict(self.model)  # full weights on the main process
+        if not self.acc.is_main_process:
+            return None
+        if self._copy is None:
+            self._copy = build_model(replace(self.cfg, grad_checkpointing=False), self.spec)
+            self._copy.model.to(self.acc.device)
+        print("DBG", self.gather, type(next(iter(state.values()))), len(state), flush=True)
+        res = self._copy.model.load_state_dict({k.removeprefix("lm."): v for k, v in state.items()}, strict=False)
+        print("DBG", res, type(next(self._copy.model.parameters())), flush=True)
+        return self._copy
+
+    def evaluate(self, spec_arg: str, out: Path, step: int) -> list[dict[str, Any]]:
+        lm = self._lm()
+        records = evaluate(lm, spec_arg, self.cfg, out, step) if lm is not None else []
+        self.acc.wait_for_everyone()
+        return records
+
+    def export(self, export_plan: Any, where: Path, figures: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge LoRA, write `where` as ctxext export does; the spec carries the run's figures to the model card."""
+        import shutil
+
+        import torch
+
+        from ..export import export_loaded
+        from .lora import merge_lora
+
+        lm = self._lm()
+        result = None
+        if lm is not None:
+            if self.cfg.lora:
+                merge_lora(lm.model)
+            lm.model.to("cpu", dtype=torch.float32).eval()
+            meta = {**self.spec.meta, "trained_with": f"ctxext train ({self.cfg.command_line or 'API'})",
+                    **{k: figures[k] for k in CARD_FIGURES if figures.get(k) is not None}}
+            plan = replace(export_plan, spec=replace(export_plan.spec, meta=meta))
+            if where.exists():
+                shutil.rmtree(where)
+            result = export_loaded(lm, plan, where)
+        self.acc.wait_for_everyone()
+        return result

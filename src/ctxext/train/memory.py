@@ -1,0 +1,84 @@
+"""Peak-memory estimate of one training step, before any weights are loaded; refusal when it cannot fit.
+
+Per process, in bytes (P parameters, P_t trainable, B rows × T tokens per forward, hidden H, intermediate I,
+layers n, heads h, vocab V, activation width a = 2 in bf16, 4 in fp32; sharded = FSDP / ZeRO-3 over W processes):
+
+    weights      4·P (fp32 master weights; bf16 training autocasts)            / W when sharded
+    gradients    4·P_t                                                           / W when sharded
+    AdamW        8·P_t (two fp32 moments)                                       / W when sharded
+    activations  with gradient checkpointing: n·B·T·H·a (each layer's input) + one layer recomputed,
+                 B·T·(6H + 4I)·a; without: n times the per-layer set
+    attention    B·h·T²·a·2 for the scores when the kernel materialises them (eager), else 0 (flash / memory-
+                 efficient SDPA); with SDPA a row holding a document boundary carries a B·T² boolean mask
+    loss         one chunk of logits and its gradient, 3·B·C·V·4, plus the final hidden state and its gradient
+    overhead     600 MiB (CUDA context or the Python/torch process)
+
+The benchmark (benchmarks/train_speed.py) prints the estimate next to the measured peak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import CtxextError
+
+OVERHEAD = 600 * 2**20
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    attention: int
+    loss: int
+    overhead: int = OVERHEAD
+
+    @property
+    def total(self) -> int:
+        return sum(asdict(self).values())
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total": self.total}
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{k} {v / GIB:.2f}" for k, v in asdict(self).items())
+        return f"{self.total / GIB:.2f} GiB ({parts})"
+
+
+def estimate(*, n_params: int, n_trainable: int, n_layers: int, hidden: int, intermediate: int, n_heads: int,
+             vocab: int, rows: int, seq_len: int, bf16: bool, grad_checkpointing: bool, attn: str,
+             loss_chunk: int, shards: int = 1) -> MemoryEstimate:
+    """Estimate per process (see the module docstring for each term)."""
+    a = 2 if bf16 else 4
+    bt = rows * seq_len
+    per_layer = bt * (6 * hidden + 4 * intermediate) * a
+    acts = n_layers * bt * hidden * a + per_layer if grad_checkpointing else n_layers * per_layer
+    scores = rows * n_heads * seq_len**2 * a * 2 if attn == "eager" else 0
+    mask = rows * seq_len**2 if attn in ("sdpa", "eager") else 0
+    loss = 3 * rows * min(loss_chunk, seq_len) * vocab * 4 + 2 * bt * hidden * 4
+    return MemoryEstimate(weights=4 * n_params // shards, gradients=4 * n_trainable // shards,
+                          optimizer=8 * n_trainable // shards, activations=acts, attention=scores + mask, loss=loss)
+
+
+def available_bytes(device: str) -> int:
+    """Free memory on the device that will hold the step: the GPU's free memory, or the machine's available RAM."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_fits(est: MemoryEstimate, device: str, what: str) -> None:
+    """Refuse with the figures when the estimate exceeds 95 % of what the device has free."""
+    free = available_bytes(device)
+    if est.total > 0.95 * free:
+        raise CtxextError(f"{what} needs about {est.describe()}; {device} has {free / GIB:.2f} GiB free. "
+                          "Lower --micro-batch or --seq-len, use --lora, shard with FSDP/ZeRO-3 "
+                          "(docs/training.md), or pass --no-memory-check to try anyway")

@@ -1,0 +1,229 @@
+"""`ctxext eval` end to end on the tiny-rope fixture: the files written, what they say about a model past its
+256-token window, resume after an interruption, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ctxext.cli import main
+from ctxext.errors import CtxextError
+from ctxext.evals import run_eval
+from ctxext.evals import ppl as ppl_task
+from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+
+RECORD_KEYS = {"model", "scaling", "task", "length", "depth", "bucket", "metric", "value", "n"}
+
+
+@pytest.fixture(scope="module")
+def book() -> str:
+    return str(books_dir() / HELD_OUT_BOOK)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, book):
+    out = tmp_path_factory.mktemp("eval") / "run"
+    code = main(["eval", "--model", "tiny-rope", "--scaling", "default", "--scaling", "linear:factor=4",
+                 "--task", "ppl", "--task", "passkey", "--task", "niah", "--task", "needle-ppl", "--task", "fit",
+                 "--lengths", "256,1024", "--depths", "0,0.5,1", "--samples", "2", "--data", book,
+                 "--out", str(out), "--no-progress"])
+    assert code == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def values(res, **where):
+    return [r for r in res["records"] if all(r[k] == v for k, v in where.items())]
+
+
+def one(res, **where):
+    (r,) = values(res, **where)
+    return r["value"]
+
+
+def test_results_json_is_flat_and_complete(full_run):
+    out, res = full_run
+    meta = res["meta"]
+    assert {"ctxext", "torch", "transformers"} <= set(meta["versions"])
+    assert meta["seed"] == 0 and meta["command"].startswith("ctxext eval --model tiny-rope")
+    assert meta["config"]["specs"]["linear:factor=4"] == {"method": "linear", "params": {"factor": 4.0}}
+    assert meta["config"]["model_info"]["trained_len"] == 256 and meta["machine"]["cpu_count"]
+    for r in res["records"]:
+        assert set(r) == RECORD_KEYS and r["model"] == "tiny-rope"
+        assert (r["bucket"] is None) or (len(r["bucket"]) == 2 and r["bucket"][0] < r["bucket"][1] <= r["length"])
+    keys = [(r["scaling"], r["task"], r["length"], r["depth"], r["metric"], tuple(r["bucket"] or ())) for r in res["records"]]
+    assert len(keys) == len(set(keys))  # one record per cell and metric
+    for spec in ("default", "linear:factor=4"):
+        for L in (256, 1024):
+            assert [r["depth"] for r in values(res, scaling=spec, task="passkey", length=L)] == [0.0, 0.5, 1.0]
+            assert all(r["n"] == 2 and r["metric"] == "accuracy" for r in values(res, scaling=spec, task="passkey"))
+            assert len(values(res, scaling=spec, task="niah", length=L)) == 3
+            assert one(res, scaling=spec, task="needle-ppl", length=L) > 1
+            assert {r["metric"] for r in values(res, scaling=spec, task="fit", length=L)} == {"alpha", "beta", "gamma", "rmse"}
+        buckets = [r["bucket"] for r in values(res, scaling=spec, task="ppl", length=1024) if r["bucket"]]
+        assert buckets == [[b, b + 128] for b in range(0, 1024, 128)]  # longest length / 8
+
+
+def test_summary_and_plots(full_run):
+    out, _ = full_run
+    text = (out / "summary.md").read_text()
+    for part in ("## ppl", "## passkey", "## niah", "## needle-ppl", "## fit", "| `default` |",
+                 "| `linear:factor=4` |", "1,024 ▲", "ppl by position bucket at length 1,024", "by depth"):
+        assert part in text, part
+    for png in ("ppl_by_position.png", "passkey_heatmap.png", "niah_heatmap.png"):
+        assert (out / png).stat().st_size > 10_000 and f"]({png})" in text
+    assert len(list((out / "curves").glob("ppl-*.npy"))) == 4
+
+
+def test_past_the_window_default_explodes_and_interpolation_holds(full_run):
+    """The fixture's real behaviour: default RoPE breaks past 256 tokens, linear ×4 keeps the loss in range."""
+    _, res = full_run
+
+    def bucket(spec, start):
+        return next(r["value"] for r in values(res, scaling=spec, task="ppl", length=1024) if r["bucket"][0] == start)
+
+    d_in = bucket("default", 128)
+    assert bucket("default", 896) > 3 * d_in
+    assert bucket("linear:factor=4", 896) < bucket("default", 896) / 2
+
+
+def test_window_curves_of_shorter_lengths_are_slices_of_longer_ones(full_run, tmp_path, book, monkeypatch):
+    """ppl at 256 computed alone equals the value read from the first 256 positions of the 1024 forward."""
+    _, res = full_run
+    calls = []
+    real = ppl_task.token_nll
+    monkeypatch.setattr(ppl_task, "token_nll", lambda m, ids: calls.append(len(ids)) or real(m, ids))
+    alone = run_eval("tiny-rope", ["default"], ["ppl"], [256], samples=2, data=[book], out=tmp_path / "a",
+                     progress=False, log=lambda m: None)
+    assert calls == [256]
+    assert one(alone, task="ppl", length=256, bucket=None) == pytest.approx(
+        one(res, scaling="default", task="ppl", length=256, bucket=None), rel=1e-5)
+
+
+def test_resume_after_interruption_loses_no_cell(tmp_path, book, monkeypatch):
+    out = tmp_path / "r"
+    real = ppl_task.token_nll
+    seen = []
+
+    def flaky(model, ids):
+        seen.append(len(ids))
+        if len(seen) == 2:  # yarn's first forward, after default's cells (its 256 cell is a slice of 512)
+            raise KeyboardInterrupt
+        return real(model, ids)
+
+    monkeypatch.setattr(ppl_task, "token_nll", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval("tiny-rope", ["default", "yarn:factor=4"], ["ppl"], [256, 512], samples=1, data=[book], out=out,
+                 progress=False, log=lambda m: None)
+    partial = json.loads((out / "results.json").read_text())  # valid JSON, written after every cell
+    assert {(r["scaling"], r["length"]) for r in partial["records"]} == {("default", 512), ("default", 256)}
+    assert (out / "summary.md").is_file()  # reports are written on interruption too
+    with pytest.raises(CtxextError, match="already exists; pass --resume"):
+        run_eval("tiny-rope", ["default"], ["ppl"], [256], samples=1, data=[book], out=out, progress=False,
+                 log=lambda m: None)
+    with pytest.raises(CtxextError, match="other settings .*seed 0 -> 1"):
+        run_eval("tiny-rope", ["default"], ["ppl"], [256], samples=1, data=[book], out=out, resume=True, seed=1,
+                 progress=False, log=lambda m: None)
+    seen.clear()
+    monkeypatch.setattr(ppl_task, "token_nll", lambda m, ids: seen.append(len(ids)) or real(m, ids))
+    lines = []
+    done = run_eval("tiny-rope", ["default", "yarn:factor=4"], ["ppl"], [256, 512], samples=1, data=[book],
+                    out=out, resume=True, progress=False, log=lines.append)
+    assert seen == [512]  # only yarn's cells ran (its 256 window is a slice of the 512 one)
+    assert any("2 cells to run" in line for line in lines)
+    assert {(r["scaling"], r["length"]) for r in done["records"] if r["bucket"] is None} == {
+        ("default", 256), ("default", 512), ("yarn:factor=4", 256), ("yarn:factor=4", 512)}
+    assert done["meta"]["runs"] == 2
+    again = run_eval("tiny-rope", ["default", "yarn:factor=4"], ["ppl"], [256, 512], samples=1, data=[book],
+                     out=out, resume=True, progress=False, log=lines.append)
+    assert len(again["records"]) == len(done["records"]) and "nothing to run" in lines[-1]
+
+
+def test_sliding_protocol(tmp_path, book):
+    res = run_eval("tiny-rope", ["default"], ["ppl"], [256], samples=1, data=[book], out=tmp_path / "s",
+                   protocol="both", stride=128, progress=False, log=lambda m: None)
+    sliding = [r for r in res["records"] if r["metric"] == "ppl_sliding" and r["bucket"]]
+    assert sliding[-1]["bucket"][1] == 512  # the first 2L tokens
+    window = one(res, metric="ppl", bucket=None)
+    # every token keeps >= 128 tokens of context inside the window: no explosion past 256
+    assert max(r["value"] for r in sliding) < 3 * window
+    assert one(res, metric="ppl_sliding", bucket=None) == pytest.approx(window, rel=0.5)
+
+
+def test_dry_run_states_the_cost_and_runs_nothing(tmp_path, book):
+    lines = []
+    res = run_eval("tiny-rope", ["default"], ["ppl", "passkey"], [256, 1024], samples=1, data=[book],
+                   out=tmp_path / "d", dry_run=True, log=lines.append)
+    assert res["records"] == [] and not (tmp_path / "d" / "results.json").exists()
+    text = "\n".join(lines)
+    assert "ppl" in text and "1,024 tokens" in text and "total ≈" in text and "GFLOP/s measured" in text
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def cli(tmp_path, capsys):
+    def run(*args: str) -> tuple[int, str]:
+        code = main(["eval", "--model", "tiny-rope", "--out", str(tmp_path / "o"), "--no-progress", *args])
+        return code, capsys.readouterr().err
+
+    return run
+
+
+def test_bad_input_fails_with_one_clear_line(cli, tmp_path, book):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words here.")
+    cases = [
+        (["--task", "ppl", "--lengths", "256"], "task ppl needs --data"),
+        (["--task", "ppl", "--lengths", "256", "--data", str(tmp_path / "nope.txt")], "data path not found"),
+        (["--task", "ppl", "--lengths", "256", "--data", str(empty)], "every document is empty"),
+        (["--task", "ppl", "--lengths", "256,512", "--data", str(short)],
+         r"no document is long enough for every length \(the longest has \d+ tokens\)"),
+        (["--task", "niah", "--lengths", "256", "--data", str(short)], "fewer than length 256"),
+        (["--task", "passkey", "--lengths", "1000000000"], r"length 1,000,000,000 cannot fit in memory for passkey: "
+                                                           r"it needs ≈ [\d.]+ GB"),
+        (["--task", "passkey", "--lengths", "256", "--depths", "0,1.5"], r"depth 1.5 is outside \[0, 1\]"),
+        (["--task", "passkey", "--lengths", "256", "--depths", "half"], "depth 'half' is not a number"),
+        (["--task", "paskey", "--lengths", "256"], r"unknown task 'paskey' \(did you mean 'passkey'\?\)"),
+        (["--task", "passkey", "--lengths", "4k"], "length '4k' is not an integer"),
+        (["--task", "passkey", "--lengths", "40"], "length 40 is too short for the prompt"),
+        (["--task", "passkey", "--lengths", "256", "--scaling", "yarn:factr=2"], r"did you mean 'factor'"),
+        (["--task", "passkey", "--lengths", "256", "--scaling", "ntk-alibi:factor=2"], "does not fit"),
+    ]
+    for args, match in cases:
+        code, err = cli(*args)
+        assert code == 2, (args, err)
+        lines = [ln for ln in err.strip().splitlines() if ln.startswith("ctxext: error:")]
+        assert len(lines) == 1, (args, err)
+        assert re_search(match, lines[0]), (args, lines[0])
+
+
+def re_search(pattern: str, text: str) -> bool:
+    import re
+
+    return re.search(pattern, text) is not None
+
+
+def test_skipped_documents_are_reported(tmp_path, book):
+    short = tmp_path / "short.txt"
+    short.write_text("A short document. " * 20)
+    lines = []
+    res = run_eval("tiny-rope", ["default"], ["ppl"], [256], samples=3, data=[short, book], out=tmp_path / "k",
+                   progress=False, log=lines.append)
+    assert any("skipped 1 document(s) shorter than 256 tokens: " in m and "short.txt" in m for m in lines)
+    (overall,) = values(res, bucket=None)
+    assert overall["n"] == 1 and math.isfinite(overall["value"])
+
+
+def test_python_api_and_cli_agree(full_run, tmp_path, book):
+    _, res = full_run
+    api = run_eval("tiny-rope", ["linear:factor=4"], ["passkey"], [256], depths=[0, 0.5, 1], samples=2,
+                   out=tmp_path / "api", progress=False, log=lambda m: None)
+    for r in api["records"]:
+        assert r["value"] == one(res, scaling="linear:factor=4", task="passkey", length=256, depth=r["depth"])
+    assert Path(tmp_path / "api" / "results.json").is_file()

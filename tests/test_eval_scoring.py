@@ -1,0 +1,190 @@
+"""Scoring primitives: chunked NLL equals a plain full-logits float64 computation; teacher-forced passkey verdicts
+equal greedy `generate` on every trial of a grid (in and past the window, scaled and not); a haystack prefix
+shared through the KV cache gives the same results as independent forwards, and longrope falls back to a full
+forward where its short/long switch would make a cached prefix wrong."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from ctxext.evals import scoring
+from ctxext.evals.passkey import build as passkey_build
+from ctxext.evals.runner import same_freqs_of
+from ctxext.evals.scoring import Probe, Scorer, first_integer_verdict, token_nll
+from ctxext.evals.tasks import Settings, TaskContext
+from ctxext.models import apply_spec, load_model
+from ctxext.scaling import parse_spec
+
+MAX_NEW = 16
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return load_model("tiny-rope")
+
+
+@pytest.fixture(scope="module")
+def book_ids(tiny):
+    from ctxext.data import load_documents
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+
+    return load_documents([books_dir() / HELD_OUT_BOOK], tiny.tokenizer)[0].tokens
+
+
+def reference_nll(model, ids) -> np.ndarray:
+    """The plain computation: full logits, float64 log-softmax."""
+    with torch.no_grad():
+        lg = model(input_ids=torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]).logits[0, :-1].double()
+    lp = torch.log_softmax(lg, -1)
+    return -lp.gather(-1, torch.as_tensor(np.asarray(ids[1:], dtype=np.int64))[:, None])[:, 0].numpy()
+
+
+def test_head_rows_bound_the_logits():
+    assert scoring.head_rows(49152) * 49152 * 4 <= scoring.LOGITS_BYTES
+    assert scoring.head_rows(2048) == 4096 and scoring.head_rows(10**9) == 64
+
+
+def test_token_nll_equals_reference_in_chunks(tiny, book_ids, monkeypatch):
+    ids = book_ids[:700]
+    ref = reference_nll(tiny.model, ids)
+    monkeypatch.setattr(scoring, "LOGITS_BYTES", 100 * 2048 * 4)  # 64-row chunks: many, and a partial last one
+    ours = token_nll(tiny.model, ids)
+    assert ours.shape == ref.shape == (699,)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
+    assert abs(np.exp(ours.mean()) / np.exp(ref.mean()) - 1) < 1e-5
+
+
+def test_smollm2_ppl_equals_reference_on_2000_tokens():
+    """Acceptance: on SmolLM2, 2 000 tokens of book text, within 1e-4 relative of full logits + float64 log-softmax."""
+    from ctxext.data import load_documents
+    from ctxext.errors import CtxextError
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+
+    try:
+        lm = load_model("smollm2-135m")
+    except CtxextError as e:  # the GGUF package is installed by scripts/setup.sh
+        pytest.skip(str(e))
+    ids = load_documents([books_dir() / HELD_OUT_BOOK], lm.tokenizer)[0].tokens[:2000]
+    ours, ref = token_nll(lm.model, ids), reference_nll(lm.model, ids)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=2e-5)
+    assert abs(np.exp(ours.mean()) / np.exp(ref.mean()) - 1) < 1e-4
+
+
+@pytest.mark.parametrize("text, final, expected", [
+    (" 12345.", False, True), (" 12345", True, True), (" 12345", False, None), (" 123456", True, False),
+    (" 1234", False, None), (" 1239", False, False), (" the", False, None), (" the key", True, False),
+    ("\n12345 is", False, True), (" 12 345", False, False), ("", False, None),
+])
+def test_first_integer_verdict(text, final, expected):
+    assert first_integer_verdict(text, "12345", final) is expected
+
+
+def greedy_text(model, tok, prompt: np.ndarray) -> str:
+    with torch.no_grad():
+        out = model.generate(torch.as_tensor(prompt)[None], max_new_tokens=MAX_NEW, do_sample=False,
+                             pad_token_id=tok.eos_token_id)
+    return tok.decode(out[0, len(prompt):], skip_special_tokens=True)
+
+
+def greedy_verdict(text: str, target: str) -> bool:
+    """The definition: correct when the first integer of the greedy continuation equals the target."""
+    m = re.search(r"\d+", text)
+    return m is not None and m.group() == target
+
+
+def passkey_grid(lm, length: int, depths, trials: int = 2):
+    ctx = TaskContext(lm=lm, spec=None, settings=Settings(samples=trials, seed=length), docs=None, out=None,
+                      cost=None, same_freqs=lambda a, b: True)
+    return passkey_build(ctx, length, [(length, d) for d in depths])
+
+
+@pytest.mark.parametrize("spec", ["default", "linear:factor=4", "dynamic-ntk:factor=4"])
+def test_teacher_forced_verdicts_equal_greedy_generation(tiny, spec):
+    """Every trial of a grid (lengths in and past the 256 window × depths), plus variants whose teacher-forced
+    answer is wrong (so greedy leaves it and the undecided path decodes on): verdicts equal generate()."""
+    apply_spec(tiny, parse_spec(spec))
+    try:
+        scorer = Scorer(tiny.model, tiny.tokenizer, MAX_NEW)
+        seen = {"correct": 0, "wrong": 0, "decoded": 0}
+        for length in (160, 256, 512):
+            base, probes, _ = passkey_grid(tiny, length, (0.0, 0.33, 0.66, 1.0))
+            texts = [greedy_text(tiny.model, tiny.tokenizer, p.prompt(base)) for p in probes]
+            cases = list(zip(probes, texts))
+            for p, text in list(cases):
+                cases.append((dataclasses.replace(p, answer=np.roll(p.answer, -1)), text))  # wrong answer forced
+                m = re.search(r"\d+", text)
+                if m and m.group() != p.target:  # what the model does say, as the target: a correct verdict
+                    ans = tiny.tokenizer(" " + m.group(), add_special_tokens=False)["input_ids"]
+                    cases.append((dataclasses.replace(p, target=m.group(), answer=np.asarray(ans)), text))
+            results = scorer.score(base, [p for p, _ in cases])
+            for (p, text), r in zip(cases, results):
+                assert r.correct == greedy_verdict(text, p.target), (spec, length, p.at, p.target, text)
+                seen["correct" if r.correct else "wrong"] += 1
+                seen["decoded"] += r.generated > 0
+        assert seen["correct"] and seen["wrong"] and seen["decoded"], seen  # every path was exercised
+    finally:
+        apply_spec(tiny, parse_spec("default"))
+
+
+@pytest.mark.parametrize("spec", ["default", "yarn:factor=4", "dynamic-yarn"])
+def test_shared_prefix_gives_the_same_results(tiny, spec):
+    apply_spec(tiny, parse_spec(spec))
+    try:
+        scorer = Scorer(tiny.model, tiny.tokenizer, MAX_NEW)
+        base, probes, _ = passkey_grid(tiny, 600, (0.0, 0.25, 0.5, 0.75, 1.0))
+        probes = [dataclasses.replace(p, target=None) for p in probes]  # NLL only (verdicts: the test above)
+        shared = list(scorer.scores(base, probes, reuse=True))
+        alone = list(scorer.scores(base, probes, reuse=False))
+        for (i, a, _, _), (j, b, _, _) in zip(shared, alone):
+            assert i == j
+            np.testing.assert_allclose(a.nll, b.nll, rtol=1e-4, atol=1e-4)
+        assert sum(x[2] for x in shared) < 0.65 * sum(x[2] for x in alone)  # the prefix really was shared
+    finally:
+        apply_spec(tiny, parse_spec("default"))
+
+
+def test_longrope_prefix_is_not_reused_across_its_switch(tiny):
+    """longrope picks short factors for a forward of <= L tokens and long ones past L: a prefix cached while the
+    sequence was short is wrong for a longer prompt. The scorer then runs one full forward instead."""
+    n = tiny.info.rope_shape.n_pairs
+    spec = parse_spec("longrope:factor=16,long_factor=[" + ",".join(f"{1 + 15 * i / (n - 1):.3f}" for i in range(n)) + "]")
+    same = same_freqs_of(spec, tiny.info)
+    assert same(1, 256) and same(100, 200) and not same(1, 257) and same(300, 600)
+    assert same_freqs_of(parse_spec("dynamic-ntk:factor=4"), tiny.info)(1, 1000)  # causal: always reusable
+    apply_spec(tiny, spec)
+    try:
+        base, probes, _ = passkey_grid(tiny, 512, (0.25, 0.5, 1.0), trials=1)
+        probes = [dataclasses.replace(p, target=None) for p in probes]
+        guarded = Scorer(tiny.model, tiny.tokenizer, MAX_NEW, reusable=lambda p, t: same(1, t))
+        res = list(guarded.scores(base, probes, reuse=True))
+        assert [new for _, _, new, _ in res] == [len(p.prompt(base)) + len(p.answer) for p in probes]  # full forwards
+        plain = guarded.score(base, probes, reuse=False)
+        err = max(np.abs(a.nll - b.nll).max() for (_, a, _, _), b in zip(res, plain))
+        naive = Scorer(tiny.model, tiny.tokenizer, MAX_NEW)  # reuses regardless: measurably different answers
+        wrong = naive.score(base, probes, reuse=True)
+        err_naive = max(np.abs(a.nll - b.nll).max() for a, b in zip(wrong, plain))
+        assert err < 1e-5 and err_naive > 10 * max(err, 1e-6), (err, err_naive)
+        short_base, short_probes, _ = passkey_grid(tiny, 200, (0.25, 1.0), trials=1)  # within L: reused, exact
+        short_probes = [dataclasses.replace(p, target=None) for p in short_probes]
+        res = list(guarded.scores(short_base, short_probes, reuse=True))
+        assert res[-1][2] < len(short_probes[-1].prompt(short_base))
+        for (_, a, _, _), b in zip(res, guarded.score(short_base, short_probes, reuse=False)):
+            np.testing.assert_allclose(a.nll, b.nll, rtol=1e-4, atol=1e-4)
+    finally:
+        apply_spec(tiny, parse_spec("default"))
+
+
+def test_probe_without_target_only_scores(tiny):
+    scorer = Scorer(tiny.model, tiny.tokenizer, MAX_NEW)
+    base = np.arange(5, 60)
+    p = Probe(10, np.array([7, 8]), np.array([9]), np.array([11, 12, 13]))
+    (r,) = scorer.score(base, [p])
+    assert r.correct is None and r.generated == 0 and r.nll.shape == (3,)
+    full = p.prompt(base).tolist() + p.answer.tolist()
+    np.testing.assert_allclose(r.nll, reference_nll(tiny.model, full)[-3:], rtol=1e-4, atol=1e-5)

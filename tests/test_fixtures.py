@@ -1,0 +1,133 @@
+"""The built-in fixtures tiny-rope and tiny-alibi: loadable with plain transformers, small, and really
+trained (fits its 256-token window on the held-out book, fails past it, responds to scaling, retrieves
+pass keys in window). Bounds are the figures measured at build time (fixture.json) with a margin."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from ctxext.errors import CtxextError
+from ctxext.fixtures import FIXTURES, HELD_OUT_BOOK, WINDOW, books_dir, fixture_path
+from ctxext.fixtures.build import clean_gutenberg, first_integer, passkey_prompt
+
+MAX_BYTES = 5 * 1024 * 1024
+# In-window perplexity on the first 16 windows of 256 tokens of the held-out book (measured, + ~10 %).
+PPL_BOUND = {"tiny-rope": 40.0, "tiny-alibi": 40.0}
+
+
+@pytest.fixture(scope="module", params=FIXTURES)
+def fixture(request):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    path = fixture_path(request.param)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    return request.param, model, tok
+
+
+@pytest.fixture(scope="module")
+def held_out_text():
+    return clean_gutenberg((books_dir() / HELD_OUT_BOOK).read_text(encoding="utf-8"))
+
+
+def bucket_ppl(model, ids: list[int], length: int, n_windows: int) -> list[float]:
+    """Perplexity of each 256-token bucket over non-overlapping `length`-token windows."""
+    nll = np.zeros(length // WINDOW)
+    with torch.no_grad():
+        for w in range(n_windows):
+            x = torch.tensor(ids[w * length:(w + 1) * length + 1])[None]
+            logits = model(input_ids=x[:, :-1]).logits[0].double()
+            lp = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="none").numpy()
+            nll += lp.reshape(-1, WINDOW).sum(1)
+    return list(np.exp(nll / (n_windows * WINDOW)))
+
+
+def test_names_and_errors():
+    assert FIXTURES == ("tiny-rope", "tiny-alibi")
+    with pytest.raises(CtxextError, match="unknown fixture 'tiny-rop'.*did you mean 'tiny-rope'"):
+        fixture_path("tiny-rop")
+    with pytest.raises(CtxextError, match="accepted: tiny-rope, tiny-alibi"):
+        fixture_path("nope")
+
+
+def test_books_dir_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTXEXT_BOOKS", str(tmp_path))
+    assert books_dir() == tmp_path
+    monkeypatch.setenv("CTXEXT_BOOKS", str(tmp_path / "missing"))
+    with pytest.raises(CtxextError, match="CTXEXT_BOOKS"):
+        books_dir()
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_files_small_and_described(name):
+    path = fixture_path(name)
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "fixture.json"):
+        assert (path / f).is_file(), f
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    assert size <= MAX_BYTES, f"{name} is {size / 2**20:.2f} MiB"
+    meta = json.loads((path / "fixture.json").read_text())
+    assert meta["name"] == name and meta["held_out_book"] == HELD_OUT_BOOK == "pg84.txt"
+    assert HELD_OUT_BOOK not in meta["train_books"] and meta["trained_window"] == WINDOW
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["max_position_embeddings"] == WINDOW  # the trained window, for RoPE and ALiBi alike
+
+
+def test_tokenizer(fixture):
+    _, model, tok = fixture
+    assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == 0 == model.config.eos_token_id
+    ids = tok(" 90210").input_ids
+    assert [tok.decode([i]) for i in ids] == [" ", "9", "0", "2", "1", "0"]  # digits split one by one
+    assert tok.decode(tok("The pass key is 12345.").input_ids) == "The pass key is 12345."
+
+
+def test_in_window_perplexity(fixture, held_out_text):
+    name, model, tok = fixture
+    ids = tok(held_out_text).input_ids
+    ppl = bucket_ppl(model, ids, WINDOW, 16)[0]
+    assert ppl < PPL_BOUND[name], f"{name}: in-window perplexity {ppl:.2f}"
+
+
+def test_rope_fails_past_window_and_yarn_helps(held_out_text):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ctxext.scaling import parse_spec, resolve_rope, rope_shape_from_config
+
+    path = fixture_path("tiny-rope")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    ids = AutoTokenizer.from_pretrained(path)(held_out_text).input_ids
+    in_window = bucket_ppl(model, ids, WINDOW, 16)[0]
+    default = bucket_ppl(model, ids, 4 * WINDOW, 4)
+
+    rot = model.model.rotary_emb
+    freqs = resolve_rope(parse_spec("yarn:factor=4"), rope_shape_from_config(model.config.to_dict()))
+    rot.inv_freq.copy_(torch.as_tensor(freqs.inv_freq, dtype=torch.float32))
+    rot.attention_scaling = freqs.attention_factor
+    yarn = bucket_ppl(model, ids, 4 * WINDOW, 4)
+
+    assert default[0] < 1.5 * in_window  # the first bucket is still inside the trained window
+    assert default[-1] >= 2 * in_window, f"default at 768-1023: {default[-1]:.1f} vs {in_window:.1f} in window"
+    assert yarn[-1] <= 0.5 * default[-1], f"yarn {yarn[-1]:.1f} vs default {default[-1]:.1f} at 768-1023"
+
+
+def test_passkey_in_window(fixture):
+    name, model, tok = fixture
+    rng = np.random.default_rng(7)
+    hits = 0
+    trials = 20
+    for depth in np.linspace(0, 1, trials):
+        key = int(rng.integers(10000, 100000))
+        ids = tok(passkey_prompt(tok, WINDOW, float(depth), key), return_tensors="pt").input_ids
+        assert ids.shape[1] <= WINDOW
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=7, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+        hits += first_integer(tok.decode(out[0, ids.shape[1]:])) == key
+    assert hits / trials >= 0.9, f"{name}: passkey {hits}/{trials} at {WINDOW} tokens"

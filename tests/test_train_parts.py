@@ -1,0 +1,136 @@
+"""Training parts that need no training run: packing, row order, schedule, memory estimate, mixed-window spec,
+LoRA, configuration errors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ctxext.errors import CtxextError
+from ctxext.models.tiny import tiny_model
+from ctxext.scaling import RopeShape, factors_of, parse_spec, resolve_rope
+from ctxext.train.config import TrainConfig
+from ctxext.train.data import RowOrder, is_short_step, pack
+from ctxext.train.lora import add_lora, count_trainable, merge_lora
+from ctxext.train.memory import GIB, MemoryEstimate, check_fits, estimate
+from ctxext.train.optim import lr_factor
+from ctxext.train.setup import lora_params, mixed_window_spec
+
+
+def test_pack_rows_and_boundaries():
+    docs = [np.arange(5), np.arange(100, 103), np.arange(200, 210)]
+    rows = pack(docs, seq_len=6, eos_id=0)  # 6 + 4 + 11 = 21 tokens -> 3 rows, 3 tokens dropped
+    assert rows.n_rows == 3 and rows.n_documents == 3
+    assert rows.ids.ravel().tolist() == [0, 1, 2, 3, 4, 0, 100, 101, 102, 0, 200, 201, 202, 203, 204, 205, 206, 207]
+    assert np.flatnonzero(rows.starts.ravel()).tolist() == [0, 6, 10]
+    with pytest.raises(CtxextError, match="fewer than one sequence"):
+        pack([np.arange(3)], seq_len=10, eos_id=None)
+
+
+def test_row_order_is_a_seeded_permutation_per_epoch():
+    order = RowOrder(7, seed=3)
+    first = order.rows(0, 7)
+    assert sorted(first.tolist()) == list(range(7))
+    again = RowOrder(7, seed=3)
+    assert again.rows(5, 6).tolist() == order.rows(5, 6).tolist()  # position alone decides (exact resume)
+    assert sorted(order.rows(7, 7).tolist()) == list(range(7))  # next epoch: another permutation
+    assert order.rows(7, 7).tolist() != first.tolist()
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 0.75])
+def test_short_steps_spread_evenly(fraction):
+    flags = [is_short_step(i, fraction) for i in range(100)]
+    assert sum(flags) == round(100 * fraction)
+    assert sum(flags[:20]) == round(20 * fraction)
+
+
+def test_schedule_warmup_then_decay():
+    assert lr_factor(0, 100, 10, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine", 0.1) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, "cosine", 0.1) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine", 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(100, 100, 10, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(55, 100, 10, "linear", 0.0) == pytest.approx(0.5)
+    assert lr_factor(99, 100, 0, "constant", 0.1) == 1.0
+
+
+def test_memory_estimate_terms():
+    kw = dict(n_params=135_000_000, n_trainable=135_000_000, n_layers=30, hidden=576, intermediate=1536, n_heads=9,
+              vocab=49152, rows=1, seq_len=16384, bf16=False, attn="sdpa", loss_chunk=1024)
+    full = estimate(grad_checkpointing=True, **kw)
+    assert full.weights == 4 * 135_000_000 and full.optimizer == 8 * 135_000_000
+    assert full.loss == 3 * 1024 * 49152 * 4 + 2 * 16384 * 576 * 4  # one chunk of logits, never 16k × 49k
+    assert full.attention == 16384**2  # the packed-document boolean mask
+    no_ckpt = estimate(grad_checkpointing=False, **kw)
+    assert no_ckpt.activations > 10 * full.activations
+    sharded = estimate(grad_checkpointing=True, shards=8, **kw)
+    assert sharded.optimizer == full.optimizer // 8
+    huge = MemoryEstimate(weights=10**15, gradients=0, optimizer=0, activations=0, attention=0, loss=0)
+    with pytest.raises(CtxextError, match=r"needs about .* GiB .* free"):
+        check_fits(huge, "cpu", "training")
+    assert huge.total / GIB > 1e5
+
+
+def test_lora_params_formula_matches_peft():
+    model = tiny_model("llama")
+    before = sum(p.numel() for p in model.parameters())
+    add_lora(model, rank=4, alpha=8, targets=("q_proj", "k_proj", "v_proj", "o_proj"), seed=0)
+    lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert lora == lora_params(model.config.to_dict(), ("q_proj", "k_proj", "v_proj", "o_proj"), 4)
+    trainable, total = count_trainable(model)
+    assert total == before + lora
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("embed_tokens" in n for n in names) and any("norm" in n for n in names)  # LongLoRA
+    assert not any(n.endswith("q_proj.base_layer.weight") for n in names)
+
+
+def test_lora_merge_keeps_logits():
+    model = tiny_model("llama")
+    add_lora(model, rank=4, alpha=8, targets=("q_proj", "v_proj"), seed=0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.1)  # peft starts B at zero; make the adapters matter
+    ids = torch.randint(3, 96, (1, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(ids).logits
+        merge_lora(model)
+        after = model(ids).logits
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+SHAPE = RopeShape(32, 1e4, 256)
+
+
+@pytest.mark.parametrize("text", ["linear:factor=4", "yarn:factor=4", "abf:base=313145"])
+def test_mixed_window_spec_is_longrope_with_the_same_long_frequencies(text):
+    spec = parse_spec(text)
+    mixed = mixed_window_spec(spec, SHAPE, 1024)
+    assert mixed.method == "longrope" and mixed.params.factor == 4
+    long, short = resolve_rope(mixed, SHAPE, 1024), resolve_rope(mixed, SHAPE, 256)
+    want = resolve_rope(spec, SHAPE)
+    np.testing.assert_allclose(long.inv_freq, want.inv_freq, rtol=1e-12)
+    assert long.attention_factor == pytest.approx(want.attention_factor)
+    np.testing.assert_allclose(short.inv_freq, SHAPE.theta(), rtol=1e-12)  # original RoPE inside the window
+    np.testing.assert_allclose(factors_of(mixed, SHAPE, 1024), factors_of(spec, SHAPE), rtol=1e-12)
+
+
+def test_mixed_window_refusals():
+    with pytest.raises(CtxextError, match="not longer than the original window"):
+        mixed_window_spec(parse_spec("linear:factor=4"), SHAPE, 256)
+    with pytest.raises(CtxextError, match="static method"):
+        mixed_window_spec(parse_spec("dynamic-ntk:factor=4"), SHAPE, 1024)
+
+
+def test_config_errors_name_the_option():
+    base = dict(model="tiny-rope", scaling="linear:factor=4", data=("x",), seq_len=1024, steps=10, out="o")
+    with pytest.raises(CtxextError, match="--batch-tokens must be a multiple of --seq-len"):
+        TrainConfig(**base, batch_tokens=1500)
+    with pytest.raises(CtxextError, match="--schedule must be one of"):
+        TrainConfig(**base, schedule="step")
+    with pytest.raises(CtxextError, match="not divisible by the 3 processes"):
+        TrainConfig(**base, batch_tokens=4096).rows_per_step(3)
+    assert TrainConfig(**base).peak_lr == 2e-5 and TrainConfig(**base, lora=True).peak_lr == 2e-4
+    assert math.isclose(TrainConfig(**base, lr=1e-3).peak_lr, 1e-3)
