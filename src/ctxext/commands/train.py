@@ -92,9 +92,11 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from ..train import train
 
     res = train(config_from_args(args), progress=not args.no_progress)
-    if res.get("final"):
+    if res.get("final") and PartialState().is_main_process:
         print(f"final model: {res['final']}  (ctxext eval --model {res['final']} …)")
     return 0 if res.get("export_verification", {}).get("passed", True) else 1

@@ -55,7 +55,10 @@ def make_accelerator() -> Any:
     acc = Accelerator(mixed_precision=mp, cpu=not cuda)
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and \
             acc.distributed_type == DistributedType.MULTI_CPU:
-        acc.state.distributed_type = DistributedType.FSDP
+        from accelerate.state import PartialState
+
+        # both shared states: accelerate re-reads PartialState's when it re-creates an AcceleratorState
+        PartialState().distributed_type = acc.state.distributed_type = DistributedType.FSDP
         acc.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # read from the FSDP_* variables of the launcher
     return acc
 
@@ -307,9 +310,7 @@ class _Host:
         if self._copy is None:
             self._copy = build_model(replace(self.cfg, grad_checkpointing=False), self.spec)
             self._copy.model.to(self.acc.device)
-        print("DBG", self.gather, type(next(iter(state.values()))), len(state), flush=True)
-        res = self._copy.model.load_state_dict({k.removeprefix("lm."): v for k, v in state.items()}, strict=False)
-        print("DBG", res, type(next(self._copy.model.parameters())), flush=True)
+        self._copy.model.load_state_dict({k.removeprefix("lm."): v for k, v in state.items()}, strict=False)
         return self._copy
 
     def evaluate(self, spec_arg: str, out: Path, step: int) -> list[dict[str, Any]]:
