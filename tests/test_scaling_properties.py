@@ -19,6 +19,8 @@ EXAMPLES = {
     "dynamic-yarn": "dynamic-yarn", "llama3": "llama3:factor=4",
     "longrope": "longrope:factor=4,long_factor=[" + ",".join(["1"] * 16 + ["4"] * 16) + "]",
     "alibi-interp": "alibi-interp:factor=4", "ntk-alibi": "ntk-alibi:factor=4",
+    # attention methods keep the model's frequencies (they move positions, not frequencies)
+    "self-extend": "self-extend:group=4,window=2048", "streaming": "streaming:sinks=4,window=2044",
 }
 
 

@@ -400,3 +400,6 @@ def patch_attention(model: nn.Module, plan: PositionPlan, n_layers: int):
             del m._ctxext_plan
 
     return undo
+
+
+from . import self_extend, streaming  # noqa: E402,F401  (Self-Extend and StreamingLLM add their plans to PLANS)

@@ -3,7 +3,7 @@
 Importing this package registers every method; `REGISTRY` maps names to `Method` entries.
 """
 
-from . import alibi, basic, dynamic, longrope, yarn  # noqa: F401  (registration side effects)
+from . import alibi, attention, basic, dynamic, longrope, yarn  # noqa: F401  (registration side effects)
 from .alibi import alibi_slopes
 from .base import REGISTRY, Method, RopeFreqs, RopeShape, get_method
 from .hf import factors_of, hf_rope_fields, legacy_rope_fields, rope_shape_from_config

@@ -1,0 +1,155 @@
+"""Self-Extend: equal to the model inside the neighbour window, equal to a naive full-matrix reference past it
+(blocked or not), the same with the KV cache and HF generate as without, and refused by export in one line."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+import ctxext.models.self_extend as se
+from ctxext.cli import main
+from ctxext.errors import CtxextError
+from ctxext.export import plan_export
+from ctxext.models import apply_spec, wrap_model
+from ctxext.models.attention import PositionPlan, patch_attention
+from ctxext.models.rope import apply_rope, cos_sin
+from ctxext.models.tiny import WINDOW, tiny_model
+from ctxext.scaling import hf_rope_fields, parse_spec
+from ctxext.scaling.attention import SelfExtendParams, self_extend_reach
+
+G, W, N = 4, 16, 3 * WINDOW  # tiny models: trained length 64; reach (64 − 16)·4 + 16 = 208 ≥ N
+SPEC = f"self-extend:group={G},window={W}"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def ids_for(n, batch=1, seed=1):
+    return torch.randint(3, 96, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+class NaiveSelfExtend(PositionPlan):
+    """The formula written out: full T×K logits for both rotations, pick per pair, causal, one softmax."""
+
+    def bucket(self, t):
+        return self.L
+
+    def attend(self, call):
+        f = self.freqs(self.L, call.query.device)
+        g, w = self.spec.params.group, self.spec.params.window
+
+        def rot(x, pos):
+            return apply_rope(x, *cos_sin(pos, f, x.dtype))
+
+        rep = call.query.shape[1] // call.key.shape[1]
+        k = call.key.repeat_interleave(rep, 1)
+        near = rot(call.query, call.q_pos) @ rot(k, call.k_pos).transpose(-1, -2)
+        far = rot(call.query, call.q_pos // g + w - w // g) @ rot(k, call.k_pos // g).transpose(-1, -2)
+        rel = call.q_pos[:, :, None] - call.k_pos[:, None, :]
+        s = torch.where((rel < w)[:, None], near, far) * call.module.scaling
+        s = s.masked_fill((rel < 0)[:, None], float("-inf"))
+        out = torch.softmax(s, -1) @ call.value.repeat_interleave(rep, 1)
+        return out.transpose(1, 2), None
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "phi3"])
+def test_inside_the_window_the_logits_are_the_models_own(arch):
+    model = tiny_model(arch)
+    lm = wrap_model(model)
+    ids = ids_for(W, batch=2)
+    with torch.inference_mode():
+        before = model(ids).logits
+        apply_spec(lm, parse_spec(SPEC))
+        assert torch.equal(model(ids).logits, before)  # same code path: bit-identical
+        apply_spec(lm, parse_spec(f"self-extend:group=1,window={W}"))  # G = 1: grouped positions are the true ones
+        long_ids = ids_for(N)
+        got = model(long_ids).logits
+        apply_spec(lm, parse_spec("default"))
+        assert (got - model(long_ids).logits).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("block_elements", [se.BLOCK_ELEMENTS, 4 * 32 * N])  # one block / 32-query blocks
+def test_matches_the_naive_formula_past_the_window(monkeypatch, block_elements):
+    monkeypatch.setattr(se, "BLOCK_ELEMENTS", block_elements)
+    model = tiny_model("llama")
+    lm = wrap_model(model)
+    ids = ids_for(N)
+    spec = parse_spec(SPEC)
+    with torch.inference_mode():
+        plain = model(ids).logits
+        undo = patch_attention(model, NaiveSelfExtend(spec, lm.info.rope_shape), lm.info.n_layers)
+        want = model(ids).logits
+        undo()
+        apply_spec(lm, spec)
+        got = model(ids).logits
+    assert (got - want).abs().max().item() < 1e-4
+    assert (got[:, :W] - plain[:, :W]).abs().max().item() < 1e-5
+    assert (got[:, W + 8:] - plain[:, W + 8:]).abs().max().item() > 1e-2  # past the window it really differs
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "phi3", "llama-eager"])
+def test_kv_cache_equals_no_cache(arch):
+    arch, _, attn = arch.partition("-")
+    model = tiny_model(arch, attn=attn or "sdpa")
+    apply_spec(wrap_model(model), parse_spec(SPEC))
+    ids = ids_for(N)
+    with torch.inference_mode():
+        full = model(ids).logits
+        cache = DynamicCache(config=model.config)
+        steps = [model(ids[:, :10], past_key_values=cache, use_cache=True).logits]
+        for t in range(10, 60, 25):  # two chunks, then one token at a time
+            steps.append(model(ids[:, t:t + 25], past_key_values=cache, use_cache=True).logits)
+        for t in range(60, N):
+            steps.append(model(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits)
+    assert (torch.cat(steps, 1) - full).abs().max().item() < 1e-4
+
+
+def test_generate_gives_the_no_cache_tokens_with_left_padding():
+    model = tiny_model("llama")
+    apply_spec(wrap_model(model), parse_spec(SPEC))
+    a, b = ids_for(30, seed=5), ids_for(45, seed=6)
+    x = torch.cat([torch.cat([torch.zeros(1, 15, dtype=torch.long), a], 1), b])
+    mask = torch.ones_like(x)
+    mask[0, :15] = 0
+    new = 120  # to 165 tokens: far past W and past the trained length 64
+    with torch.inference_mode():
+        g = model.generate(x, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                           output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+        steps = torch.stack(g.logits, 1)
+        for row, pad in ((0, 15), (1, 0)):
+            seq = g.sequences[row:row + 1, pad:]
+            full = model(seq).logits
+            assert (steps[row:row + 1] - full[:, -new - 1:-1]).abs().max().item() < 1e-4
+            # greedy without a cache picks the same tokens (EOS, id 2, is barred by min_new_tokens)
+            assert torch.equal(full[:, -new - 1:-1].index_fill(-1, torch.tensor([2]), -1e9).argmax(-1), seq[:, -new:])
+
+
+def test_apply_time_refusals_and_reach():
+    lm = wrap_model(tiny_model("llama"))
+    with pytest.raises(CtxextError, match="window=64 must be smaller than the trained length 64"):
+        apply_spec(lm, parse_spec("self-extend:group=4,window=64"))
+    assert lm.spec is None  # refused before the model changed
+    with pytest.raises(CtxextError, match="does not fit this model's position encoding"):
+        apply_spec(wrap_model(tiny_model("bloom")), parse_spec(SPEC))
+    assert self_extend_reach(8192, SelfExtendParams(group=4, window=2048)) == 26624
+    assert self_extend_reach(64, SelfExtendParams(group=G, window=W)) == 208
+
+
+def test_export_refuses_in_one_line(tmp_path, capsys):
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path / "m")
+    capsys.readouterr()
+    with pytest.raises(CtxextError) as e:
+        hf_rope_fields(parse_spec(SPEC), wrap_model(model).info.rope_shape)
+    assert "cannot export 'self-extend:group=4,window=16'" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(CtxextError, match="no stock config can express"):
+        plan_export(str(tmp_path / "m"), SPEC)
+    out = tmp_path / "out"
+    rc = main(["export", "--model", str(tmp_path / "m"), "--scaling", SPEC, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "silently run plain RoPE" in err
+    assert not out.exists()
