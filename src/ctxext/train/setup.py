@@ -31,7 +31,7 @@ def mixed_window_spec(spec: Spec, shape: Any, seq_len: int) -> Spec:
     freqs = resolve_rope(spec, shape)
     long = np.maximum.accumulate(factors_of(spec, shape))  # rounding noise must not break monotonicity
     params = REGISTRY["longrope"].make_params({
-        "factor": seq_len / L, "long_factor": [float(x) for x in long], "short_factor": [1.0] * len(long),
+        "factor": getattr(spec.params, "factor", None) or seq_len / L, "long_factor": [float(x) for x in long], "short_factor": [1.0] * len(long),
         "attention_factor": freqs.attention_factor})
     meta = {"mixed_window_from": spec.text}
     return Spec("longrope", params, f"longrope(mixed window, long = {spec.text})", spec.original_len, meta)

@@ -1,0 +1,113 @@
+"""End-to-end training runs on the tiny-rope fixture: files written, exact resume after Ctrl-C, refusals before any
+weights are loaded. (The run that shows learning is in test_train_learns.py.)"""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from ctxext.cli import main
+from ctxext.errors import CtxextError
+from ctxext.fixtures import HELD_OUT_BOOK, TRAIN_BOOKS, books_dir
+from ctxext.train import TrainConfig, train
+
+MODEL = "tiny-rope"
+
+
+def books(*names):
+    return tuple(str(books_dir() / n) for n in names)
+
+
+def small(tmp_path: Path, **kw) -> TrainConfig:
+    base = dict(model=MODEL, scaling="yarn:factor=2", data=books(TRAIN_BOOKS[2]), seq_len=512, steps=6, lr=1e-3,
+                batch_tokens=1024, warmup=2, evaluate=False, grad_checkpointing=False, out=str(tmp_path / "run"))
+    return TrainConfig(**{**base, **kw})
+
+
+def history(out) -> list[float]:
+    return [h["loss"] for h in json.loads((Path(out) / "results.json").read_text())["training"]["history"]]
+
+
+@pytest.mark.slow
+def test_cli_run_writes_results_and_a_stock_loadable_final_model(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["train", "--model", MODEL, "--scaling", "linear:factor=2", "--data", books(TRAIN_BOOKS[2])[0],
+               "--seq-len", "512", "--steps", "4", "--lr", "1e-3", "--batch-tokens", "1024", "--warmup", "1",
+               "--eval-data", books(HELD_OUT_BOOK)[0], "--eval-docs", "1", "--passkey-trials", "1",
+               "--lora", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    for f in ("results.json", "summary.md", "loss-curve.png", "spec.json", "checkpoint/state.pt",
+              "final/config.json", "final/model.safetensors", "final/README.md"):
+        assert (out / f).is_file(), f
+    res = json.loads((out / "results.json").read_text())
+    recs = res["records"]  # the ctxext eval record format, at steps 0 and 4
+    assert {r["model"] for r in recs} == {f"{MODEL}@step0", f"{MODEL}@step4"}
+    assert {r["task"] for r in recs} == {"passkey", "ppl"}
+    assert set(recs[0]) == {"model", "scaling", "task", "length", "depth", "bucket", "metric", "value", "n"}
+    assert [r["bucket"] for r in recs if r["task"] == "ppl" and r["bucket"]][-1] == [384, 512]  # last quarter
+    t = res["training"]
+    assert [h["step"] for h in t["history"]] == [1, 2, 3, 4] and t["summary"]["tokens"] == 4 * 1024
+    assert t["summary"]["export_verification"]["passed"]
+    assert res["meta"]["config"]["lora"] and res["meta"]["trainable_parameters"] > 0
+    cfg = json.loads((out / "final" / "config.json").read_text())
+    assert cfg["rope_parameters"] == {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
+    assert cfg["rope_scaling"]["type"] == "linear"
+    assert not any("lora" in k for k in _safetensor_keys(out / "final" / "model.safetensors"))  # merged
+
+
+def _safetensor_keys(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return list(f.keys())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [{}, {"lora": True, "mixed_window": True}], ids=["full", "lora-mixed"])
+def test_ctrl_c_then_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, extra):
+    full = small(tmp_path, out=str(tmp_path / "full"), **extra)
+    train(full, progress=False)
+
+    def ctrl_c_at_3(rec):
+        if rec["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # what a user's Ctrl-C does: finish the step, checkpoint, stop
+
+    part = small(tmp_path, out=str(tmp_path / "part"), **extra)
+    with pytest.raises(KeyboardInterrupt):
+        train(part, on_step=ctrl_c_at_3, progress=False)
+    progress = json.loads((tmp_path / "part" / "checkpoint" / "progress.json").read_text())
+    assert progress["step"] == 3 and progress["rows_consumed"] == 6
+    assert not (tmp_path / "part" / "final").exists()
+    train(small(tmp_path, out=str(tmp_path / "part"), resume=True, **extra), progress=False)
+    a, b = history(tmp_path / "full"), history(tmp_path / "part")
+    assert len(a) == len(b) == 6
+    assert b == pytest.approx(a, rel=1e-6, abs=0)
+
+
+def test_refusals_before_any_weights(tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    with pytest.raises(CtxextError, match="exists and is not empty"):
+        train(small(tmp_path, out=str(tmp_path / "busy")), progress=False)
+    with pytest.raises(CtxextError, match="cannot export 'dynamic-yarn"):
+        train(small(tmp_path, scaling="dynamic-yarn"), progress=False)
+    with pytest.raises(CtxextError, match="not longer than the original window"):
+        train(small(tmp_path, mixed_window=True, seq_len=256, batch_tokens=512), progress=False)
+    with pytest.raises(CtxextError, match="data path not found"):
+        train(small(tmp_path, data=(str(tmp_path / "missing.txt"),)), progress=False)
+    assert main(["train", "--model", MODEL, "--scaling", "yarn:factor=2", "--data", "x", "--seq-len", "512",
+                 "--steps", "2", "--batch-tokens", "700", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoint").mkdir(parents=True)
+    cfg = small(tmp_path)
+    (out / "checkpoint" / "progress.json").write_text(json.dumps({"step": 1, "config": {**cfg.to_dict(),
+                                                                                       "lr": 5e-4}}))
+    with pytest.raises(CtxextError, match=r"other settings \(lr 0.0005 -> 0.001\)"):
+        train(small(tmp_path, resume=True), progress=False)
+    with pytest.raises(CtxextError, match="holds a checkpoint; pass --resume"):
+        train(cfg, progress=False)
