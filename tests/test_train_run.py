@@ -56,6 +56,16 @@ def test_cli_run_writes_results_and_a_stock_loadable_final_model(tmp_path):
     assert cfg["rope_scaling"]["type"] == "linear"
     assert not any("lora" in k for k in _safetensor_keys(out / "final" / "model.safetensors"))  # merged
 
+    # ctxext eval --model DIR/final: the exported checkpoint, with the rope of its own config, scores what the
+    # trained model scored in its last evaluation
+    from ctxext.evals import run_eval
+
+    ev = run_eval(str(out / "final"), ["default"], ["ppl"], [512], samples=1, data=list(books(HELD_OUT_BOOK)),
+                  out=tmp_path / "eval-final", progress=False, log=lambda m: None)
+    overall = [r["value"] for r in ev["records"] if r["bucket"] is None]
+    trained = [r["value"] for r in recs if r["model"] == f"{MODEL}@step4" and r["task"] == "ppl" and r["bucket"] is None]
+    assert overall == pytest.approx(trained, rel=1e-4)
+
 
 def _safetensor_keys(path):
     from safetensors import safe_open

@@ -37,7 +37,9 @@ from .report import write_reports
 from .setup import build_model, plan_run
 
 FINAL_DIR = "final"
-CARD_FIGURES = ("steps_done", "tokens", "final_loss", "passkey", "ppl", "ppl_last_quarter")  # onto the model card
+CARD_FIGURES = {"steps_done": "training steps", "tokens": "training tokens", "final_loss": "final training loss",
+                "passkey": "passkey accuracy at {n} tokens", "ppl": "perplexity at {n} tokens (--eval-data)",
+                "ppl_last_quarter": "perplexity of the last quarter at {n} tokens"}  # figure -> model-card line
 
 
 def make_accelerator() -> Any:
@@ -187,6 +189,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "seed": cfg.seed,
             "spec": plan.spec.text, "resolved_spec": plan.spec.to_dict(), "config": cfg.to_dict(),
             "processes": world, "distributed": dtype_kind.value, "device": device,
+            "torch_threads": torch.get_num_threads(),
             "mixed_precision": acc.mixed_precision, "memory_estimate": plan.memory.as_dict(),
             "rows": {"count": rows.n_rows, "documents": rows.n_documents, "rows_per_step": rows_per_step},
             "trainable_parameters": plan.n_trainable}
@@ -218,7 +221,6 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
     if step == 0:
         run_eval_at(0)
     order = RowOrder(rows.n_rows, cfg.seed)
-    ddp = dtype_kind in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
     bar = tqdm(total=cfg.steps, initial=step, disable=not (main and progress), unit="step", dynamic_ncols=True,
                desc="train")
     interrupted = False
@@ -228,24 +230,10 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             short = cfg.mixed_window and is_short_step(step, cfg.short_fraction)
             idx = order.rows(step * rows_per_step, rows_per_step)[rank * per_rank:(rank + 1) * per_rank]
             batch = model_inputs(rows.ids[idx], rows.starts[idx], L if short else None)
-            n_global = acc.reduce((batch["labels"] != IGNORE).sum().to(acc.device), "sum")
-            per_fwd = cfg.micro_batch * (cfg.seq_len // L if short else 1)
-            n_rows = batch["input_ids"].shape[0]
-            loss_sum = torch.zeros((), device=acc.device)
             lr = sched.get_last_lr()[0]
-            for s in range(0, n_rows, per_fwd):
-                mb = {k: v[s:s + per_fwd].to(acc.device) for k, v in batch.items()}
-                last = s + per_fwd >= n_rows
-                with (acc.no_sync(model) if ddp and not last else contextlib.nullcontext()):
-                    part, _ = model(**mb)
-                    acc.backward(part * (world / n_global))
-                loss_sum += part.detach()
-            if cfg.grad_clip:
-                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            loss = _optimizer_step(acc, model, opt, batch, cfg.micro_batch * (cfg.seq_len // L if short else 1),
+                                   cfg.grad_clip)
             sched.step()
-            opt.zero_grad(set_to_none=True)
-            loss = float(acc.reduce(loss_sum, "sum") / n_global)
             if not math.isfinite(loss):
                 raise CtxextError(f"the loss became {loss} at step {step + 1}; lower --lr (now {cfg.peak_lr:g})")
             step += 1
@@ -289,6 +277,33 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
     return result
 
 
+def _optimizer_step(acc: Any, model: Any, opt: Any, batch: dict[str, Any], per_forward: int, grad_clip: float) -> float:
+    """One optimizer step over this process's rows, `per_forward` rows per forward; -> the global mean token loss.
+
+    Each forward's summed loss is scaled by world / (scored tokens of the global batch): after the engines average
+    gradients over processes, the step is the one a single process would take on the whole global batch."""
+    import torch
+    from accelerate.utils import DistributedType
+
+    world = acc.num_processes
+    n_global = acc.reduce((batch["labels"] != IGNORE).sum().to(acc.device), "sum")
+    ddp = acc.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    n_rows = batch["input_ids"].shape[0]
+    loss_sum = torch.zeros((), device=acc.device)
+    for s in range(0, n_rows, per_forward):
+        mb = {k: v[s:s + per_forward].to(acc.device) for k, v in batch.items()}
+        last = s + per_forward >= n_rows
+        with (acc.no_sync(model) if ddp and not last else contextlib.nullcontext()):  # DDP: all-reduce once
+            part, _ = model(**mb)
+            acc.backward(part * (world / n_global))
+        loss_sum += part.detach()
+    if grad_clip:
+        acc.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(acc.reduce(loss_sum, "sum") / n_global)
+
+
 class _Host:
     """The full model on the main process, for evaluation and export: the trained model itself on one process or
     under DDP; under FSDP / DeepSpeed a copy on the main process into which the gathered weights are loaded."""
@@ -310,7 +325,7 @@ class _Host:
         if self._copy is None:
             self._copy = build_model(replace(self.cfg, grad_checkpointing=False), self.spec)
             self._copy.model.to(self.acc.device)
-        self._copy.model.load_state_dict({k.removeprefix("lm."): v for k, v in state.items()}, strict=False)
+        self._copy.model.load_state_dict({k.removeprefix("lm."): v for k, v in state.items()})
         return self._copy
 
     def evaluate(self, spec_arg: str, out: Path, step: int) -> list[dict[str, Any]]:
@@ -335,7 +350,8 @@ class _Host:
                 merge_lora(lm.model)
             lm.model.to("cpu", dtype=torch.float32).eval()
             meta = {**self.spec.meta, "trained_with": f"ctxext train ({self.cfg.command_line or 'API'})",
-                    **{k: figures[k] for k in CARD_FIGURES if figures.get(k) is not None}}
+                    **{label.format(n=self.cfg.seq_len): figures[k] for k, label in CARD_FIGURES.items()
+                       if figures.get(k) is not None}}
             plan = replace(export_plan, spec=replace(export_plan.spec, meta=meta))
             if where.exists():
                 shutil.rmtree(where)

@@ -1,0 +1,144 @@
+"""The training acceptance experiment: the tiny-rope fixture (window 256) extended 4x to 1024 tokens with linear,
+yarn and abf (base raised to the planner's critical base for 1024), 200 steps each of `ctxext train` on this CPU.
+
+    OMP_NUM_THREADS=1 python benchmarks/train_tiny.py [--steps 200] [--methods linear,yarn,abf]
+
+Measured on the held-out book (pg84, never seen by the fixture), cut into --windows documents so that each
+perplexity figure covers many windows:
+- the fixture's perplexity inside its original window (default RoPE, the first 256 tokens of every window);
+- for each method, before training (the untrained extension, step 0) and after: perplexity of positions
+  768-1023 of 1024-token windows ("last quarter") and passkey accuracy at 1024 tokens (5 depths x --trials).
+Acceptance: last-quarter ppl within 10 % of the in-window ppl, passkey >= 90 %, and the untrained extension lower.
+
+Writes benchmarks/results/train_tiny/<method>/ (results.json, summary.md, loss-curve.png, the exported config and
+model card; checkpoints and weights are removed) and benchmarks/results/train_tiny/summary.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "train_tiny"
+TARGET = 1024
+
+
+def held_out_windows(path: Path, n: int, chars: int = 6000) -> str:
+    """The held-out book as n JSONL documents of `chars` characters (each > 1024 tokens of the fixture's BPE)."""
+    from ctxext.data import strip_gutenberg
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+
+    text = strip_gutenberg((books_dir() / HELD_OUT_BOOK).read_text(encoding="utf-8"))
+    if n * chars > len(text):
+        raise SystemExit(f"the held-out book has {len(text)} characters, fewer than {n} x {chars}")
+    path.write_text("".join(json.dumps({"text": text[i * chars:(i + 1) * chars]}) + "\n" for i in range(n)))
+    return str(path)
+
+
+def specs(model: str) -> dict[str, str]:
+    from ctxext.models import model_info
+    from ctxext.theory import critical_base
+
+    shape = model_info(model).rope_shape
+    s = TARGET / shape.original_len
+    return {"linear": f"linear:factor={s:g}", "yarn": f"yarn:factor={s:g}",
+            "abf": f"abf:base={round(critical_base(shape.base, shape.original_len, TARGET))}"}
+
+
+def in_window_ppl(model: str, eval_file: str, windows: int, work: Path) -> float:
+    from ctxext.evals import run_eval
+    from ctxext.models import model_info
+
+    L = model_info(model).trained_len
+    res = run_eval(model, ["default"], ["ppl"], [L], samples=windows, data=[eval_file], out=work / "in-window",
+                   progress=False, log=lambda m: None)
+    return next(r["value"] for r in res["records"] if r["task"] == "ppl" and r["bucket"] is None)
+
+
+def main() -> None:
+    from ctxext.fixtures import TRAIN_BOOKS, books_dir
+    from ctxext.train import TrainConfig, train
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny-rope")
+    p.add_argument("--methods", default="linear,yarn,abf")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-tokens", type=int, default=4 * TARGET)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--windows", type=int, default=32, help="held-out windows for perplexity")
+    p.add_argument("--trials", type=int, default=10, help="passkey trials per depth (5 depths)")
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--extra-data", action="append", default=[], help="more training data (e.g. a passkey mix)")
+    p.add_argument("--out", default=str(OUT))
+    args = p.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    eval_file = held_out_windows(out / "held_out_windows.jsonl", args.windows)
+    ref = in_window_ppl(args.model, eval_file, args.windows, out / "reference")
+    print(f"{args.model}: perplexity inside its window: {ref:.3f}", file=sys.stderr)
+    rows = {}
+    for name in args.methods.split(","):
+        spec = specs(args.model)[name]
+        run = out / name
+        shutil.rmtree(run, ignore_errors=True)
+        cfg = TrainConfig(model=args.model, scaling=spec, data=tuple(str(books_dir() / b) for b in TRAIN_BOOKS)
+                          + tuple(args.extra_data), seq_len=TARGET, steps=args.steps, lr=args.lr,
+                          batch_tokens=args.batch_tokens, warmup=args.warmup, grad_checkpointing=False,
+                          eval_every=args.eval_every, eval_data=(eval_file,), eval_docs=args.windows,
+                          passkey_trials=args.trials, out=str(run),
+                          command_line="benchmarks/train_tiny.py " + " ".join(sys.argv[1:]))
+        t0 = time.perf_counter()
+        summary = train(cfg)
+        wall = time.perf_counter() - t0
+        res = json.loads((run / "results.json").read_text())
+        evs = res["training"]["evaluations"]
+        before, after = evs[0], evs[-1]
+        rows[name] = {
+            "spec": spec, "steps": args.steps, "tokens": summary["tokens"], "train_seconds": summary["train_seconds"],
+            "wall_seconds": round(wall, 1), "tokens_per_second": summary["tokens_per_second"],
+            "final_loss": summary["final_loss"], "in_window_ppl": ref,
+            "before": {k: before.get(k) for k in ("ppl", "ppl_last_quarter", "passkey")},
+            "after": {k: after.get(k) for k in ("ppl", "ppl_last_quarter", "passkey")},
+            "curve": [{"step": e["step"], **{k: e.get(k) for k in ("ppl_last_quarter", "passkey")}} for e in evs],
+            "export_verification": summary.get("export_verification"),
+        }
+        r = rows[name]
+        r["last_quarter_vs_in_window"] = r["after"]["ppl_last_quarter"] / ref
+        r["acceptance"] = {"ppl_within_10pct": r["last_quarter_vs_in_window"] <= 1.10,
+                           "passkey_ge_90pct": r["after"]["passkey"] >= 0.90,
+                           "untrained_passkey_lower": r["before"]["passkey"] < r["after"]["passkey"]}
+        print(f"{name}: {json.dumps(r)}", file=sys.stderr)
+        shutil.rmtree(run / "checkpoint", ignore_errors=True)  # weights are not results
+        (run / "final" / "model.safetensors").unlink(missing_ok=True)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            (run / "final" / f).unlink(missing_ok=True)
+    from ctxext import runinfo
+
+    meta = {"versions": runinfo.versions(), "machine": runinfo.machine(), "omp_num_threads":
+            os.environ.get("OMP_NUM_THREADS"), "model": args.model, "target": TARGET, "args": vars(args),
+            "held_out": "pg84.txt cut into {} documents of 6000 characters".format(args.windows)}
+    (out / "summary.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1) + "\n")
+    lines = [f"# {args.model}: 256 -> {TARGET} tokens, {args.steps} steps of `ctxext train` per method", "",
+             f"In-window perplexity (default RoPE, first 256 tokens of {args.windows} held-out windows): "
+             f"**{ref:.2f}**", "",
+             "| method | spec | ppl last quarter @1024, before -> after | / in-window | passkey @1024, before -> "
+             "after | train s | tok/s |", "|---|---|---|---:|---|---:|---:|"]
+    for name, r in rows.items():
+        b, a = r["before"], r["after"]
+        lines.append(f"| {name} | `{r['spec']}` | {b['ppl_last_quarter']:.2f} -> {a['ppl_last_quarter']:.2f} | "
+                     f"{r['last_quarter_vs_in_window']:.3f} | {b['passkey']:.0%} -> {a['passkey']:.0%} | "
+                     f"{r['train_seconds']:.0f} | {r['tokens_per_second']:.0f} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
