@@ -72,9 +72,12 @@ def test_inside_the_window_the_logits_are_the_models_own(arch):
         assert (got - model(long_ids).logits).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("block_elements", [se.BLOCK_ELEMENTS, 4 * 32 * N])  # one block / 32-query blocks
-def test_matches_the_naive_formula_past_the_window(monkeypatch, block_elements):
+@pytest.mark.parametrize("block_elements,fused", [(se.BLOCK_ELEMENTS, True), (4 * 32 * N, True), (4 * 32 * N, False)])
+def test_matches_the_naive_formula_past_the_window(monkeypatch, block_elements, fused):
+    """One block or 32-query blocks; PyTorch's fused CPU kernel or the eager log-sum-exp path."""
     monkeypatch.setattr(se, "BLOCK_ELEMENTS", block_elements)
+    if not fused:
+        monkeypatch.setattr(se, "_flash_lse", lambda *a: None)
     model = tiny_model("llama")
     lm = wrap_model(model)
     ids = ids_for(N)

@@ -119,4 +119,4 @@ def task_names() -> list[str]:
 
 
 def _load_all() -> None:
-    from . import fit, needle_ppl, niah, passkey, ppl  # noqa: F401  (registration side effects)
+    from . import fit, needle_ppl, niah, passkey, ppl, stream_ppl  # noqa: F401  (registration side effects)

@@ -22,12 +22,13 @@ from ..errors import CtxextError
 from .attention import PLANS, AttnCall, PositionPlan
 
 BLOCK_ELEMENTS = 32 * 2**20  # logits held at once per block: 128 MB in fp32
+MAX_BLOCK = 256  # queries per block at most: merged blocks compute ~block × (W + block) logits that the mask drops
 
 
 def query_block(n_heads: int, n_keys: int, batch: int = 1) -> int:
     """Queries per block so that batch × heads × block × keys logits stay under BLOCK_ELEMENTS."""
     rows = BLOCK_ELEMENTS // max(1, batch * n_heads * n_keys)
-    return int(max(16, min(1024, rows)))
+    return int(max(16, min(MAX_BLOCK, rows)))
 
 
 def allowed_of(call: AttnCall, q0: int, q1: int, k0: int, k1: int) -> torch.Tensor:
@@ -47,33 +48,69 @@ def allowed_of(call: AttnCall, q0: int, q1: int, k0: int, k1: int) -> torch.Tens
     return m.expand(call.query.shape[0], -1, -1)
 
 
-def merged_attention(call: AttnCall, parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
-                     ) -> torch.Tensor:
-    """Attention whose logits come from several (query rotation, key set) parts, merged before one softmax.
+def _flash_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float):
+    """(out, logsumexp) from PyTorch's fused CPU flash kernel (no Tq×K logits in memory), None where absent."""
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None or q.device.type != "cpu":
+        return None
+    try:
+        out, lse = op(q, k, v, 0.0, False, attn_mask=bias, scale=scale)[:2]
+    except RuntimeError:  # a dtype or shape the kernel does not take: the eager path below
+        return None
+    return out, lse.to(torch.float32).contiguous()
 
-    Each part is (q (B, H, Tq, D), k (B, Hkv, Kp, D), v (B, Hkv, Kp, D), allowed (B, Tq, Kp)); every key must be
-    allowed in at most one part per query. -> (B, Tq, H, D). GQA without repeating keys: query heads are grouped
-    per KV head ((B, Hkv, rep·Tq, D) against (B, Hkv, Kp, D)), the same head order as transformers' repeat_kv.
+
+def bias_of(allowed: torch.Tensor | None, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(B, Tq, Kp) bool -> additive mask (B, 1, Tq, Kp) of 0 / −inf, and the rows with no allowed key (B, Tq)."""
+    if allowed is None:
+        return None, None
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+    return bias[:, None], ~allowed.any(-1)
+
+
+def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                  dead: torch.Tensor | None, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q·kᵀ·scale + bias) v and the log-sum-exp of each row: (B, H, Tq, D), (B, H, Tq) float32.
+    `bias` from `bias_of` (None: every key); rows in `dead` (no allowed key) get lse −inf, weight 0 when merged."""
+    fused = _flash_lse(q, k, v, bias, scale)
+    if fused is not None:
+        out, lse = fused
+    else:
+        s = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+        if bias is not None:
+            s = s + bias
+        lse = torch.logsumexp(s, dim=-1)
+        out = torch.matmul(torch.exp(s - lse[..., None]).nan_to_num_(0.0).to(v.dtype), v)
+    if dead is not None:
+        lse = lse.masked_fill(dead[:, None], float("-inf"))
+    return out, lse
+
+
+def merged_attention(call: AttnCall, parts: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    """Attention whose logits come from several (query rotation, key set) parts, merged as **one** softmax.
+
+    Each part is (q (B, H, Tq, D), k, v (B, H, Kp, D) — KV heads already repeated —, bias, dead) with bias, dead
+    from `bias_of` (None, None: every key); a key may be allowed in at most one part per query. Each part gives its softmax output and log-sum-exp;
+    the single softmax over all parts is their lse-weighted sum (exact: softmax over a union of disjoint key sets).
+    -> (B, Tq, H, D).
     """
-    m = call.module
-    B, H, Tq, D = parts[0][0].shape
-    Hkv = parts[0][1].shape[1]
-    rep = H // Hkv
-    logits = []
-    for q, k, _, allowed in parts:
-        s = torch.matmul(q.reshape(B, Hkv, rep * Tq, D), k.transpose(-1, -2)) * m.scaling  # (B, Hkv, rep·Tq, Kp)
-        s = s.view(B, Hkv, rep, Tq, -1).masked_fill(~allowed[:, None, None], float("-inf"))
-        logits.append(s)
-    s = torch.cat(logits, dim=-1) if len(logits) > 1 else logits[0]
-    p = torch.softmax(s.float(), dim=-1).to(s.dtype)
-    p = torch.nan_to_num(p, nan=0.0)  # a fully masked row (a padding query) attends to nothing
-    out, at = None, 0
-    for _, _, v, _ in parts:
-        kp = v.shape[-2]
-        o = torch.matmul(p[..., at:at + kp].reshape(B, Hkv, rep * Tq, kp), v)
-        out = o if out is None else out + o
-        at += kp
-    return out.view(B, H, Tq, D).transpose(1, 2)
+    outs, lses = zip(*(attention_lse(*part, call.module.scaling) for part in parts))
+    if len(outs) == 1:
+        out = outs[0]
+    else:
+        top = lses[0]
+        for x in lses[1:]:
+            top = torch.maximum(top, x)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a row with no key at all: weights 0
+        ws = [torch.exp(x - top) for x in lses]  # softmax mass of each part, relative to the row's max
+        total = sum(ws)
+        out = sum(o * (w / total).nan_to_num_(0.0)[..., None].to(o.dtype) for o, w in zip(outs, ws))
+    return out.transpose(1, 2)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, Hkv, K, D) -> (B, Hkv·n_rep, K, D), query head h reading KV head h // n_rep (transformers' order)."""
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
 
 
 def _span(need: torch.Tensor) -> tuple[int, int]:
@@ -101,37 +138,62 @@ class SelfExtendPlan(PositionPlan):
     def grouped_query_pos(self, pos: torch.Tensor) -> torch.Tensor:
         return pos // self.group + self.window - self.window // self.group
 
-    def attend(self, call: AttnCall):
-        f = self.freqs(self.L, call.query.device)
-        W = self.window
-        q_n = call.rotate(call.query, call.q_pos, f)
-        k_n = call.rotated_keys(f)
-        if int(call.q_pos.max()) - int(call.k_pos.min()) < W:  # every distance inside the window: the model as is
-            return call.run(q_n, k_n, call.value)
-        q_g = call.rotate(call.query, self.grouped_query_pos(call.q_pos), f)
-        k_g = call.rotate(call.key, call.k_pos // self.group, f)
-        B, H, T, D = call.query.shape
-        K = call.key.shape[-2]
-        out = call.query.new_empty(B, T, H, D)
-        step = query_block(H, K, B)
+    def layout(self, call: AttnCall) -> list[tuple[int, int, int, list | None]]:
+        """Query blocks (c0, c1, k_end, parts); parts None = neighbours only (SDPA), else (kind, k0, k1, bias, dead)
+        with kind "g" (grouped) or "n" (neighbour). Depends on positions and mask only, so it is computed once
+        per forward and shared by the layers (call.memo)."""
+        T, K = call.query.shape[-2], call.key.shape[-2]
+        key = ("self-extend", id(self), T, K, id(call.mask))
+        hit = call.memo.get(key)
+        if hit is not None and hit[0] is call.q_pos and torch.equal(hit[1], call.k_pos):
+            return hit[2]
+        W, dtype = self.window, call.query.dtype
+        blocks = []
+        step = query_block(call.query.shape[1], K, call.query.shape[0])
         for c0 in range(0, T, step):
             c1 = min(T, c0 + step)
             k_end = K - T + c1  # keys a query of this block can see (cache slots up to its own)
             qp, kp = call.q_pos[:, c0:c1], call.k_pos[:, :k_end]
-            if int(qp.max()) - int(kp.min()) < W:  # neighbours only: plain SDPA
-                out[:, c0:c1] = call.block(q_n[:, :, c0:c1], k_n[:, :, :k_end], call.value[:, :, :k_end], c0, k_end)
+            qmin, qmax = int(qp.min()), int(qp.max())
+            if qmax - int(kp.min()) < W:  # neighbours only: plain SDPA
+                blocks.append((c0, c1, k_end, None))
                 continue
-            g0, g1 = _span((kp <= int(qp.max()) - W).any(0))  # keys some query of the block sees grouped
-            n0, n1 = _span((kp > int(qp.min()) - W).any(0))  # keys some query of the block sees as neighbours
-            allowed = allowed_of(call, c0, c1, 0, k_end)
-            rel = qp[:, :, None] - kp[:, None, :]  # (B, Tq, k_end) distance in positions
-            parts = [(q_g[:, :, c0:c1], k_g[:, :, g0:g1], call.value[:, :, g0:g1],
-                      allowed[..., g0:g1] & (rel[..., g0:g1] >= W))]
-            if n1 > n0:
-                parts.append((q_n[:, :, c0:c1], k_n[:, :, n0:n1], call.value[:, :, n0:n1],
-                              allowed[..., n0:n1] & (rel[..., n0:n1] < W)))
-            out[:, c0:c1] = merged_attention(call, parts)
-        return out, None
+            # key slots: [0, a) grouped for every query of the block, [a, g1) grouped for some, [n0, k_end)
+            # neighbours for some (spans over all rows; the masks decide per pair)
+            a = int((kp <= qmin - W).all(0).int().cumprod(0).sum())
+            g1 = _span((kp <= qmax - W).any(0))[1]
+            n0 = _span((kp > qmin - W).any(0))[0]
+            parts = []
+            if a > 0:
+                full = None if call.mask is None else allowed_of(call, c0, c1, 0, a)
+                parts.append(("g", 0, a, *bias_of(None if full is None or bool(full.all()) else full, dtype)))
+            if g1 > a:
+                rel = qp[:, :, None] - call.k_pos[:, None, a:g1]
+                parts.append(("g", a, g1, *bias_of(allowed_of(call, c0, c1, a, g1) & (rel >= W), dtype)))
+            rel = qp[:, :, None] - call.k_pos[:, None, n0:k_end]
+            parts.append(("n", n0, k_end, *bias_of(allowed_of(call, c0, c1, n0, k_end) & (rel < W), dtype)))
+            blocks.append((c0, c1, k_end, parts))
+        call.memo[key] = (call.q_pos, call.k_pos, blocks)
+        return blocks
 
+    def attend(self, call: AttnCall):
+        f = self.freqs(self.L, call.query.device)
+        q_n = call.rotate(call.query, call.q_pos, f)
+        k_n = call.rotated_keys(f)
+        if int(call.q_pos.max()) - int(call.k_pos.min()) < self.window:  # every distance inside W: the model as is
+            return call.run(q_n, k_n, call.value)
+        rep = call.query.shape[1] // call.key.shape[1]
+        q = {"n": q_n, "g": call.rotate(call.query, self.grouped_query_pos(call.q_pos), f)}
+        k = {"n": repeat_kv(k_n, rep), "g": repeat_kv(call.rotate(call.key, call.k_pos // self.group, f), rep)}
+        v = repeat_kv(call.value, rep)
+        B, H, T, D = call.query.shape
+        out = call.query.new_empty(B, T, H, D)
+        for c0, c1, k_end, parts in self.layout(call):
+            if parts is None:
+                out[:, c0:c1] = call.block(q_n[:, :, c0:c1], k_n[:, :, :k_end], call.value[:, :, :k_end], c0, k_end)
+            else:
+                out[:, c0:c1] = merged_attention(call, [(q[kind][:, :, c0:c1], k[kind][:, :, k0:k1], v[:, :, k0:k1],
+                                                         bias, dead) for kind, k0, k1, bias, dead in parts])
+        return out, None
 
 PLANS["self-extend"] = SelfExtendPlan

@@ -29,7 +29,7 @@ import torch
 
 from ..errors import CtxextError
 from .attention import PLANS, POSITIONS_ATTR, AttnCall, PositionPlan
-from .self_extend import merged_attention, query_block
+from .self_extend import bias_of, merged_attention, query_block, repeat_kv
 
 
 class StreamingPlan(PositionPlan):
@@ -108,6 +108,7 @@ class StreamingPlan(PositionPlan):
         B, H, _, D = call.query.shape
         K = call.key.shape[-2]
         dev = call.query.device
+        rep = H // call.key.shape[1]
         out = call.query.new_empty(B, T, H, D)
         step = query_block(H, min(K, S + W + 1024), B)
         for c0 in range(0, T, step):
@@ -120,7 +121,8 @@ class StreamingPlan(PositionPlan):
             q_win = call.rotate(call.query[:, :, c0:c1], (qs - shift)[None].expand(B, -1), f, share=False)
             k_win = call.rotate(call.key[:, :, n0:n1], (ks - shift)[None].expand(B, -1), f, share=False)
             win = (ks[None, :] <= qs[:, None]) & (ks[None, :] > qs[:, None] - W)
-            parts = [(q_win, k_win, call.value[:, :, n0:n1], win[None].expand(B, -1, -1))]
+            parts = [(q_win, repeat_kv(k_win, rep), repeat_kv(call.value[:, :, n0:n1], rep),
+                      *bias_of(win[None].expand(B, -1, -1), call.query.dtype))]
             if S:
                 s1 = min(S, n1)
                 sk = torch.arange(s1, device=dev)
@@ -128,7 +130,8 @@ class StreamingPlan(PositionPlan):
                                      share=False)
                 k_sink = call.rotate(call.key[:, :, :s1], sk[None].expand(B, -1), f, share=False)
                 sink = (sk[None, :] <= qs[:, None])[None].expand(B, -1, -1)
-                parts.insert(0, (q_sink, k_sink, call.value[:, :, :s1], sink))
+                parts.insert(0, (q_sink, repeat_kv(k_sink, rep), repeat_kv(call.value[:, :, :s1], rep),
+                                 *bias_of(sink, call.query.dtype)))
             out[:, c0:c1] = merged_attention(call, parts)
         return out, None
 

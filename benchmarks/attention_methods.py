@@ -1,0 +1,227 @@
+"""Training-free attention methods and the ALiBi family, measured on ctxext's eval harness (issue 6 acceptance).
+
+    python benchmarks/attention_methods.py passkey  [--trials 2] [--length 16384] [--resume]
+    python benchmarks/attention_methods.py window
+    python benchmarks/attention_methods.py stream   [--length 65536] [--short 32768]
+    python benchmarks/attention_methods.py alibi
+
+- passkey: SmolLM2-135M, self-extend vs default RoPE, passkey at `--length` tokens, depths 0.1 … 0.9, `--trials`
+  per depth (teacher-forced verdicts, shared-prefix reuse) — acceptance: self-extend >= 90 % where default fails.
+- window: SmolLM2 logits with self-extend on a sequence shorter than W vs the model as loaded (max |diff|).
+- stream: SmolLM2 streaming perplexity (stream-ppl task, book text) at two stream lengths, each in its own
+  process so peak RSS is that run's alone; default RoPE over the same text beside it (capped by the task at
+  4 × the trained length: its cache and cost grow with the stream).
+- alibi: the tiny-alibi fixture at 4 × its window: default vs alibi-interp vs ntk-alibi, perplexity by position
+  (last quarter) and passkey.
+
+Each part writes benchmarks/results/attention_methods_<part>.json (eval folders go under runs/attention_methods/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RUNS = ROOT / "runs" / "attention_methods"
+SMOL = "smollm2-135m"
+SELF_EXTEND = "self-extend:group=4,window=2048"  # reach (8192 − 2048)·4 + 2048 = 26 624 tokens
+STREAMING = "streaming:sinks=4,window=2044"  # 2 048 cache slots
+DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
+STREAM_BOOK = "pg2701.txt"  # Moby Dick: the longest of the shared books
+
+
+def write(part: str, report: dict) -> Path:
+    from ctxext.runinfo import machine, versions
+
+    report = {"part": part, "versions": versions(), "machine": machine(), **report}
+    out = HERE / "results" / f"attention_methods_{part}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
+    return out
+
+
+def by(records: list[dict], **kw) -> list[dict]:
+    return [r for r in records if all(r.get(k) == v for k, v in kw.items())]
+
+
+# ------------------------------------------------------------------------------------------------ passkey
+
+
+def passkey(args: argparse.Namespace) -> None:
+    from ctxext.evals import run_eval
+
+    specs = [SELF_EXTEND, "default"]
+    t = time.perf_counter()
+    res = run_eval(SMOL, specs, ["passkey"], [args.length], depths=list(DEPTHS), samples=args.trials,
+                   out=RUNS / f"passkey{args.length}", resume=args.resume,
+                   command=f"python benchmarks/attention_methods.py passkey --trials {args.trials} "
+                           f"--length {args.length}")
+    recs = by(res["records"], task="passkey", metric="accuracy", length=args.length)
+    report = {"model": SMOL, "length": args.length, "depths": list(DEPTHS), "trials_per_depth": args.trials,
+              "seconds_this_run": round(time.perf_counter() - t, 1), "specs": {}}
+    for s in specs:
+        cells = {str(r["depth"]): r["value"] for r in by(recs, scaling=s)}
+        n = sum(r["n"] for r in by(recs, scaling=s))
+        right = sum(r["value"] * r["n"] for r in by(recs, scaling=s))
+        report["specs"][s] = {"accuracy_by_depth": cells, "trials": n, "correct": round(right),
+                              "accuracy": right / n if n else None}
+    se, d = report["specs"][SELF_EXTEND], report["specs"]["default"]
+    report["checks"] = {"self_extend_ge_90pct": (se["accuracy"] or 0) >= 0.9, "trials_ge_10": se["trials"] >= 10,
+                        "default_fails": (d["accuracy"] or 0) < 0.5}
+    write("passkey", report)
+
+
+# ------------------------------------------------------------------------------------------------- window
+
+
+def window(args: argparse.Namespace) -> None:
+    import torch
+
+    from ctxext.data import load_documents
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+    from ctxext.models import apply_spec, load_model
+    from ctxext.scaling import parse_spec
+
+    lm = load_model(SMOL)
+    doc = load_documents([books_dir() / HELD_OUT_BOOK], lm.tokenizer)[0]
+    ids = torch.as_tensor(doc.tokens[:args.tokens].astype("int64"))[None]
+    with torch.inference_mode():
+        before = lm.model(ids).logits
+        apply_spec(lm, parse_spec(SELF_EXTEND))
+        after = lm.model(ids).logits
+    diff = float((after - before).abs().max())
+    write("window", {"model": SMOL, "spec": SELF_EXTEND, "tokens": int(ids.shape[1]), "max_abs_logit_diff": diff,
+                     "identical": diff == 0.0})
+
+
+# ------------------------------------------------------------------------------------------------- stream
+
+
+def stream_child(args: argparse.Namespace) -> None:
+    """One stream-ppl run in this process; prints one JSON line with its records and peak RSS."""
+    import torch
+
+    from ctxext.evals import run_eval
+    from ctxext.fixtures import books_dir
+
+    torch.set_num_threads(int(os.environ.get("CTXEXT_THREADS", torch.get_num_threads())))
+    t = time.perf_counter()
+    res = run_eval(SMOL, [args.spec], ["stream-ppl"], [args.length], data=[books_dir() / STREAM_BOOK],
+                   out=RUNS / f"stream-{args.spec.split(':')[0]}-{args.length}", bucket=args.bucket,
+                   command=f"python benchmarks/attention_methods.py stream ({args.spec}, "
+                                           f"{args.length} tokens)")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    print(json.dumps({"records": res["records"], "peak_rss_bytes": rss, "seconds": time.perf_counter() - t}))
+
+
+def _child(spec: str, length: int, bucket: int) -> dict:
+    cmd = [sys.executable, __file__, "_stream_child", "--spec", spec, "--length", str(length), "--bucket", str(bucket)]
+    print("running:", " ".join(cmd[1:]), flush=True)
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def stream(args: argparse.Namespace) -> None:
+    runs = {}
+    for spec, length in ((STREAMING, args.short), (STREAMING, args.length), ("default", args.length)):
+        r = _child(spec, length, args.bucket)
+        recs = r["records"]
+        seg = sorted(by(recs, metric="ppl"), key=lambda x: (x["bucket"] or [1e18])[0])
+        in_win = by(recs, metric="ppl_in_window")[0]["value"]
+        segs = {f"{x['bucket'][0]}-{x['bucket'][1]}": x["value"] for x in seg if x["bucket"]}
+        runs[f"{spec} @ {length}"] = {
+            "spec": spec, "length": length, "tokens_scored": by(recs, metric="tokens")[0]["value"],
+            "ppl_overall": next(x["value"] for x in seg if not x["bucket"]), "ppl_in_window": in_win,
+            "ppl_by_segment": segs, "max_segment_over_in_window": max(segs.values()) / in_win,
+            "max_cache_tokens": by(recs, metric="max_cache_tokens")[0]["value"],
+            "peak_rss_mb": round(r["peak_rss_bytes"] / 2**20, 1), "seconds": round(r["seconds"], 1)}
+    short, long = runs[f"{STREAMING} @ {args.short}"], runs[f"{STREAMING} @ {args.length}"]
+    report = {"model": SMOL, "book": STREAM_BOOK, "segment_tokens": args.bucket, "runs": runs, "checks": {
+        "streaming_segments_within_1.3x_in_window": long["max_segment_over_in_window"] <= 1.3,
+        "streaming_peak_rss_flat_within_5pct": long["peak_rss_mb"] <= 1.05 * short["peak_rss_mb"],
+        "streamed_tokens_ge_64k": long["tokens_scored"] >= 65536}}
+    write("stream", report)
+
+
+# -------------------------------------------------------------------------------------------------- alibi
+
+
+def alibi(args: argparse.Namespace) -> None:
+    from ctxext.evals import run_eval
+    from ctxext.fixtures import HELD_OUT_BOOK, WINDOW, books_dir, fixture_path
+    from ctxext.models import model_info
+    from ctxext.scaling import alibi_slopes, parse_spec, resolve_alibi
+
+    a = args.factor
+    specs = ["default", f"alibi-interp:factor={a}", f"ntk-alibi:factor={a}"]
+    L = a * WINDOW
+    t = time.perf_counter()
+    out = RUNS / f"alibi{L}"
+    res = run_eval(str(fixture_path("tiny-alibi")), specs, ["ppl", "passkey"], [WINDOW, L], depths=list(DEPTHS),
+                   samples=args.samples, data=[books_dir() / HELD_OUT_BOOK], out=out, bucket=L // 4,
+                   resume=args.resume, seed=args.seed,
+                   command=f"python benchmarks/attention_methods.py alibi --factor {a}")
+    recs = res["records"]
+    heads = model_info(str(fixture_path("tiny-alibi"))).n_heads
+    report = {"model": "tiny-alibi", "window": WINDOW, "length": L, "factor": a, "docs": args.samples,
+              "seconds_this_run": round(time.perf_counter() - t, 1),
+              "slopes": {s: [float(x) for x in (alibi_slopes(heads) if s == "default"
+                                                 else resolve_alibi(parse_spec(s), heads))] for s in specs},
+              "specs": {}}
+    for s in specs:
+        q = by(recs, scaling=s, task="ppl", metric="ppl", length=L)
+        last = next(r["value"] for r in q if r["bucket"] == [3 * L // 4, L])
+        pk = by(recs, scaling=s, task="passkey", length=L)
+        pk_in = by(recs, scaling=s, task="passkey", length=WINDOW)
+        report["specs"][s] = {
+            "ppl_last_quarter": last, "ppl_overall": next(r["value"] for r in q if r["bucket"] is None),
+            "ppl_by_quarter": {f"{r['bucket'][0]}-{r['bucket'][1]}": r["value"] for r in q if r["bucket"]},
+            "passkey": sum(r["value"] * r["n"] for r in pk) / sum(r["n"] for r in pk),
+            "passkey_trials": sum(r["n"] for r in pk),
+            "passkey_in_window": sum(r["value"] * r["n"] for r in pk_in) / sum(r["n"] for r in pk_in)}
+    n, i, d = (report["specs"][s] for s in (specs[2], specs[1], specs[0]))
+    report["checks"] = {
+        "ntk_alibi_ppl_beats_default_and_interp": n["ppl_last_quarter"] < min(d["ppl_last_quarter"],
+                                                                              i["ppl_last_quarter"]),
+        "ntk_alibi_passkey_beats_default_and_interp": n["passkey"] > max(d["passkey"], i["passkey"])}
+    write("alibi", report)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="part", required=True)
+    p = sub.add_parser("passkey")
+    p.add_argument("--trials", type=int, default=2, help="trials per depth (5 depths)")
+    p.add_argument("--length", type=int, default=16384)
+    p.add_argument("--resume", action="store_true")
+    p = sub.add_parser("window")
+    p.add_argument("--tokens", type=int, default=2000, help="sequence length, below the window W = 2048")
+    p = sub.add_parser("stream")
+    p.add_argument("--length", type=int, default=65536)
+    p.add_argument("--short", type=int, default=32768, help="the second stream length for the memory comparison")
+    p.add_argument("--bucket", type=int, default=4096, help="segment width in tokens")
+    p = sub.add_parser("_stream_child")
+    p.add_argument("--spec", required=True)
+    p.add_argument("--length", type=int, required=True)
+    p.add_argument("--bucket", type=int, required=True)
+    p = sub.add_parser("alibi")
+    p.add_argument("--factor", type=int, default=4)
+    p.add_argument("--samples", type=int, default=4, help="documents (ppl) and trials per depth (passkey)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    args = ap.parse_args()
+    {"passkey": passkey, "window": window, "stream": stream, "_stream_child": stream_child, "alibi": alibi}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Streaming perplexity: read one long text once, in chunks, through the cached model; perplexity per segment.
+
+The --data documents are joined into one token stream (blank line between documents) and its first `length`
+tokens are fed STREAM_CHUNK tokens per call through one DynamicCache, the way a server streams: each token is
+scored once, predicted from everything the cache still holds (the decoder body runs per chunk; the LM head per
+chunk of rows, so full-vocabulary logits never exist for the stream). With `streaming:sinks=S,window=W` the cache
+holds at most S + W + chunk keys after each call (S + W + 2 chunks while one is appended) whatever the length:
+constant memory (StreamingLLM). Every other spec keeps every key (memory and time grow with the stream, and RoPE
+positions pass the trained length), so those streams stop after FULL_CAP_FACTOR × the trained length — said in
+the log and in the `tokens` record.
+
+Records per (spec, length): metric `ppl` per segment [b, b + bucket) of stream positions and overall; `ppl_in_window`
+over the tokens whose whole history fits the window (positions < S + W for streaming, < the trained length
+otherwise: the figure streaming should stay close to); `tokens` scored; `max_cache_tokens` (most keys one layer's
+cache held, counted while a chunk is appended). The per-position NLL is saved in DIR/curves/.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .files import curve_path, save_array
+from .needles import check_total, haystack_stream
+from .scoring import hidden_states, new_cache, nll_of_hidden
+from .tasks import Cell, Settings, Task, TaskContext, register
+
+STREAM_CHUNK = 512  # tokens per cached call
+FULL_CAP_FACTOR = 4  # specs without eviction stop after this many trained lengths
+COST_CACHE_TOKENS = 32768  # cache size the memory estimate assumes (the cap for an 8k model; streaming holds less)
+
+
+def stream_nll(model: Any, tokens: Any, chunk: int = STREAM_CHUNK,
+               on_chunk: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
+    """NLL of tokens[1:] fed `chunk` tokens per call through one KV cache -> (nll (n−1,), most keys cached).
+    `on_chunk(new, cached_before)` after each call (progress)."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    n = len(tokens)
+    out = np.empty(max(n - 1, 0))
+    cache, most = new_cache(model), 0
+    for s in range(0, n - 1, chunk):
+        e = min(n - 1, s + chunk)  # inputs [s, e) predict targets [s+1, e+1)
+        before = cache.get_seq_length()
+        h = hidden_states(model, tokens[s:e], cache)
+        out[s:e] = nll_of_hidden(model, h, tokens[s + 1:e + 1])
+        most = max(most, before + (e - s), cache.get_seq_length())
+        if on_chunk is not None:
+            on_chunk(e - s, before)
+    return out, most
+
+
+def in_window(ctx: TaskContext) -> int:
+    """Stream positions < this have their whole history inside the window."""
+    p = ctx.spec.params
+    if ctx.spec.method == "streaming":
+        return int(p.sinks + p.window)
+    return int(ctx.lm.info.trained_len)
+
+
+def _ppl(nll: np.ndarray) -> float:
+    return math.exp(float(np.mean(nll))) if len(nll) else float("nan")
+
+
+def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
+    streaming = ctx.spec.method == "streaming"
+    cap = FULL_CAP_FACTOR * int(ctx.lm.info.trained_len)
+    for length in sorted({L for L, _ in cells}):
+        n = length if streaming else min(length, cap)
+        if n < length:
+            ctx.log(f"stream-ppl @ {length:,}: '{ctx.spec.text}' keeps every key (no eviction), so its stream stops "
+                    f"at {n:,} tokens ({FULL_CAP_FACTOR}× the trained length {ctx.lm.info.trained_len:,})")
+        tokens = haystack_stream(ctx, "stream-ppl", length)[:n]
+        nll, most = stream_nll(ctx.model, tokens,
+                               on_chunk=lambda new, past: ctx.tick(ctx.cost.flops(new, past, scored=new)))
+        save_array(curve_path(ctx.out, "stream-ppl", ctx.spec.text, length), np.concatenate([[np.nan], nll]))
+        # nll[p − 1] scores stream position p
+        recs = []
+        for b in range(0, n, ctx.bucket):
+            seg = nll[max(b, 1) - 1:min(b + ctx.bucket, n) - 1]
+            if len(seg):
+                recs.append(ctx.record("stream-ppl", length, None, "ppl", _ppl(seg), 1, (b, min(b + ctx.bucket, n))))
+        recs.append(ctx.record("stream-ppl", length, None, "ppl", _ppl(nll), 1))
+        w = min(in_window(ctx), n)
+        recs.append(ctx.record("stream-ppl", length, None, "ppl_in_window", _ppl(nll[:w - 1]), 1, (0, w)))
+        recs.append(ctx.record("stream-ppl", length, None, "tokens", float(n), 1))
+        recs.append(ctx.record("stream-ppl", length, None, "max_cache_tokens", float(most), 1))
+        yield (length, None), recs
+
+
+def cost(mc: Any, length: int, depths: list[float], s: Settings) -> tuple[float, float]:
+    """Full attention over the whole stream (an upper bound: streaming attends to S + W keys at most); memory with
+    a cache of at most COST_CACHE_TOKENS tokens plus one chunk's activations and mask."""
+    held = min(length, COST_CACHE_TOKENS)
+    return mc.flops(length, scored=length), mc.peak_cached(held, plain=False)
+
+
+TASK = register(Task(
+    name="stream-ppl", summary="perplexity per segment of one long text streamed through the KV cache",
+    run=run, cost=cost, metric="ppl", needs_data=True, default_samples=1, check=check_total("stream-ppl"),
+))

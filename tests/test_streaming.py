@@ -1,0 +1,121 @@
+"""StreamingLLM: the model itself inside the window; past it, each token's logits equal the stock model run on
+just the sinks + its window (1 layer: an independent reference); token by token, in chunks and without a cache
+the same logits; the cache stays bounded; stream_nll scores a stream exactly; refusals are one line."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import DynamicCache
+
+from ctxext.cli import main
+from ctxext.errors import CtxextError
+from ctxext.evals.scoring import token_nll
+from ctxext.evals.stream_ppl import stream_nll
+from ctxext.models import apply_spec, wrap_model
+from ctxext.models.attention import POSITIONS_ATTR
+from ctxext.models.tiny import WINDOW, tiny_model
+from ctxext.scaling import parse_spec
+
+S, W, N = 4, 24, 3 * WINDOW  # tiny models: trained length 64
+SPEC = f"streaming:sinks={S},window={W}"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def ids_for(n, batch=1, seed=1):
+    return torch.randint(3, 96, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def streamed(model, ids, chunk):
+    """Logits of every position, fed `chunk` tokens per call through one cache; and the largest cache seen."""
+    cache = DynamicCache(config=model.config)
+    outs, most = [], 0
+    with torch.inference_mode():
+        for s in range(0, ids.shape[1], chunk):
+            outs.append(model(ids[:, s:s + chunk], past_key_values=cache, use_cache=True).logits)
+            most = max(most, cache.get_seq_length())
+            assert cache.__dict__[POSITIONS_ATTR][0].shape[1] == cache.get_seq_length()
+    return torch.cat(outs, 1), most
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_inside_the_window_it_is_the_model(arch):
+    model = tiny_model(arch)
+    lm = wrap_model(model)
+    ids = ids_for(S + W, batch=2)
+    with torch.inference_mode():
+        before = model(ids).logits
+        apply_spec(lm, parse_spec(SPEC))
+        assert torch.equal(model(ids).logits, before)
+
+
+@pytest.mark.parametrize("sinks", [S, 0])
+def test_each_token_sees_sinks_plus_window_at_slot_positions(sinks):
+    """One layer: the logits at token i are the stock model's on [first `sinks` tokens, last W tokens up to i]
+    with positions 0 … n−1 — StreamingLLM's cache by construction, computed without ctxext."""
+    model = tiny_model("llama", num_hidden_layers=1)
+    lm = wrap_model(model)
+    ids = ids_for(N)
+    with torch.inference_mode():
+        refs = {i: model(torch.cat([ids[:, :sinks], ids[:, i - W + 1:i + 1]], 1)).logits[:, -1]
+                for i in (sinks + W, sinks + W + 1, 100, N - 1)}
+        apply_spec(lm, parse_spec(f"streaming:sinks={sinks},window={W}"))
+        got = model(ids).logits
+    for i, ref in refs.items():
+        assert (got[:, i] - ref).abs().max().item() < 1e-5, i
+    with torch.inference_mode():
+        apply_spec(lm, parse_spec("default"))
+        assert (model(ids).logits[:, N - 1] - refs[N - 1]).abs().max().item() > 1e-2  # full attention differs
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "phi3"])
+def test_token_by_token_chunks_and_no_cache_agree_with_a_bounded_cache(arch):
+    model = tiny_model(arch)
+    apply_spec(wrap_model(model), parse_spec(SPEC))
+    ids = ids_for(N)
+    with torch.inference_mode():
+        full = model(ids).logits
+    for chunk in (1, 7, 40):
+        got, most = streamed(model, ids, chunk)
+        assert (got - full).abs().max().item() < 1e-4, chunk
+        assert most <= S + W - 1 + chunk, (chunk, most)  # constant memory: sinks + window + one chunk
+
+
+def test_refusals_are_one_line(tmp_path, capsys):
+    model = tiny_model("llama")
+    lm = wrap_model(model)
+    with pytest.raises(CtxextError, match="sinks \\+ window = 68 must fit in the trained length 64"):
+        apply_spec(lm, parse_spec("streaming:sinks=4,window=64"))
+    apply_spec(lm, parse_spec(SPEC))
+    ids = ids_for(60, batch=2)
+    with torch.inference_mode(), pytest.raises(CtxextError, match="positions by cache slot"):
+        model(ids, position_ids=torch.arange(60)[None] + 5)
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    with torch.inference_mode(), pytest.raises(CtxextError, match="padded batches"):
+        model(ids, attention_mask=mask)
+    model.save_pretrained(tmp_path / "m")
+    capsys.readouterr()
+    rc = main(["export", "--model", str(tmp_path / "m"), "--scaling", SPEC, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "cannot export 'streaming:sinks=4,window=24'" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text", [SPEC, "default"])
+def test_stream_nll_scores_every_token_once(text):
+    model = tiny_model("llama")
+    apply_spec(wrap_model(model), parse_spec(text))
+    tokens = ids_for(N)[0].numpy()
+    ticks = []
+    nll, most = stream_nll(model, tokens, chunk=32, on_chunk=lambda new, past: ticks.append((new, past)))
+    np.testing.assert_allclose(nll, token_nll(model, tokens), atol=1e-4)  # = one no-cache forward
+    assert sum(t[0] for t in ticks) == N - 1
+    # at most: what the last eviction kept (S + W − 1 + chunk) plus the chunk being appended
+    assert most == (S + W - 1 + 2 * 32 if text == SPEC else N - 1)
