@@ -24,6 +24,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -36,7 +37,22 @@ SMOL = "smollm2-135m"
 SELF_EXTEND = "self-extend:group=4,window=2048"  # reach (8192 − 2048)·4 + 2048 = 26 624 tokens
 STREAMING = "streaming:sinks=4,window=2044"  # 2 048 cache slots
 DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
-STREAM_BOOK = "pg2701.txt"  # Moby Dick: the longest of the shared books
+TRAINED = 8192  # SmolLM2's trained length
+STREAM_BOOK = "pg2701.txt"  # Moby Dick: the longest of the shared books, streamed from its first chapter
+STREAM_START = "CHAPTER 1. Loomings.\n\nCall me Ishmael."  # skips the contents, etymology and extracts
+
+
+def stream_text() -> Path:
+    """Moby Dick from chapter 1 to the end of the story (homogeneous prose: segment perplexities compare text
+    of one kind, not a table of contents against narrative)."""
+    from ctxext.data import strip_gutenberg
+    from ctxext.fixtures import books_dir
+
+    text = strip_gutenberg((books_dir() / STREAM_BOOK).read_text(encoding="utf-8")).replace("\r\n", "\n")
+    path = RUNS / "moby_dick_from_chapter_1.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text[text.index(STREAM_START):], encoding="utf-8")
+    return path
 
 
 def write(part: str, report: dict) -> Path:
@@ -112,12 +128,12 @@ def stream_child(args: argparse.Namespace) -> None:
     import torch
 
     from ctxext.evals import run_eval
-    from ctxext.fixtures import books_dir
 
     torch.set_num_threads(int(os.environ.get("CTXEXT_THREADS", torch.get_num_threads())))
+    out = RUNS / f"stream-{args.spec.split(':')[0]}-{args.length}"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: its peak RSS is what is measured
     t = time.perf_counter()
-    res = run_eval(SMOL, [args.spec], ["stream-ppl"], [args.length], data=[books_dir() / STREAM_BOOK],
-                   out=RUNS / f"stream-{args.spec.split(':')[0]}-{args.length}", bucket=args.bucket,
+    res = run_eval(SMOL, [args.spec], ["stream-ppl"], [args.length], data=[stream_text()], out=out, bucket=args.bucket,
                    command=f"python benchmarks/attention_methods.py stream ({args.spec}, "
                                            f"{args.length} tokens)")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
@@ -146,10 +162,18 @@ def stream(args: argparse.Namespace) -> None:
             "max_cache_tokens": by(recs, metric="max_cache_tokens")[0]["value"],
             "peak_rss_mb": round(r["peak_rss_bytes"] / 2**20, 1), "seconds": round(r["seconds"], 1)}
     short, long = runs[f"{STREAMING} @ {args.short}"], runs[f"{STREAMING} @ {args.length}"]
-    report = {"model": SMOL, "book": STREAM_BOOK, "segment_tokens": args.bucket, "runs": runs, "checks": {
-        "streaming_segments_within_1.3x_in_window": long["max_segment_over_in_window"] <= 1.3,
-        "streaming_peak_rss_flat_within_5pct": long["peak_rss_mb"] <= 1.05 * short["peak_rss_mb"],
-        "streamed_tokens_ge_64k": long["tokens_scored"] >= 65536}}
+    full = runs[f"default @ {args.length}"]
+    # the same segments under full attention while default RoPE is still inside its trained length
+    inside = {k: v for k, v in full["ppl_by_segment"].items() if int(k.split("-")[1]) <= TRAINED}
+    long["over_default_same_segment_inside_8k"] = {k: long["ppl_by_segment"][k] / v for k, v in inside.items()}
+    default_in_window = full["ppl_in_window"]  # default RoPE over its first 8 192 tokens of this text
+    long["max_segment_over_default_in_window"] = max(long["ppl_by_segment"].values()) / default_in_window
+    report = {"model": SMOL, "book": STREAM_BOOK + " from chapter 1", "segment_tokens": args.bucket, "runs": runs,
+              "checks": {
+                  "streaming_segments_within_1.3x_own_in_window": long["max_segment_over_in_window"] <= 1.3,
+                  "streaming_segments_within_1.3x_default_in_window": long["max_segment_over_default_in_window"] <= 1.3,
+                  "streaming_peak_rss_flat_within_5pct": long["peak_rss_mb"] <= 1.05 * short["peak_rss_mb"],
+                  "streamed_tokens_ge_64k": long["tokens_scored"] >= 65536}}
     write("stream", report)
 
 

@@ -9,10 +9,11 @@ constant memory (StreamingLLM). Every other spec keeps every key (memory and tim
 positions pass the trained length), so those streams stop after FULL_CAP_FACTOR × the trained length — said in
 the log and in the `tokens` record.
 
-Records per (spec, length): metric `ppl` per segment [b, b + bucket) of stream positions and overall; `ppl_in_window`
-over the tokens whose whole history fits the window (positions < S + W for streaming, < the trained length
-otherwise: the figure streaming should stay close to); `tokens` scored; `max_cache_tokens` (most keys one layer's
-cache held, counted while a chunk is appended). The per-position NLL is saved in DIR/curves/.
+Records per (spec, length): metric `ppl` per segment [b, b + bucket) of stream positions and overall;
+`ppl_in_window` over the tokens whose whole history fits the window (positions < `in_window_tokens` = S + W for
+streaming, the trained length otherwise: the figure streaming should stay close to); `tokens` scored;
+`max_cache_tokens` (most keys one layer's cache held, counted while a chunk is appended). The per-position NLL
+is saved in DIR/curves/.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[s
                 recs.append(ctx.record("stream-ppl", length, None, "ppl", _ppl(seg), 1, (b, min(b + ctx.bucket, n))))
         recs.append(ctx.record("stream-ppl", length, None, "ppl", _ppl(nll), 1))
         w = min(in_window(ctx), n)
-        recs.append(ctx.record("stream-ppl", length, None, "ppl_in_window", _ppl(nll[:w - 1]), 1, (0, w)))
+        recs.append(ctx.record("stream-ppl", length, None, "ppl_in_window", _ppl(nll[:w - 1]), 1))
+        recs.append(ctx.record("stream-ppl", length, None, "in_window_tokens", float(w), 1))
         recs.append(ctx.record("stream-ppl", length, None, "tokens", float(n), 1))
         recs.append(ctx.record("stream-ppl", length, None, "max_cache_tokens", float(most), 1))
         yield (length, None), recs
