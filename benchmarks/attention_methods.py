@@ -180,6 +180,22 @@ def stream(args: argparse.Namespace) -> None:
 # -------------------------------------------------------------------------------------------------- alibi
 
 
+def book_parts(book: Path, n: int) -> Path:
+    """The book (held out from the fixtures' training) as `n` documents of equal size cut at paragraph breaks, so
+    the ppl task averages n windows instead of reading only the book's opening."""
+    from ctxext.data import strip_gutenberg
+
+    text = strip_gutenberg(book.read_text(encoding="utf-8")).replace("\r\n", "\n")
+    cuts, size = [0], len(text) // n
+    for k in range(1, n):
+        cuts.append(text.index("\n\n", k * size) + 2)
+    cuts.append(len(text))
+    path = RUNS / f"{book.stem}_{n}_parts.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": text[a:b]}) + "\n" for a, b in zip(cuts[:-1], cuts[1:])))
+    return path
+
+
 def alibi(args: argparse.Namespace) -> None:
     from ctxext.evals import run_eval
     from ctxext.fixtures import HELD_OUT_BOOK, WINDOW, books_dir, fixture_path
@@ -191,13 +207,17 @@ def alibi(args: argparse.Namespace) -> None:
     L = a * WINDOW
     t = time.perf_counter()
     out = RUNS / f"alibi{L}"
+    if not args.resume:
+        shutil.rmtree(out, ignore_errors=True)
     res = run_eval(str(fixture_path("tiny-alibi")), specs, ["ppl", "passkey"], [WINDOW, L], depths=list(DEPTHS),
-                   samples=args.samples, data=[books_dir() / HELD_OUT_BOOK], out=out, bucket=L // 4,
+                   samples=args.samples, data=[book_parts(books_dir() / HELD_OUT_BOOK, args.samples)], out=out,
+                   bucket=L // 4,
                    resume=args.resume, seed=args.seed,
                    command=f"python benchmarks/attention_methods.py alibi --factor {a}")
     recs = res["records"]
     heads = model_info(str(fixture_path("tiny-alibi"))).n_heads
-    report = {"model": "tiny-alibi", "window": WINDOW, "length": L, "factor": a, "docs": args.samples,
+    report = {"model": "tiny-alibi", "window": WINDOW, "length": L, "factor": a, "book": HELD_OUT_BOOK,
+              "book_parts": args.samples, "passkey_trials_per_depth": args.samples,
               "seconds_this_run": round(time.perf_counter() - t, 1),
               "slopes": {s: [float(x) for x in (alibi_slopes(heads) if s == "default"
                                                  else resolve_alibi(parse_spec(s), heads))] for s in specs},
@@ -240,7 +260,7 @@ def main() -> None:
     p.add_argument("--bucket", type=int, required=True)
     p = sub.add_parser("alibi")
     p.add_argument("--factor", type=int, default=4)
-    p.add_argument("--samples", type=int, default=4, help="documents (ppl) and trials per depth (passkey)")
+    p.add_argument("--samples", type=int, default=8, help="book parts (ppl) and trials per depth (passkey)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     args = ap.parse_args()

@@ -156,3 +156,24 @@ def test_export_refuses_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "silently run plain RoPE" in err
     assert not out.exists()
+
+
+def test_fixture_generate_equals_no_cache_far_past_the_window():
+    """tiny-rope (trained on 256 tokens): greedy generation with the KV cache from a 300-token prompt to 700
+    tokens gives the tokens and logits of no-cache forwards."""
+    from ctxext.fixtures import WINDOW as FW, fixture_path
+    from ctxext.models import load_model
+
+    lm = load_model(str(fixture_path("tiny-rope")))
+    apply_spec(lm, parse_spec("self-extend:group=4,window=64"))  # reach (256 − 64)·4 + 64 = 832
+    text = " The grass is green. The sky is blue." * 40
+    ids = torch.as_tensor([lm.tokenizer(text)["input_ids"][:300]])
+    new = 400
+    with torch.inference_mode():
+        g = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                              do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+        full = lm.model(g.sequences).logits[:, -new - 1:-1]
+    assert g.sequences.shape[1] == 300 + new > 2 * FW
+    assert (torch.stack(g.logits, 1) - full).abs().max().item() < 1e-4
+    eos = lm.model.generation_config.eos_token_id
+    assert torch.equal(full.index_fill(-1, torch.tensor([eos]), -1e9).argmax(-1), g.sequences[:, -new:])

@@ -100,6 +100,8 @@ def test_refusals_are_one_line(tmp_path, capsys):
     mask[0, :5] = 0
     with torch.inference_mode(), pytest.raises(CtxextError, match="padded batches"):
         model(ids, attention_mask=mask)
+    with torch.inference_mode(), pytest.raises(CtxextError, match="HF generate past the window is not supported"):
+        model.generate(ids[:1, :20], max_new_tokens=40, do_sample=False, pad_token_id=0)
     model.save_pretrained(tmp_path / "m")
     capsys.readouterr()
     rc = main(["export", "--model", str(tmp_path / "m"), "--scaling", SPEC, "--out", str(tmp_path / "out")])
@@ -119,3 +121,32 @@ def test_stream_nll_scores_every_token_once(text):
     assert sum(t[0] for t in ticks) == N - 1
     # at most: what the last eviction kept (S + W − 1 + chunk) plus the chunk being appended
     assert most == (S + W - 1 + 2 * 32 if text == SPEC else N - 1)
+
+
+@pytest.mark.slow
+def test_stream_ppl_cli_on_the_fixture(tmp_path):
+    """ctxext eval --task stream-ppl on tiny-rope (window 256), 4 096 tokens of the held-out book: streaming holds a
+    bounded cache and keeps perplexity near its in-window figure; default RoPE stops at 4× the window (1 024 tokens)
+    and is far worse by then."""
+    import json
+
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+
+    out = tmp_path / "eval"
+    spec = "streaming:sinks=4,window=252"
+    rc = main(["eval", "--model", "tiny-rope", "--scaling", spec, "--scaling", "default", "--task", "stream-ppl",
+               "--lengths", "4096", "--bucket", "256", "--data", str(books_dir() / HELD_OUT_BOOK), "--out", str(out),
+               "--no-progress"])
+    assert rc == 0 and (out / "summary.md").is_file()
+    recs = json.loads((out / "results.json").read_text())["records"]
+
+    def get(s, metric, bucket=None):
+        return next(r["value"] for r in recs if r["scaling"] == s and r["metric"] == metric and r["bucket"] == bucket)
+
+    assert get(spec, "tokens") == 4096 and get("default", "tokens") == 1024
+    assert get(spec, "max_cache_tokens") <= 4 + 252 - 1 + 2 * 512
+    assert get("default", "max_cache_tokens") == 1023
+    segs = [r["value"] for r in recs if r["scaling"] == spec and r["metric"] == "ppl" and r["bucket"]]
+    assert len(segs) == 16 and max(segs) < 1.5 * get(spec, "ppl_in_window")
+    assert get("default", "ppl", [768, 1024]) > 2 * get(spec, "ppl", [768, 1024])
+    assert len(list((out / "curves").glob("stream-ppl-*.npy"))) == 2

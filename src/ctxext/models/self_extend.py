@@ -6,12 +6,15 @@ For query i and key j (positions, j ≤ i):
 - farther keys, i − j ≥ W: grouped positions, q at i//G + W − W//G, k at j//G, so the relative position is
   i//G − j//G + W − W//G ≤ (i − j)/G + W: it stays inside the trained length up to (L − W)·G + W tokens.
 
-Both logit sets are computed and merged before **one** softmax (`merged_attention`). Keys are cached before
+Both logit sets are merged before **one** softmax (`merged_attention`): each part (grouped keys, neighbour keys)
+gives its softmax output and log-sum-exp, and the softmax over their union is the lse-weighted sum — exact, and
+on CPU each part runs in PyTorch's fused flash kernel, so no T×K logits are ever held. Keys are cached before
 RoPE (ctxext.models.attention), so a cached decoding step rotates every cached key both ways and gives the same
-result as a no-cache forward. Memory: queries are processed in blocks sized so that one block's logits stay
-under `BLOCK_ELEMENTS`; blocks whose queries see only neighbours go to SDPA unchanged. A forward whose every
-query-key distance is < W is the model's own forward (same code path as default RoPE, identical logits).
-Positions come from the model's position ids, so left padding and HF generate work as for any plan.
+result as a no-cache forward. Queries go in blocks of at most MAX_BLOCK (and BLOCK_ELEMENTS logits on the eager
+path); blocks whose queries see only neighbours go to SDPA unchanged, and the block layout (key spans, masks) is
+computed once per forward and shared by the layers. A forward whose every query-key distance is < W is the
+model's own forward (same code path as default RoPE, identical logits). Positions come from the model's
+position ids, so left padding and HF generate work as for any plan.
 """
 
 from __future__ import annotations
@@ -50,12 +53,12 @@ def allowed_of(call: AttnCall, q0: int, q1: int, k0: int, k1: int) -> torch.Tens
 
 def _flash_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float):
     """(out, logsumexp) from PyTorch's fused CPU flash kernel (no Tq×K logits in memory), None where absent."""
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if op is None or q.device.type != "cpu":
+    if q.device.type != "cpu":
         return None
     try:
+        op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
         out, lse = op(q, k, v, 0.0, False, attn_mask=bias, scale=scale)[:2]
-    except RuntimeError:  # a dtype or shape the kernel does not take: the eager path below
+    except (AttributeError, RuntimeError):  # no such kernel in this torch, or inputs it does not take: eager path
         return None
     return out, lse.to(torch.float32).contiguous()
 
