@@ -45,15 +45,18 @@ def run_one(model: str, scaling: str, length: int, steps: int, extra: list[str],
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
+    res = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else None
+    s = res["training"]["summary"] if res else {}
+    if not s.get("tokens_per_second"):  # a failed export verification still leaves the training figures
         return {"length": length, "extra": extra, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "?"}
-    res = json.loads((out / "results.json").read_text())
-    s, hist = res["training"]["summary"], res["training"]["history"]
+    hist = res["training"]["history"]
     return {"length": length, "extra": extra, "steps": steps, "tokens_per_second": s["tokens_per_second"],
             "step_seconds": [h["step_seconds"] for h in hist], "peak_memory_gib": s["peak_memory_gib"],
             "memory_estimate_gib": s["memory_estimate_gib"], "memory_estimate": res["meta"]["memory_estimate"],
             "n_params": res["meta"]["trainable_parameters"], "wall_seconds": round(wall, 1),
-            "mixed_precision": res["meta"]["mixed_precision"], "final_loss": s["final_loss"]}
+            "mixed_precision": res["meta"]["mixed_precision"], "torch_threads": res["meta"]["torch_threads"],
+            "final_loss": s["final_loss"], "export_verification": s.get("export_verification"),
+            "exit_status": proc.returncode}
 
 
 def main() -> None:
@@ -90,11 +93,15 @@ def main() -> None:
                 r["mfu"] = r["tokens_per_second"] * per_token / peak
             rows.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
+    slug = "cpu" if device == "cpu" else device.replace(" ", "-").lower()
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"train_speed-{slug}.json"
+    if out.is_file():  # keep the runs of other lengths / variants measured before
+        done = {(r["length"], tuple(r["extra"])) for r in rows}
+        rows = [r for r in json.loads(out.read_text())["runs"] if (r["length"], tuple(r["extra"])) not in done] + rows
+        rows.sort(key=lambda r: (r["length"], r["extra"]))
     result = {"meta": {"versions": runinfo.versions(), "machine": runinfo.machine(), "device": device,
                        "peak_bf16_flops": peak, "model": args.model, "scaling": args.scaling, "steps": args.steps,
                        "command": " ".join(sys.argv)}, "runs": rows}
-    slug = "cpu" if device == "cpu" else device.replace(" ", "-").lower()
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"train_speed-{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\n{args.model} on {device} ({args.steps} steps, tokens/s over steps 2..):")

@@ -75,14 +75,15 @@ def _safetensor_keys(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [{}, {"lora": True, "mixed_window": True}], ids=["full", "lora-mixed"])
-def test_ctrl_c_then_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, extra):
+@pytest.mark.parametrize("extra,sig", [({}, signal.SIGINT), ({"lora": True, "mixed_window": True}, signal.SIGTERM)],
+                         ids=["full-ctrl-c", "lora-mixed-sigterm"])
+def test_interrupt_then_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, extra, sig):
     full = small(tmp_path, out=str(tmp_path / "full"), **extra)
     train(full, progress=False)
 
     def ctrl_c_at_3(rec):
         if rec["step"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # what a user's Ctrl-C does: finish the step, checkpoint, stop
+            os.kill(os.getpid(), sig)  # a user's Ctrl-C or a scheduler's SIGTERM: finish the step, checkpoint, stop
 
     part = small(tmp_path, out=str(tmp_path / "part"), **extra)
     with pytest.raises(KeyboardInterrupt):

@@ -66,28 +66,30 @@ def make_accelerator() -> Any:
 
 
 class StopFlag:
-    """The first Ctrl-C asks the loop to stop after the current step (checkpoint, then exit); a second one
-    interrupts at once."""
+    """The first Ctrl-C (SIGINT) or SIGTERM (what schedulers send before preempting) asks the loop to stop after the
+    current step (checkpoint, then exit); a second one interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._old: Any = None
+        self._old: dict[int, Any] = {}
 
     def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nctxext train: stopping after this step and saving a checkpoint (Ctrl-C again to abort)",
+        print("\nctxext train: stopping after this step and saving a checkpoint (signal again to abort)",
               file=sys.stderr)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _check_out(out: Path, cfg: TrainConfig, progress: dict[str, Any] | None) -> None:
@@ -111,12 +113,32 @@ def _jsonish(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def _peak_memory(device: str) -> int:
+def reset_peak_memory(device: str) -> None:
+    """Start a new peak measurement: CUDA's allocator statistics, or the process's peak RSS (Linux clear_refs)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux (or not allowed): the peak then covers the whole process
+
+
+def peak_memory(device: str) -> int:
+    """Peak bytes since the last reset: torch.cuda.max_memory_allocated, or the peak RSS (VmHWM)."""
     import torch
 
     if device.startswith("cuda"):
         return int(torch.cuda.max_memory_allocated())
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
 def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = None,
@@ -178,6 +200,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
 
     history: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
+    train_peak: list[int] = []  # peak memory of the steps (set-up, data and evaluation excluded)
     step, elapsed = 0, 0.0
     if prev is not None:
         state = ckpt.load(out, acc, model, opt, sched)
@@ -201,7 +224,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
                 "final_loss": history[-1]["loss"] if history else None,
                 "tokens_per_second": (sum(h["step_tokens"] for h in timed) / secs) if secs else None,
                 "train_seconds": round(elapsed, 2),
-                "peak_memory_bytes": _peak_memory(device), "peak_memory_gib": round(_peak_memory(device) / GIB, 3),
+                "peak_memory_gib": round(train_peak[0] / GIB, 3) if train_peak else None,
                 "memory_estimate_gib": round(plan.memory.total / GIB, 3),
                 "final": str(out / FINAL_DIR) if (out / FINAL_DIR / "config.json").is_file() else None}
 
@@ -220,6 +243,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
 
     if step == 0:
         run_eval_at(0)
+    reset_peak_memory(device)
     order = RowOrder(rows.n_rows, cfg.seed)
     bar = tqdm(total=cfg.steps, initial=step, disable=not (main and progress), unit="step", dynamic_ncols=True,
                desc="train")
@@ -256,6 +280,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
                 run_eval_at(step)
     bar.close()
+    train_peak.append(peak_memory(device))
     ckpt.save(out, acc, model, opt, sched, progress_state())
     if interrupted:
         if main:
