@@ -48,7 +48,10 @@ def run_one(model: str, scaling: str, length: int, steps: int, extra: list[str],
     res = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else None
     s = res["training"]["summary"] if res else {}
     if not s.get("tokens_per_second"):  # a failed export verification still leaves the training figures
-        return {"length": length, "extra": extra, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "?"}
+        said = [ln for ln in proc.stderr.splitlines() if ln.startswith("ctxext: error") or "Error" in ln]
+        why = said[-1] if said else f"exit status {proc.returncode}" + (" (killed: out of memory?)"
+                                                                        if proc.returncode < 0 else "")
+        return {"length": length, "extra": extra, "error": why}
     hist = res["training"]["history"]
     return {"length": length, "extra": extra, "steps": steps, "tokens_per_second": s["tokens_per_second"],
             "step_seconds": [h["step_seconds"] for h in hist], "peak_memory_gib": s["peak_memory_gib"],
