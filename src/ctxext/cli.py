@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "export": "ctxext.commands.export",
     "eval": "ctxext.commands.eval",
     "train": "ctxext.commands.train",
+    "demo": "ctxext.commands.demo",
+    "search": "ctxext.commands.search",
 }
 
 
