@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "export": "ctxext.commands.export",
     "eval": "ctxext.commands.eval",
     "train": "ctxext.commands.train",
+    "search": "ctxext.commands.search",
     "demo": "ctxext.commands.demo",
     "search": "ctxext.commands.search",
 }

@@ -1,0 +1,148 @@
+"""`run_search`: validate (no weights) -> load the model and data once -> search -> best.json, results.json,
+summary.md, PNGs. Used by `ctxext search` and by benchmarks/tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import CtxextError
+from .driver import Rung, Search, SearchConfig, write_state
+from .fitness import FITNESSES, Evaluator, check_data
+from .guard import attention_cap
+from .report import CURVE_PNG, FACTORS_PNG, plot_curve, plot_factors, write_best, write_summary
+from .seeds import seed_candidates
+from .space import make_space
+
+
+def run_search(model: Any, data: list[str | Path], out: str | Path, config: SearchConfig, *, resume: bool = False,
+               progress: bool = True, command: str | None = None,
+               log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Search per-pair factors for `model` (a name for load_model, or a LoadedModel) at config.target; -> the
+    results dict written to out/results.json."""
+    from .. import runinfo
+    from ..data import data_files, load_documents
+    from ..models import load_model, model_info
+    from ..theory import critical_dim
+
+    log = log or (lambda m: print(m, file=sys.stderr))
+    if config.fitness not in FITNESSES:
+        raise CtxextError(f"unknown fitness '{config.fitness}'; accepted: {', '.join(FITNESSES)}")
+    lm = None if isinstance(model, str) else model
+    info = model_info(model) if lm is None else lm.info
+    name = model if isinstance(model, str) else lm.name
+    if info.encoding != "rope" or info.rope_shape is None:
+        raise CtxextError(f"ctxext search needs a RoPE model; {name} uses {info.encoding}")
+    shape = info.rope_shape
+    config.check(shape.original_len)
+    rungs = config.resolved_rungs(shape.original_len)
+    if rungs[-1] != Rung(config.target, config.samples):
+        raise CtxextError(f"the last rung must be the full evaluation ({config.target} × {config.samples})")
+    data = [str(p) for p in data]
+    files = data_files(data)  # missing paths fail now, before any weights
+    out = Path(out)
+    data_key = [str(f.resolve()) for f in files]
+    write_state(out, config, {"model": name, "data": data_key}, resume)
+
+    import torch
+
+    if lm is None:
+        lm = load_model(model, dtype=torch.float32)
+    if lm.tokenizer is None:
+        raise CtxextError(f"{name} has no tokenizer files; ctxext search needs one")
+    docs = load_documents(data, lm.tokenizer)
+    check_data(docs, config.target, config.fitness, config.samples)
+
+    scale = config.target / shape.original_len
+    c = critical_dim(shape.rotary_dim, shape.base, shape.original_len) // 2
+    ev = Evaluator(lm, docs, config.fitness, config.target, config.samples, config.seed, scratch=out)
+    guard, guard_cost = None, 0.0
+    if config.short_tolerance is not None:
+        wide = make_space(shape.n_pairs, scale, c, shape.original_len, search_attention=config.search_attention)
+        check_data(docs, shape.original_len, "ppl", config.samples)
+        guard = attention_cap(out, lambda m: ev.short_ppl(m, config.samples), wide.attention_range[1],
+                              config.short_tolerance, resume)
+        guard_cost = len(guard["probes"]) * ev.ppl_cost(shape.original_len, config.samples)
+    space = make_space(shape.n_pairs, scale, c, shape.original_len, search_critical=config.search_critical,
+                       search_attention=config.search_attention, start_tokens=config.start_tokens,
+                       max_attention=guard["cap"] if guard else None)
+    seeds = seed_candidates(space, shape)
+    rung_costs = [ev.cost(r.length, r.samples) for r in rungs]
+    log(f"ctxext search: {name} (trained {shape.original_len:,}, rotary dim {shape.rotary_dim}, base {shape.base:g}) "
+        f"→ {config.target:,} (s = {scale:g}); critical pair {c} of {shape.n_pairs}; fitness {config.fitness}; "
+        f"budget {config.budget:g} full-length evaluations; rungs " +
+        ", ".join(f"{r.length:,}×{r.samples} (cost {k:.3g})" for r, k in zip(rungs, rung_costs)) + f" -> {out}")
+    if guard is not None:
+        log(f"in-window guard: ppl at {shape.original_len} with m = 1 is {guard['baseline']:.5g}; m <= {guard['cap']:.4g} "
+            f"keeps it within {100 * config.short_tolerance:g} % (cost {guard_cost:.3g}); attention factor "
+            + (f"searched in [1, {space.attention_range[1]:.4g}]" if config.search_attention
+               else f"{space.attention_factor:.4g}"))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.budget, disable=not progress, dynamic_ncols=True, unit="eval",
+               bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.1f}/{total:.0f} full evals [{elapsed}<{remaining}]")
+    top = len(rungs) - 1
+
+    def on_progress(spent: float, best: Any, what: str) -> None:
+        bar.set_description_str(what, refresh=False)
+        if best is not None:
+            bar.set_postfix_str(f"best {config.fitness} {best.scores[top]:.5g}", refresh=False)
+        bar.update(min(spent, config.budget) - bar.n)  # refreshes at most every mininterval
+
+    search = Search(space, config, rungs, seeds, ev.evaluate, ev.cost, out, resume, on_progress, spent=guard_cost)
+    try:
+        outcome = search.run()
+    finally:
+        bar.close()
+
+    best = outcome.best
+    yarn = outcome.seeds.get("yarn")
+    beat = next((cost for cost, v in outcome.curve if yarn is not None and v < yarn), None)
+    found = next(cost for cost, v in outcome.curve if v == best.scores[top])
+    provenance = {"model": name, "target": config.target, "fitness": config.fitness,
+                  "fitness_value": best.scores[top], "samples": config.samples, "seed": config.seed,
+                  "cost": outcome.spent, "cost_unit": "full-length-evaluation equivalents",
+                  "data": data_key, "found_by": "ctxext search"}
+    best_path = write_best(out, best.cand, scale, shape.original_len, provenance)
+    results = {
+        "meta": {"versions": runinfo.versions(), "machine": runinfo.machine(), "command": command,
+                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+        "config": {"model": name, "data": data, **{k: v for k, v in asdict(config).items() if k != "rungs"}},
+        "rungs": [{"length": r.length, "samples": r.samples, "cost": k} for r, k in zip(rungs, rung_costs)],
+        "space": {"n_pairs": space.n_pairs, "scale": scale, "critical_pair": c, "lo": list(space.lo),
+                  "hi": list(space.hi), "attention_factor": space.attention_factor,
+                  "attention_range": list(space.attention_range)},
+        "guard": guard, "guard_cost": guard_cost,
+        "best": {"fitness": best.scores[top], "parts": best.parts.get(top, {}), "origin": best.origin, "found_at_cost": found,
+                 "real_critical_pair": space.real_critical_pair(best.cand), **best.cand.to_dict(),
+                 "spec": str(best_path)},
+        "seeds": outcome.seeds, "seed_parts": outcome.seed_parts, "beat_yarn_at_cost": beat, "spent": outcome.spent,
+        "evaluations": outcome.evaluations, "replayed": outcome.replayed, "generations": outcome.generations,
+        "stopped": outcome.stopped, "curve": outcome.curve,
+        "population": [{"fitness": m.scores.get(top), "origin": m.origin, **m.cand.to_dict()}
+                       for m in outcome.population],
+    }
+    from .report import _write_json
+
+    _write_json(out / "results.json", results)
+    refs = {n: np.asarray(seeds[n].factors) for n in ("pi", "ntk", "yarn") if n in seeds}
+    plot_factors(out / FACTORS_PNG, space, best.cand, refs,
+                 f"{name}: searched factors for {config.target:,} tokens (s = {scale:g})")
+    plot_curve(out / CURVE_PNG, outcome.curve, {n: v for n, v in outcome.seeds.items() if n in ("yarn", "ntk", "pi")},
+               f"{name}: best {config.fitness} vs cost", f"{config.fitness} at {config.target:,} (lower is better)")
+    write_summary(out, results)
+    log(f"best {config.fitness} {best.scores[top]:.6g} (YaRN seed {yarn if yarn is None else f'{yarn:.6g}'}) after "
+        f"{outcome.spent:.2f} full-length evaluations -> {best_path}")
+    return results
+
+
+def config_from(target: int, **kw: Any) -> SearchConfig:
+    """A SearchConfig from keyword options, `rungs` given as [(length, samples), …]."""
+    rungs = tuple(Rung(int(a), int(b)) for a, b in kw.pop("rungs", ()) or ())
+    return replace(SearchConfig(target=target), rungs=rungs, **kw)

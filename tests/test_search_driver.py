@@ -1,0 +1,96 @@
+"""The search loop on a synthetic fitness (no model): it improves on its seeds, respects the budget, promotes only
+through the rungs, and a search replayed from a cut history.jsonl ends exactly where an uninterrupted one does."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ctxext.errors import CtxextError
+from ctxext.scaling import RopeShape
+from ctxext.search import Rung, Search, SearchConfig, make_space, seed_candidates
+from ctxext.search.guard import bisect_cap
+
+SHAPE = RopeShape(32, 1e4, 256)
+GOAL = np.array([1.0, 1.1, 1.3, 1.6, 2.0, 2.4, 3.0, 4.5, 4.8, 5.0, 5.2, 5.5, 6.0, 6.5, 7.0, 7.5])
+
+
+def setup(tmp_path, budget=40.0, seed=0, **kw):
+    space = make_space(16, 4.0, 7, 256)
+    cfg = SearchConfig(target=1024, budget=budget, population=8, mutations=6, crossovers=6, parents=4, seed=seed,
+                       samples=4, **kw)
+    rungs = (Rung(512, 2), Rung(1024, 4))
+    calls = []
+
+    def evaluate(c, length, samples):
+        calls.append((c.key(), length))
+        err = float(np.mean((np.asarray(c.factors) - GOAL) ** 2))
+        noise = 0.05 if length < 1024 else 0.0  # the proxy ranks roughly like the full rung
+        return 10 + err + noise * err, 0.0, {"synthetic": err}
+
+    def cost(length, samples):
+        return 0.25 if length < 1024 else 1.0
+
+    return space, cfg, rungs, seed_candidates(space, SHAPE), evaluate, cost, calls
+
+
+def test_search_improves_on_seeds_within_budget(tmp_path):
+    space, cfg, rungs, seeds, evaluate, cost, calls = setup(tmp_path)
+    out = Search(space, cfg, rungs, seeds, evaluate, cost, tmp_path).run()
+    assert out.spent <= cfg.budget + 1e-9 and out.spent > cfg.budget - 1.0
+    assert out.best.scores[1] < min(out.seeds.values())  # better than every seed (PI, NTK, YaRN, LongRoPE2)
+    assert space.is_valid(out.best.cand)
+    hist = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert len(hist) == len(calls) == out.evaluations  # every evaluation recorded, none twice
+    assert len({(h["key"], h["rung"]) for h in hist}) == len(hist)
+    assert [h["cost_total"] for h in hist] == sorted(h["cost_total"] for h in hist)
+    assert hist[-1]["cost_total"] == pytest.approx(out.spent)
+    full = {h["key"] for h in hist if h["rung"] == 1}
+    proxy = {h["key"] for h in hist if h["rung"] == 0}
+    children_full = [h for h in hist if h["rung"] == 1 and h["generation"] > 0]
+    assert children_full and all(h["key"] in proxy for h in children_full)  # promoted only after the proxy
+    assert len(proxy - full) > len(children_full)  # most children stopped at the cheap rung
+    ys = [y for _, y in out.curve]
+    assert ys == sorted(ys, reverse=True)  # best-so-far never gets worse
+
+
+def test_replay_from_cut_history_ends_like_uninterrupted(tmp_path):
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_dir.mkdir(), b_dir.mkdir()
+    space, cfg, rungs, seeds, evaluate, cost, calls = setup(a_dir, seed=3)
+    full = Search(space, cfg, rungs, seeds, evaluate, cost, a_dir).run()
+    lines = (a_dir / "history.jsonl").read_text().splitlines(keepends=True)
+    cut = len(lines) // 2
+    (b_dir / "history.jsonl").write_text("".join(lines[:cut]) + lines[cut][:25])  # a kill mid-line
+    calls.clear()
+    resumed = Search(space, cfg, rungs, seeds, evaluate, cost, b_dir, resume=True).run()
+    assert resumed.replayed == cut and len(calls) == len(lines) - cut  # nothing evaluated twice
+    assert resumed.best.cand == full.best.cand and resumed.best.scores == full.best.scores
+    assert resumed.spent == full.spent and resumed.curve == full.curve
+    assert (b_dir / "history.jsonl").read_text() == (a_dir / "history.jsonl").read_text()
+
+
+def test_other_seed_other_path(tmp_path):
+    curves = []
+    for seed in (1, 2):
+        (tmp_path / str(seed)).mkdir()
+        space, cfg, rungs, seeds, evaluate, cost, _ = setup(tmp_path, seed=seed)
+        curves.append(Search(space, cfg, rungs, seeds, evaluate, cost, tmp_path / str(seed)).run().curve)
+    assert curves[0] != curves[1]
+
+
+def test_config_errors():
+    with pytest.raises(CtxextError, match=r"--budget 8 is smaller than --population 16"):
+        SearchConfig(target=1024, budget=8, population=16).check(256)
+    with pytest.raises(CtxextError, match=r"--target 256 is not past the trained window \(256 tokens\)"):
+        SearchConfig(target=256).check(256)
+    assert SearchConfig(target=1024, samples=10).resolved_rungs(256) == (Rung(512, 5), Rung(1024, 10))
+    assert SearchConfig(target=300, samples=1).resolved_rungs(256) == (Rung(257, 1), Rung(300, 1))
+
+
+def test_guard_bisects_the_attention_cap():
+    ppl = lambda m: 20.0 * (1 + 0.5 * (m - 1) ** 2 + 0.1 * (m - 1))  # grows with m past 1
+    g = bisect_cap(ppl, 1.25, tolerance=0.01)
+    assert ppl(g["cap"]) <= g["limit"] < ppl(g["cap"] + 0.01)
+    assert g["baseline"] == 20.0 and len(g["probes"]) == 9
+    assert bisect_cap(lambda m: 20.0, 1.25)["cap"] == 1.25  # no cost: the whole range
