@@ -21,7 +21,6 @@ COMMANDS: dict[str, str] = {
     "train": "ctxext.commands.train",
     "search": "ctxext.commands.search",
     "demo": "ctxext.commands.demo",
-    "search": "ctxext.commands.search",
 }
 
 
