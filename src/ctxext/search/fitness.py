@@ -131,13 +131,17 @@ class Evaluator:
 
     def evaluate(self, c: Candidate, length: int, samples: int) -> tuple[float, float, dict[str, float]]:
         """(fitness, wall seconds, {task: value}) of candidate c at (length, samples): lower is better."""
+        return self.evaluate_spec(self.spec(c), length, samples)
+
+    def evaluate_spec(self, spec: Spec, length: int, samples: int) -> tuple[float, float, dict[str, float]]:
+        """The same for any spec (e.g. the exact `yarn:factor=s` a search is compared with)."""
         import torch
 
         from ..evals.attention import fast_attention
         from ..models import apply_spec
 
         t0 = time.perf_counter()
-        apply_spec(self.lm, self.spec(c))
+        apply_spec(self.lm, spec)
         with torch.inference_mode(), fast_attention(self.lm.model):
             parts = {}
             if self.fitness in ("needle-ppl", "both"):

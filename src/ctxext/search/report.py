@@ -71,7 +71,7 @@ def plot_curve(path: Path, curve: list[tuple[float, float]], refs: dict[str, flo
             x, y = zip(*curve)
             ax.step(x, y, where="post", color=PALETTE[0], label="best so far")
         for (name, v), col in zip(refs.items(), PALETTE[1:]):
-            ax.axhline(v, color=col, ls="--", lw=1.2, label=f"{name} seed ({v:.4g})")
+            ax.axhline(v, color=col, ls="--", lw=1.2, label=f"{name} ({v:.4g})")
         ax.set_xlabel("cost (full-length-evaluation equivalents)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
@@ -102,9 +102,14 @@ def write_summary(out: Path, results: dict[str, Any]) -> Path:
 
     for name, v in sorted(r["seeds"].items(), key=lambda kv: kv[1]):
         lines.append(f"| seed {name} | {v:.6g} | {parts(r.get('seed_parts', {}).get(name, {}))} |")
+    ref = r.get("reference")
+    if ref:
+        lines.append(f"| {ref['spec']} (exact, reference) | {ref['fitness']:.6g} | {parts(ref.get('parts', {}))} |")
     lines += [f"| **searched best** | **{r['best']['fitness']:.6g}** | {parts(r['best'].get('parts', {}))} |", "",
               f"Best found at cost {r['best']['found_at_cost']:.2f}; first better than the YaRN seed at cost "
-              + (f"{r['beat_yarn_at_cost']:.2f}." if r.get("beat_yarn_at_cost") is not None else "— (never)."),
+              + (f"{r['beat_yarn_at_cost']:.2f}" if r.get("beat_yarn_at_cost") is not None else "— (never)")
+              + (f"; better than exact {ref['spec']} at cost " + (f"{ref['beaten_at_cost']:.2f}." if
+                 ref.get("beaten_at_cost") is not None else "— (never).") if ref else "."),
               f"Real critical pair of the best (first pair with f ≥ s): {r['best']['real_critical_pair']} "
               f"(theory: {r['space']['critical_pair']}).", "",
               "Factors: " + ", ".join(f"{x:g}" for x in r["best"]["factors"]) + f"; attention factor "

@@ -1,0 +1,133 @@
+"""The search acceptance experiment: `ctxext search` on the tiny-rope fixture (window 256) for 4× its window (1024
+tokens), no fine-tuning, then `ctxext eval` of the searched factors against the model as trained and yarn:factor=4
+on the held-out book (pg84, which neither the fixture nor the search saw).
+
+    OMP_NUM_THREADS=1 python benchmarks/search_tiny.py [--budget 130] [--fitness both] [--resume]
+
+Search: data pg1342 + pg2701, fitness at 1024 tokens on --samples trials/passages, successive halving
+(512 × samples/2 then 1024 × samples), budget in full-length-evaluation equivalents. Evaluation (ctxext eval):
+pg84 cut into --windows JSONL documents of 6000 characters (> 1024 tokens each): ppl at 256 (the first 256 tokens of
+every document: in-window) and 1024, needle-ppl at 1024 with --trials trials.
+
+Acceptance: searched < yarn:factor=4 on needle-ppl and ppl at 1024; in-window ppl at most 1 % above default;
+fitness better than the YaRN seed within <= 130 full-length evaluations (the curve is in the search folder).
+
+Writes benchmarks/results/search_tiny_rope/: search/ (best.json, history.jsonl, results.json, summary.md, PNGs),
+eval/ (results.json, summary.md, plots), heldout.jsonl, summary.json, summary.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "search_tiny_rope"
+MODEL, TARGET, WINDOW = "tiny-rope", 1024, 256
+
+
+def held_out_windows(path: Path, n: int, chars: int = 6000) -> str:
+    from ctxext.data import strip_gutenberg
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+
+    text = strip_gutenberg((books_dir() / HELD_OUT_BOOK).read_text(encoding="utf-8"))
+    if n * chars > len(text):
+        raise SystemExit(f"the held-out book has {len(text)} characters, fewer than {n} x {chars}")
+    path.write_text("".join(json.dumps({"text": text[i * chars:(i + 1) * chars]}) + "\n" for i in range(n)))
+    return str(path)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=float, default=130.0)
+    ap.add_argument("--fitness", default="both", choices=("needle-ppl", "ppl", "both"))
+    ap.add_argument("--samples", type=int, default=20)
+    ap.add_argument("--population", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--windows", type=int, default=40, help="held-out documents for ppl")
+    ap.add_argument("--trials", type=int, default=100, help="held-out needle-ppl trials")
+    ap.add_argument("--resume", action="store_true", help="resume the search (and the eval) in the results folder")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from ctxext import runinfo
+    from ctxext.evals import run_eval
+    from ctxext.fixtures import book_path
+    from ctxext.search import config_from, run_search
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    os.chdir(ROOT)  # spec paths in the eval results are relative to the repository
+    search_dir = OUT.relative_to(ROOT) / "search"
+    data = [str(book_path("pg1342.txt")), str(book_path("pg2701.txt"))]
+    cfg = config_from(TARGET, fitness=args.fitness, budget=args.budget, population=args.population,
+                      samples=args.samples, seed=args.seed, search_attention=True)
+    t0 = time.perf_counter()
+    res = run_search(MODEL, data, search_dir, cfg, resume=args.resume, progress=sys.stderr.isatty(),
+                     command="python benchmarks/search_tiny.py " + " ".join(sys.argv[1:]))
+    search_s = time.perf_counter() - t0
+
+    held = held_out_windows(OUT / "heldout.jsonl", args.windows)
+    best = str(search_dir / "best.json")
+    specs = ["default", f"yarn:factor={TARGET // WINDOW}", best]
+    t0 = time.perf_counter()
+    common = dict(data=[held], seed=args.seed, progress=sys.stderr.isatty(), resume=args.resume)
+    ev = run_eval(MODEL, specs, ["ppl"], [WINDOW, TARGET], samples=args.windows, out=OUT / "eval", **common)
+    ev_n = run_eval(MODEL, specs, ["needle-ppl"], [TARGET], samples=args.trials, out=OUT / "eval-needle", **common)
+    eval_s = time.perf_counter() - t0
+    val = {(r["scaling"], r["task"], r["length"]): r["value"] for r in ev["records"] + ev_n["records"]
+           if r["bucket"] is None}
+    yarn = specs[1]
+    rows = {name: {"ppl@256": val[(s, "ppl", WINDOW)], "ppl@1024": val[(s, "ppl", TARGET)],
+                   "needle-ppl@1024": val[(s, "needle-ppl", TARGET)]}
+            for name, s in (("default", "default"), (yarn, yarn), ("searched", best))}
+    checks = {
+        "needle-ppl@1024 searched < yarn": rows["searched"]["needle-ppl@1024"] < rows[yarn]["needle-ppl@1024"],
+        "ppl@1024 searched < yarn": rows["searched"]["ppl@1024"] < rows[yarn]["ppl@1024"],
+        "ppl@256 searched <= 1.01 x default": rows["searched"]["ppl@256"] <= 1.01 * rows["default"]["ppl@256"],
+        "search fitness < YaRN seed within 130": res["beat_yarn_at_cost"] is not None and res["beat_yarn_at_cost"] <= 130,
+        f"search fitness < exact {yarn} within 130": res["reference"]["beaten_at_cost"] is not None
+        and res["reference"]["beaten_at_cost"] <= 130,
+    }
+    summary = {
+        "machine": {**runinfo.machine(), "torch_threads": torch.get_num_threads()}, "versions": runinfo.versions(),
+        "search": {"config": res["config"], "spent": res["spent"], "evaluations": res["evaluations"],
+                   "generations": res["generations"], "best": res["best"], "seeds": res["seeds"],
+                   "reference": res["reference"], "beat_yarn_seed_at_cost": res["beat_yarn_at_cost"],
+                   "guard": res["guard"], "curve": res["curve"], "seconds": round(search_s, 1),
+                   "replayed": res["replayed"]},
+        "heldout": {"book": "pg84.txt", "ppl_documents": args.windows, "needle_trials": args.trials, "rows": rows,
+                    "in_window_change": rows["searched"]["ppl@256"] / rows["default"]["ppl@256"] - 1,
+                    "seconds": round(eval_s, 1)},
+        "checks": checks,
+    }
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    m = summary["machine"]
+    lines = ["# ctxext search on tiny-rope: 256 → 1024 tokens, no fine-tuning", "",
+             f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}; "
+             f"torch {summary['versions']['torch']}, transformers {summary['versions']['transformers']}.", "",
+             f"Search: fitness {args.fitness} at 1024 on pg1342 + pg2701 ({args.samples} samples), population "
+             f"{args.population}, seed {args.seed}; spent {res['spent']:.2f} of {args.budget:g} full-length "
+             f"evaluations ({res['evaluations']} evaluations, {res['generations']} generations) in {search_s:.0f} s.",
+             f"Best fitness {res['best']['fitness']:.5g}; YaRN seed {res['seeds'].get('yarn', float('nan')):.5g} "
+             f"(beaten at cost {res['beat_yarn_at_cost']}); exact {yarn} {res['reference']['fitness']:.5g} "
+             f"(beaten at cost {res['reference']['beaten_at_cost']}). Curve: search/fitness_vs_cost.png.", "",
+             f"Held-out pg84 (ctxext eval; ppl over {args.windows} documents, needle-ppl over {args.trials} trials):", "",
+             "| spec | ppl @256 | ppl @1024 | needle-ppl @1024 |", "|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['ppl@256']:.4f} | {r['ppl@1024']:.4f} | {r['needle-ppl@1024']:.4f} |")
+    lines += ["", f"In-window change of the searched spec vs default: {100 * summary['heldout']['in_window_change']:+.3f} %.",
+              "", "| check | pass |", "|---|---|"] + [f"| {k} | {'yes' if v else 'NO'} |" for k, v in checks.items()]
+    (OUT / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

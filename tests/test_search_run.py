@@ -1,0 +1,170 @@
+"""`ctxext search` on the tiny RoPE fixture: bad input, fitness equal to `ctxext eval`, the outputs (best.json that
+--scaling and export accept), and kill -9 + --resume ending exactly like an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctxext.cli import main
+from ctxext.data import load_documents
+from ctxext.evals import run_eval
+from ctxext.export import plan_export
+from ctxext.fixtures import HELD_OUT_BOOK, book_path
+from ctxext.models import load_model
+from ctxext.scaling import parse_spec
+from ctxext.search import Candidate, Evaluator, candidate_spec, make_space, seed_candidates
+
+MODEL = "tiny-rope"
+BOOK = str(book_path(HELD_OUT_BOOK))
+# a small search: target 512 (2× the 256 window), rungs 384×1 then 512×2, 4 members, budget 7 full evaluations
+SMALL = ["--model", MODEL, "--target", "512", "--samples", "2", "--population", "4", "--budget", "7",
+         "--rung", "384:1", "--rung", "512:2", "--no-progress"]
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load_model(MODEL)
+
+
+@pytest.fixture(scope="module")
+def parts_jsonl(tmp_path_factory, lm):
+    """Frankenstein cut into documents of 1.2-1.9× 512 tokens (one ppl passage each)."""
+    ids = load_documents([BOOK], lm.tokenizer)[0].tokens
+    path = tmp_path_factory.mktemp("data") / "parts.jsonl"
+    with path.open("w") as f:
+        for i in range(4):
+            f.write(json.dumps({"text": lm.tokenizer.decode(ids[i * 800:(i + 1) * 800].tolist())}) + "\n")
+    docs = load_documents([path], lm.tokenizer)
+    assert all(512 <= len(d) < 1024 for d in docs)
+    return path
+
+
+def last(err: str) -> str:
+    """The final line of stderr (the model loader may print its own progress before a data error)."""
+    return err.strip().splitlines()[-1]
+
+
+def run_cli(args, capsys):
+    code = main(["search", *args])
+    return code, capsys.readouterr().err
+
+
+def test_bad_input_one_line_errors(tmp_path, capsys):
+    code, err = run_cli([*SMALL, "--data", BOOK, "--out", str(tmp_path / "a"), "--budget", "3"], capsys)
+    assert code == 2 and err.strip() == ("ctxext: error: --budget 3 is smaller than --population 4: the first "
+                                         "generation alone costs one full-length evaluation per member; raise --budget")
+    code, err = run_cli(["--model", MODEL, "--target", "256", "--data", BOOK, "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and err.strip() == ("ctxext: error: --target 256 is not past the trained window (256 tokens); "
+                                         "search factors for a longer target, e.g. 512")
+    short = tmp_path / "short.txt"
+    short.write_text(Path(BOOK).read_text()[:3000])  # ~700 tokens
+    code, err = run_cli([*SMALL, "--data", str(short), "--out", str(tmp_path / "c"), "--fitness", "ppl",
+                         "--target", "1024", "--rung", "1024:2"], capsys)
+    assert code == 2 and last(err).startswith("ctxext: error: search data is shorter than the target: the longest "
+                                              "document has ") and err.count("ctxext: error") == 1
+    code, err = run_cli([*SMALL, "--data", str(short), "--out", str(tmp_path / "d"), "--target", "1024",
+                         "--rung", "1024:2"], capsys)
+    assert code == 2 and "fewer than the target 1024" in last(err) and err.count("ctxext: error") == 1
+    code, err = run_cli([*SMALL, "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "e")], capsys)
+    assert code == 2 and "data path not found" in err
+
+
+def test_fitness_equals_ctxext_eval(lm, parts_jsonl, tmp_path):
+    shape = lm.info.rope_shape
+    space = make_space(16, 2.0, 7, 256)
+    cand = seed_candidates(space, shape)["longrope2"]
+    spec_file = tmp_path / "cand.json"
+    spec = candidate_spec(cand, 2.0, 256)
+    spec_file.write_text(json.dumps(spec.to_dict()))
+    res = run_eval(lm, [str(spec_file)], ["ppl", "needle-ppl"], [512], samples=3, data=[str(parts_jsonl)],
+                   out=tmp_path / "eval", seed=4, progress=False, log=lambda m: None)
+    got = {r["task"]: r["value"] for r in res["records"] if r["bucket"] is None}
+    for fitness in ("ppl", "needle-ppl"):
+        ev = Evaluator(lm, load_documents([parts_jsonl], lm.tokenizer), fitness, 512, 3, seed=4)
+        value, _, parts = ev.evaluate(cand, 512, 3)
+        assert value == got[fitness] and parts == {fitness: value}
+    both = Evaluator(lm, load_documents([parts_jsonl], lm.tokenizer), "both", 512, 3, seed=4)
+    value, _, parts = both.evaluate(cand, 512, 3)
+    assert parts == got and value == pytest.approx(np.sqrt(got["ppl"] * got["needle-ppl"]), rel=1e-12)
+    assert both.cost(512, 3) == 1.0 and 0 < both.cost(384, 1) < 0.3
+
+
+def test_search_outputs_and_best_json_is_a_spec(parts_jsonl, tmp_path, capsys):
+    out = tmp_path / "s"
+    code, err = run_cli([*SMALL, "--data", str(parts_jsonl), "--out", str(out), "--fitness", "ppl",
+                         "--search-attention"], capsys)
+    assert code == 0, err
+    assert {"best.json", "history.jsonl", "results.json", "summary.md", "factors.png", "fitness_vs_cost.png",
+            "guard.json", "search.json"} <= {p.name for p in out.iterdir()}
+    res = json.loads((out / "results.json").read_text())
+    hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert len(hist) == res["evaluations"] and res["spent"] <= 7 + 1e-9
+    assert hist[-1]["cost_total"] == pytest.approx(res["spent"])
+    assert res["best"]["fitness"] == min(h["fitness"] for h in hist if h["rung"] == 1)
+    assert res["best"]["fitness"] <= min(res["seeds"].values())
+    g = res["guard"]  # the in-window guard bounded m; every candidate respects it
+    assert all(h["attention_factor"] <= g["cap"] + 1e-12 for h in hist)
+    spec = parse_spec(str(out / "best.json"))  # accepted by --scaling
+    assert spec.method == "longrope" and list(spec.params.long_factor) == res["best"]["factors"]
+    best = json.loads((out / "best.json").read_text())
+    assert best["model"] == MODEL and best["target"] == 512 and best["fitness"] == "ppl"
+    assert best["cost"] == res["spent"] and best["fitness_value"] == res["best"]["fitness"]
+    ex = plan_export(MODEL, str(out / "best.json"))  # exported as a standard longrope rope config
+    assert ex.rope_parameters["rope_type"] == "longrope" and ex.max_position_embeddings == 512
+    assert ex.rope_parameters["long_factor"] == res["best"]["factors"]
+    ev = run_eval(MODEL, [str(out / "best.json")], ["ppl"], [512], samples=2, data=[str(parts_jsonl)],
+                  out=tmp_path / "ev", progress=False, log=lambda m: None)
+    (rec,) = [r for r in ev["records"] if r["bucket"] is None]
+    assert rec["value"] == res["best"]["fitness"]  # ctxext eval reports the fitness the search found
+    assert "searched best" in (out / "summary.md").read_text()
+
+
+def test_kill_and_resume_equals_uninterrupted(parts_jsonl, tmp_path, capsys):
+    args = [*SMALL, "--data", str(parts_jsonl), "--budget", "9", "--seed", "3"]
+    a = tmp_path / "a"
+    assert run_cli([*args, "--out", str(a)], capsys)[0] == 0
+    n_total = len((a / "history.jsonl").read_text().splitlines())
+    b = tmp_path / "b"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    code = "import sys, torch; torch.set_num_threads(1); from ctxext.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "search", *args, "--out", str(b)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hist = b / "history.jsonl"
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None:
+        if hist.is_file() and len(hist.read_text().splitlines()) >= n_total // 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the search ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len([x for x in hist.read_text().splitlines() if x.endswith("}")])
+    assert 0 < done < n_total and not (b / "best.json").exists()
+    code, err = run_cli([*args, "--out", str(b), "--resume"], capsys)
+    assert code == 0, err
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    assert rb["replayed"] == done  # nothing evaluated twice
+    assert rb["best"]["factors"] == ra["best"]["factors"] and rb["best"]["fitness"] == ra["best"]["fitness"]
+    assert rb["curve"] == ra["curve"] and rb["spent"] == ra["spent"]
+    strip = lambda d: [{k: v for k, v in json.loads(x).items() if k != "seconds"}
+                       for x in (d / "history.jsonl").read_text().splitlines()]
+    assert strip(b) == strip(a)
+    assert json.loads((b / "best.json").read_text())["params"] == json.loads((a / "best.json").read_text())["params"]
+
+
+def test_resume_refuses_other_settings(parts_jsonl, tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "search.json").write_text(json.dumps({"resume_keys": {"seed": 9}}))
+    code, err = run_cli([*SMALL, "--data", str(parts_jsonl), "--out", str(out), "--resume"], capsys)
+    assert code == 2 and "cannot resume the search" in err and err.count("\n") == 1
