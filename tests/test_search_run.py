@@ -86,16 +86,19 @@ def test_fitness_equals_ctxext_eval(lm, parts_jsonl, tmp_path):
     spec_file = tmp_path / "cand.json"
     spec = candidate_spec(cand, 2.0, 256)
     spec_file.write_text(json.dumps(spec.to_dict()))
-    res = run_eval(lm, [str(spec_file)], ["ppl", "needle-ppl"], [512], samples=3, data=[str(parts_jsonl)],
-                   out=tmp_path / "eval", seed=4, progress=False, log=lambda m: None)
-    got = {r["task"]: r["value"] for r in res["records"] if r["bucket"] is None}
+    res = run_eval(lm, [str(spec_file), "yarn:factor=2"], ["ppl", "needle-ppl"], [512], samples=3,
+                   data=[str(parts_jsonl)], out=tmp_path / "eval", seed=4, progress=False, log=lambda m: None)
+    got = {r["task"]: r["value"] for r in res["records"] if r["bucket"] is None and r["scaling"] == str(spec_file)}
+    yarn = {r["task"]: r["value"] for r in res["records"] if r["bucket"] is None and r["scaling"] == "yarn:factor=2"}
     for fitness in ("ppl", "needle-ppl"):
         ev = Evaluator(lm, load_documents([parts_jsonl], lm.tokenizer), fitness, 512, 3, seed=4)
         value, _, parts = ev.evaluate(cand, 512, 3)
         assert value == got[fitness] and parts == {fitness: value}
     both = Evaluator(lm, load_documents([parts_jsonl], lm.tokenizer), "both", 512, 3, seed=4)
     value, _, parts = both.evaluate(cand, 512, 3)
-    assert parts == got and value == pytest.approx(np.sqrt(got["ppl"] * got["needle-ppl"]), rel=1e-12)
+    assert parts == got and both.reference_parts(512, 3) == yarn  # the reference is yarn:factor=s, as eval reports
+    assert value == max(got["ppl"] / yarn["ppl"], got["needle-ppl"] / yarn["needle-ppl"])
+    assert both.evaluate_spec(parse_spec("yarn:factor=2"), 512, 3)[0] == 1.0
     assert both.cost(512, 3) == 1.0 and 0 < both.cost(384, 1) < 0.3
 
 
@@ -130,7 +133,7 @@ def test_search_outputs_and_best_json_is_a_spec(parts_jsonl, tmp_path, capsys):
 
 
 def test_kill_and_resume_equals_uninterrupted(parts_jsonl, tmp_path, capsys):
-    args = [*SMALL, "--data", str(parts_jsonl), "--budget", "9", "--seed", "3"]
+    args = [*SMALL, "--data", str(parts_jsonl), "--budget", "9", "--seed", "3", "--fitness", "both"]
     a = tmp_path / "a"
     assert run_cli([*args, "--out", str(a)], capsys)[0] == 0
     n_total = len((a / "history.jsonl").read_text().splitlines())

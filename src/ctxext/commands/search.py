@@ -26,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="text file, folder or .jsonl the fitness is measured on; repeat for several")
     p.add_argument("--out", required=True, help="folder for best.json, history.jsonl, summary.md and plots")
     p.add_argument("--fitness", default="needle-ppl", choices=("needle-ppl", "ppl", "both"),
-                   help="needle-driven perplexity (LongRoPE2, default), plain perplexity at the target, or both "
-                        "(their geometric mean)")
+                   help="needle-driven perplexity (LongRoPE2, default), plain perplexity at the target, or both: "
+                        "max of the two relative to yarn:factor=s (< 1: better than YaRN on both)")
     p.add_argument("--budget", type=float, default=130.0,
                    help="search budget in full-length-evaluation equivalents (default 130)")
     p.add_argument("--population", type=int, default=16, help="population size (default 16)")

@@ -4,8 +4,10 @@ with `apply_spec`; weights are never reloaded).
 
 - `needle-ppl`: the eval task's own `run` on the search documents, so the value is what
   `ctxext eval --task needle-ppl --samples N --seed S` reports on the same data.
-- `both`: the geometric mean sqrt(needle-ppl · ppl) of the two above on the same samples count — a candidate must
-  use distant context *and* keep the text fluent (needle-ppl alone favours PI-like factors that ruin perplexity).
+- `both`: the worse of the two, each relative to the method to beat, `yarn:factor=s`, measured at the same length
+  and samples: max(needle-ppl / needle-ppl_yarn, ppl / ppl_yarn). Below 1 means better than YaRN on both. (On
+  its own needle-ppl favours PI-like factors that ruin perplexity, and a geometric mean of the two still trades
+  one for the other; the max does not.)
 - `ppl`: perplexity of the first `length` tokens of each *passage* — the documents cut into consecutive pieces of
   the target length, taken round-robin over documents — exp(mean token NLL) as the `ppl` task's overall record.
   When every document is one passage (e.g. JSONL with one target-length text per line) the value equals
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,7 @@ class Evaluator:
     samples: int
     seed: int = 0
     scratch: Path | None = None  # where eval tasks may write side files
+    reference: dict[str, dict[str, float]] = field(default_factory=dict)  # "LxN" -> parts of the reference spec
 
     def __post_init__(self) -> None:
         from ..evals.cost import ATTENTION_SLOWDOWN, ModelCost
@@ -91,6 +94,7 @@ class Evaluator:
         self.mc = ModelCost.of(self.lm.info, 4, attn_weight=ATTENTION_SLOWDOWN)
         self._unit = self.flops(self.target, self.samples)
         self._passages: dict[int, list[np.ndarray]] = {}
+        self.reference_spec = f"yarn:factor={self.scale:g}"
 
     # ---- cost
     def flops(self, length: int, samples: int) -> float:
@@ -135,6 +139,11 @@ class Evaluator:
 
     def evaluate_spec(self, spec: Spec, length: int, samples: int) -> tuple[float, float, dict[str, float]]:
         """The same for any spec (e.g. the exact `yarn:factor=s` a search is compared with)."""
+        parts, seconds = self.measure(spec, length, samples)
+        return self.combine(parts, length, samples), seconds, parts
+
+    def measure(self, spec: Spec, length: int, samples: int) -> tuple[dict[str, float], float]:
+        """({task: value}, wall seconds) of a spec at (length, samples)."""
         import torch
 
         from ..evals.attention import fast_attention
@@ -148,8 +157,22 @@ class Evaluator:
                 parts["needle-ppl"] = self._needle(length, samples)
             if self.fitness in ("ppl", "both"):
                 parts["ppl"] = self._ppl(length, samples)
-        value = math.sqrt(parts["needle-ppl"] * parts["ppl"]) if self.fitness == "both" else parts[self.fitness]
-        return value, time.perf_counter() - t0, parts
+        return parts, time.perf_counter() - t0
+
+    def combine(self, parts: dict[str, float], length: int, samples: int) -> float:
+        if self.fitness != "both":
+            return parts[self.fitness]
+        ref = self.reference_parts(length, samples)
+        return max(parts[k] / ref[k] for k in ("needle-ppl", "ppl"))
+
+    def reference_parts(self, length: int, samples: int) -> dict[str, float]:
+        """Parts of `yarn:factor=s` at (length, samples), measured once (run_search precomputes and stores them)."""
+        from ..scaling import parse_spec
+
+        key = f"{length}x{samples}"
+        if key not in self.reference:
+            self.reference[key] = self.measure(parse_spec(self.reference_spec), length, samples)[0]
+        return self.reference[key]
 
     def _ppl(self, length: int, samples: int) -> float:
         from ..evals.scoring import token_nll

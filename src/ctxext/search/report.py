@@ -96,6 +96,9 @@ def write_summary(out: Path, results: dict[str, Any]) -> Path:
         lines.append(f"- in-window guard: perplexity at the trained length with m = 1 (the model as trained) "
                      f"{g['baseline']:.5g}; attention factor capped at {g['cap']:.4g} to stay within "
                      f"{100 * g['tolerance']:g} % ({len(g['probes'])} evaluations, cost {r['guard_cost']:.3g})")
+    if r.get("reference_cost"):
+        lines.append(f"- fitness both = max(needle-ppl / needle-ppl_ref, ppl / ppl_ref) with the reference "
+                     f"{r['reference']['spec']} measured at every rung (cost {r['reference_cost']:.3g}, in the budget)")
     lines += ["", "| candidate | fitness (lower is better) | parts |", "|---|---|---|"]
     def parts(p: dict) -> str:
         return ", ".join(f"{k} {v:.5g}" for k, v in p.items()) if p and len(p) > 1 else ""

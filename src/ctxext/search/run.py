@@ -69,6 +69,9 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
         guard = attention_cap(out, lambda m: ev.short_ppl(m, config.samples), wide.attention_range[1],
                               config.short_tolerance, resume)
         guard_cost = len(guard["probes"]) * ev.ppl_cost(shape.original_len, config.samples)
+    ref_cost = 0.0
+    if config.fitness == "both":  # the reference each rung's values are relative to, measured once, kept for resume
+        ref_cost = load_references(out, ev, rungs, resume)
     space = make_space(shape.n_pairs, scale, c, shape.original_len, search_critical=config.search_critical,
                        search_attention=config.search_attention, start_tokens=config.start_tokens,
                        max_attention=guard["cap"] if guard else None)
@@ -78,6 +81,10 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
         f"→ {config.target:,} (s = {scale:g}); critical pair {c} of {shape.n_pairs}; fitness {config.fitness}; "
         f"budget {config.budget:g} full-length evaluations; rungs " +
         ", ".join(f"{r.length:,}×{r.samples} (cost {k:.3g})" for r, k in zip(rungs, rung_costs)) + f" -> {out}")
+    if ref_cost:
+        log(f"fitness both = max(needle-ppl / needle-ppl_ref, ppl / ppl_ref), reference {ev.reference_spec} measured at "
+            f"every rung (cost {ref_cost:.3g}): " + "; ".join(f"{k}: " + ", ".join(f"{t} {v:.5g}" for t, v in p.items())
+                                                          for k, p in ev.reference.items()))
     if guard is not None:
         log(f"in-window guard: ppl at {shape.original_len} with m = 1 is {guard['baseline']:.5g}; m <= {guard['cap']:.4g} "
             f"keeps it within {100 * config.short_tolerance:g} % (cost {guard_cost:.3g}); attention factor "
@@ -96,7 +103,8 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
             bar.set_postfix_str(f"best {config.fitness} {best.scores[top]:.5g}", refresh=False)
         bar.update(min(spent, config.budget) - bar.n)  # refreshes at most every mininterval
 
-    search = Search(space, config, rungs, seeds, ev.evaluate, ev.cost, out, resume, on_progress, spent=guard_cost)
+    search = Search(space, config, rungs, seeds, ev.evaluate, ev.cost, out, resume, on_progress,
+                    spent=guard_cost + ref_cost)
     try:
         outcome = search.run()
     finally:
@@ -107,7 +115,7 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     beat = next((cost for cost, v in outcome.curve if yarn is not None and v < yarn), None)
     # the exact method the search competes with (the YaRN seed is it projected on the grid, m within the guard);
     # a reference measurement outside the budget, not a candidate
-    ref_text = f"yarn:factor={scale:g}"
+    ref_text = ev.reference_spec
     ref_value, _, ref_parts = ev.evaluate_spec(parse_spec(ref_text), config.target, config.samples)
     beat_ref = next((cost for cost, v in outcome.curve if v < ref_value), None)
     found = next(cost for cost, v in outcome.curve if v == best.scores[top])
@@ -124,7 +132,7 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
         "space": {"n_pairs": space.n_pairs, "scale": scale, "critical_pair": c, "lo": list(space.lo),
                   "hi": list(space.hi), "attention_factor": space.attention_factor,
                   "attention_range": list(space.attention_range)},
-        "guard": guard, "guard_cost": guard_cost,
+        "guard": guard, "guard_cost": guard_cost, "reference_cost": ref_cost,
         "best": {"fitness": best.scores[top], "parts": best.parts.get(top, {}), "origin": best.origin, "found_at_cost": found,
                  "real_critical_pair": space.real_critical_pair(best.cand), **best.cand.to_dict(),
                  "spec": str(best_path)},
@@ -149,6 +157,27 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
         f"{ref_text} {ref_value:.6g}) after "
         f"{outcome.spent:.2f} full-length evaluations -> {best_path}")
     return results
+
+
+def load_references(out: Path, ev: Evaluator, rungs: tuple[Rung, ...], resume: bool) -> float:
+    """Reference (yarn:factor=s) parts at every rung for fitness `both`: from DIR/references.json on resume, else
+    measured and stored; -> their cost (counted in the budget)."""
+    import json
+    import os
+
+    path = out / "references.json"
+    if resume and path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("spec") == ev.reference_spec:
+            ev.reference.update(old["parts"])
+    cost = 0.0
+    for r in rungs:
+        ev.reference_parts(r.length, r.samples)
+        cost += ev.cost(r.length, r.samples)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"spec": ev.reference_spec, "parts": ev.reference}, indent=2))
+    os.replace(tmp, path)
+    return cost
 
 
 def config_from(target: int, **kw: Any) -> SearchConfig:
