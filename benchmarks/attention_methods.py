@@ -124,7 +124,7 @@ def window(args: argparse.Namespace) -> None:
 
 
 def stream_child(args: argparse.Namespace) -> None:
-    """One stream-ppl run in this process; prints one JSON line with its records and peak RSS."""
+    """One stream-ppl run in this process; writes its records, peak RSS and time to <run folder>/child.json."""
     import torch
 
     from ctxext.evals import run_eval
@@ -137,20 +137,26 @@ def stream_child(args: argparse.Namespace) -> None:
                    command=f"python benchmarks/attention_methods.py stream ({args.spec}, "
                                            f"{args.length} tokens)")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print(json.dumps({"records": res["records"], "peak_rss_bytes": rss, "seconds": time.perf_counter() - t}))
+    summary = {"records": res["records"], "peak_rss_bytes": rss, "seconds": time.perf_counter() - t}
+    (out / "child.json").write_text(json.dumps(summary) + "\n")
 
 
-def _child(spec: str, length: int, bucket: int) -> dict:
-    cmd = [sys.executable, __file__, "_stream_child", "--spec", spec, "--length", str(length), "--bucket", str(bucket)]
-    print("running:", " ".join(cmd[1:]), flush=True)
-    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def _child(spec: str, length: int, bucket: int, reuse: bool) -> dict:
+    done = RUNS / f"stream-{spec.split(':')[0]}-{length}" / "child.json"
+    if reuse and done.is_file():
+        print(f"reusing {done}", flush=True)
+    else:
+        cmd = [sys.executable, __file__, "_stream_child", "--spec", spec, "--length", str(length),
+               "--bucket", str(bucket)]
+        print("running:", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, check=True)
+    return json.loads(done.read_text())
 
 
 def stream(args: argparse.Namespace) -> None:
     runs = {}
     for spec, length in ((STREAMING, args.short), (STREAMING, args.length), ("default", args.length)):
-        r = _child(spec, length, args.bucket)
+        r = _child(spec, length, args.bucket, args.reuse)
         recs = r["records"]
         seg = sorted(by(recs, metric="ppl"), key=lambda x: (x["bucket"] or [1e18])[0])
         in_win = by(recs, metric="ppl_in_window")[0]["value"]
@@ -254,6 +260,7 @@ def main() -> None:
     p.add_argument("--length", type=int, default=65536)
     p.add_argument("--short", type=int, default=32768, help="the second stream length for the memory comparison")
     p.add_argument("--bucket", type=int, default=4096, help="segment width in tokens")
+    p.add_argument("--reuse", action="store_true", help="reuse finished runs (their child.json) instead of rerunning")
     p = sub.add_parser("_stream_child")
     p.add_argument("--spec", required=True)
     p.add_argument("--length", type=int, required=True)

@@ -1,8 +1,8 @@
 """Eval speed and memory: ctxext's chunked perplexity vs a naive transformers loop, and KV prefix reuse over a
 passkey depth grid. Not a test: it measures, prints, and writes benchmarks/results/eval_speed.json.
 
-    python benchmarks/eval_speed.py [--model smollm2-135m] [--length 16384] [--reuse-length 4096]
-                                    [--depths 0,0.1,...,1] [--repeats 1] [--out benchmarks/results/eval_speed.json]
+    python benchmarks/eval_speed.py [--model smollm2-135m] [--length 16384] [--reuse-length 2048]
+                                    [--depths 0,0.1,...,1] [--trials 2] [--rounds 2] [--repeats 1] [--out benchmarks/results/eval_speed.json]
 
 Each measurement runs in a fresh subprocess, so its peak resident memory (VmHWM of /proc/self/status) is its
 own: `process_peak` includes loading the model, `forward_peak` is reset (clear_refs 5) just before the timed
@@ -84,10 +84,13 @@ def worker_ppl(args) -> dict:
 
 
 def worker_reuse(args) -> dict:
-    """A passkey grid of D depths at one length: shared-prefix cache vs D independent forwards. `seconds` is the
-    forward cost (greedy decoding needed by undecided verdicts is the same in both and reported apart)."""
+    """A passkey grid of D depths × trials at one length: shared-prefix cache vs independent forwards, in
+    alternating rounds (best of each). `seconds` is the forward cost: greedy decoding that undecided verdicts need
+    is the same in both modes and reported apart."""
     import torch
 
+    from ctxext.evals.attention import fast_attention
+    from ctxext.evals.cost import ModelCost
     from ctxext.evals.passkey import build
     from ctxext.evals.scoring import Scorer
     from ctxext.evals.tasks import Settings, TaskContext
@@ -99,22 +102,26 @@ def worker_reuse(args) -> dict:
                       same_freqs=lambda a, b: True)
     base, probes, _ = build(ctx, args.reuse_length, [(args.reuse_length, d) for d in depths])
     scorer = Scorer(lm.model, lm.tokenizer)
-    out = {}
-    with torch.inference_mode():
-        for mode in ("independent", "reuse"):
-            scorer.decode_seconds = 0.0
-            t = time.perf_counter()
-            res = list(scorer.scores(base, probes, reuse=mode == "reuse"))
-            out[mode] = {"seconds": time.perf_counter() - t - scorer.decode_seconds,
-                         "greedy_decode_seconds": scorer.decode_seconds,
-                         "tokens_encoded": sum(new for _, _, new, _ in res),
-                         "greedy_steps": sum(r.generated for _, r, _, _ in res),
-                         "verdicts": [r.correct for _, r, _, _ in sorted(res, key=lambda x: x[0])]}
-    out["same_verdicts"] = out["reuse"]["verdicts"] == out["independent"]["verdicts"]
-    out["cost_ratio"] = out["reuse"]["seconds"] / out["independent"]["seconds"]
-    out["token_ratio"] = out["reuse"]["tokens_encoded"] / out["independent"]["tokens_encoded"]
-    out["depths"], out["length"], out["trials"] = depths, args.reuse_length, args.trials
-    return out
+    mc = ModelCost.of(lm.info)
+    out: dict = {"independent": [], "reuse": []}
+    with torch.inference_mode(), fast_attention(lm.model):
+        for r in range(args.rounds):
+            for mode in (("independent", "reuse") if r % 2 == 0 else ("reuse", "independent")):
+                scorer.decode_seconds = 0.0
+                t = time.perf_counter()
+                res = list(scorer.scores(base, probes, reuse=mode == "reuse"))
+                out[mode].append({"seconds": time.perf_counter() - t - scorer.decode_seconds,
+                                  "greedy_decode_seconds": scorer.decode_seconds,
+                                  "tokens_encoded": sum(new for _, _, new, _ in res),
+                                  "flops": sum(mc.flops(new, past) for _, _, new, past in res),
+                                  "verdicts": [r.correct for _, r, _, _ in sorted(res, key=lambda x: x[0])]})
+    best = {m: min(runs, key=lambda x: x["seconds"]) for m, runs in out.items()}
+    return {"best": best, "rounds": out, "depths": depths, "length": args.reuse_length, "trials": args.trials,
+            "probes": len(probes), "threads": torch.get_num_threads(),
+            "same_verdicts": all(x["verdicts"] == out["independent"][0]["verdicts"] for m in out for x in out[m]),
+            "cost_ratio": best["reuse"]["seconds"] / best["independent"]["seconds"],
+            "token_ratio": best["reuse"]["tokens_encoded"] / best["independent"]["tokens_encoded"],
+            "flop_ratio": best["reuse"]["flops"] / best["independent"]["flops"]}
 
 
 def worker_rate(args) -> dict:
@@ -133,7 +140,8 @@ WORKERS = {"ours": worker_ppl, "naive": worker_ppl, "reuse": worker_reuse, "rate
 
 def spawn(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--model", args.model, "--length", str(args.length),
-           "--reuse-length", str(args.reuse_length), "--depths", args.depths, "--trials", str(args.trials)]
+           "--reuse-length", str(args.reuse_length), "--depths", args.depths, "--trials", str(args.trials),
+           "--rounds", str(args.rounds)]
     load_before = os.getloadavg()[0]
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -142,7 +150,7 @@ def spawn(name: str, args) -> dict:
     res = json.loads(p.stdout.strip().splitlines()[-1])
     res["wall_s"] = time.perf_counter() - t
     res["loadavg_1min"] = [load_before, os.getloadavg()[0]]
-    print(f"  {name}: {json.dumps({k: v for k, v in res.items() if k != 'verdicts'})[:400]}", file=sys.stderr)
+    print(f"  {name}: {json.dumps({k: v for k, v in res.items() if k not in ('rounds', 'best')})[:400]}", file=sys.stderr)
     return res
 
 
@@ -150,9 +158,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--length", type=int, default=16384)
-    ap.add_argument("--reuse-length", type=int, default=4096)
+    ap.add_argument("--reuse-length", type=int, default=2048)
     ap.add_argument("--depths", default=",".join(f"{d / 10:g}" for d in range(11)))
-    ap.add_argument("--trials", type=int, default=1)
+    ap.add_argument("--trials", type=int, default=2, help="passkey trials per depth in the reuse benchmark")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating reuse/independent rounds (best of each)")
     ap.add_argument("--repeats", type=int, default=1, help="ours/naive pairs (best of each is reported)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: ppl, reuse")
     ap.add_argument("--out", default=str(HERE / "results" / "eval_speed.json"))
@@ -211,8 +220,9 @@ def main() -> None:
               f"speed-up {p['speedup_vs_naive']:.2f}x", file=sys.stderr)
     if "prefix_reuse" in report:
         r = report["prefix_reuse"]
-        print(f"prefix reuse @ {r['length']}, {len(r['depths'])} depths: {r['cost_ratio']:.2f} of independent forwards "
-              f"(tokens {r['token_ratio']:.2f}), same verdicts: {r['same_verdicts']}", file=sys.stderr)
+        print(f"prefix reuse @ {r['length']}, {len(r['depths'])} depths x {r['trials']} trials: {r['cost_ratio']:.2f} of "
+              f"independent forwards in time (tokens {r['token_ratio']:.2f}, FLOPs {r['flop_ratio']:.2f}), "
+              f"same verdicts: {r['same_verdicts']}", file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
 
 

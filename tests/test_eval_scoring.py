@@ -5,7 +5,9 @@ forward where its short/long switch would make a cached prefix wrong."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import re
 
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 from ctxext.evals import scoring
+from ctxext.evals.attention import causal_attention, fast_attention
 from ctxext.evals.passkey import build as passkey_build
 from ctxext.evals.runner import same_freqs_of
 from ctxext.evals.scoring import Probe, Scorer, first_integer_verdict, token_nll
@@ -21,6 +24,15 @@ from ctxext.models import apply_spec, load_model
 from ctxext.scaling import parse_spec
 
 MAX_NEW = 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run many small ops: one intra-op thread never waits on a busy second core."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +83,11 @@ def test_smollm2_ppl_equals_reference_on_2000_tokens():
     except CtxextError as e:  # the GGUF package is installed by scripts/setup.sh
         pytest.skip(str(e))
     ids = load_documents([books_dir() / HELD_OUT_BOOK], lm.tokenizer)[0].tokens[:2000]
-    ours, ref = token_nll(lm.model, ids), reference_nll(lm.model, ids)
+    torch.set_num_threads(os.cpu_count() or 1)  # a real model: all cores
+    try:
+        ours, ref = token_nll(lm.model, ids), reference_nll(lm.model, ids)
+    finally:
+        torch.set_num_threads(1)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=2e-5)
     assert abs(np.exp(ours.mean()) / np.exp(ref.mean()) - 1) < 1e-4
 
@@ -132,15 +148,27 @@ def test_teacher_forced_verdicts_equal_greedy_generation(tiny, spec):
         apply_spec(tiny, parse_spec("default"))
 
 
+@pytest.mark.parametrize("q_len, kv_len", [(7, 7), (1, 9), (5, 40), (64, 300)])
+def test_mask_free_causal_attention_equals_masked_sdpa(q_len, kv_len):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, n, 16, generator=g) for n in (q_len, kv_len, kv_len))
+    mask = torch.ones(q_len, kv_len, dtype=torch.bool).tril(kv_len - q_len)  # causal, aligned to the last key
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+    torch.testing.assert_close(causal_attention(q, k, v, 0.3), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("spec", ["default", "yarn:factor=4", "dynamic-yarn"])
-def test_shared_prefix_gives_the_same_results(tiny, spec):
+def test_shared_prefix_gives_the_same_results(tiny, spec, fast):
+    """With stock attention and with the mask-free attention the runner uses (`fast_attention`)."""
     apply_spec(tiny, parse_spec(spec))
     try:
-        scorer = Scorer(tiny.model, tiny.tokenizer, MAX_NEW)
-        base, probes, _ = passkey_grid(tiny, 600, (0.0, 0.25, 0.5, 0.75, 1.0))
-        probes = [dataclasses.replace(p, target=None) for p in probes]  # NLL only (verdicts: the test above)
-        shared = list(scorer.scores(base, probes, reuse=True))
-        alone = list(scorer.scores(base, probes, reuse=False))
+        with fast_attention(tiny.model) if fast else contextlib.nullcontext():
+            scorer = Scorer(tiny.model, tiny.tokenizer, MAX_NEW)
+            base, probes, _ = passkey_grid(tiny, 600, (0.0, 0.25, 0.5, 0.75, 1.0))
+            probes = [dataclasses.replace(p, target=None) for p in probes]  # NLL only (verdicts: the test above)
+            shared = list(scorer.scores(base, probes, reuse=True))
+            alone = list(scorer.scores(base, probes, reuse=False))
         for (i, a, _, _), (j, b, _, _) in zip(shared, alone):
             assert i == j
             np.testing.assert_allclose(a.nll, b.nll, rtol=1e-4, atol=1e-4)
@@ -159,23 +187,24 @@ def test_longrope_prefix_is_not_reused_across_its_switch(tiny):
     assert same_freqs_of(parse_spec("dynamic-ntk:factor=4"), tiny.info)(1, 1000)  # causal: always reusable
     apply_spec(tiny, spec)
     try:
-        base, probes, _ = passkey_grid(tiny, 512, (0.25, 0.5, 1.0), trials=1)
-        probes = [dataclasses.replace(p, target=None) for p in probes]
-        guarded = Scorer(tiny.model, tiny.tokenizer, MAX_NEW, reusable=lambda p, t: same(1, t))
-        res = list(guarded.scores(base, probes, reuse=True))
-        assert [new for _, _, new, _ in res] == [len(p.prompt(base)) + len(p.answer) for p in probes]  # full forwards
-        plain = guarded.score(base, probes, reuse=False)
-        err = max(np.abs(a.nll - b.nll).max() for (_, a, _, _), b in zip(res, plain))
-        naive = Scorer(tiny.model, tiny.tokenizer, MAX_NEW)  # reuses regardless: measurably different answers
-        wrong = naive.score(base, probes, reuse=True)
-        err_naive = max(np.abs(a.nll - b.nll).max() for a, b in zip(wrong, plain))
-        assert err < 1e-5 and err_naive > 10 * max(err, 1e-6), (err, err_naive)
-        short_base, short_probes, _ = passkey_grid(tiny, 200, (0.25, 1.0), trials=1)  # within L: reused, exact
-        short_probes = [dataclasses.replace(p, target=None) for p in short_probes]
-        res = list(guarded.scores(short_base, short_probes, reuse=True))
-        assert res[-1][2] < len(short_probes[-1].prompt(short_base))
-        for (_, a, _, _), b in zip(res, guarded.score(short_base, short_probes, reuse=False)):
-            np.testing.assert_allclose(a.nll, b.nll, rtol=1e-4, atol=1e-4)
+        with fast_attention(tiny.model):  # as the runner runs it
+            base, probes, _ = passkey_grid(tiny, 512, (0.25, 0.5, 1.0), trials=1)
+            probes = [dataclasses.replace(p, target=None) for p in probes]
+            guarded = Scorer(tiny.model, tiny.tokenizer, MAX_NEW, reusable=lambda p, t: same(1, t))
+            res = list(guarded.scores(base, probes, reuse=True))
+            assert [new for _, _, new, _ in res] == [len(p.prompt(base)) + len(p.answer) for p in probes]  # full
+            plain = guarded.score(base, probes, reuse=False)
+            err = max(np.abs(a.nll - b.nll).max() for (_, a, _, _), b in zip(res, plain))
+            naive = Scorer(tiny.model, tiny.tokenizer, MAX_NEW)  # reuses regardless: measurably different answers
+            wrong = naive.score(base, probes, reuse=True)
+            err_naive = max(np.abs(a.nll - b.nll).max() for a, b in zip(wrong, plain))
+            assert err < 1e-5 and err_naive > 10 * max(err, 1e-6), (err, err_naive)
+            short_base, short_probes, _ = passkey_grid(tiny, 200, (0.25, 1.0), trials=1)  # within L: reused, exact
+            short_probes = [dataclasses.replace(p, target=None) for p in short_probes]
+            res = list(guarded.scores(short_base, short_probes, reuse=True))
+            assert res[-1][2] < len(short_probes[-1].prompt(short_base))
+            for (_, a, _, _), b in zip(res, guarded.score(short_base, short_probes, reuse=False)):
+                np.testing.assert_allclose(a.nll, b.nll, rtol=1e-4, atol=1e-4)
     finally:
         apply_spec(tiny, parse_spec("default"))
 

@@ -344,6 +344,23 @@ def _longrope(c: _Ctx):
         "and above it); searched factors beat PI/NTK/YaRN training-free on LLaMA2-7B")
 
 
+def _self_extend_note(c: _Ctx) -> str:
+    L = c.shape.original_len
+    w = max(1, L // 4)
+    g = max(2, math.ceil((c.target - w) / (L - w)))
+    return (f"attention method (positions remapped, frequencies unchanged): reach (L − W)·G + W, e.g. "
+            f"self-extend:group={g},window={w} reaches {(L - w) * g + w:,}; no wavelength prediction applies")
+
+
+def _streaming_note(c: _Ctx) -> str:
+    return ("attention method: a rolling window (plus sinks) of at most L tokens, so perplexity holds over any "
+            "length but nothing older than the window is retrieved; no reach to predict")
+
+
+# Methods that change attention instead of frequencies: the wavelength theory does not apply; say why.
+ATTENTION_NOTES: dict[str, Callable[[_Ctx], str]] = {"self-extend": _self_extend_note, "streaming": _streaming_note}
+
+
 def plan(shape: RopeShape, target: int, base: float | None = None) -> Plan:
     """Predict reach and recommend parameters per RoPE method for extending `shape` to `target` tokens.
 
@@ -361,6 +378,9 @@ def plan(shape: RopeShape, target: int, base: float | None = None) -> Plan:
     for name, method in REGISTRY.items():
         if "rope" not in method.encodings:
             skipped[name] = "does not fit RoPE models"
+            continue
+        if name in ATTENTION_NOTES:
+            skipped[name] = ATTENTION_NOTES[name](ctx)
             continue
         if name not in RULES:
             skipped[name] = "no planner rule yet"

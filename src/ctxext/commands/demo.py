@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 MODEL = "smollm2-135m"
-SPECS = ("default", "yarn:factor=2", "dynamic-ntk:factor=2")
+SPECS = ("default", "yarn:factor=2", "ntk:factor=2")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

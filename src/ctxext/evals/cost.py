@@ -21,6 +21,9 @@ from .scoring import LOGITS_BYTES, PREFILL_CHUNK
 
 RUNTIME_BYTES = 350 * 2**20  # python + torch + tokenizer, measured ~300 MB on CPU
 SAFETY = 1.15  # allocator slack on top of the sum
+# Attention runs far below the matmul rate (CPU flash kernel, head_dim 64): measured on SmolLM2 at 16k tokens,
+# 2-core Xeon, ~0.23 of the fp32 GEMM rate. Time estimates count each attention FLOP this many times.
+ATTENTION_SLOWDOWN = 4.0
 
 
 @dataclass(frozen=True)
@@ -37,21 +40,22 @@ class ModelCost:
     intermediate: int
     vocab: int
     dtype_bytes: int = 4
+    attn_weight: float = 1.0  # 1: true FLOPs; ATTENTION_SLOWDOWN: matmul-equivalent FLOPs for time estimates
 
     @classmethod
-    def of(cls, info: Any, dtype_bytes: int = 4) -> ModelCost:
+    def of(cls, info: Any, dtype_bytes: int = 4, attn_weight: float = 1.0) -> ModelCost:
         cfg = info.config
         head_dim = int(cfg.get("head_dim") or info.hidden_size // info.n_heads)
         inter = int(cfg.get("intermediate_size") or cfg.get("n_inner") or 4 * info.hidden_size)
         tied = cfg.get("tie_word_embeddings", True)
         emb = info.vocab_size * info.hidden_size * (1 if tied else 2)
         return cls(info.n_params, max(info.n_params - emb, 1), info.n_layers, info.hidden_size, info.n_heads,
-                   info.n_kv_heads, head_dim, inter, info.vocab_size, dtype_bytes)
+                   info.n_kv_heads, head_dim, inter, info.vocab_size, dtype_bytes, attn_weight)
 
     # ---- FLOPs
     def flops(self, new: int, past: int = 0, scored: int = 0) -> float:
         body = 2.0 * self.body_params * new
-        attn = 4.0 * self.n_layers * self.heads * self.head_dim * (new * past + new * new / 2)
+        attn = 4.0 * self.n_layers * self.heads * self.head_dim * (new * past + new * new / 2) * self.attn_weight
         return body + attn + 2.0 * self.hidden * self.vocab * scored
 
     # ---- bytes

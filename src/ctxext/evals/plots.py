@@ -64,6 +64,7 @@ def ppl_curves(out: Path, records: list[dict[str, Any]], metric: str, trained: i
                     va="top", ha="left", color="#555555", fontsize=9)
         ax.set_yscale("log")
         ax.set_xlim(0, top)
+        ax.xaxis.set_major_locator(_pow2_locator(top))
         ax.xaxis.set_major_formatter(_tokens_fmt())
         ax.set_xlabel("position in the document (tokens)")
         what = "one window of the first L tokens" if metric == "ppl" else "sliding window"
@@ -71,6 +72,13 @@ def ppl_curves(out: Path, records: list[dict[str, Any]], metric: str, trained: i
         ax.set_title(f"{model}: perplexity by position ({what})")
         ax.legend(loc="upper left")
         return save(fig, Path(out) / f"{metric}_by_position.png")
+
+
+def _pow2_locator(top: float) -> Any:
+    """Ticks every power-of-two step that gives 4–8 ticks (2k, 4k, … for a 16k axis)."""
+    from matplotlib.ticker import MultipleLocator
+
+    return MultipleLocator(2 ** max(0, int(np.floor(np.log2(max(top, 8) / 8)))))
 
 
 def _tokens_fmt() -> Any:

@@ -86,7 +86,7 @@ def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[s
                 else:
                     nll = token_nll(ctx.model, d.tokens[:length])
                     windows[d.name] = nll
-                    ctx.tick(ctx.cost.flops(length, scored=length))
+                ctx.tick(ctx.cost.flops(length, scored=length))  # estimated work done (the bar's unit)
                 sums[1:] += nll
                 counts[1:] += 1
             curve = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..errors import CtxextError
-from .cost import ModelCost, available_memory, fmt_bytes, fmt_seconds, matmul_rate
+from .attention import fast_attention
+from .cost import ATTENTION_SLOWDOWN, ModelCost, available_memory, fmt_bytes, fmt_seconds, matmul_rate
 from .results import RESUME_KEYS, Results, write_summary
 from .tasks import Settings, Task, TaskContext, get_task, task_names
 
@@ -45,8 +46,15 @@ def resolve_tasks(names: Iterable[str]) -> list[Task]:
     return out
 
 
-def parse_lengths(lengths: Iterable[int | str]) -> list[int]:
-    out = []
+def _items(x: Any) -> list:
+    """A comma-separated string or an iterable -> list of items."""
+    if isinstance(x, str):
+        return [p for p in (s.strip() for s in x.split(",")) if p]
+    return list(x)
+
+
+def parse_lengths(lengths: Iterable[int | str] | str) -> list[int]:
+    lengths, out = _items(lengths), []
     for x in lengths:
         try:
             v = int(str(x).replace("_", "").replace(",", ""))
@@ -60,10 +68,10 @@ def parse_lengths(lengths: Iterable[int | str]) -> list[int]:
     return sorted(set(out))
 
 
-def parse_depths(depths: Iterable[float | str] | None) -> list[float]:
+def parse_depths(depths: Iterable[float | str] | str | None) -> list[float]:
     if depths is None:
         return list(DEFAULT_DEPTHS)
-    out = []
+    depths, out = _items(depths), []
     for x in depths:
         try:
             v = float(x)
@@ -115,7 +123,8 @@ class Plan:
         rows = sorted({(t, L) for (_, t), cs in self.cells.items() for L, _ in cs},
                       key=lambda x: ([t.name for t in self.tasks].index(x[0]), x[1]))
         n = sum(len(c) for c in self.cells.values())
-        lines = [f"{n} cells to run; estimate per cell (peak memory, time at {self.rate / 1e9:.0f} GFLOP/s measured):"]
+        lines = [f"{n} cells to run; estimate per cell (peak memory, time from this machine's measured matmul rate, "
+                 f"{self.rate / 1e9:.0f} GFLOP/s):"]
         for t, L in rows:
             lines.append(f"  {t:<11} {L:>8,} tokens   {fmt_bytes(self.peak[(t, L)]):>8}   "
                          f"{fmt_seconds(self.flops[(t, L)] / self.rate):>8}")
@@ -191,7 +200,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     results = Results(out, meta, resume)
 
     # ---- the plan and its cost, before any weights
-    mc = ModelCost.of(info, torch.finfo(torch_dtype).bits // 8)
+    mc = ModelCost.of(info, torch.finfo(torch_dtype).bits // 8, attn_weight=ATTENTION_SLOWDOWN)
     rate = matmul_rate(torch_dtype, "cpu" if device == "cpu" else "cuda")
     meta["machine"]["matmul_flops"] = rate
     cells = {(s.text, t.name): [c for c in t.cells(Ls, Ds) if not results.finished(name, s.text, t.name, *c)]
@@ -240,7 +249,7 @@ def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings
                bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} est. s [{elapsed}<{remaining}]")
     say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else log
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), fast_attention(lm.model):
             for spec in specs:
                 todo = [(t, plan.cells.get((spec.text, t.name), [])) for t in tasks]
                 if not any(c for _, c in todo):

@@ -106,18 +106,12 @@ def extend(model: Any, cache: Any, ids: Any, keep: int = 0, chunk: int = PREFILL
     """Feed `ids` after what `cache` holds, `chunk` tokens per call; -> hidden states of the last `keep` tokens."""
     ids = np.asarray(ids)
     n = len(ids)
-    if n == 0:
-        return None
-    starts = list(range(0, n, chunk))
-    if keep and len(starts) > 1 and n - starts[-1] < keep:  # the last call must hold the rows we keep
-        starts[-1] = max(0, n - keep)
-    outs = []
-    for j, s in enumerate(starts):
-        e = starts[j + 1] if j + 1 < len(starts) else n
-        h = hidden_states(model, ids[s:e], cache)
-        if keep and j == len(starts) - 1:
-            outs.append(h[-keep:])
-    return outs[0] if keep else None
+    kept = []
+    for s in range(0, n, chunk):
+        h = hidden_states(model, ids[s:s + chunk], cache)
+        if s + len(h) > n - keep:  # this chunk holds some of the last `keep` positions
+            kept.append(h[max(0, n - keep - s):])
+    return torch.cat(kept) if keep and kept else None
 
 
 # --------------------------------------------------------------------------------------------- verdicts

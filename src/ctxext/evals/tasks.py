@@ -103,7 +103,7 @@ def register(task: Task) -> Task:
     return task
 
 
-BUILTIN_ORDER = ("ppl", "passkey", "niah", "needle-ppl", "fit")  # how listings show them; others follow
+BUILTIN_ORDER = ("ppl", "passkey", "niah", "needle-ppl", "stream-ppl", "fit")  # how listings show them; others follow
 
 
 def get_task(name: str) -> Task:
