@@ -72,10 +72,14 @@ def plot_curve(path: Path, curve: list[tuple[float, float]], refs: dict[str, flo
             ax.step(x, y, where="post", color=PALETTE[0], label="best so far")
         for (name, v), col in zip(refs.items(), PALETTE[1:]):
             ax.axhline(v, color=col, ls="--", lw=1.2, label=f"{name} ({v:.4g})")
+        if curve and refs:  # focus on where the search is: the best so far and the references near it
+            near = [v for v in list(refs.values()) + [y[-1]] if v <= 1.5 * min(min(refs.values()), y[-1])]
+            lo, hi = min(near + [y[-1]]), max(near)
+            ax.set_ylim(lo - 0.15 * (hi - lo + 1e-9) * 2, hi + 0.35 * (hi - lo + 1e-9) * 2)
         ax.set_xlabel("cost (full-length-evaluation equivalents)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
-        ax.legend(loc="upper right")
+        ax.legend(loc="upper right", framealpha=0.9, frameon=True)
         return save(fig, path)
 
 
@@ -89,7 +93,8 @@ def write_summary(out: Path, results: dict[str, Any]) -> Path:
                  f"{x['length']:,} × {x['samples']} ({x['cost']:.3g})" for x in r["rungs"]),
              f"- spent {r['spent']:.2f} of budget {cfg['budget']:g} full-length-evaluation equivalents in "
              f"{r['evaluations']} evaluations ({r['generations']} generations; stopped: {r['stopped']}); "
-             f"{r['replayed']} replayed from history.jsonl",
+             + (f"all {r['replayed']} replayed from history.jsonl by --resume (none run again)"
+                if r['replayed'] == r['evaluations'] else f"{r['replayed']} replayed from history.jsonl"),
              ]
     g = r.get("guard")
     if g:

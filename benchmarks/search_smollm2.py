@@ -1,0 +1,111 @@
+"""`ctxext search` on SmolLM2-135M-Instruct (window 8192) for 16 384 tokens (2×), no fine-tuning — a reduced-budget
+CPU run (a 16k forward takes ~100 s on the 2-core machine), then `ctxext eval` of the result against default and
+yarn:factor=2 on the held-out book pg84 (which the search did not see).
+
+    OMP_NUM_THREADS=1 python benchmarks/search_smollm2.py [--budget 11] [--resume]
+
+Search: data pg1342 + pg2701, fitness ppl of one 16 384-token passage (rungs: 10 240 × 1, then 16 384 × 1),
+population 4 (the PI / NTK / YaRN / LongRoPE2 seeds), 2 mutations + 2 crossovers per generation, LongRoPE's
+attention factor (capped by the 1 % in-window guard). The budget is far below the 130 full-length evaluations the
+issue allows: this run says how far a CPU gets, not what the search reaches with a full budget.
+Evaluation: ppl at 8192 (in-window) and 16 384 on pg84 (one document, the first tokens of the book), needle-ppl at
+16 384 (--trials trials).
+
+Writes benchmarks/results/search_smollm2_16k/: search/, eval/, eval-needle/, summary.json, summary.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "search_smollm2_16k"
+MODEL, TARGET, WINDOW = "smollm2-135m", 16384, 8192
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=float, default=11.0)
+    ap.add_argument("--fitness", default="ppl", choices=("needle-ppl", "ppl", "both"))
+    ap.add_argument("--trials", type=int, default=2, help="held-out needle-ppl trials")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--skip-eval", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from ctxext import runinfo
+    from ctxext.evals import run_eval
+    from ctxext.fixtures import HELD_OUT_BOOK, book_path
+    from ctxext.search import config_from, run_search
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    os.chdir(ROOT)
+    search_dir = OUT.relative_to(ROOT) / "search"
+    data = [str(book_path("pg1342.txt")), str(book_path("pg2701.txt"))]
+    cfg = config_from(TARGET, fitness=args.fitness, budget=args.budget, population=4, mutations=2, crossovers=2,
+                      parents=4, samples=1, seed=args.seed, rungs=[(10240, 1), (TARGET, 1)])
+    t0 = time.perf_counter()
+    res = run_search(MODEL, data, search_dir, cfg, resume=args.resume, progress=sys.stderr.isatty(),
+                     command="python benchmarks/search_smollm2.py " + " ".join(sys.argv[1:]))
+    run_s = time.perf_counter() - t0
+    hist = [json.loads(x) for x in (search_dir / "history.jsonl").read_text().splitlines()]
+    search_s = sum(h["seconds"] for h in hist)  # evaluation time as measured when each ran (resume-proof)
+    summary = {"machine": {**runinfo.machine(), "torch_threads": torch.get_num_threads()},
+               "versions": runinfo.versions(),
+               "search": {"config": res["config"], "spent": res["spent"], "evaluations": res["evaluations"],
+                          "generations": res["generations"], "best": res["best"], "seeds": res["seeds"],
+                          "reference": res["reference"], "beat_yarn_seed_at_cost": res["beat_yarn_at_cost"],
+                          "guard": res["guard"], "curve": res["curve"], "evaluation_seconds": round(search_s, 1),
+                          "this_run_seconds": round(run_s, 1), "replayed_this_run": res["replayed"]}}
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.skip_eval:
+        return 0
+    best = str(search_dir / "best.json")
+    specs = ["default", "yarn:factor=2", best]
+    held = [str(book_path(HELD_OUT_BOOK))]
+    t0 = time.perf_counter()
+    common = dict(data=held, seed=args.seed, progress=sys.stderr.isatty(), resume=True)
+    ev = run_eval(MODEL, specs, ["ppl"], [WINDOW, TARGET], samples=1, out=OUT / "eval", **common)
+    ev_n = run_eval(MODEL, specs, ["needle-ppl"], [TARGET], samples=args.trials, out=OUT / "eval-needle", **common)
+    val = {(r["scaling"], r["task"], r["length"]): r["value"] for r in ev["records"] + ev_n["records"]
+           if r["bucket"] is None}
+    rows = {name: {"ppl@8192": val[(s, "ppl", WINDOW)], "ppl@16384": val[(s, "ppl", TARGET)],
+                   "needle-ppl@16384": val[(s, "needle-ppl", TARGET)]}
+            for name, s in (("default", "default"), ("yarn:factor=2", "yarn:factor=2"), ("searched", best))}
+    summary["heldout"] = {"book": HELD_OUT_BOOK, "ppl_documents": 1, "needle_trials": args.trials, "rows": rows,
+                          "seconds": round(time.perf_counter() - t0, 1)}
+    summary["checks"] = {
+        "needle-ppl@16384 searched < yarn": rows["searched"]["needle-ppl@16384"] < rows["yarn:factor=2"]["needle-ppl@16384"],
+        "ppl@16384 searched < yarn": rows["searched"]["ppl@16384"] < rows["yarn:factor=2"]["ppl@16384"],
+        "ppl@8192 searched <= 1.01 x default": rows["searched"]["ppl@8192"] <= 1.01 * rows["default"]["ppl@8192"],
+    }
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    m = summary["machine"]
+    lines = ["# ctxext search on SmolLM2-135M: 8192 → 16 384 tokens, no fine-tuning (reduced CPU budget)", "",
+             f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}.",
+             "", f"Search: fitness {args.fitness} on one 16k passage of pg1342/pg2701, population 4, budget "
+             f"{args.budget:g}; spent {res['spent']:.2f} full-length evaluations ({res['evaluations']} evaluations, "
+             f"{res['generations']} generations; evaluations took {search_s:.0f} s). Best {res['best']['fitness']:.5g}; YaRN seed "
+             f"{res['seeds'].get('yarn', float('nan')):.5g}; exact yarn:factor=2 {res['reference']['fitness']:.5g}.",
+             "", f"Held-out pg84 (one document for ppl, {args.trials} needle trials):", "",
+             "| spec | ppl @8192 | ppl @16384 | needle-ppl @16384 |", "|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['ppl@8192']:.4f} | {r['ppl@16384']:.4f} | {r['needle-ppl@16384']:.4f} |")
+    lines += ["", "| check | pass |", "|---|---|"] + [f"| {k} | {'yes' if v else 'NO'} |"
+                                                     for k, v in summary["checks"].items()]
+    (OUT / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
