@@ -1,0 +1,134 @@
+"""Planner vs measurement: the reach `ctxext plan` predicts for a model + scaling spec, against where perplexity
+really breaks.
+
+    python benchmarks/planner.py [--quick] [--out benchmarks/results/planner.json]
+
+Predicted: ctxext.theory.predicted_reach (2π/θ'_c at the critical pair; the critical dimension is the one
+learned with the trained base). Measured ("ppl2x"): per-position NLL averaged over non-overlapping windows of
+the held-out book (pg84, unseen by the fixtures), grouped in buckets of L/8 tokens; the reach is the start of
+the first bucket past L/2 whose perplexity exceeds 2x the same configuration's perplexity over [L/4, L).
+A configuration that never crosses within the measured length is reported as censored (measured >= length)
+and not counted in the ±25 % tally. Passkey reach is not measured here: the tiny fixtures do not retrieve
+pass keys at all, and a SmolLM2 passkey sweep over lengths is beyond this CPU's budget.
+
+--quick: the tiny-rope fixture only (about two minutes). Full: adds SmolLM2-135M at 16k tokens (one 16k forward
+per configuration, ~2 min each on a 2-core CPU). Curves are cached in benchmarks/results/planner_curves/, so an
+interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+# (model, spec, length measured, windows). Changed bases (abf) are applied without tuning: the prediction keeps
+# the trained critical dimension and moves its wavelength, which is what a base change does to that pair.
+TINY = [("tiny-rope", s, 2048, 8) for s in (
+    "default", "linear:factor=2", "linear:factor=4", "ntk:factor=2", "ntk:factor=4", "yarn:factor=2",
+    "yarn:factor=4", "abf:base=20000", "abf:base=40000", "dynamic-ntk:factor=4")]
+SMOL = [("smollm2-135m", s, 16384, 1) for s in (
+    "default", "yarn:factor=2", "ntk:factor=2", "abf:base=200000", "abf:base=50000")]
+RATIO_OK = 0.25
+
+
+def measured_reach(nll: np.ndarray, trained: int) -> tuple[float, bool, float]:
+    """(reach in tokens, censored, in-window ppl) from a per-position NLL curve (index i = token i+1)."""
+    b = trained // 8
+    n = len(nll) // b
+    ppl = np.exp(np.nanmean(nll[: n * b].reshape(n, b), axis=1))
+    ref = float(np.exp(np.nanmean(nll[trained // 4 - 1: trained - 1])))
+    for k in range(n):
+        if (k + 1) * b > trained // 2 and ppl[k] > 2 * ref:
+            return float(k * b + 1), False, ref
+    return float(n * b), True, ref
+
+
+def curve(lm, spec_text: str, length: int, windows: int, cache: Path) -> np.ndarray:
+    """Mean per-position NLL over `windows` non-overlapping windows of the held-out book (cached on disk)."""
+    from ctxext.data import load_documents
+    from ctxext.evals.scoring import token_nll
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+    from ctxext.models.apply import apply_spec
+    from ctxext.scaling import parse_spec
+
+    key = re.sub(r"[^A-Za-z0-9=.]+", "_", f"{lm.name}-{spec_text}-{length}x{windows}")
+    path = cache / f"{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    doc = load_documents([books_dir() / HELD_OUT_BOOK], lm.tokenizer)[0]
+    if len(doc.tokens) < length * windows:
+        raise SystemExit(f"{doc.name}: {len(doc.tokens)} tokens, need {length * windows}")
+    apply_spec(lm, parse_spec(spec_text))
+    import torch
+
+    with torch.inference_mode():
+        nll = np.mean([token_nll(lm.model, doc.tokens[w * length:(w + 1) * length]) for w in range(windows)], axis=0)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(path, nll.astype(np.float32))
+    return nll
+
+
+def run(configs: list[tuple[str, str, int, int]], cache: Path) -> list[dict]:
+    from ctxext.models import load_model
+    from ctxext.scaling import parse_spec
+    from ctxext.theory import predicted_reach
+
+    rows, loaded = [], {}
+    for model, spec_text, length, windows in configs:
+        if model not in loaded:
+            loaded.clear()
+            loaded[model] = load_model(model)
+        lm = loaded[model]
+        t0 = time.perf_counter()
+        nll = curve(lm, spec_text, length, windows, cache)
+        shape = lm.info.rope_shape
+        pred = predicted_reach(parse_spec(spec_text), shape)
+        meas, censored, ref = measured_reach(nll, shape.original_len)
+        ratio = meas / pred.tokens
+        row = {"config": f"{model} {spec_text}", "model": model, "spec": spec_text, "criterion": "ppl2x",
+               "predicted": round(pred.tokens, 1), "predicted_capped": pred.capped, "measured": meas,
+               "censored": censored, "measured_over_predicted": round(ratio, 3),
+               "within_25pct": (not censored) and abs(ratio - 1) <= RATIO_OK,
+               "in_window_ppl": round(ref, 3), "trained_len": shape.original_len, "rope_base": shape.base,
+               "rotary_dim": shape.rotary_dim, "length_measured": length, "windows": windows,
+               "seconds": round(time.perf_counter() - t0, 1)}
+        rows.append(row)
+        flag = "censored" if censored else ("ok" if row["within_25pct"] else "outside")
+        print(f"{row['config']:<40} predicted {pred.tokens:>9,.0f}  measured {meas:>8,.0f}  "
+              f"ratio {ratio:5.2f}  {flag}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny-rope only (minutes)")
+    p.add_argument("--out", type=Path, default=RESULTS / "planner.json")
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT / "src"))
+    from ctxext.runinfo import machine, versions
+
+    configs = TINY if args.quick else TINY + SMOL
+    t0 = time.time()
+    rows = run(configs, RESULTS / "planner_curves")
+    counted = [r for r in rows if not r["censored"]]
+    out = {"what": "planner predicted reach vs measured (ppl 2x in-window), benchmarks/planner.py",
+           "quick": args.quick, "machine": machine(), "versions": versions(),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.time() - t0, 1),
+           "within_25pct": sum(r["within_25pct"] for r in rows), "counted": len(counted), "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"{out['within_25pct']} of {len(counted)} uncensored configurations within ±25 %; {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
