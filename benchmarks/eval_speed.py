@@ -211,6 +211,11 @@ def main() -> None:
         report["prefix_reuse"] = spawn("reuse", args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_file():  # a skipped part keeps its figures from the previous run (they carry their own dates)
+        old = json.loads(out.read_text())
+        for part, key in (("ppl", "ppl"), ("reuse", "prefix_reuse")):
+            if part in skip and key in old:
+                report[key] = {**old[key], "date": old[key].get("date", old.get("date"))}
     out.write_text(json.dumps(report, indent=1) + "\n")
     if "ppl" in report:
         p = report["ppl"]
