@@ -2,7 +2,7 @@
 CPU run (a 16k forward takes ~100 s on the 2-core machine), then `ctxext eval` of the result against default and
 yarn:factor=2 on the held-out book pg84 (which the search did not see).
 
-    OMP_NUM_THREADS=1 python benchmarks/search_smollm2.py [--budget 11] [--resume]
+    OMP_NUM_THREADS=1 python benchmarks/search_smollm2.py [--budget 14.5] [--resume]
 
 Search: data pg1342 + pg2701, fitness ppl of one 16 384-token passage (rungs: 10 240 × 1, then 16 384 × 1),
 population 4 (the PI / NTK / YaRN / LongRoPE2 seeds), 2 mutations + 2 crossovers per generation, LongRoPE's
@@ -30,7 +30,7 @@ MODEL, TARGET, WINDOW = "smollm2-135m", 16384, 8192
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budget", type=float, default=11.0)
+    ap.add_argument("--budget", type=float, default=14.5)
     ap.add_argument("--fitness", default="ppl", choices=("needle-ppl", "ppl", "both"))
     ap.add_argument("--trials", type=int, default=2, help="held-out needle-ppl trials")
     ap.add_argument("--seed", type=int, default=0)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -210,15 +210,3 @@ def crossover(space: Space, a: Candidate, b: Candidate, rng: np.random.Generator
     m = a.attention_factor if rng.random() < 0.5 else b.attention_factor
     st = a.start_tokens if rng.random() < 0.5 else b.start_tokens
     return candidate(space, f, m, st)
-
-
-def random_candidate(space: Space, rng: np.random.Generator) -> Candidate:
-    """A uniform draw per pair inside the bounds, sorted (sorting keeps each pair inside its bounds when the
-    bounds are non-decreasing only after projection)."""
-    lo, hi = np.asarray(space.lo), np.asarray(space.hi)
-    f = np.sort(rng.uniform(lo, hi))
-    return candidate(space, f)
-
-
-def replace_factors(c: Candidate, f: np.ndarray) -> Candidate:
-    return replace(c, factors=tuple(float(x) for x in f))
