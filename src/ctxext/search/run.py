@@ -49,6 +49,7 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     out = Path(out)
     data_key = [str(f.resolve()) for f in files]
     write_state(out, config, {"model": name, "data": data_key}, resume)
+    state_cost(info, config, log)
 
     import torch
 
@@ -157,6 +158,28 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
         f"{ref_text} {ref_value:.6g}) after "
         f"{outcome.spent:.2f} full-length evaluations -> {best_path}")
     return results
+
+
+def state_cost(info: Any, config: SearchConfig, log: Callable[[str], None]) -> None:
+    """Before any weights: time of one full evaluation and of the budget at this machine's measured matmul rate,
+    and peak memory (refused when it cannot fit), from the eval tasks' own estimates."""
+    import torch
+
+    from ..evals import get_task
+    from ..evals.cost import ATTENTION_SLOWDOWN, ModelCost, available_memory, fmt_bytes, fmt_seconds, matmul_rate
+    from ..evals.tasks import Settings
+
+    mc = ModelCost.of(info, 4, attn_weight=ATTENTION_SLOWDOWN)
+    names = ("needle-ppl", "ppl") if config.fitness == "both" else (config.fitness,)
+    est = [get_task(n).cost(mc, config.target, [], Settings(seed=config.seed, samples=config.samples)) for n in names]
+    flops, peak = sum(f for f, _ in est), max(p for _, p in est)
+    free = available_memory("cpu")
+    if peak > free:
+        raise CtxextError(f"--target {config.target:,} cannot fit in memory: a forward needs ≈ {fmt_bytes(peak)}, "
+                          f"{fmt_bytes(free)} is available; use a shorter target or free memory")
+    rate = matmul_rate(torch.float32, "cpu")
+    log(f"estimate: one full-length evaluation ≈ {fmt_seconds(flops / rate)}, the budget of {config.budget:g} ≈ "
+        f"{fmt_seconds(config.budget * flops / rate)} at {rate / 1e9:.0f} GFLOP/s; peak memory ≈ {fmt_bytes(peak)}")
 
 
 def load_references(out: Path, ev: Evaluator, rungs: tuple[Rung, ...], resume: bool) -> float:
