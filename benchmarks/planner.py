@@ -43,8 +43,9 @@ RATIO_OK = 0.25
 def measured_reach(nll: np.ndarray, trained: int) -> tuple[float, bool, float]:
     """(reach in tokens, censored, in-window ppl) from a per-position NLL curve (index i = token i+1)."""
     b = trained // 8
-    n = len(nll) // b
-    ppl = np.exp(np.nanmean(nll[: n * b].reshape(n, b), axis=1))
+    n = -(-len(nll) // b)  # the last bucket is one token short: nll[i] scores token i+1
+    padded = np.concatenate([nll, np.full(n * b - len(nll), np.nan)])
+    ppl = np.exp(np.nanmean(padded.reshape(n, b), axis=1))
     ref = float(np.exp(np.nanmean(nll[trained // 4 - 1: trained - 1])))
     for k in range(n):
         if (k + 1) * b > trained // 2 and ppl[k] > 2 * ref:
