@@ -44,7 +44,7 @@ def test_a_curve_that_does_not_fall_has_no_context_benefit():
 
 
 def test_registry_and_did_you_mean():
-    assert task_names() == ["ppl", "passkey", "niah", "needle-ppl", "stream-ppl", "fit"]
+    assert task_names() == ["ppl", "passkey", "niah", "needle-ppl", "stream-ppl", "fit", "longqa"]
     assert get_task("passkey").uses_depths and get_task("niah").needs_data and get_task("fit").requires == ("ppl",)
     with pytest.raises(CtxextError, match=r"unknown task 'paskey' \(did you mean 'passkey'\?\); accepted: ppl, passkey"):
         get_task("paskey")

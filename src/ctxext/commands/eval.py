@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scaling", action="append", metavar="SPEC",
                    help="name:key=value,… or a ctxext JSON file; repeat to compare (default: default)")
     p.add_argument("--task", action="append", required=True, metavar="TASK",
-                   help="ppl, passkey, niah, needle-ppl or fit; repeat for several")
+                   help="ppl, passkey, niah, needle-ppl, stream-ppl, fit or longqa; repeat for several")
     p.add_argument("--lengths", required=True, type=_csv("token counts"), help="comma-separated, e.g. 4096,8192,16384")
     p.add_argument("--depths", type=_csv("fractions"), default=None,
                    help="needle depths in [0, 1] for passkey/niah (default 0,0.25,0.5,0.75,1)")
@@ -46,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride in tokens (default L/2)")
     p.add_argument("--bucket", type=int, default=None, help="ppl bucket width in tokens (default: longest length / 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of pass keys and needles (default 0)")
+    p.add_argument("--max-new-tokens", type=int, default=16,
+                   help="greedy decoding budget of an answer (passkey/niah/longqa; default 16)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="model dtype")
     p.add_argument("--no-prefix-reuse", action="store_true",
                    help="encode every needle prompt from scratch instead of sharing the haystack prefix (same results)")
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     res = run_eval(args.model, args.scaling or ["default"], args.task, args.lengths, depths=args.depths,
                    samples=args.samples, data=args.data, out=args.out, resume=args.resume, seed=args.seed,
                    protocol=args.protocol, stride=args.stride, bucket=args.bucket,
-                   reuse_prefix=not args.no_prefix_reuse, dtype=args.dtype, progress=not args.no_progress,
+                   reuse_prefix=not args.no_prefix_reuse, max_new_tokens=args.max_new_tokens, dtype=args.dtype, progress=not args.no_progress,
                    command=getattr(args, "command_line", None), dry_run=args.dry_run)
     if not args.dry_run:
         print(f"wrote {args.out}/results.json ({len(res['records'])} records), {args.out}/summary.md")

@@ -169,6 +169,8 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
         raise CtxextError(f"task {', '.join(needs)} needs --data (text files, folders or .jsonl with long documents)")
     if needs:
         data_files(data)  # missing paths fail now, before any weights
+    own_data = {t.name: t.read_data(data) for t in task_list if t.read_data is not None}
+    streams = any(t.needs_data and t.read_data is None for t in task_list)
     try:
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError:
@@ -229,11 +231,11 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
                 lm = load_model(model, dtype=torch_dtype)
             if lm.tokenizer is None:
                 raise CtxextError(f"{name} has no tokenizer files; ctxext eval needs one")
-            docs = load_documents(data, lm.tokenizer) if needs else None
+            docs = load_documents(data, lm.tokenizer) if streams else None
             for t in task_list:
                 if t.check is not None and docs is not None:
                     t.check(docs, sorted({L for (_, tn), cs in plan.cells.items() if tn == t.name for L, _ in cs}))
-            _run(lm, parsed, task_list, plan, settings, docs, out, results, mc, progress, log, apply_spec)
+            _run(lm, parsed, task_list, plan, settings, docs, out, results, mc, progress, log, apply_spec, own_data)
     finally:
         if results.records:
             _write_reports(out, results, info)
@@ -241,7 +243,8 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
 
 
 def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings, docs: Any, out: Path,
-         results: Results, mc: ModelCost, progress: bool, log: Callable[[str], None], apply_spec: Any) -> None:
+         results: Results, mc: ModelCost, progress: bool, log: Callable[[str], None], apply_spec: Any,
+         own_data: dict[str, Any] | None = None) -> None:
     import torch
     from tqdm.auto import tqdm
 
@@ -257,7 +260,7 @@ def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings
                 apply_spec(lm, spec)
                 ctx = TaskContext(lm=lm, spec=spec, settings=settings, docs=docs, out=out, cost=mc,
                                   same_freqs=same_freqs_of(spec, lm.info), log=say, bucket=settings.bucket,
-                                  tick=lambda f: bar.update(f / plan.rate))
+                                  tick=lambda f: bar.update(f / plan.rate), data=own_data or {})
                 ctx.memo["records"] = [r for r in results.records if r["scaling"] == spec.text]
                 for task, cells in todo:
                     if not cells:

@@ -33,10 +33,10 @@ class Settings:
         if self.protocol not in PROTOCOLS:
             raise CtxextError(f"unknown ppl protocol '{self.protocol}'{did_you_mean(self.protocol, list(PROTOCOLS))}; "
                               f"accepted: {', '.join(PROTOCOLS)}")
-        for name in ("samples", "stride", "bucket"):
+        for name in ("samples", "stride", "bucket", "max_new_tokens"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise CtxextError(f"--{name} must be >= 1, got {v}")
+                raise CtxextError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
 
     def samples_for(self, task: Task) -> int:
         return self.samples if self.samples is not None else task.default_samples
@@ -61,6 +61,7 @@ class TaskContext:
     log: Callable[[str], None] = print
     memo: dict[str, Any] = field(default_factory=dict)  # shared by the tasks of one spec (ppl curves for fit)
     bucket: int = 1024
+    data: dict[str, Any] = field(default_factory=dict)  # task name -> what its read_data returned
 
     @property
     def model(self) -> Any:
@@ -90,6 +91,9 @@ class Task:
     requires: tuple[str, ...] = ()  # tasks whose results this one reads (run first, added when missing)
     higher_is_better: bool = False
     check: Callable[[list, list[int]], None] | None = None  # (documents, lengths): CtxextError if data cannot serve
+    # reads --data itself instead of as token streams: (paths) -> anything, called before weights load (errors fail
+    # early); the result is ctx.data[name]
+    read_data: Callable[[list[str]], Any] | None = None
 
     def cells(self, lengths: list[int], depths: list[float]) -> list[Cell]:
         return [(L, d) for L in lengths for d in depths] if self.uses_depths else [(L, None) for L in lengths]
@@ -103,7 +107,7 @@ def register(task: Task) -> Task:
     return task
 
 
-BUILTIN_ORDER = ("ppl", "passkey", "niah", "needle-ppl", "stream-ppl", "fit")  # how listings show them; others follow
+BUILTIN_ORDER = ("ppl", "passkey", "niah", "needle-ppl", "stream-ppl", "fit", "longqa")  # how listings show them; others follow
 
 
 def get_task(name: str) -> Task:
@@ -120,3 +124,4 @@ def task_names() -> list[str]:
 
 def _load_all() -> None:
     from . import fit, needle_ppl, niah, passkey, ppl, stream_ppl  # noqa: F401  (registration side effects)
+    from . import longqa  # noqa: F401
