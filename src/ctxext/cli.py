@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "eval": "ctxext.commands.eval",
     "train": "ctxext.commands.train",
     "search": "ctxext.commands.search",
+    "synth-qa": "ctxext.commands.synth_qa",
     "demo": "ctxext.commands.demo",
 }
 

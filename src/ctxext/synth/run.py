@@ -1,0 +1,236 @@
+"""The synth-qa driver: documents -> seeded chunks -> question, short and long answer -> checks -> JSONL.
+
+Per document (skipped when shorter than min_len tokens): the context is its first `max_len - RESERVE` tokens
+(RESERVE leaves room for the question and the answer in a max_len-token training example). Chunks are runs of
+whole sentences of at most `chunk_tokens` tokens starting at a sentence start inside the context, `per_doc` of
+them drawn without replacement with numpy's generator seeded by (seed, document index), so a run is
+reproducible. For each chunk the generator writes a question, a short answer and a long answer (greedy), then
+the pair must pass, in this order (the first failure is the rejection reason counted in the summary):
+
+  bad question            no '?', fewer than 3 or more than 30 words, a repeated phrase
+  empty answer            the short or the long answer is empty
+  answer repeats question the short answer's content words are all in the question
+  answer not in chunk     a content word of the short answer does not occur in the chunk  (acceptance check)
+  long answer not in chunk  same for the long answer                                       (acceptance check)
+  model rejected          the model's own calibrated yes/no verdict on (chunk, question, short answer) is not yes
+  duplicate question      the same normalised question was already kept for this document
+
+Files, for --out FILE.jsonl: FILE.jsonl (kept examples, appended one per line), FILE.log.jsonl (one line per
+processed chunk, kept or not, with what was generated), FILE.summary.json (settings, counts by reason, timing;
+rewritten after every chunk). --resume skips the chunks already in the log; the settings must match.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import CtxextError
+from ..evals.files import atomic_write
+from ..evals.needles import sentence_starts
+from . import check, prompts
+from .model import Generator
+
+RESERVE = 128  # tokens of a max_len example left for the question and the answer
+MAX_QUESTION, MAX_SHORT, MAX_LONG = 32, 16, 48  # greedy budgets (tokens) of the three generations
+REASONS = ("bad question", "empty answer", "answer repeats question", "answer not in chunk",
+           "long answer not in chunk", "model rejected", "duplicate question")
+
+
+@dataclass(frozen=True)
+class SynthSettings:
+    model: str = "smollm2-135m"
+    per_doc: int = 8
+    min_len: int = 1024
+    max_len: int = 4096
+    chunk_tokens: int = 80
+    seed: int = 0
+    chat: bool = False
+
+    def validate(self) -> None:
+        if self.per_doc < 1:
+            raise CtxextError(f"--per-doc must be >= 1, got {self.per_doc}")
+        if self.max_len < RESERVE + 2 * self.chunk_tokens:
+            raise CtxextError(f"--max-len {self.max_len} is too short: it must hold a chunk of {self.chunk_tokens} "
+                              f"tokens twice over plus {RESERVE} tokens for the question and answer "
+                              f"(>= {RESERVE + 2 * self.chunk_tokens})")
+        if self.min_len < 1 or self.chunk_tokens < 8:
+            raise CtxextError(f"--min-len must be >= 1 and --chunk-tokens >= 8 (got {self.min_len}, "
+                              f"{self.chunk_tokens})")
+
+
+def side_files(out: Path) -> tuple[Path, Path]:
+    """(log, summary) next to the output FILE.jsonl."""
+    stem = out.with_suffix("") if out.suffix == ".jsonl" else out
+    return stem.with_name(stem.name + ".log.jsonl"), stem.with_name(stem.name + ".summary.json")
+
+
+def pick_chunks(tokenizer: Any, ids: np.ndarray, n: int, chunk_tokens: int,
+                rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Up to n (start, end) token spans of whole sentences, at most chunk_tokens long, start at a sentence start."""
+    starts = sentence_starts(tokenizer, ids)
+    spans = []
+    for i, s in enumerate(starts[:-1]):
+        j = i + 1
+        while j + 1 < len(starts) and starts[j + 1] - s <= chunk_tokens:
+            j += 1
+        e = int(starts[j])
+        if 8 <= e - s <= chunk_tokens:
+            spans.append((int(s), e))
+    if not spans:
+        return []
+    take = rng.choice(len(spans), size=min(n, len(spans)), replace=False)
+    return sorted(spans[k] for k in take)
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def judge(gen: Generator, chunk: str, kept_questions: list[str]) -> dict[str, Any]:
+    """Generate and check one chunk's pair; -> the log row (with 'reason' None when kept)."""
+    q = _clean(gen.complete(prompts.question_prompt(chunk), MAX_QUESTION))
+    row: dict[str, Any] = {"question": q, "short": None, "long": None, "verify": None, "reason": None}
+    if check.question_problem(q):
+        row.update(reason="bad question", detail=check.question_problem(q))
+        return row
+    row["short"] = short = _clean(gen.complete(prompts.short_prompt(chunk, q), MAX_SHORT))
+    row["long"] = long = _clean(gen.complete(prompts.long_prompt(chunk, q, short), MAX_LONG)) if short else ""
+    if not check.content_words(short) or not check.content_words(long):
+        row["reason"] = "empty answer"
+    elif check.answer_in_question(short, q):
+        row["reason"] = "answer repeats question"
+    elif not check.supported(short, chunk):
+        row.update(reason="answer not in chunk", detail=check.missing_words(short, chunk))
+    elif not check.supported(long, chunk):
+        row.update(reason="long answer not in chunk", detail=check.missing_words(long, chunk))
+    if row["reason"]:
+        return row
+    row["verify"] = v = round(gen.verify(chunk, q, short), 4)
+    if not v > 0:
+        row["reason"] = "model rejected"
+    elif any(check.same_question(q, k) for k in kept_questions):
+        row["reason"] = "duplicate question"
+    return row
+
+
+def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume: bool = False,
+               progress: bool = True, lm: Any = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write verified long-context QA examples to `out` (JSONL); -> the summary dict (also FILE.summary.json)."""
+    from tqdm.auto import tqdm
+
+    from ..data import data_files, load_documents
+
+    settings.validate()
+    out = Path(out)
+    if out.suffix != ".jsonl":
+        raise CtxextError(f"--out must be a .jsonl file, got {out}")
+    data_files(data)  # missing paths fail before any weights
+    log_path, summary_path = side_files(out)
+    done: dict[str, dict] = {}
+    if out.exists() or log_path.exists():
+        if not resume:
+            raise CtxextError(f"{out} already exists; pass --resume to continue that run, or choose another --out")
+        try:
+            old = json.loads(summary_path.read_text())["settings"]
+        except (OSError, ValueError, KeyError):
+            raise CtxextError(f"cannot resume: {summary_path} is missing or unreadable") from None
+        diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in asdict(settings).items() if old.get(k) != v]
+        if diff:
+            raise CtxextError(f"cannot resume {out}: it was run with other settings ({'; '.join(diff)}); "
+                              "use another --out")
+        for line in log_path.read_text().splitlines() if log_path.exists() else []:
+            if line.strip():
+                r = json.loads(line)
+                done[r["chunk_id"]] = r
+        kept_ids = {json.loads(x)["id"] for x in out.read_text().splitlines() if x.strip()} if out.exists() else set()
+        for cid in kept_ids - set(done):  # written to the output but not to the log (interrupted in between)
+            done[cid] = {"chunk_id": cid, "reason": None}
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    if lm is None:
+        from ..models import load_model
+
+        lm = load_model(settings.model)
+    tok = lm.tokenizer
+    if tok is None:
+        raise CtxextError(f"{settings.model} has no tokenizer files; synth-qa needs one")
+    gen = Generator(lm.model, tok, chat=settings.chat)
+    docs = load_documents(data, tok)
+    budget = settings.max_len - RESERVE
+    plan, skipped = [], []
+    for di, d in enumerate(docs):
+        if len(d) < settings.min_len:
+            skipped.append(d.name)
+            continue
+        ids = np.asarray(d.tokens[:budget], dtype=np.int64)
+        for s, e in pick_chunks(tok, ids, settings.per_doc, settings.chunk_tokens,
+                                np.random.default_rng([settings.seed, di])):
+            plan.append((d, ids, s, e))
+    if not plan:
+        raise CtxextError(f"no document has >= --min-len {settings.min_len} tokens and whole-sentence chunks "
+                          f"(longest: {max(len(d) for d in docs)} tokens)")
+
+    t0 = time.perf_counter()
+    counts = {r: 0 for r in REASONS}
+    kept = 0
+    for r in done.values():
+        if r.get("reason") is None:
+            kept += 1
+        else:
+            counts[r["reason"]] = counts.get(r["reason"], 0) + 1
+    contexts: dict[str, str] = {}
+    kept_questions: dict[str, list[str]] = {}
+    for r in done.values():
+        if r.get("reason") is None and r.get("question"):
+            kept_questions.setdefault(r.get("document", ""), []).append(r["question"])
+
+    def summary(final: bool) -> dict[str, Any]:
+        s = {"settings": asdict(settings), "data": [str(p) for p in data], "out": str(out), "chunks": len(plan),
+             "processed": len(done), "kept": kept, "rejected": {k: v for k, v in counts.items() if v},
+             "rejected_total": sum(counts.values()), "documents": len(docs), "documents_too_short": skipped,
+             "seconds_this_run": round(time.perf_counter() - t0, 1), "finished": final}
+        atomic_write(summary_path, json.dumps(s, indent=1) + "\n")
+        return s
+
+    summary(False)
+    todo = [p for p in plan if f"{p[0].name}@{p[2]}" not in done]
+    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), disable=not progress, unit="chunk",
+               dynamic_ncols=True)
+    try:
+        for d, ids, s, e in todo:
+            cid = f"{d.name}@{s}"
+            chunk = _clean(tok.decode(ids[s:e].tolist()))
+            row = judge(gen, chunk, kept_questions.get(d.name, []))
+            row = {"chunk_id": cid, "document": d.name, "chunk_start": s, "chunk_end": e, **row}
+            if row["reason"] is None:
+                if d.name not in contexts:
+                    contexts[d.name] = tok.decode(ids.tolist())
+                ex = {"id": cid, "context": contexts[d.name], "question": row["question"],
+                      "answers": [row["short"]], "long_answer": row["long"], "chunk": chunk,
+                      "chunk_tokens": [s, e], "document": d.name, "verify_logodds": row["verify"],
+                      "generator": settings.model}
+                with out.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(ex, ensure_ascii=False) + "\n")
+                kept += 1
+                kept_questions.setdefault(d.name, []).append(row["question"])
+            else:
+                counts[row["reason"]] += 1
+            with log_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({**row, "chunk": chunk}, ensure_ascii=False) + "\n")
+            done[cid] = row
+            bar.update(1)
+            bar.set_postfix_str(f"kept {kept}, rejected {sum(counts.values())}")
+            summary(False)
+    finally:
+        bar.close()
+    res = summary(True)
+    log(f"synth-qa: kept {kept} of {len(done)} chunks; rejected: "
+        + (", ".join(f"{k} {v}" for k, v in res["rejected"].items()) or "none")
+        + (f"; {len(skipped)} document(s) shorter than --min-len skipped" if skipped else ""))
+    return res

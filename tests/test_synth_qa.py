@@ -1,0 +1,199 @@
+"""`ctxext synth-qa`: the acceptance checks (pure), chunk choice, the driver with a scripted generator on the
+tiny-rope tokenizer (files, reasons, resume after an interruption == one uninterrupted run, errors), and on
+SmolLM2-135M-Instruct a real run whose every kept answer has its content words in its chunk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctxext.cli import main
+from ctxext.errors import CtxextError
+from ctxext.evals.longqa import read_examples
+from ctxext.fixtures import books_dir
+from ctxext.synth import SynthSettings, check, synthesize
+from ctxext.synth import run as synth_run
+
+BOOK = "pg1342.txt"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------------------ pure checks
+
+
+def test_content_words_and_support():
+    assert check.content_words("The Captain of the ship, Mr. Reed!") == ["captain", "ship", "mr", "reed"]
+    chunk = "Mr. Bingley inherited property to the amount of nearly a hundred thousand pounds from his father."
+    assert check.supported("Mr. Bingley", chunk)
+    assert check.supported("nearly a hundred thousand pounds", chunk)
+    assert check.missing_words("Mr. Darcy inherited land", chunk) == ["darcy", "land"]
+    assert not check.supported("inherits", chunk)  # exact words only: no stemming
+    assert not check.supported("it was he", chunk)  # no content word at all -> not supported
+    assert not check.supported("", chunk)
+
+
+def test_question_problems():
+    assert check.question_problem("Who inherited property?") is None
+    assert check.question_problem("Who inherited property") == "no question mark"
+    assert check.question_problem("Who?") == "1 words"
+    assert check.question_problem("Who was most likely to be most likely to be most likely to be?") == "repeats itself"
+    assert check.answer_in_question("Sir William", "Who was Sir William?")
+    assert not check.answer_in_question("Mr. Bingley", "Who inherited property?")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from ctxext.models import load_model
+
+    return load_model("tiny-rope")
+
+
+def test_pick_chunks_whole_sentences_seeded(tiny):
+    tok = tiny.tokenizer
+    text = (books_dir() / BOOK).read_text(encoding="utf-8")[40000:52000]
+    ids = np.asarray(tok(text, add_special_tokens=False)["input_ids"])
+    a = synth_run.pick_chunks(tok, ids, 10, 80, np.random.default_rng([0, 0]))
+    assert a == synth_run.pick_chunks(tok, ids, 10, 80, np.random.default_rng([0, 0]))
+    assert a != synth_run.pick_chunks(tok, ids, 10, 80, np.random.default_rng([1, 0]))
+    assert len(a) == 10 and len(set(a)) == 10 and a == sorted(a)
+    for s, e in a:
+        assert 8 <= e - s <= 80
+        chunk = tok.decode(ids[s:e].tolist()).strip()
+        assert chunk[-1] in ".!?”’\"')_]" or chunk.endswith("."), chunk[-20:]  # ends at a sentence end
+        if s > 0:
+            assert tok.decode(ids[s - 3:s].tolist()).rstrip()[-1] in ".!?”’\"')_]"
+
+
+# ------------------------------------------------------------------------------------------------ the driver
+
+
+class ScriptedGenerator:
+    """Stands in for the model: a question about the chunk's first words; a short answer from the chunk for
+    even calls and 'zebra unicorn' (not in the chunk) for odd ones; raises after `fail_after` chunks."""
+
+    calls = 0
+    fail_after: int | None = None
+
+    def __init__(self, model, tokenizer, chat=False):
+        pass
+
+    def complete(self, prompt: str, max_new_tokens: int) -> str:
+        chunk = prompt.rsplit("Text: ", 1)[1].split("\n", 1)[0]
+        words = [w for w in chunk.split() if w.isalpha()]
+        if prompt.endswith("Question:"):
+            cls = ScriptedGenerator
+            if cls.fail_after is not None and cls.calls >= cls.fail_after:
+                raise KeyboardInterrupt
+            cls.calls += 1
+            return f" What comes after the words {words[0]} {words[1]}?"
+        if prompt.endswith("Short answer:"):
+            content = [w for w in words[2:] if w.lower() not in check.STOPWORDS]
+            return " ".join(content[:2]) if ScriptedGenerator.calls % 2 else "zebra unicorn"
+        return " ".join(words[:8])
+
+    def verify(self, chunk: str, question: str, answer: str) -> float:
+        return 1.0
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    monkeypatch.setattr(synth_run, "Generator", ScriptedGenerator)
+    ScriptedGenerator.calls, ScriptedGenerator.fail_after = 0, None
+    return ScriptedGenerator
+
+
+@pytest.fixture(scope="module")
+def book_part(tmp_path_factory) -> str:
+    text = (books_dir() / BOOK).read_text(encoding="utf-8")[40000:60000]
+    p = tmp_path_factory.mktemp("book") / "part.txt"
+    p.write_text(text)
+    return str(p)
+
+
+def test_driver_files_reasons_and_resume(tmp_path, tiny, scripted, book_part):
+    s = SynthSettings(model="tiny-rope", per_doc=8, min_len=512, max_len=1024)
+    full = tmp_path / "full.jsonl"
+    res = synthesize([book_part], full, s, progress=False, lm=tiny, log=lambda m: None)
+    assert res["processed"] == res["chunks"] == 8 and res["finished"]
+    assert res["kept"] == 4 and res["rejected"] == {"answer not in chunk": 4}
+    log_path, summary_path = synth_run.side_files(full)
+    assert json.loads(summary_path.read_text()) == res
+    log = [json.loads(x) for x in log_path.read_text().splitlines()]
+    assert len(log) == 8 and sum(r["reason"] is None for r in log) == 4
+    rows = [json.loads(x) for x in full.read_text().splitlines()]
+    for r in rows:
+        assert r["chunk"] in " ".join(r["context"].split())  # the chunk lies inside the truncated document
+        assert len(tiny.tokenizer(r["context"], add_special_tokens=False)["input_ids"]) <= 1024 - synth_run.RESERVE + 2
+        assert check.supported(r["answers"][0], r["chunk"]) and check.supported(r["long_answer"], r["chunk"])
+    assert [e.question for e in read_examples([full])] == [r["question"] for r in rows]  # longqa reads it
+
+    # interrupted after 5 chunks, then resumed: the same files as one uninterrupted run
+    part = tmp_path / "part.jsonl"
+    scripted.calls, scripted.fail_after = 0, 5
+    with pytest.raises(KeyboardInterrupt):
+        synthesize([book_part], part, s, progress=False, lm=tiny, log=lambda m: None)
+    assert len(synth_run.side_files(part)[0].read_text().splitlines()) == 5
+    assert not json.loads(synth_run.side_files(part)[1].read_text())["finished"]
+    scripted.fail_after = None
+    with pytest.raises(CtxextError, match="already exists; pass --resume"):
+        synthesize([book_part], part, s, progress=False, lm=tiny)
+    with pytest.raises(CtxextError, match=r"other settings \(seed 0 -> 1\)"):
+        synthesize([book_part], part, SynthSettings(model="tiny-rope", per_doc=8, min_len=512, max_len=1024, seed=1),
+                   resume=True, progress=False, lm=tiny)
+    res2 = synthesize([book_part], part, s, resume=True, progress=False, lm=tiny, log=lambda m: None)
+    assert part.read_text() == full.read_text()
+    assert synth_run.side_files(part)[0].read_text() == log_path.read_text()
+    assert {k: res2[k] for k in ("processed", "kept", "rejected")} == {k: res[k] for k in ("processed", "kept", "rejected")}
+
+
+def test_errors_before_weights(tmp_path, capsys):
+    book = str(books_dir() / BOOK)
+    for args, msg in [
+        (["--data", book, "--out", str(tmp_path / "x.txt")], "--out must be a .jsonl file"),
+        (["--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "x.jsonl")], "data path not found"),
+        (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--max-len", "200"], "--max-len 200 is too short"),
+        (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--per-doc", "0"], "--per-doc must be >= 1"),
+        (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--model", "no-such-model"], "no-such-model"),
+    ]:
+        capsys.readouterr()
+        assert main(["synth-qa", "--no-progress"] + args) == 2, args
+        err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("ctxext: error:")]
+        assert len(err) == 1 and msg in err[0], (args, err)
+
+
+def test_too_short_documents_are_refused(tmp_path, tiny, scripted):
+    short = tmp_path / "short.txt"
+    short.write_text("A short text. It has two sentences.")
+    with pytest.raises(CtxextError, match="no document has >= --min-len 1024 tokens"):
+        synthesize([str(short)], tmp_path / "o.jsonl", SynthSettings(model="tiny-rope"), progress=False, lm=tiny)
+
+
+# ------------------------------------------------------------------------------------------------ SmolLM2
+
+
+@pytest.mark.slow
+def test_smollm2_kept_answers_are_in_their_chunks(tmp_path, book_part):
+    """A real run of SmolLM2-135M-Instruct on a part of Pride and Prejudice: something is kept, every kept short
+    and long answer has all its content words in its chunk, and the summary counts every chunk once."""
+    out = tmp_path / "qa.jsonl"
+    assert main(["synth-qa", "--data", book_part, "--out", str(out), "--per-doc", "10", "--max-len", "1024",
+                 "--min-len", "512", "--no-progress"]) == 0
+    summary = json.loads(synth_run.side_files(out)[1].read_text())
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert summary["kept"] == len(rows) >= 1
+    assert summary["kept"] + summary["rejected_total"] == summary["processed"] == 10
+    for r in rows:
+        for answer in (r["answers"][0], r["long_answer"]):
+            assert check.content_words(answer) and not check.missing_words(answer, r["chunk"]), (answer, r["chunk"])
+        assert r["verify_logodds"] > 0 and r["question"].endswith("?")
