@@ -61,7 +61,9 @@ def summary(out: Path, seconds: float) -> str:
     for name, title in (("plan", "Plan"), ("ppl", "Perplexity"), ("passkey", "Passkey")):
         md = out / name / "summary.md"
         body = md.read_text() if md.is_file() else "(missing)\n"
-        parts.append(f"## {title}\n\n" + "\n".join(l for l in body.splitlines() if not l.startswith("# ")) + "\n")
+        # headings and image links of the part's own summary are relative to its folder; the images are linked below
+        keep = [l for l in body.splitlines() if not l.startswith(("# ", "!["))]
+        parts.append(f"## {title}\n\n" + "\n".join(keep) + "\n")
         for png in sorted((out / name).glob("*.png")):
             parts.append(f"![{png.stem}]({name}/{png.name})\n")
     meta = json.loads((out / "ppl" / "results.json").read_text()).get("meta", {}) if (out / "ppl" / "results.json").is_file() else {}
