@@ -12,14 +12,20 @@ The README's method table is generated from DIR/results.json by benchmarks/readm
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# abf at the planner's critical base for 16k without tuning; self-extend with the group that reaches 16k
+# abf at the planner's critical base for 16k (`ctxext plan --target 16384`); self-extend with a group that reaches
+# 16k; the longrope factors found by benchmarks/search_smollm2.py (a reduced CPU budget, on other books)
+SEARCHED = "benchmarks/results/search_smollm2_16k/search/best.json"
 SPECS = ("default", "linear:factor=2", "ntk:factor=2", "dynamic-ntk:factor=2", "ntk-by-parts:factor=2",
-         "yarn:factor=2", "dynamic-yarn", "llama3:factor=2", "abf:base=400000", "self-extend:group=4,window=2048")
+         "yarn:factor=2", "dynamic-yarn", "llama3:factor=2", "abf:base=304202", "self-extend:group=4,window=2048",
+         SEARCHED)
+# streaming keeps a rolling cache, so it is measured by the stream-ppl task over the same tokens (same buckets)
+STREAMING = "streaming:sinks=4,window=2044"
 QUICK = ("default", "linear:factor=2", "ntk:factor=2", "yarn:factor=2", "dynamic-ntk:factor=2")
 
 
@@ -27,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tasks", default="ppl,passkey")
-    p.add_argument("--specs", default=None, help="comma list overriding the default set")
+    p.add_argument("--specs", default=None, help="semicolon-separated specs overriding the default set")
     p.add_argument("--depths", default="0.1,0.5,0.9")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -39,9 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     length = 12288 if args.quick else 16384
     tasks = ["ppl"] if args.quick else args.tasks.split(",")
     out = args.out or ROOT / "benchmarks" / "results" / ("methods_quick" if args.quick else "methods")
-    run_eval("smollm2-135m", specs, tasks, [length], depths=args.depths, samples=1, bucket=2048,
-             data=[books_dir() / HELD_OUT_BOOK], out=out, resume=True,
-             command="python benchmarks/methods.py" + (" --quick" if args.quick else ""))
+    common = dict(samples=1, bucket=2048, data=[books_dir() / HELD_OUT_BOOK], out=out, resume=True,
+                  command="python benchmarks/methods.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    os.chdir(ROOT)  # the searched spec is a path relative to the repo root
+    for task in tasks:  # task by task, so a run cut short has whole columns of the table
+        run_eval("smollm2-135m", specs, [task], [length], depths=args.depths, **common)
+    if not args.quick and "ppl" in tasks and not args.specs:
+        run_eval("smollm2-135m", [STREAMING], ["stream-ppl"], [length], **common)
     print(f"results: {out / 'results.json'}")
     return 0
 

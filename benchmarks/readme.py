@@ -39,10 +39,35 @@ def _fmt(x: float | None, digits: int = 1) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ methods
+def _label(spec: str) -> str:
+    # a searched spec is a best.json path; name the method and keep the path visible
+    return f"longrope, searched (`{spec}`)" if spec.endswith(".json") else f"`{spec}`"
+
+
+def late_order(res: dict) -> list[str]:
+    """Specs ordered by mean perplexity over the last quarter of the longest length (best first)."""
+    recs = [r for r in res["records"] if r["task"] in ("ppl", "stream-ppl") and r["metric"] == "ppl" and r["bucket"]]
+    length = max(r["length"] for r in recs)
+    late: dict[str, list[float]] = {}
+    for r in recs:
+        if r["length"] == length and r["bucket"][0] >= length - length // 4:
+            late.setdefault(r["scaling"], []).append(r["value"])
+    return sorted(late, key=lambda s: sum(late[s]) / len(late[s]))
+
+
+def ordering_note(full: dict, quick: dict) -> str:
+    q = late_order(quick)
+    f = [s for s in late_order(full) if s in q]
+    same = "yes" if f == q else "**no**"
+    return (f"`--quick` (the same book at 12,288 tokens, {len(q)} methods) orders them by last-quarter perplexity as "
+            f"{' < '.join(q)}; the full run at 16,384: {' < '.join(f)}; same order: {same}.")
+
+
 def methods_table(res: dict, source: str) -> str:
     recs = res["records"]
     specs = list(dict.fromkeys(r["scaling"] for r in recs))
-    ppl = [r for r in recs if r["task"] == "ppl" and r["metric"] == "ppl" and r["bucket"]]
+    # stream-ppl (streaming) scores the same tokens as the window protocol of ppl, bucket by bucket
+    ppl = [r for r in recs if r["task"] in ("ppl", "stream-ppl") and r["metric"] == "ppl" and r["bucket"]]
     length = max((r["length"] for r in ppl), default=0)
     trained = res["meta"]["config"]["model_info"]["trained_len"]
     buckets = sorted({tuple(r["bucket"]) for r in ppl if r["length"] == length})
@@ -59,7 +84,7 @@ def methods_table(res: dict, source: str) -> str:
         mean_lq = sum(lq) / len(lq) if lq else None
         pk = {r["depth"]: r["value"] for r in recs if r["scaling"] == s and r["task"] == "passkey"
               and r["metric"] == "accuracy" and r["depth"] is not None}
-        row = [f"`{s}`", _fmt(mean_in)] + [_fmt(val.get(b)) for b in late]
+        row = [_label(s), _fmt(mean_in)] + [_fmt(val.get(b)) for b in late]
         row += [_fmt(mean_lq / mean_in, 2) + "×" if mean_in and mean_lq else "–"]
         row += [f"{pk[d]:.0%}" if d in pk else "–" for d in depths]
         rows.append(row)
@@ -78,6 +103,9 @@ def methods_section() -> str:
             png = RES / name / "ppl_by_position.png"
             if png.is_file():
                 body += f"\n\n![ppl by position](benchmarks/results/{name}/ppl_by_position.png)"
+            quick = _load(RES / "methods_quick" / "results.json")
+            if name == "methods" and quick:
+                body += "\n\n" + ordering_note(res, quick)
             return body
     return "(no method results yet: run `python benchmarks/methods.py`)"
 
