@@ -153,3 +153,17 @@ def test_stream_ppl_cli_on_the_fixture(tmp_path):
     assert len(segs) == 16 and max(segs) < 1.5 * in_window
     assert get("default", "ppl", [768, 1024]) > 2 * get(spec, "ppl", [768, 1024])
     assert len(list((out / "curves").glob("stream-ppl-*.npy"))) == 2
+
+
+def test_stream_cost_stops_where_full_attention_streams_stop():
+    # specs without eviction stop at FULL_CAP_FACTOR × the trained length, so longer streams cost no more
+    from ctxext.evals.cost import ModelCost
+    from ctxext.evals.stream_ppl import FULL_CAP_FACTOR, cost
+    from ctxext.models import model_info
+
+    mc = ModelCost.of(model_info("smollm2-135m"))
+    assert mc.trained_len == 8192
+    cap = FULL_CAP_FACTOR * 8192
+    f_cap, m_cap = cost(mc, cap, [], None)
+    assert cost(mc, 2 * cap, [], None) == (f_cap, m_cap)
+    assert f_cap == mc.flops(cap, scored=cap) and cost(mc, 4096, [], None)[0] < f_cap

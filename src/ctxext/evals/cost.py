@@ -41,6 +41,7 @@ class ModelCost:
     vocab: int
     dtype_bytes: int = 4
     attn_weight: float = 1.0  # 1: true FLOPs; ATTENTION_SLOWDOWN: matmul-equivalent FLOPs for time estimates
+    trained_len: int = 0  # the model's trained length (0: unknown)
 
     @classmethod
     def of(cls, info: Any, dtype_bytes: int = 4, attn_weight: float = 1.0) -> ModelCost:
@@ -50,7 +51,8 @@ class ModelCost:
         tied = cfg.get("tie_word_embeddings", True)
         emb = info.vocab_size * info.hidden_size * (1 if tied else 2)
         return cls(info.n_params, max(info.n_params - emb, 1), info.n_layers, info.hidden_size, info.n_heads,
-                   info.n_kv_heads, head_dim, inter, info.vocab_size, dtype_bytes, attn_weight)
+                   info.n_kv_heads, head_dim, inter, info.vocab_size, dtype_bytes, attn_weight,
+                   int(getattr(info, "trained_len", 0) or 0))
 
     # ---- FLOPs
     def flops(self, new: int, past: int = 0, scored: int = 0) -> float:

@@ -92,10 +92,12 @@ def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[s
 
 
 def cost(mc: Any, length: int, depths: list[float], s: Settings) -> tuple[float, float]:
-    """Full attention over the whole stream (an upper bound: streaming attends to S + W keys at most); memory with
+    """The dearest spec's cost (an upper bound for streaming, which attends to S + W keys at most): full attention
+    over the stream, which stops at FULL_CAP_FACTOR × the trained length for specs without eviction; memory with
     a cache of at most COST_CACHE_TOKENS tokens plus one chunk's activations and mask."""
-    held = min(length, COST_CACHE_TOKENS)
-    return mc.flops(length, scored=length), mc.peak_cached(held, plain=False)
+    n = min(length, FULL_CAP_FACTOR * mc.trained_len) if mc.trained_len else length
+    held = min(n, COST_CACHE_TOKENS)
+    return mc.flops(n, scored=n), mc.peak_cached(held, plain=False)
 
 
 TASK = register(Task(
