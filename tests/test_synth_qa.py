@@ -75,6 +75,54 @@ def test_pick_chunks_whole_sentences_seeded(tiny):
             assert tok.decode(ids[s - 3:s].tolist()).rstrip()[-1] in ".!?”’\"')_]"
 
 
+def test_pick_chunks_never_overlap(tiny):
+    tok = tiny.tokenizer
+    text = (books_dir() / BOOK).read_text(encoding="utf-8")[40000:44000]
+    ids = np.asarray(tok(text, add_special_tokens=False)["input_ids"])
+    for seed in range(5):
+        a = synth_run.pick_chunks(tok, ids, 1000, 80, np.random.default_rng([seed, 0]))
+        assert all(e1 <= s2 for (_, e1), (s2, _) in zip(a, a[1:])), a  # sorted and pairwise disjoint
+        covered = sum(e - s for s, e in a)
+        assert covered <= len(ids) and len(a) * 8 <= covered
+        assert 0 < len(a) < len(ids) // 8  # fewer than asked: only as many as fit side by side
+
+
+FRONT = ("THE BOOK\n\nContents\n\n CHAPTER I. The Start\n CHAPTER II. The End\n\nPREFACE\n\nA long preface "
+         "about nothing. It goes on.\n\n\nCHAPTER I. The Start\n\nIt was a dark night. The wind blew. ")
+
+
+def test_front_tokens_auto_none_number(tiny):
+    tok = tiny.tokenizer
+    ids = np.asarray(tok(FRONT * 1 + "More text follows here. " * 200, add_special_tokens=False)["input_ids"])
+    k = synth_run.front_tokens(tok, ids, "auto")
+    # the last chapter-1 heading, not the one in the contents: the context starts at 'CHAPTER I. The Start\n\nIt'
+    assert tok.decode(ids[k:].tolist()).lstrip().startswith("CHAPTER I. The Start\n\nIt was a dark night")
+    assert "PREFACE" in tok.decode(ids[:k].tolist())
+    assert synth_run.front_tokens(tok, ids, "none") == 0
+    assert synth_run.front_tokens(tok, ids, "17") == 17
+    assert synth_run.front_tokens(tok, ids, str(10 ** 9)) == len(ids)
+    plain = np.asarray(tok("No headings here. " * 100, add_special_tokens=False)["input_ids"])
+    assert synth_run.front_tokens(tok, plain, "auto") == 0  # nothing to skip
+    # a chapter-1 heading past the first quarter (a second volume) is not front matter
+    late = np.asarray(tok("Text of volume one. " * 300 + "\nCHAPTER I\n\nVolume two.", add_special_tokens=False)
+                      ["input_ids"])
+    assert synth_run.front_tokens(tok, late, "auto") == 0
+
+
+def test_front_of_the_books_is_skipped(tiny):
+    """On the real books the automatic skip lands on the first line of the novel (measured, SmolLM2's tokens are
+    in the benchmark README; here with the fixture tokenizer)."""
+    from ctxext.data import load_documents
+
+    starts = {"pg1342.txt": "Chapter I.]", "pg84.txt": "Chapter 1\n\n\nI am by birth a Genevese",
+              "pg2701.txt": "CHAPTER 1. Loomings.\n\nCall me Ishmael"}
+    for book, first in starts.items():
+        d = load_documents([books_dir() / book], tiny.tokenizer)[0]
+        ids = np.asarray(d.tokens)
+        k = synth_run.front_tokens(tiny.tokenizer, ids, "auto")
+        assert k > 1000 and tiny.tokenizer.decode(ids[k:k + 40].tolist()).lstrip().startswith(first), book
+
+
 # ------------------------------------------------------------------------------------------------ the driver
 
 
@@ -164,6 +212,8 @@ def test_errors_before_weights(tmp_path, capsys):
         (["--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "x.jsonl")], "data path not found"),
         (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--max-len", "200"], "--max-len 200 is too short"),
         (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--per-doc", "0"], "--per-doc must be >= 1"),
+        (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--skip-front", "-3"], "--skip-front must be 'auto'"),
+        (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--skip-front", "chapter"], "--skip-front must be"),
         (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--model", "no-such-model"], "no-such-model"),
     ]:
         capsys.readouterr()
@@ -177,6 +227,26 @@ def test_too_short_documents_are_refused(tmp_path, tiny, scripted):
     short.write_text("A short text. It has two sentences.")
     with pytest.raises(CtxextError, match="no document has >= --min-len 1024 tokens"):
         synthesize([str(short)], tmp_path / "o.jsonl", SynthSettings(model="tiny-rope"), progress=False, lm=tiny)
+    # long enough as a whole, too short once the front is skipped
+    book = tmp_path / "book.txt"
+    book.write_text("Anna met Tom at the market. " * 400)
+    with pytest.raises(CtxextError, match="after the skipped front"):
+        synthesize([str(book)], tmp_path / "p.jsonl", SynthSettings(model="tiny-rope", min_len=1000,
+                   skip_front=str(10 ** 6)), progress=False, lm=tiny)
+
+
+def test_driver_skips_front_and_records_it(tmp_path, tiny, scripted):
+    book = tmp_path / "book.txt"
+    story = " ".join(f"Anna met Tom number {i} at the market." for i in range(300))
+    book.write_text(FRONT + story + "\n")
+    out = tmp_path / "qa.jsonl"
+    res = synthesize([str(book)], out, SynthSettings(model="tiny-rope", per_doc=6, min_len=256, max_len=640),
+                     progress=False, lm=tiny, log=lambda m: None)
+    k = res["front_tokens_skipped"][str(book)]
+    assert k > 0 and res["kept"] >= 1
+    for r in map(json.loads, out.read_text().splitlines()):
+        assert r["context_start"] == k and r["context"].lstrip().startswith("CHAPTER I. The Start\n\nIt was")
+        assert "PREFACE" not in r["context"]
 
 
 # ------------------------------------------------------------------------------------------------ SmolLM2

@@ -1,9 +1,9 @@
 """`ctxext synth-qa`: synthetic long-document QA examples (the LLaMA 2 Long recipe) written by an instruct model.
 
 For each document of --data with at least --min-len tokens, --per-doc random chunks (whole sentences, seeded)
-inside its first --max-len tokens get a question, a short answer and a long answer from the model; a pair is
+(pairwise non-overlapping) inside its first --max-len tokens after the front matter (--skip-front) get a question, a short answer and a long answer from the model; a pair is
 kept when every content word of both answers occurs in the chunk and the model's calibrated yes/no verdict is
-yes. Each kept example's context is the document truncated to --max-len minus 128 tokens (room for the question
+yes. Each kept example's context is the document (after the skipped front) truncated to --max-len minus 128 tokens (room for the question
 and answer); `ctxext eval --task longqa --data OUT` reads the file as it is.
 
 Writes OUT (.jsonl, appended), OUT.log.jsonl (every chunk, with its rejection reason) and OUT.summary.json
@@ -31,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="target example length in tokens: context = the document's first max-len - 128 (4096)")
     p.add_argument("--chunk-tokens", type=int, default=80, help="longest chunk in tokens (whole sentences; 80)")
     p.add_argument("--seed", type=int, default=0, help="seed of the chunk choice (default 0)")
+    p.add_argument("--skip-front", default="auto", metavar="auto|none|N",
+                   help="front matter skipped before the context: 'auto' (default) starts at the last line-start "
+                   "'Chapter 1/I/One' heading in the document's first quarter (after a table of contents; nothing "
+                   "skipped when there is none), 'none', or N tokens. The Gutenberg header is always removed")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template "
                    "(plain few-shot completion by default: better questions from SmolLM2-135M)")
     p.add_argument("--resume", action="store_true", help="continue a run into --out, skipping processed chunks")
@@ -41,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from ..synth import SynthSettings, synthesize
 
     s = SynthSettings(model=args.model, per_doc=args.per_doc, min_len=args.min_len, max_len=args.max_len,
-                      chunk_tokens=args.chunk_tokens, seed=args.seed, chat=args.chat)
+                      chunk_tokens=args.chunk_tokens, seed=args.seed, chat=args.chat,
+                      skip_front=args.skip_front)
     res = synthesize(args.data, args.out, s, resume=args.resume, progress=not args.no_progress)
     print(f"wrote {res['kept']} examples to {args.out}; summary {res['out'].removesuffix('.jsonl')}.summary.json")
     return 0

@@ -1,10 +1,14 @@
 """The synth-qa driver: documents -> seeded chunks -> question, short and long answer -> checks -> JSONL.
 
-Per document (skipped when shorter than min_len tokens): the context is its first `max_len - RESERVE` tokens
-(RESERVE leaves room for the question and the answer in a max_len-token training example). Chunks are runs of
-whole sentences of at most `chunk_tokens` tokens starting at a sentence start inside the context, `per_doc` of
-them drawn without replacement with numpy's generator seeded by (seed, document index), so a run is
-reproducible. For each chunk the generator writes a question, a short answer and a long answer (greedy), then
+Per document: first the front matter is skipped (`skip_front`: 'auto' = up to the last line-start heading of
+chapter 1 ('Chapter I', 'CHAPTER 1.', 'Chapter One'; 'ACT I' for a play) in the first quarter of the document — the last one, because
+a table of contents lists it first; nothing skipped when there is none; 'none'; or a number of tokens. The
+Project Gutenberg header itself is already removed by ctxext.data). Documents with fewer than min_len tokens
+left are skipped. The context is the next `max_len - RESERVE` tokens (RESERVE leaves room for the question and
+the answer in a max_len-token training example). Chunks are runs of whole sentences of at most `chunk_tokens`
+tokens starting at a sentence start inside the context; `per_doc` of them, pairwise non-overlapping (spans
+visited in a random order, each taken unless it overlaps one already taken; fewer when no more fit), drawn with
+numpy's generator seeded by (seed, document index), so a run is reproducible. For each chunk the generator writes a question, a short answer and a long answer (greedy), then
 the pair must pass, in this order (the first failure is the rejection reason counted in the summary):
 
   bad question            no '?', fewer than 3 or more than 30 words, a repeated phrase
@@ -23,6 +27,7 @@ rewritten after every chunk). --resume skips the chunks already in the log; the 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,8 +56,12 @@ class SynthSettings:
     chunk_tokens: int = 80
     seed: int = 0
     chat: bool = False
+    skip_front: str = "auto"
 
     def validate(self) -> None:
+        if self.skip_front not in ("auto", "none") and not (self.skip_front.isdigit()):
+            raise CtxextError(f"--skip-front must be 'auto', 'none' or a number of tokens >= 0, "
+                              f"got {self.skip_front!r}")
         if self.per_doc < 1:
             raise CtxextError(f"--per-doc must be >= 1, got {self.per_doc}")
         if self.max_len < RESERVE + 2 * self.chunk_tokens:
@@ -70,9 +79,38 @@ def side_files(out: Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".log.jsonl"), stem.with_name(stem.name + ".summary.json")
 
 
+CHAPTER_ONE = re.compile(r"(?im)^[ \t]*(?:chapter|act)[ \t]+(?:1|i|one)\b")  # a novel's first chapter, a play's act
+
+
+def front_tokens(tokenizer: Any, ids: np.ndarray, skip: str) -> int:
+    """Tokens of front matter to skip: a number as given, 0 for 'none', and for 'auto' the token where the last
+    line-start 'Chapter 1/I/One' (or 'Act 1/I') heading in the first quarter of the document begins (0 when there is none)."""
+    if skip == "none":
+        return 0
+    if skip != "auto":
+        return min(int(skip), len(ids))
+    head = ids[: len(ids) // 4]
+    found = list(CHAPTER_ONE.finditer(tokenizer.decode(head.tolist())))
+    if not found:
+        return 0
+    c = found[-1].start()
+    m = re.match(r"\s*", found[-1].group(0))
+    c += m.end() if m else 0  # the heading's first letter, not the newline before it
+    lo, hi = 0, len(head)  # smallest k whose decoded prefix reaches past character c
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(head[:mid].tolist())) > c:
+            hi = mid
+        else:
+            lo = mid + 1
+    return max(lo - 1, 0)
+
+
 def pick_chunks(tokenizer: Any, ids: np.ndarray, n: int, chunk_tokens: int,
                 rng: np.random.Generator) -> list[tuple[int, int]]:
-    """Up to n (start, end) token spans of whole sentences, at most chunk_tokens long, start at a sentence start."""
+    """Up to n pairwise non-overlapping (start, end) token spans of whole sentences, at most chunk_tokens long,
+    each starting at a sentence start: candidate spans in a seeded random order, each taken unless it overlaps
+    one already taken (overlapping chunks gave near-duplicate questions)."""
     starts = sentence_starts(tokenizer, ids)
     spans = []
     for i, s in enumerate(starts[:-1]):
@@ -82,10 +120,16 @@ def pick_chunks(tokenizer: Any, ids: np.ndarray, n: int, chunk_tokens: int,
         e = int(starts[j])
         if 8 <= e - s <= chunk_tokens:
             spans.append((int(s), e))
-    if not spans:
-        return []
-    take = rng.choice(len(spans), size=min(n, len(spans)), replace=False)
-    return sorted(spans[k] for k in take)
+    used = np.zeros(len(ids) + 1, dtype=bool)
+    taken: list[tuple[int, int]] = []
+    for k in rng.permutation(len(spans)) if spans else []:
+        s, e = spans[k]
+        if not used[s:e].any():
+            used[s:e] = True
+            taken.append((s, e))
+            if len(taken) == n:
+                break
+    return sorted(taken)
 
 
 def _clean(text: str) -> str:
@@ -163,17 +207,20 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
     gen = Generator(lm.model, tok, chat=settings.chat)
     docs = load_documents(data, tok)
     budget = settings.max_len - RESERVE
-    plan, skipped = [], []
+    plan, skipped, fronts = [], [], {}
     for di, d in enumerate(docs):
-        if len(d) < settings.min_len:
+        front = front_tokens(tok, np.asarray(d.tokens), settings.skip_front)
+        if len(d) - front < settings.min_len:
             skipped.append(d.name)
             continue
-        ids = np.asarray(d.tokens[:budget], dtype=np.int64)
+        fronts[d.name] = front
+        ids = np.asarray(d.tokens[front:front + budget], dtype=np.int64)
         for s, e in pick_chunks(tok, ids, settings.per_doc, settings.chunk_tokens,
                                 np.random.default_rng([settings.seed, di])):
             plan.append((d, ids, s, e))
     if not plan:
-        raise CtxextError(f"no document has >= --min-len {settings.min_len} tokens and whole-sentence chunks "
+        raise CtxextError(f"no document has >= --min-len {settings.min_len} tokens after the skipped front "
+                          f"(--skip-front {settings.skip_front}) and whole-sentence chunks "
                           f"(longest: {max(len(d) for d in docs)} tokens)")
 
     t0 = time.perf_counter()
@@ -194,6 +241,7 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
         s = {"settings": asdict(settings), "data": [str(p) for p in data], "out": str(out), "chunks": len(plan),
              "processed": len(done), "kept": kept, "rejected": {k: v for k, v in counts.items() if v},
              "rejected_total": sum(counts.values()), "documents": len(docs), "documents_too_short": skipped,
+             "front_tokens_skipped": fronts,
              "seconds_this_run": round(time.perf_counter() - t0, 1), "finished": final}
         atomic_write(summary_path, json.dumps(s, indent=1) + "\n")
         return s
@@ -213,7 +261,7 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
                     contexts[d.name] = tok.decode(ids.tolist())
                 ex = {"id": cid, "context": contexts[d.name], "question": row["question"],
                       "answers": [row["short"]], "long_answer": row["long"], "chunk": chunk,
-                      "chunk_tokens": [s, e], "document": d.name, "verify_logodds": row["verify"],
+                      "chunk_tokens": [s, e], "context_start": fronts[d.name], "document": d.name, "verify_logodds": row["verify"],
                       "generator": settings.model}
                 with out.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(ex, ensure_ascii=False) + "\n")
