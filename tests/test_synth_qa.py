@@ -205,6 +205,26 @@ def test_driver_files_reasons_and_resume(tmp_path, tiny, scripted, book_part):
     assert {k: res2[k] for k in ("processed", "kept", "rejected")} == {k: res[k] for k in ("processed", "kept", "rejected")}
 
 
+def test_tries_keep_the_first_passing_attempt(tmp_path, tiny, scripted, book_part, monkeypatch):
+    """With --tries 2 every chunk rejected on its first try (the scripted 'zebra unicorn' answer) gets a second
+    attempt with other worked examples; the checks stay the same and every failed try is counted."""
+    seen = []
+    orig = synth_run.prompts.question_prompt
+    monkeypatch.setattr(synth_run.prompts, "question_prompt", lambda c, v=0: seen.append(v) or orig(c, v))
+    s = SynthSettings(model="tiny-rope", per_doc=8, min_len=512, max_len=1024, tries=2)
+    out = tmp_path / "t.jsonl"
+    res = synthesize([book_part], out, s, progress=False, lm=tiny, log=lambda m: None)
+    assert res["kept"] == 8 and res["rejected"] == {} and res["rejected_tries"] == {"answer not in chunk": 7}
+    # the script answers 'zebra unicorn' on even question calls: chunk 1 passes at once, chunks 2-8 on try 2
+    assert res["tries_total"] == 15 and seen.count(1) == 7 and seen.count(0) == 8
+    assert orig("x", 1) != orig("x", 0)  # another pair of worked examples
+    for r in map(json.loads, out.read_text().splitlines()):
+        assert check.supported(r["answers"][0], r["chunk"]) and check.supported(r["long_answer"], r["chunk"])
+    log = [json.loads(x) for x in synth_run.side_files(out)[0].read_text().splitlines()]
+    assert sorted(r["try"] for r in log) == [0] + [1] * 7
+    assert all(r["failed_tries"] == (["answer not in chunk"] if r["try"] else []) for r in log)
+
+
 def test_errors_before_weights(tmp_path, capsys):
     book = str(books_dir() / BOOK)
     for args, msg in [
@@ -214,6 +234,7 @@ def test_errors_before_weights(tmp_path, capsys):
         (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--per-doc", "0"], "--per-doc must be >= 1"),
         (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--skip-front", "-3"], "--skip-front must be 'auto'"),
         (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--skip-front", "chapter"], "--skip-front must be"),
+        (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--tries", "0"], "--tries must be >= 1"),
         (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--model", "no-such-model"], "no-such-model"),
     ]:
         capsys.readouterr()

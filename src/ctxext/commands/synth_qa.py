@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="front matter skipped before the context: 'auto' (default) starts at the last line-start "
                    "'Chapter 1/I/One' heading in the document's first quarter (after a table of contents; nothing "
                    "skipped when there is none), 'none', or N tokens. The Gutenberg header is always removed")
+    p.add_argument("--tries", type=int, default=1,
+                   help="attempts per chunk, each with another pair of worked examples in the prompts; the first "
+                   "pair passing every check is kept (same checks for every try; default 1)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template "
                    "(plain few-shot completion by default: better questions from SmolLM2-135M)")
     p.add_argument("--resume", action="store_true", help="continue a run into --out, skipping processed chunks")
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     s = SynthSettings(model=args.model, per_doc=args.per_doc, min_len=args.min_len, max_len=args.max_len,
                       chunk_tokens=args.chunk_tokens, seed=args.seed, chat=args.chat,
-                      skip_front=args.skip_front)
+                      skip_front=args.skip_front, tries=args.tries)
     res = synthesize(args.data, args.out, s, resume=args.resume, progress=not args.no_progress)
     print(f"wrote {res['kept']} examples to {args.out}; summary {res['out'].removesuffix('.jsonl')}.summary.json")
     return 0

@@ -19,7 +19,14 @@ EXAMPLES = (
     ("The ship left the harbour at dawn. Captain Reed stood on the deck and watched the storm clouds in the north.",
      "Who stood on the deck?", "Captain Reed",
      "Captain Reed stood on the deck and watched the storm clouds."),
+    ("Margaret had lived in the grey stone cottage for forty years, and every morning she fed the hens before "
+     "breakfast.", "How long had Margaret lived in the cottage?", "forty years",
+     "Margaret had lived in the grey stone cottage for forty years."),
+    ("\u201cI shall not dance tonight,\u201d said Henry coldly, and he left the ballroom before the music began.",
+     "What did Henry say he would not do?", "dance tonight",
+     "Henry said coldly that he would not dance tonight."),
 )
+N_VARIANTS = len(EXAMPLES)  # try t of a chunk uses worked examples t and t+1 (mod N_VARIANTS)
 VERIFY_EXAMPLES = (  # (text, question, answer, label)
     (EXAMPLES[0][0], "Where did Tom walk?", "to London", "no"),
     (EXAMPLES[0][0], EXAMPLES[0][1], EXAMPLES[0][2], "yes"),
@@ -29,10 +36,11 @@ VERIFY_EXAMPLES = (  # (text, question, answer, label)
 CONTENT_FREE = "N/A"  # the calibration input (Zhao et al. 2021, https://arxiv.org/abs/2102.09690)
 
 
-def _shots(upto: int) -> str:
-    """The worked examples up to the question (0), the short answer (1) or the long answer (2)."""
+def _shots(upto: int, variant: int = 0) -> str:
+    """Two worked examples (variant v: examples v and v+1) up to the question (0), the short answer (1) or the
+    long answer (2). Variant 0 is the original pair."""
     out = []
-    for text, q, short, long in EXAMPLES:
+    for text, q, short, long in (EXAMPLES[variant % N_VARIANTS], EXAMPLES[(variant + 1) % N_VARIANTS]):
         lines = [f"Text: {text}", f"Question: {q}"]
         if upto >= 1:
             lines.append(f"Short answer: {short}")
@@ -42,16 +50,16 @@ def _shots(upto: int) -> str:
     return "".join(out)
 
 
-def question_prompt(chunk: str) -> str:
-    return _shots(0) + f"Text: {chunk}\nQuestion:"
+def question_prompt(chunk: str, variant: int = 0) -> str:
+    return _shots(0, variant) + f"Text: {chunk}\nQuestion:"
 
 
-def short_prompt(chunk: str, question: str) -> str:
-    return _shots(1) + f"Text: {chunk}\nQuestion: {question}\nShort answer:"
+def short_prompt(chunk: str, question: str, variant: int = 0) -> str:
+    return _shots(1, variant) + f"Text: {chunk}\nQuestion: {question}\nShort answer:"
 
 
-def long_prompt(chunk: str, question: str, short: str) -> str:
-    return _shots(2) + f"Text: {chunk}\nQuestion: {question}\nShort answer: {short}\nLong answer:"
+def long_prompt(chunk: str, question: str, short: str, variant: int = 0) -> str:
+    return _shots(2, variant) + f"Text: {chunk}\nQuestion: {question}\nShort answer: {short}\nLong answer:"
 
 
 def verify_prompt(chunk: str, question: str, answer: str) -> str:

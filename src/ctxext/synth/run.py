@@ -19,6 +19,11 @@ the pair must pass, in this order (the first failure is the rejection reason cou
   model rejected          the model's own calibrated yes/no verdict on (chunk, question, short answer) is not yes
   duplicate question      the same normalised question was already kept for this document
 
+With `tries` > 1 a rejected chunk is tried again with another pair of worked examples in the prompts (a new
+question, greedy as before), up to `tries` times; the first pair that passes every check is kept. The checks
+are the same for every try; the summary counts each rejected chunk once by its last try's reason ("rejected")
+and every failed try by reason ("rejected_tries"; equal to "rejected" when tries is 1).
+
 Files, for --out FILE.jsonl: FILE.jsonl (kept examples, appended one per line), FILE.log.jsonl (one line per
 processed chunk, kept or not, with what was generated), FILE.summary.json (settings, counts by reason, timing;
 rewritten after every chunk). --resume skips the chunks already in the log; the settings must match.
@@ -57,11 +62,14 @@ class SynthSettings:
     seed: int = 0
     chat: bool = False
     skip_front: str = "auto"
+    tries: int = 1
 
     def validate(self) -> None:
         if self.skip_front not in ("auto", "none") and not (self.skip_front.isdigit()):
             raise CtxextError(f"--skip-front must be 'auto', 'none' or a number of tokens >= 0, "
                               f"got {self.skip_front!r}")
+        if self.tries < 1:
+            raise CtxextError(f"--tries must be >= 1, got {self.tries}")
         if self.per_doc < 1:
             raise CtxextError(f"--per-doc must be >= 1, got {self.per_doc}")
         if self.max_len < RESERVE + 2 * self.chunk_tokens:
@@ -136,15 +144,27 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
-def judge(gen: Generator, chunk: str, kept_questions: list[str]) -> dict[str, Any]:
+def judge(gen: Generator, chunk: str, kept_questions: list[str], tries: int = 1) -> dict[str, Any]:
+    """Up to `tries` attempts (prompt variants 0, 1, ...) on one chunk; -> the last attempt's log row ('reason'
+    None when kept) with 'try' (its index) and 'failed_tries' (the reasons of every failed attempt)."""
+    failed: list[str] = []
+    for t in range(tries):
+        row = judge_once(gen, chunk, kept_questions, t)
+        if row["reason"] is None:
+            break
+        failed.append(row["reason"])
+    return {**row, "try": t, "failed_tries": failed}
+
+
+def judge_once(gen: Generator, chunk: str, kept_questions: list[str], variant: int = 0) -> dict[str, Any]:
     """Generate and check one chunk's pair; -> the log row (with 'reason' None when kept)."""
-    q = _clean(gen.complete(prompts.question_prompt(chunk), MAX_QUESTION))
+    q = _clean(gen.complete(prompts.question_prompt(chunk, variant), MAX_QUESTION))
     row: dict[str, Any] = {"question": q, "short": None, "long": None, "verify": None, "reason": None}
     if check.question_problem(q):
         row.update(reason="bad question", detail=check.question_problem(q))
         return row
-    row["short"] = short = _clean(gen.complete(prompts.short_prompt(chunk, q), MAX_SHORT))
-    row["long"] = long = _clean(gen.complete(prompts.long_prompt(chunk, q, short), MAX_LONG)) if short else ""
+    row["short"] = short = _clean(gen.complete(prompts.short_prompt(chunk, q, variant), MAX_SHORT))
+    row["long"] = long = _clean(gen.complete(prompts.long_prompt(chunk, q, short, variant), MAX_LONG)) if short else ""
     if not check.content_words(short) or not check.content_words(long):
         row["reason"] = "empty answer"
     elif check.answer_in_question(short, q):
@@ -225,8 +245,11 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
 
     t0 = time.perf_counter()
     counts = {r: 0 for r in REASONS}
+    tries_counts = {r: 0 for r in REASONS}
     kept = 0
     for r in done.values():
+        for x in r.get("failed_tries", []):
+            tries_counts[x] += 1
         if r.get("reason") is None:
             kept += 1
         else:
@@ -240,7 +263,9 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
     def summary(final: bool) -> dict[str, Any]:
         s = {"settings": asdict(settings), "data": [str(p) for p in data], "out": str(out), "chunks": len(plan),
              "processed": len(done), "kept": kept, "rejected": {k: v for k, v in counts.items() if v},
-             "rejected_total": sum(counts.values()), "documents": len(docs), "documents_too_short": skipped,
+             "rejected_total": sum(counts.values()),
+             "rejected_tries": {k: v for k, v in tries_counts.items() if v},
+             "tries_total": kept + sum(tries_counts.values()), "documents": len(docs), "documents_too_short": skipped,
              "front_tokens_skipped": fronts,
              "seconds_this_run": round(time.perf_counter() - t0, 1), "finished": final}
         atomic_write(summary_path, json.dumps(s, indent=1) + "\n")
@@ -254,7 +279,9 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
         for d, ids, s, e in todo:
             cid = f"{d.name}@{s}"
             chunk = _clean(tok.decode(ids[s:e].tolist()))
-            row = judge(gen, chunk, kept_questions.get(d.name, []))
+            row = judge(gen, chunk, kept_questions.get(d.name, []), settings.tries)
+            for x in row["failed_tries"]:
+                tries_counts[x] += 1
             row = {"chunk_id": cid, "document": d.name, "chunk_start": s, "chunk_end": e, **row}
             if row["reason"] is None:
                 if d.name not in contexts:
