@@ -12,6 +12,8 @@ examples:
       --lr 1e-3 --batch-tokens 4096 --eval-data books/pg84.txt --out runs/tiny-yarn
   ctxext train --model smollm2-135m --scaling abf:base=925387 --data books/ --seq-len 32768 --steps 400 \\
       --lora --mixed-window --eval-every 100 --out runs/smol-32k
+  ctxext train --model smollm2-135m --scaling yarn:factor=2 --instruct qa.jsonl --seq-len 2048 --steps 40 \\
+      --lora --no-eval --out runs/smol-qa
   accelerate launch --config_file configs/accelerate/fsdp.yaml -m ctxext.cli train ... (same options)
 """
 
@@ -26,8 +28,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="HF directory, .gguf file, or built-in name (smollm2-135m, tiny-rope, …)")
     p.add_argument("--scaling", required=True, metavar="SPEC",
                    help="name:key=value,… or a ctxext JSON file, e.g. yarn:factor=4, linear:factor=4, abf:base=500000")
-    p.add_argument("--data", action="append", required=True, metavar="PATH",
-                   help="text file, folder or .jsonl of long documents; repeat for several")
+    p.add_argument("--data", action="append", metavar="PATH",
+                   help="text file, folder or .jsonl of long documents; repeat for several (or --instruct)")
+    p.add_argument("--instruct", action="append", metavar="FILE.jsonl",
+                   help="instruction tuning on long-document QA JSONL (ctxext synth-qa output or any layout eval "
+                        "--task longqa reads) instead of --data: prompt = whole context + question, target = the "
+                        "first answer; short examples packed into --seq-len rows, longer ones are an error "
+                        "(never truncated); see ctxext.train.instruct")
+    p.add_argument("--answer-loss-only", action="store_true",
+                   help="with --instruct: loss on the answer tokens only (default: on the long prompt too, the "
+                        "LLaMA 2 Long finding)")
     p.add_argument("--seq-len", type=int, required=True, help="training sequence length in tokens (the target window)")
     p.add_argument("--steps", type=int, required=True, help="optimizer steps")
     p.add_argument("--out", required=True, help="folder for checkpoints, results.json, summary.md, plots and final/")
@@ -78,7 +88,7 @@ def config_from_args(args: argparse.Namespace):
     from ..train.config import TrainConfig
 
     return TrainConfig(
-        model=args.model, scaling=args.scaling, data=tuple(args.data), seq_len=args.seq_len, steps=args.steps,
+        model=args.model, scaling=args.scaling, data=tuple(args.data or ()), seq_len=args.seq_len, steps=args.steps,
         out=args.out, lr=args.lr, batch_tokens=args.batch_tokens, micro_batch=args.micro_batch, warmup=args.warmup,
         schedule=args.schedule, min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, lora=args.lora, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
@@ -87,7 +97,8 @@ def config_from_args(args: argparse.Namespace):
         grad_checkpointing=not args.no_grad_checkpointing, loss_chunk=args.loss_chunk, attn=args.attn,
         evaluate=not args.no_eval, eval_every=args.eval_every, eval_data=tuple(args.eval_data or ()),
         eval_docs=args.eval_docs, passkey_trials=args.passkey_trials, save_every=args.save_every,
-        resume=args.resume, seed=args.seed, check_memory=not args.no_memory_check,
+        resume=args.resume, seed=args.seed, instruct=tuple(args.instruct or ()),
+        prompt_loss=not args.answer_loss_only, check_memory=not args.no_memory_check,
         command_line=getattr(args, "command_line", ""))
 
 

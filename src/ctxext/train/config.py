@@ -48,6 +48,8 @@ class TrainConfig:
     save_every: int = 100
     resume: bool = False
     seed: int = 0
+    instruct: tuple[str, ...] = ()  # QA JSONL files: instruction tuning instead of --data (train.instruct)
+    prompt_loss: bool = True  # with instruct: loss on the long prompt too (LLaMA 2 Long), else the answer only
     check_memory: bool = True
     command_line: str = field(default="", compare=False)
 
@@ -74,7 +76,9 @@ class TrainConfig:
         need(self.loss_chunk >= 1, f"--loss-chunk must be >= 1, got {self.loss_chunk}")
         need(self.eval_every >= 0, f"--eval-every must be >= 0, got {self.eval_every}")
         need(self.save_every >= 1, f"--save-every must be >= 1, got {self.save_every}")
-        need(bool(self.data), "--data is required (text files, folders or .jsonl)")
+        need(bool(self.data) != bool(self.instruct),
+             "give --data (text files, folders or .jsonl documents) or --instruct (QA .jsonl), exactly one")
+        need(not (self.instruct and self.mixed_window), "--mixed-window cannot be used with --instruct")
 
     @property
     def peak_lr(self) -> float:
@@ -96,4 +100,4 @@ class TrainConfig:
     # fields whose change makes a checkpoint unusable for --resume (the rest may differ, e.g. eval settings)
     RESUME_KEYS = ("model", "scaling", "data", "seq_len", "steps", "lr", "batch_tokens", "warmup", "schedule",
                    "min_lr_ratio", "weight_decay", "lora", "lora_rank", "lora_alpha", "lora_targets",
-                   "mixed_window", "short_fraction", "seed")
+                   "mixed_window", "short_fraction", "seed", "instruct", "prompt_loss")

@@ -81,11 +81,13 @@ def load_rows(paths: Iterable[str], tokenizer: Any, seq_len: int) -> PackedRows:
     return pack([d.tokens for d in docs], seq_len, tokenizer.eos_token_id)
 
 
-def model_inputs(ids: np.ndarray, starts: np.ndarray, row_len: int | None = None) -> dict[str, torch.Tensor]:
+def model_inputs(ids: np.ndarray, starts: np.ndarray, row_len: int | None = None,
+                 targets: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """input_ids, position_ids and shifted labels for rows (B, N), optionally re-cut into rows of row_len.
 
     positions count from the last document start (or row start); labels[t] = ids[t+1] when t+1 continues the
-    same document, else IGNORE (also at the last position)."""
+    same document (and, with `targets` (B, N) bool, is a target: instruction tuning's loss mask), else IGNORE
+    (also at the last position)."""
     if row_len is not None and row_len != ids.shape[1]:
         if ids.shape[1] % row_len:
             raise CtxextError(f"rows of {ids.shape[1]} tokens cannot be cut into rows of {row_len}")
@@ -95,7 +97,8 @@ def model_inputs(ids: np.ndarray, starts: np.ndarray, row_len: int | None = None
     idx = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
     last_start = np.maximum.accumulate(np.where(starts, idx, 0), axis=1)
     labels = np.full(ids.shape, IGNORE, dtype=np.int64)
-    labels[:, :-1] = np.where(starts[:, 1:], IGNORE, ids[:, 1:])
+    skip = starts[:, 1:] if targets is None else starts[:, 1:] | ~targets[:, 1:]
+    labels[:, :-1] = np.where(skip, IGNORE, ids[:, 1:])
     return {"input_ids": torch.from_numpy(ids.astype(np.int64)),
             "position_ids": torch.from_numpy((idx - last_start).astype(np.int64)),
             "labels": torch.from_numpy(labels)}

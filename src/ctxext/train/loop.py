@@ -164,7 +164,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
                           "(ctxext accumulates gradients itself, DeepSpeed's own accumulation is not wired in)")
     sharded = dtype_kind in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     plan = plan_run(cfg, min(cfg.micro_batch, per_rank), acc.mixed_precision == "bf16", world if sharded else 1)
-    data_files(cfg.data)
+    data_files(cfg.data or cfg.instruct)
     if cfg.eval_data:
         data_files(cfg.eval_data)
     prev = ckpt.read_progress(out) if cfg.resume else None
@@ -181,7 +181,12 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
     torch.manual_seed(cfg.seed)
     lm = build_model(cfg, plan.spec)
     with acc.main_process_first():
-        rows = load_rows(cfg.data, lm.tokenizer, cfg.seq_len)
+        if cfg.instruct:
+            from .instruct import load_instruct
+
+            rows = load_instruct(cfg.instruct, lm.tokenizer, cfg.seq_len, cfg.prompt_loss)
+        else:
+            rows = load_rows(cfg.data, lm.tokenizer, cfg.seq_len)
     L = plan.export.original_len
     if cfg.mixed_window and cfg.seq_len % L:
         raise CtxextError(f"--mixed-window cuts rows into the original window: --seq-len {cfg.seq_len} must be a "
@@ -214,7 +219,9 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             "processes": world, "distributed": dtype_kind.value, "device": device,
             "torch_threads": torch.get_num_threads(),
             "mixed_precision": acc.mixed_precision, "memory_estimate": plan.memory.as_dict(),
-            "rows": {"count": rows.n_rows, "documents": rows.n_documents, "rows_per_step": rows_per_step},
+            "rows": {"count": rows.n_rows, "documents": rows.n_documents, "rows_per_step": rows_per_step,
+                     **({"instruct_examples": rows.n_documents, "scored_answer_tokens": rows.scored_answer_tokens,
+                         "scored_prompt_tokens": rows.scored_prompt_tokens} if cfg.instruct else {})},
             "trainable_parameters": plan.n_trainable}
 
     def summary() -> dict[str, Any]:
@@ -253,7 +260,8 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             t0 = time.perf_counter()
             short = cfg.mixed_window and is_short_step(step, cfg.short_fraction)
             idx = order.rows(step * rows_per_step, rows_per_step)[rank * per_rank:(rank + 1) * per_rank]
-            batch = model_inputs(rows.ids[idx], rows.starts[idx], L if short else None)
+            batch = model_inputs(rows.ids[idx], rows.starts[idx], L if short else None,
+                                 getattr(rows, "targets", None)[idx] if cfg.instruct else None)
             lr = sched.get_last_lr()[0]
             loss = _optimizer_step(acc, model, opt, batch, cfg.micro_batch * (cfg.seq_len // L if short else 1),
                                    cfg.grad_clip)
