@@ -64,3 +64,15 @@ def test_cost_model():
     assert mc.peak_cached(16384) > mc.peak_forward(16384) - mc.logits()  # the KV cache adds
     assert fmt_bytes(3 * 2**30) == "3.0 GB" and fmt_bytes(5 * 2**20) == "5 MB"
     assert fmt_seconds(42) == "42 s" and fmt_seconds(150) == "2.5 min" and fmt_seconds(7200) == "2.0 h"
+
+
+def test_branch_peak_covers_the_batch_of_branches():
+    from ctxext.evals.cost import ModelCost
+    from ctxext.evals.scoring import BRANCH_BYTES
+    from ctxext.models import model_info
+
+    mc = ModelCost.of(model_info("tiny-rope"))
+    for n in (256, 2048, 16384):
+        assert mc.peak_branches(n) >= mc.peak_cached(n, plain=True)
+        assert mc.peak_branches(n) - mc.peak_cached(n, plain=True) <= 1.15 * (BRANCH_BYTES + mc.activations(4096))
+    assert mc.peak_branches(2048) >= 1.15 * (mc.weights() + mc.kv_cache(2048) + BRANCH_BYTES)

@@ -217,3 +217,73 @@ def test_probe_without_target_only_scores(tiny):
     assert r.correct is None and r.generated == 0 and r.nll.shape == (3,)
     full = p.prompt(base).tolist() + p.answer.tolist()
     np.testing.assert_allclose(r.nll, reference_nll(tiny.model, full)[-3:], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows, q_len, own, prefix", [(1, 5, 5, 30), (3, 4, 4, 17), (2, 1, 6, 9), (2, 3, 8, 12)])
+def test_branch_attention_equals_masked_sdpa_over_prefix_and_own_keys(rows, q_len, own, prefix):
+    """The fused branch attention (shared prefix of batch 1 read once for all rows and query heads, GQA, plus each
+    row's own keys, causal) equals SDPA over [prefix repeated per row | own keys] with the causal mask."""
+    from ctxext.evals.attention import _causal_parts, merge, prefix_part
+
+    g = torch.Generator().manual_seed(rows * 100 + q_len)
+    H, Hkv, D = 6, 2, 16
+    q = torch.randn(rows, H, q_len, D, generator=g)
+    pk, pv = torch.randn(1, Hkv, prefix + 3, D, generator=g)[:, :, :prefix], torch.randn(1, Hkv, prefix, D, generator=g)
+    ok, ov = torch.randn(rows, Hkv, own, D, generator=g), torch.randn(rows, Hkv, own, D, generator=g)
+    k = torch.cat([pk.expand(rows, -1, -1, -1), ok], 2).repeat_interleave(H // Hkv, 1)
+    v = torch.cat([pv.expand(rows, -1, -1, -1), ov], 2).repeat_interleave(H // Hkv, 1)
+    kv = prefix + own
+    mask = torch.ones(q_len, kv, dtype=torch.bool).tril(kv - q_len)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+    parts = [prefix_part(q, pk, pv, 0.3)]
+    parts += _causal_parts(q, ok.repeat_interleave(H // Hkv, 1), ov.repeat_interleave(H // Hkv, 1), 0.3)
+    torch.testing.assert_close(merge(parts), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_branch_batches_give_greedy_verdicts_and_plain_results(tiny, monkeypatch):
+    """With the mask-free attention the trials of a depth run as one batch of branches over a view of the shared
+    haystack cache: NLLs equal independent forwards, verdicts equal generate() on every trial (including the
+    undecided ones, decoded on from a single row of the batch), and the prefix is never copied per probe."""
+    from ctxext.evals import attention
+
+    rows_seen = []
+    real = scoring.Scorer._branches
+
+    def spy(self, shared, at, items):
+        rows_seen.append(len(items))
+        return real(self, shared, at, items)
+
+    monkeypatch.setattr(scoring.Scorer, "_branches", spy)
+    monkeypatch.setattr(scoring, "BATCH_TOKENS", 256)  # several calls per batch, partial last chunk
+    with fast_attention(tiny.model):
+        assert attention.fused_branches(tiny.model)
+        scorer = Scorer(tiny.model, tiny.tokenizer, MAX_NEW)
+        seen = {"correct": 0, "wrong": 0, "decoded": 0}
+        for length in (256, 512):
+            base, probes, _ = passkey_grid(tiny, length, (0.0, 0.5, 1.0), trials=3)
+            cases = list(probes)
+            cases += [dataclasses.replace(p, answer=np.roll(p.answer, -1)) for p in probes]  # wrong answers forced
+            rows_before = len(rows_seen)
+            fused = list(scorer.scores(base, cases, reuse=True))
+            plain = scorer.score(base, cases, reuse=False)
+            assert max(rows_seen[rows_before:]) > 1  # trials really were batched
+            for (i, a, _, _) in fused:
+                b, p = plain[i], cases[i]
+                np.testing.assert_allclose(a.nll, b.nll, rtol=1e-4, atol=1e-4)
+                text = greedy_text(tiny.model, tiny.tokenizer, p.prompt(base))
+                assert a.correct == b.correct == greedy_verdict(text, p.target), (length, p.at, p.target, text)
+                seen["correct" if a.correct else "wrong"] += 1
+                seen["decoded"] += a.generated > 0
+            assert sum(x[2] for x in fused) < 0.7 * sum(len(c.prompt(base)) + len(c.answer) for c in cases)
+    assert seen["wrong"] and seen["decoded"], seen
+
+
+def test_branch_cache_refuses_an_attention_that_ignores_its_prefix(tiny):
+    """Without the mask-free attention a branch cache would silently drop the prefix: the forward fails instead."""
+    from ctxext.evals.attention import branch_cache
+
+    shared = scoring.new_cache(tiny.model)
+    scoring.extend(tiny.model, shared, np.arange(5, 40))
+    cache = branch_cache([(layer.keys, layer.values) for layer in shared.layers])
+    with pytest.raises(RuntimeError, match="prefix"):
+        scoring.hidden_rows(tiny.model, np.arange(3, 9)[None], cache)  # stock SDPA: not fused

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data import cache_root
-from .scoring import LOGITS_BYTES, PREFILL_CHUNK
+from .scoring import BATCH_TOKENS, BRANCH_BYTES, LOGITS_BYTES, PREFILL_CHUNK
 
 RUNTIME_BYTES = 350 * 2**20  # python + torch + tokenizer, measured ~300 MB on CPU
 SAFETY = 1.15  # allocator slack on top of the sum
@@ -83,6 +83,15 @@ class ModelCost:
         chunk = min(total, PREFILL_CHUNK)
         act = max(self.activations(chunk) + 2.0 * chunk * total * 4, self.activations(total) if plain else 0.0)
         return SAFETY * (RUNTIME_BYTES + self.weights() + self.kv_cache(total) + act + self.logits())
+
+    def peak_branches(self, total: int) -> float:
+        """A depth sweep with a shared prefix: the haystack cache (<= total tokens) plus one batch of branches,
+        whose own KV stays within one prompt's or BRANCH_BYTES (scoring.Scorer._rows), BATCH_TOKENS queries per
+        call; never less than the plain probe path (the fallback when the branches cannot be fused)."""
+        own = max(self.kv_cache(total), float(BRANCH_BYTES))
+        act = self.activations(min(BATCH_TOKENS, 2 * total))
+        fused = SAFETY * (RUNTIME_BYTES + self.weights() + self.kv_cache(total) + own + act + self.logits())
+        return max(fused, self.peak_cached(total, plain=True))
 
 
 # ------------------------------------------------------------------------------------------- the machine

@@ -84,7 +84,7 @@ def depth_cost(mc: Any, length: int, depths: list[float], trials: int, s: Settin
             mc.flops(length - int(x * length), int(x * length), scored=8) for x in d)
     else:
         total = trials * len(d) * mc.flops(length, scored=8)
-    return total / len(d), mc.peak_cached(length, plain=True)
+    return total / len(d), mc.peak_branches(length) if s.reuse_prefix else mc.peak_cached(length, plain=True)
 
 
 def sentence_starts(tokenizer: Any, ids: np.ndarray) -> np.ndarray:

@@ -10,21 +10,29 @@
   wrong; only an undecided case (e.g. greedy starts with a newline instead of the number) continues with
   real greedy decoding from the cache. Verdicts therefore equal `generate(do_sample=False)` exactly.
 - Prompts that share a haystack prefix (several needle depths and trials at one length) encode the prefix
-  once: the KV cache is extended depth by depth and cropped back after each probe.
+  once: one KV cache of the haystack is extended depth by depth. With the mask-free attention
+  (`attention.fast_attention`, CPU) the trials of one depth then run as one batch of branches over a read-only
+  view of that cache (`attention.BranchCache`: no copy of the prefix, no per-row or per-head repeat, one
+  forward per depth); otherwise each probe extends the shared cache and crops it back.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from .attention import branch, branch_cache, fused_branches
+
 LOGITS_BYTES = 128 * 2**20  # at most this much fp32 logits at once
 PREFILL_CHUNK = 2048  # queries per cached forward call (bounds the attention mask: chunk × total)
+BATCH_TOKENS = 4096  # queries per forward call of a batch of branches (rows × tokens)
+BRANCH_BYTES = 512 * 2**20  # the rows of one branch batch keep at most this much own KV (or one prompt's worth)
 
 
 # ------------------------------------------------------------------------------------------ model parts
@@ -59,12 +67,23 @@ def device_of(model: Any) -> torch.device:
 
 
 @torch.inference_mode()
+def hidden_rows(model: Any, ids: Any, cache: Any = None) -> torch.Tensor:
+    """Final hidden states (B, T, H) of B equally long sequences (ids (B, T)); appends to `cache` when given
+    (a BranchCache runs with its prefix made visible to the attention)."""
+    body, _ = body_and_head(model)
+    x = _ids(ids, device_of(model))
+    fused = hasattr(cache, "take_prefix")
+    if fused and not fused_branches(model):
+        raise RuntimeError("a branch cache needs the mask-free attention (inside fast_attention, CPU, unpatched "
+                           "layers); any other attention would ignore its prefix")
+    with branch(cache) if fused else nullcontext():
+        out = body(input_ids=x, past_key_values=cache, use_cache=cache is not None)
+    return out.last_hidden_state
+
+
 def hidden_states(model: Any, ids: Any, cache: Any = None) -> torch.Tensor:
     """Final hidden states (T, H) of one sequence; appends to `cache` when given."""
-    body, _ = body_and_head(model)
-    x = _ids(ids, device_of(model))[None]
-    out = body(input_ids=x, past_key_values=cache, use_cache=cache is not None)
-    return out.last_hidden_state[0]
+    return hidden_rows(model, np.asarray(ids)[None], cache)[0]
 
 
 @torch.inference_mode()
@@ -99,6 +118,11 @@ def crop(cache: Any, length: int) -> None:
     extra = cache.get_seq_length() - length
     if extra > 0:
         cache.crop(-extra)
+
+
+def _cropped(cache: Any, length: int) -> Any:
+    crop(cache, length)
+    return cache
 
 
 @torch.inference_mode()
@@ -180,9 +204,10 @@ class Scorer:
         self.eos = eos_ids(model, tokenizer)
         self.decode_seconds = 0.0  # time spent in greedy decoding past the teacher-forced forward
 
-    # -- one probe, given the hidden states of its last k+1 positions and a cache holding prompt+answer
+    # -- one probe, given the hidden states of its last k+1 positions and `resume(n)`: a cache holding the first
+    # n tokens of prompt + answer (called only when greedy decoding has to go on)
     @torch.inference_mode()
-    def _judge(self, pr: Probe, h: torch.Tensor, cache: Any, prompt_len: int) -> ProbeResult:
+    def _judge(self, pr: Probe, h: torch.Tensor, resume: Callable[[int], Any], prompt_len: int) -> ProbeResult:
         k = len(pr.answer)
         lg = logits(self.model, h)  # (k+1, V): position j predicts answer[j]; row k is after the answer
         ans = _ids(pr.answer, lg.device)
@@ -197,8 +222,7 @@ class Scorer:
             seq = answer[:i] + [g]
             verdict, steps = self._decide(seq, pr.target)
             if verdict is None:  # undecided: continue greedy decoding from the cached prompt + answer[:i]
-                crop(cache, prompt_len + i)
-                verdict, steps = self._greedy(cache, seq, pr.target)
+                verdict, steps = self._greedy(resume(prompt_len + i), seq, pr.target)
             return ProbeResult(nll, verdict, steps)
         raise AssertionError("unreachable: the loop returns at the latest after the answer")
 
@@ -224,32 +248,85 @@ class Scorer:
                reuse: bool = True) -> Iterator[tuple[int, ProbeResult, int, int]]:
         """Yields (index, result, tokens encoded, tokens they attended to before them) probe by probe.
         Probes run by increasing needle position, so the haystack before each needle extends one shared
-        cache (when `reuse` and the prefix is valid for the prompt's length), cropped back after each probe."""
+        cache (when `reuse` and the prefix is valid for the prompt's length). The (tokens, attended) pair of a
+        probe covers the haystack piece it added to the shared cache and its own tokens after the needle, which
+        follow that piece: `cost.flops(tokens, attended)` is the work done for it."""
         base = np.asarray(base)
-        shared, cur = None, 0
-        for i in sorted(range(len(probes)), key=lambda j: probes[j].at):
-            pr = probes[i]
+        for pr in probes:
             if len(pr.answer) + 1 > self.max_new_tokens:
                 raise ValueError(f"answer of {len(pr.answer)} tokens needs max_new_tokens > {len(pr.answer)}")
-            prompt = pr.prompt(base)
-            full = np.concatenate([prompt, pr.answer]).astype(np.int64)
-            keep = len(pr.answer) + 1
-            if reuse and pr.at > 0 and self.reusable(pr.at, len(full)):
-                if shared is None or cur > pr.at:
-                    shared, cur = new_cache(self.model), 0
-                new, past = len(full) - cur, cur
-                extend(self.model, shared, base[cur:pr.at])
-                cur = pr.at
-                h = extend(self.model, shared, full[pr.at:], keep=keep)
-                res = self._judge(pr, h, shared, len(prompt))
-                crop(shared, pr.at)
-            else:  # one plain forward over the whole prompt
+        fused = reuse and fused_branches(self.model)
+        order = sorted(range(len(probes)), key=lambda j: probes[j].at)
+        fulls = {i: np.concatenate([probes[i].prompt(base), probes[i].answer]).astype(np.int64) for i in order}
+
+        def shares(i: int) -> bool:
+            return reuse and probes[i].at > 0 and self.reusable(probes[i].at, len(fulls[i]))
+
+        shared, cur, k = None, 0, 0
+        while k < len(order):
+            i = order[k]
+            pr, full = probes[i], fulls[i]
+            if not shares(i):  # one plain forward over the whole prompt
+                k += 1
+                keep = len(pr.answer) + 1
                 cache = new_cache(self.model) if pr.target is not None else None  # kept for greedy fallback
                 h = hidden_states(self.model, full, cache)[-keep:]
-                new, past = len(full), 0
-                res = self._judge(pr, h, cache, len(prompt))
+                yield i, self._judge(pr, h, lambda n, c=cache: _cropped(c, n), len(full) - len(pr.answer)), len(full), 0
                 del cache
-            yield i, res, new, past
+                continue
+            if shared is None or cur > pr.at:
+                shared, cur = new_cache(self.model), 0
+            start = cur
+            extend(self.model, shared, base[cur:pr.at])
+            cur = pr.at
+            if fused:  # the following probes at this needle position with as many tokens: one batch of branches
+                group = [i]
+                while (k + len(group) < len(order) and len(group) < self._rows(len(full) - pr.at, len(full))
+                       and probes[order[k + len(group)]].at == pr.at and len(fulls[order[k + len(group)]]) == len(full)
+                       and shares(order[k + len(group)])):
+                    group.append(order[k + len(group)])
+                k += len(group)
+                for n, (j, res) in enumerate(self._branches(shared, pr.at, [(j, probes[j], fulls[j]) for j in group])):
+                    yield j, res, len(full) - (start if n == 0 else pr.at), start if n == 0 else pr.at
+                continue
+            k += 1  # one branch in the shared cache itself, cropped back afterwards
+            keep = len(pr.answer) + 1
+            h = extend(self.model, shared, full[pr.at:], keep=keep)
+            res = self._judge(pr, h, lambda n: _cropped(shared, n), len(full) - len(pr.answer))
+            crop(shared, pr.at)
+            yield i, res, len(full) - start, start
+
+    def _rows(self, own: int, total: int) -> int:
+        """How many branches of `own` tokens each one batch may hold: their own KV stays within one whole
+        prompt's or BRANCH_BYTES, whichever is more."""
+        cfg = self.model.config.get_text_config(decoder=True) if hasattr(self.model.config, "get_text_config") \
+            else self.model.config
+        per_token = 2 * cfg.num_hidden_layers * getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * \
+            (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads) * \
+            next(self.model.parameters()).element_size()
+        return max(1, max(total, BRANCH_BYTES // per_token) // max(own, 1))
+
+    @torch.inference_mode()
+    def _branches(self, shared: Any, at: int, items: list[tuple[int, Probe, np.ndarray]]
+                  ) -> Iterator[tuple[int, ProbeResult]]:
+        """Probes whose prompts share `shared`'s first `at` tokens and have equally many tokens after them, as B
+        rows of one forward over a read-only view of that prefix."""
+        prefix = [(layer.keys[:, :, :at], layer.values[:, :, :at]) for layer in shared.layers]
+        cache = branch_cache(prefix)
+        ids = np.stack([full[at:] for _, _, full in items])
+        rows, n = ids.shape
+        keep = max(len(pr.answer) for _, pr, _ in items) + 1
+        chunk = max(1, BATCH_TOKENS // rows)
+        kept = []
+        for s in range(0, n, chunk):
+            h = hidden_rows(self.model, ids[:, s:s + chunk], cache)
+            if s + h.shape[1] > n - keep:
+                kept.append(h[:, max(0, n - keep - s):])
+        h = torch.cat(kept, dim=1)
+        for b, (i, pr, full) in enumerate(items):
+            prompt_len = len(full) - len(pr.answer)
+            res = self._judge(pr, h[b, keep - len(pr.answer) - 1:], lambda m, b=b: cache.row(b, m), prompt_len)
+            yield i, res
 
     def score(self, base: np.ndarray, probes: Sequence[Probe], reuse: bool = True) -> list[ProbeResult]:
         """Results in the order of `probes`."""
