@@ -279,7 +279,7 @@ def test_smollm2_kept_answers_are_in_their_chunks(tmp_path, book_part):
     and long answer has all its content words in its chunk, and the summary counts every chunk once."""
     out = tmp_path / "qa.jsonl"
     assert main(["synth-qa", "--data", book_part, "--out", str(out), "--per-doc", "10", "--max-len", "1024",
-                 "--min-len", "512", "--no-progress"]) == 0
+                 "--min-len", "512", "--tries", "3", "--no-progress"]) == 0
     summary = json.loads(synth_run.side_files(out)[1].read_text())
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert summary["kept"] == len(rows) >= 1
