@@ -141,6 +141,10 @@ def planner_section() -> str:
 
 
 # -------------------------------------------------------------------------------------------------- speed
+def _cpus(ev: dict) -> str:
+    return str((ev.get("machine") or {}).get("cpu_count", "?"))
+
+
 def speed_section() -> str:
     lines = []
     ev = _load(RES / "eval_speed.json")
@@ -157,9 +161,13 @@ def speed_section() -> str:
                   f"**{o['process_peak_mb'] / n['process_peak_mb']:.2f}×** | |"]
         pr = ev.get("prefix_reuse")
         if pr:
-            lines += ["", f"Passkey grid at {pr['length']:,} tokens, {len(pr['depths'])} depths: shared-prefix reuse costs "
-                      f"{pr['cost_ratio']:.2f}× the time of independent forwards ({pr['token_ratio']:.2f}× the tokens), "
-                      f"same verdicts: {pr['same_verdicts']}."]
+            load = pr.get("loadavg_1min")
+            lines += ["", f"Passkey grid at {pr['length']:,} tokens, {len(pr['depths'])} depths × {pr['trials']} trials: "
+                      f"shared-prefix reuse costs {pr['cost_ratio']:.2f}× the time of independent forwards "
+                      f"({pr['token_ratio']:.2f}× the tokens, {pr['flop_ratio']:.2f}× the FLOPs; best of "
+                      f"{len(pr['rounds']['reuse'])} alternating rounds, {pr.get('threads', '?')} threads"
+                      + (f", 1-min load average {load[0]:.1f} → {load[1]:.1f} on {_cpus(ev)} cores" if load else "")
+                      + f"), same verdicts: {pr['same_verdicts']}."]
     tr = _load(RES / "train_speed-cpu.json")
     if tr:
         lines += ["", f"Training {tr['meta']['model']} ({tr['meta']['scaling']}, {_machine(tr['meta'].get('machine'))}):", "",
