@@ -202,20 +202,21 @@ def main() -> None:
         for r in (best_o, best_n):
             r["fraction_of_matmul_peak"] = flops / r["seconds"] / rate["fp32_matmul_flops"]
         report["ppl"] = {
+            "date": report["date"], "fp32_matmul_gflops": report["fp32_matmul_gflops"],
             "forward_flops": flops, "ours": best_o, "naive": best_n, "all_runs": {"ours": ours, "naive": naive},
             "speedup_vs_naive": best_n["seconds"] / best_o["seconds"],
             "loss_abs_diff": abs(best_o["loss"] - best_n["loss"]),
             "memory_limit_mb": 2048, "memory_ok": best_o["process_peak_mb"] <= 2048,
         }
     if "reuse" not in skip:
-        report["prefix_reuse"] = spawn("reuse", args)
+        report["prefix_reuse"] = {"date": report["date"], **spawn("reuse", args)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.is_file():  # a skipped part keeps its figures from the previous run (they carry their own dates)
+    if out.is_file():  # a skipped part keeps its figures from the previous run (each carries its date and matmul rate)
         old = json.loads(out.read_text())
         for part, key in (("ppl", "ppl"), ("reuse", "prefix_reuse")):
             if part in skip and key in old:
-                report[key] = {**old[key], "date": old[key].get("date", old.get("date"))}
+                report[key] = {"date": old.get("date"), "fp32_matmul_gflops": old.get("fp32_matmul_gflops"), **old[key]}
     out.write_text(json.dumps(report, indent=1) + "\n")
     if "ppl" in report:
         p = report["ppl"]

@@ -225,6 +225,33 @@ def test_tries_keep_the_first_passing_attempt(tmp_path, tiny, scripted, book_par
     assert all(r["failed_tries"] == (["answer not in chunk"] if r["try"] else []) for r in log)
 
 
+def test_contexts_split_a_long_document(tmp_path, tiny, scripted, book_part):
+    """--contexts 3: consecutive contexts of max_len - RESERVE tokens, each with its own chunks inside it; the first
+    context is the one-context run's (same chunk ids), and each example's context is its own part of the book."""
+    one = SynthSettings(model="tiny-rope", per_doc=4, min_len=512, max_len=1024)
+    three = SynthSettings(model="tiny-rope", per_doc=4, min_len=512, max_len=1024, contexts=3)
+    a, b = tmp_path / "one.jsonl", tmp_path / "three.jsonl"
+    ra = synthesize([book_part], a, one, progress=False, lm=tiny, log=lambda m: None)
+    scripted.calls = 0
+    rb = synthesize([book_part], b, three, progress=False, lm=tiny, log=lambda m: None)
+    assert ra["contexts"] == 1 and rb["contexts"] == 3 and rb["chunks"] == 12 == 3 * ra["chunks"]
+    log_a = [json.loads(x)["chunk_id"] for x in synth_run.side_files(a)[0].read_text().splitlines()]
+    log_b = [json.loads(x)["chunk_id"] for x in synth_run.side_files(b)[0].read_text().splitlines()]
+    assert log_b[:4] == log_a and {c.split("@")[0] for c in log_b[4:]} == {book_part + "#1", book_part + "#2"}
+    from ctxext.data import load_documents
+
+    ids = load_documents([book_part], tiny.tokenizer)[0].tokens
+    budget = 1024 - synth_run.RESERVE
+    front = rb["front_tokens_skipped"][book_part]
+    rows = [json.loads(x) for x in b.read_text().splitlines()]
+    assert {r["context_start"] for r in rows} == {front, front + budget, front + 2 * budget}
+    for r in rows:
+        k = (r["context_start"] - front) // budget
+        assert r["document"] == (book_part if k == 0 else f"{book_part}#{k}")
+        assert r["context"] == tiny.tokenizer.decode(ids[r["context_start"]:r["context_start"] + budget])
+        assert r["chunk"] in " ".join(r["context"].split())
+
+
 def test_errors_before_weights(tmp_path, capsys):
     book = str(books_dir() / BOOK)
     for args, msg in [
@@ -235,6 +262,7 @@ def test_errors_before_weights(tmp_path, capsys):
         (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--skip-front", "-3"], "--skip-front must be 'auto'"),
         (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--skip-front", "chapter"], "--skip-front must be"),
         (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--tries", "0"], "--tries must be >= 1"),
+        (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--contexts", "0"], "--contexts must be >= 1"),
         (["--data", book, "--out", str(tmp_path / "x.jsonl"), "--model", "no-such-model"], "no-such-model"),
     ]:
         capsys.readouterr()

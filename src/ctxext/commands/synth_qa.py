@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-len", type=int, default=1024, help="skip documents shorter than this many tokens (1024)")
     p.add_argument("--max-len", type=int, default=4096,
                    help="target example length in tokens: context = the document's first max-len - 128 (4096)")
+    p.add_argument("--contexts", type=int, default=1, metavar="K",
+                   help="contexts per document: a long document gives up to K consecutive contexts of --max-len - 128 "
+                   "tokens, each with --per-doc chunks (default 1: only its first)")
     p.add_argument("--chunk-tokens", type=int, default=80, help="longest chunk in tokens (whole sentences; 80)")
     p.add_argument("--seed", type=int, default=0, help="seed of the chunk choice (default 0)")
     p.add_argument("--skip-front", default="auto", metavar="auto|none|N",
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     s = SynthSettings(model=args.model, per_doc=args.per_doc, min_len=args.min_len, max_len=args.max_len,
                       chunk_tokens=args.chunk_tokens, seed=args.seed, chat=args.chat,
-                      skip_front=args.skip_front, tries=args.tries)
+                      skip_front=args.skip_front, tries=args.tries, contexts=args.contexts)
     res = synthesize(args.data, args.out, s, resume=args.resume, progress=not args.no_progress)
     print(f"wrote {res['kept']} examples to {args.out}; summary {res['out'].removesuffix('.jsonl')}.summary.json")
     return 0

@@ -5,7 +5,9 @@ chapter 1 ('Chapter I', 'CHAPTER 1.', 'Chapter One'; 'ACT I' for a play) in the 
 a table of contents lists it first; nothing skipped when there is none; 'none'; or a number of tokens. The
 Project Gutenberg header itself is already removed by ctxext.data). Documents with fewer than min_len tokens
 left are skipped. The context is the next `max_len - RESERVE` tokens (RESERVE leaves room for the question and
-the answer in a max_len-token training example). Chunks are runs of whole sentences of at most `chunk_tokens`
+the answer in a max_len-token training example); with `contexts` K > 1, a long document gives up to K consecutive
+contexts of that size (a last part shorter than min_len is dropped), each with its own chunks, so one book yields
+many examples. Chunks are runs of whole sentences of at most `chunk_tokens`
 tokens starting at a sentence start inside the context; `per_doc` of them, pairwise non-overlapping (spans
 visited in a random order, each taken unless it overlaps one already taken; fewer when no more fit), drawn with
 numpy's generator seeded by (seed, document index), so a run is reproducible. For each chunk the generator writes a question, a short answer and a long answer (greedy), then
@@ -63,6 +65,7 @@ class SynthSettings:
     chat: bool = False
     skip_front: str = "auto"
     tries: int = 1
+    contexts: int = 1
 
     def validate(self) -> None:
         if self.skip_front not in ("auto", "none") and not (self.skip_front.isdigit()):
@@ -72,6 +75,8 @@ class SynthSettings:
             raise CtxextError(f"--tries must be >= 1, got {self.tries}")
         if self.per_doc < 1:
             raise CtxextError(f"--per-doc must be >= 1, got {self.per_doc}")
+        if self.contexts < 1:
+            raise CtxextError(f"--contexts must be >= 1, got {self.contexts}")
         if self.max_len < RESERVE + 2 * self.chunk_tokens:
             raise CtxextError(f"--max-len {self.max_len} is too short: it must hold a chunk of {self.chunk_tokens} "
                               f"tokens twice over plus {RESERVE} tokens for the question and answer "
@@ -138,6 +143,11 @@ def pick_chunks(tokenizer: Any, ids: np.ndarray, n: int, chunk_tokens: int,
             if len(taken) == n:
                 break
     return sorted(taken)
+
+
+def _doc(context_name: str) -> str:
+    """The document a context belongs to ('book.txt#2' -> 'book.txt'): duplicate questions are per document."""
+    return context_name.split("#")[0]
 
 
 def _clean(text: str) -> str:
@@ -234,10 +244,16 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
             skipped.append(d.name)
             continue
         fronts[d.name] = front
-        ids = np.asarray(d.tokens[front:front + budget], dtype=np.int64)
-        for s, e in pick_chunks(tok, ids, settings.per_doc, settings.chunk_tokens,
-                                np.random.default_rng([settings.seed, di])):
-            plan.append((d, ids, s, e))
+        for k in range(settings.contexts):
+            start = front + k * budget
+            ids = np.asarray(d.tokens[start:start + budget], dtype=np.int64)
+            if k and len(ids) < settings.min_len:
+                break
+            # context 0 keeps the one-context names and seeds (runs made before --contexts resume unchanged)
+            name = d.name if k == 0 else f"{d.name}#{k}"
+            rng = np.random.default_rng([settings.seed, di] if k == 0 else [settings.seed, di, k])
+            for s, e in pick_chunks(tok, ids, settings.per_doc, settings.chunk_tokens, rng):
+                plan.append((name, start, ids, s, e))
     if not plan:
         raise CtxextError(f"no document has >= --min-len {settings.min_len} tokens after the skipped front "
                           f"(--skip-front {settings.skip_front}) and whole-sentence chunks "
@@ -258,42 +274,43 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
     kept_questions: dict[str, list[str]] = {}
     for r in done.values():
         if r.get("reason") is None and r.get("question"):
-            kept_questions.setdefault(r.get("document", ""), []).append(r["question"])
+            kept_questions.setdefault(_doc(r.get("document", "")), []).append(r["question"])
 
     def summary(final: bool) -> dict[str, Any]:
         s = {"settings": asdict(settings), "data": [str(p) for p in data], "out": str(out), "chunks": len(plan),
              "processed": len(done), "kept": kept, "rejected": {k: v for k, v in counts.items() if v},
              "rejected_total": sum(counts.values()),
              "rejected_tries": {k: v for k, v in tries_counts.items() if v},
-             "tries_total": kept + sum(tries_counts.values()), "documents": len(docs), "documents_too_short": skipped,
+             "tries_total": kept + sum(tries_counts.values()), "documents": len(docs),
+             "contexts": len({p[0] for p in plan}), "documents_too_short": skipped,
              "front_tokens_skipped": fronts,
              "seconds_this_run": round(time.perf_counter() - t0, 1), "finished": final}
         atomic_write(summary_path, json.dumps(s, indent=1) + "\n")
         return s
 
     summary(False)
-    todo = [p for p in plan if f"{p[0].name}@{p[2]}" not in done]
+    todo = [p for p in plan if f"{p[0]}@{p[3]}" not in done]
     bar = tqdm(total=len(plan), initial=len(plan) - len(todo), disable=not progress, unit="chunk",
                dynamic_ncols=True)
     try:
-        for d, ids, s, e in todo:
-            cid = f"{d.name}@{s}"
+        for name, start, ids, s, e in todo:
+            cid = f"{name}@{s}"
             chunk = _clean(tok.decode(ids[s:e].tolist()))
-            row = judge(gen, chunk, kept_questions.get(d.name, []), settings.tries)
+            row = judge(gen, chunk, kept_questions.get(_doc(name), []), settings.tries)
             for x in row["failed_tries"]:
                 tries_counts[x] += 1
-            row = {"chunk_id": cid, "document": d.name, "chunk_start": s, "chunk_end": e, **row}
+            row = {"chunk_id": cid, "document": name, "chunk_start": s, "chunk_end": e, **row}
             if row["reason"] is None:
-                if d.name not in contexts:
-                    contexts[d.name] = tok.decode(ids.tolist())
-                ex = {"id": cid, "context": contexts[d.name], "question": row["question"],
+                if name not in contexts:
+                    contexts[name] = tok.decode(ids.tolist())
+                ex = {"id": cid, "context": contexts[name], "question": row["question"],
                       "answers": [row["short"]], "long_answer": row["long"], "chunk": chunk,
-                      "chunk_tokens": [s, e], "context_start": fronts[d.name], "document": d.name, "verify_logodds": row["verify"],
+                      "chunk_tokens": [s, e], "context_start": start, "document": name, "verify_logodds": row["verify"],
                       "generator": settings.model}
                 with out.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(ex, ensure_ascii=False) + "\n")
                 kept += 1
-                kept_questions.setdefault(d.name, []).append(row["question"])
+                kept_questions.setdefault(_doc(name), []).append(row["question"])
             else:
                 counts[row["reason"]] += 1
             with log_path.open("a", encoding="utf-8") as f:
