@@ -84,7 +84,9 @@ def test_tiny_export_writes_both_schemas(tmp_path, spec, rope_type, max_pos):
     else:
         assert cfg["rope_scaling"]["type"] == rope_type == cfg["rope_scaling"]["rope_type"]
         assert {k: v for k, v in cfg["rope_scaling"].items() if k != "type"} == {k: v for k, v in rp.items() if k != "rope_theta"}
-    assert res["verification"]["passed"] and res["verification"]["max_abs_logit_diff"] < 1e-4
+    # ctxext's in-memory model uses transformers' float32 rounding of the frequencies (models.stock_rope):
+    # the exported checkpoint computes exactly what ctxext measured
+    assert res["verification"]["passed"] and res["verification"]["max_abs_logit_diff"] == 0.0
     for f in ("model.safetensors", "tokenizer.json", "README.md", "results.json"):
         assert (tmp_path / "out" / f).is_file(), f
     assert spec in (tmp_path / "out" / "README.md").read_text()
@@ -128,3 +130,45 @@ def test_refuses_a_non_empty_out(tmp_path):
 def test_plan_keeps_original_length_from_an_extended_model():
     p = plan_export("tiny-rope", "yarn:factor=4")
     assert p.original_len == 256 and p.max_position_embeddings == 1024
+
+
+@pytest.mark.parametrize("spec", ["yarn:factor=4,beta_fast=16", "llama3:factor=4", "ntk-by-parts:factor=4"])
+def test_in_memory_frequencies_are_the_stock_ones(spec):
+    """apply_spec installs the inv_freq and attention factor transformers computes from the exported config, bit for
+    bit, and they agree with ctxext's own math to rtol 1e-6 (they differ by an ulp for these methods)."""
+    from transformers import AutoModelForCausalLM
+
+    from ctxext.models import apply_spec, load_model
+    from ctxext.models.apply import find_rotary
+    from ctxext.scaling import parse_spec, resolve_rope
+
+    lm = load_model("tiny-rope")
+    parsed = parse_spec(spec)
+    apply_spec(lm, parsed)
+    rot = find_rotary(lm.model)[2]
+    plan = plan_export("tiny-rope", parsed)
+    cfg = lm.model.config.__class__.from_dict({**lm.model.config.to_dict(), "rope_parameters": plan.rope_parameters,
+                                               "max_position_embeddings": plan.max_position_embeddings})
+    stock = AutoModelForCausalLM.from_config(cfg).model.rotary_emb
+    assert torch.equal(rot.inv_freq, stock.inv_freq) and rot.attention_scaling == stock.attention_scaling
+    ours = resolve_rope(parsed, lm.info.rope_shape)
+    np.testing.assert_allclose(rot.inv_freq.double().numpy(), ours.inv_freq, rtol=1e-6)
+
+
+def test_stock_frequencies_that_disagree_are_not_used(monkeypatch):
+    """A stock vector that is not ctxext's math (here scaled by 1.01) is never installed: ctxext's own stays."""
+    from transformers import modeling_rope_utils
+
+    from ctxext.models import load_model
+    from ctxext.models.stock_rope import stock_freqs
+    from ctxext.scaling import parse_spec, resolve_rope
+
+    lm = load_model("tiny-rope")
+    spec = parse_spec("yarn:factor=4")
+    ours = resolve_rope(spec, lm.info.rope_shape)
+    assert not np.array_equal(stock_freqs(lm.model.config, spec, ours).inv_freq, ours.inv_freq)  # an ulp apart
+    real = modeling_rope_utils.ROPE_INIT_FUNCTIONS["yarn"]
+    monkeypatch.setitem(modeling_rope_utils.ROPE_INIT_FUNCTIONS, "yarn",
+                        lambda cfg, dev, *a: (real(cfg, dev, *a)[0] * 1.01, real(cfg, dev, *a)[1]))
+    assert stock_freqs(lm.model.config, spec, ours) is ours
+    assert stock_freqs(lm.model.config, parse_spec("dynamic-ntk:factor=4"), ours) is ours  # length-dependent

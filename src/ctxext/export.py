@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CtxextError
-from .scaling import Spec, check_fits, hf_rope_fields, legacy_rope_fields, parse_spec
+from .scaling import Spec, check_fits, config_rope_fields, legacy_rope_fields, parse_spec
 
 VERIFY_TOKENS = 1000
 
@@ -43,10 +43,7 @@ def plan_export(model: str, spec: Spec | str) -> ExportPlan:
             raise CtxextError(f"cannot export '{spec.text}': stock {info.config.get('model_type', 'ALiBi')} configs "
                               "have no field for ALiBi slopes, so the checkpoint would silently use the original ones")
         return ExportPlan(model, spec, {}, int(info.trained_len), int(info.trained_len))
-    rope_parameters, max_pos = hf_rope_fields(spec, info.rope_shape)
-    kept = (info.config.get("rope_parameters") or {})
-    if isinstance(kept, dict) and "partial_rotary_factor" in kept:  # Phi-style partial rotary lives here in 5.x
-        rope_parameters = {**rope_parameters, "partial_rotary_factor": kept["partial_rotary_factor"]}
+    rope_parameters, max_pos = config_rope_fields(spec, info.config)
     return ExportPlan(model, spec, rope_parameters, max_pos, info.rope_shape.original_len)
 
 

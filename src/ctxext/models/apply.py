@@ -25,6 +25,7 @@ from .alibi import alibi_base_model, patch_alibi
 from .attention import SUPPORTED_MODEL_TYPES, attention_modules, make_plan, patch_attention
 from .load import LoadedModel
 from .rope import ScaledRotary
+from .stock_rope import stock_freqs
 
 Installer = Callable[[], Callable[[], None]]  # installs a patch, returns its undo
 
@@ -61,6 +62,8 @@ def _rope_installer(lm: LoadedModel, spec: Spec) -> Installer | None:
             raise CtxextError(f"'{spec.method}' patches attention, which ctxext supports for "
                               f"{', '.join(SUPPORTED_MODEL_TYPES)} models, not '{model_type}'")
         freqs = plan.resolved(plan.bucket(plan.L))
+    else:  # the float32 rounding stock transformers will use for the exported checkpoint (see stock_rope)
+        freqs = stock_freqs(lm.model.config, spec, freqs)
     rotary = ScaledRotary(freqs, base, plan).to(device)
 
     def install() -> Callable[[], None]:

@@ -53,6 +53,16 @@ def hf_rope_fields(spec: Spec, shape: RopeShape) -> tuple[dict[str, Any], int]:
     return rope_parameters, int(max_pos)
 
 
+def config_rope_fields(spec: Spec, config: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """hf_rope_fields for a model config: the spec's fields plus what the config's own rope_parameters carry
+    that the spec does not set (Phi-style partial_rotary_factor lives there in transformers 5.x)."""
+    rope_parameters, max_pos = hf_rope_fields(spec, rope_shape_from_config(config))
+    kept = config.get("rope_parameters") or {}
+    if isinstance(kept, dict) and "partial_rotary_factor" in kept:
+        rope_parameters = {**rope_parameters, "partial_rotary_factor": kept["partial_rotary_factor"]}
+    return rope_parameters, max_pos
+
+
 def legacy_rope_fields(rope_parameters: dict[str, Any]) -> dict[str, Any]:
     """The same rope as transformers 4.x fields: top-level rope_theta and rope_scaling (None for default)."""
     rest = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}

@@ -1,0 +1,62 @@
+"""The float32 inv_freq that stock transformers computes for the checkpoint ctxext would export.
+
+ctxext's methods (`ctxext.scaling`) compute frequencies from plain numbers; transformers computes the same
+formulas in float32 from the exported config, and for some methods (YaRN's ramp, llama3's bands) the two land an
+ulp apart (≤ 1.1e-7 relative). One ulp of the fastest pair is ~1e-4 rad at position 1 000, enough to move logits:
+SmolLM2 + yarn:factor=2 at 1 000 tokens differed from its stock-loaded export by 7.6e-5, and by 1.5e-4 (over
+export's 1e-4 check) after a LoRA run had sharpened the logits; with transformers' vector the difference is 0.
+
+So when a stock config expresses a static spec, the model ctxext evaluates and trains uses transformers' own
+rounding of the frequencies, and the exported checkpoint runs bit for bit what was measured. The vector is used
+only when it agrees with ctxext's to rtol 1e-6 (the reference tests hold that across methods, dims and bases);
+otherwise ctxext's own stays, and export's logit check reports the difference.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..errors import CtxextError
+from ..scaling import RopeFreqs, Spec, config_rope_fields
+
+AGREE_RTOL = 1e-6
+
+
+def stock_freqs(config: Any, spec: Spec, freqs: RopeFreqs) -> RopeFreqs:
+    """`freqs` (ctxext's for `spec` on a model with this PretrainedConfig) with transformers' inv_freq and attention
+    factor for the exported config; `freqs` itself when no stock function computes them (length-dependent methods;
+    a default-type rope, already computed the same way) or they disagree beyond AGREE_RTOL."""
+    stock = _stock(config, spec)
+    if stock is None:
+        return freqs
+    inv_freq, factor = stock
+    if inv_freq.shape != np.shape(freqs.inv_freq) or not np.allclose(inv_freq, freqs.inv_freq, rtol=AGREE_RTOL, atol=0.0) \
+            or not np.isclose(factor, freqs.attention_factor, rtol=AGREE_RTOL, atol=0.0):
+        return freqs
+    return replace(freqs, inv_freq=inv_freq, attention_factor=factor)
+
+
+def _stock(config: Any, spec: Spec) -> tuple[np.ndarray, float] | None:
+    if spec.entry.length_dependent:
+        return None
+    try:
+        rope_parameters, max_pos = config_rope_fields(spec, config.to_dict())
+    except CtxextError:  # no stock config expresses it (export refuses it for the same reason)
+        return None
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    fn = ROPE_INIT_FUNCTIONS.get(rope_parameters.get("rope_type", "default"))
+    if fn is None:
+        return None
+    cfg = copy.deepcopy(config)
+    cfg.rope_parameters = dict(rope_parameters)
+    cfg.max_position_embeddings = max_pos
+    try:
+        inv_freq, factor = fn(cfg, "cpu")
+    except (KeyError, TypeError, ValueError, AttributeError):  # a config layout this transformers does not read
+        return None
+    return inv_freq.detach().double().numpy(), float(factor)
