@@ -87,6 +87,29 @@ def test_summary_and_plots(full_run):
     assert len(list((out / "curves").glob("ppl-*.npy"))) == 4
 
 
+def test_answers_files_hold_every_trial(full_run):
+    """OUT/answers/<task>-<spec>-<length>.jsonl: one row per trial with the key, what greedy decoding answered and
+    the verdict; per depth, the share of correct rows is the accuracy record."""
+    import re
+
+    from ctxext.evals.files import slug
+
+    out, res = full_run
+    for task in ("passkey", "niah"):
+        for spec in ("default", "linear:factor=4"):
+            for L in (256, 1024):
+                path = out / "answers" / f"{task}-{slug(spec)}-{L}.jsonl"
+                rows = [json.loads(x) for x in path.read_text().splitlines()]
+                assert [(r["depth"], r["trial"]) for r in rows] == [(d, t) for d in (0.0, 0.5, 1.0) for t in (0, 1)]
+                for r in rows:
+                    assert len(r["target"]) in (5, 7) and r["target"].isdigit() and isinstance(r["answer"], str)
+                    got = re.search(r"\d+", r["answer"])
+                    assert r["correct"] == (got is not None and got.group() == r["target"])
+                for d in (0.0, 0.5, 1.0):
+                    acc = one(res, scaling=spec, task=task, length=L, depth=d)
+                    assert acc == sum(r["correct"] for r in rows if r["depth"] == d) / 2
+
+
 def test_past_the_window_default_explodes_and_interpolation_holds(full_run):
     """The fixture's real behaviour: default RoPE breaks past 256 tokens; linear ×4 without fine-tuning is worse
     than default inside the window (compressed angles) and better far past it (measured 159.5 vs 183.8 at 896-1023)."""

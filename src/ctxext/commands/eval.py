@@ -1,7 +1,8 @@
 """`ctxext eval`: perplexity curves, passkey, needle in a haystack, needle-driven perplexity and the loss-law
 fit, for every --scaling spec × --task × --lengths (× --depths), on one model load.
 
-Writes DIR/results.json (flat records, rewritten after every finished cell), DIR/summary.md and PNG plots.
+Writes DIR/results.json (flat records, rewritten after every finished cell), DIR/summary.md and PNG plots;
+DIR/answers/ holds every passkey/niah trial (key, what greedy decoding answered, verdict) and the longqa answers.
 --resume skips cells already in DIR/results.json. Before running it states the peak memory and time per cell,
 and refuses a length that cannot fit in memory.
 

@@ -8,12 +8,15 @@ encoded once per length and each probe pays only for what follows its needle.
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from ..errors import CtxextError
+from .files import atomic_write, slug
 from .scoring import Probe, Scorer
 from .tasks import Cell, Settings, TaskContext
 
@@ -61,6 +64,12 @@ def run_probes(ctx: TaskContext, task: str, cells: list[Cell], build: Builder
         trials = Counter(owners)
         left = trials.copy()
         right: dict[Cell, int] = defaultdict(int)
+        rows: dict[Cell, list[dict[str, Any]]] = defaultdict(list)
+        seen: Counter = Counter()
+        trial_of = []  # probe -> its trial index within its cell
+        for c in owners:
+            trial_of.append(seen[c])
+            seen[c] += 1
         decoded = 0
         for i, res, new, past in scorer.scores(base, probes, ctx.settings.reuse_prefix):
             ctx.tick(ctx.cost.flops(new, past, scored=len(probes[i].answer) + 1))
@@ -68,12 +77,30 @@ def run_probes(ctx: TaskContext, task: str, cells: list[Cell], build: Builder
             right[cell] += bool(res.correct)
             decoded += res.generated > 0
             left[cell] -= 1
+            rows[cell].append({"trial": trial_of[i], "depth": cell[1], "needle_at": probes[i].at,
+                               "target": probes[i].target, "answer": ctx.tokenizer.decode(list(res.tokens)),
+                               "correct": bool(res.correct), "greedy_steps": res.generated})
             if left[cell] == 0:
                 n = trials[cell]
+                write_answers(ctx, task, length, cell[1], sorted(rows.pop(cell), key=lambda r: r["trial"]))
                 yield cell, [ctx.record(task, length, cell[1], "accuracy", right[cell] / n, n)]
         if decoded:
             ctx.log(f"{task} @ {length}: {decoded}/{len(probes)} verdicts needed greedy decoding past the "
                     "teacher-forced answer")
+
+
+def answers_path(out: Path, task: str, spec_text: str, length: int) -> Path:
+    return Path(out) / "answers" / f"{task}-{slug(spec_text)}-{length}.jsonl"
+
+
+def write_answers(ctx: TaskContext, task: str, length: int, depth: float | None, rows: list[dict[str, Any]]) -> None:
+    """Every trial of a finished cell (target, what greedy decoding answered, verdict) into
+    OUT/answers/<task>-<spec>-<length>.jsonl, replacing that depth's earlier rows (a resumed run rewrites none of the
+    cells it skips)."""
+    path = answers_path(ctx.out, task, ctx.spec.text, length)
+    old = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    keep = [r for r in old if r.get("depth") != depth]
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in sorted(keep + rows, key=lambda r: (r["depth"], r["trial"]))))
 
 
 def depth_cost(mc: Any, length: int, depths: list[float], trials: int, s: Settings) -> tuple[float, float]:

@@ -190,6 +190,7 @@ class ProbeResult:
     nll: np.ndarray  # per answer token
     correct: bool | None  # None when the probe has no target
     generated: int  # greedy steps decoded beyond the single teacher-forced forward (0 = none needed)
+    tokens: tuple[int, ...] = ()  # the start of greedy decoding's output that decided the verdict
 
 
 class Scorer:
@@ -221,9 +222,9 @@ class Scorer:
                 continue
             seq = answer[:i] + [g]
             verdict, steps = self._decide(seq, pr.target)
-            if verdict is None:  # undecided: continue greedy decoding from the cached prompt + answer[:i]
+            if verdict is None:  # undecided: continue greedy decoding from the cached prompt + answer[:i] (extends seq)
                 verdict, steps = self._greedy(resume(prompt_len + i), seq, pr.target)
-            return ProbeResult(nll, verdict, steps)
+            return ProbeResult(nll, verdict, steps, tuple(seq))
         raise AssertionError("unreachable: the loop returns at the latest after the answer")
 
     def _decide(self, seq: list[int], target: str) -> tuple[bool | None, int]:
