@@ -1,7 +1,8 @@
-"""Every scaling method on SmolLM2-135M at 2x its window (16k) on held-out book text: perplexity per 2k bucket
-and passkey accuracy by depth, through `ctxext eval` (one model load, resumable).
+"""Every scaling method on SmolLM2-135M at 2x its window (16k) on held-out book text: perplexity per 2k bucket,
+passkey accuracy by depth, and a needle-in-a-haystack heatmap (lengths x depths) for a few methods, through
+`ctxext eval` (one model load per task, resumable).
 
-    python benchmarks/methods.py [--quick] [--tasks ppl,passkey] [--out benchmarks/results/methods]
+    python benchmarks/methods.py [--quick] [--tasks ppl,passkey,niah] [--out benchmarks/results/methods]
 
 Full: every method below at 16 384 tokens (one ~2-minute 16k forward per method and task cell on a 2-core CPU;
 the run resumes with finished cells kept, so it can be done in parts). --quick: four methods at the same 16 384
@@ -29,12 +30,15 @@ SPECS = ("default", "linear:factor=2", "ntk:factor=2", "dynamic-ntk:factor=2", "
 # streaming keeps a rolling cache, so it is measured by the stream-ppl task over the same tokens (same buckets)
 STREAMING = "streaming:sinks=4,window=2044"
 QUICK = ("default", "linear:factor=2", "ntk:factor=2", "yarn:factor=2")
+# the heatmap sweeps 4 lengths per method, so it covers the baseline, the usual choice and the two strongest others
+NIAH = ("default", "yarn:factor=2", "self-extend:group=4,window=2048", SEARCHED)
+NIAH_LENGTHS = (4096, 8192, 12288, 16384)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--tasks", default="ppl,passkey")
+    p.add_argument("--tasks", default="ppl,passkey,niah")
     p.add_argument("--specs", default=None, help="semicolon-separated specs overriding the default set")
     p.add_argument("--depths", default="0.1,0.5,0.9")
     p.add_argument("--out", type=Path, default=None)
@@ -51,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
                   command="python benchmarks/methods.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     os.chdir(ROOT)  # the searched spec is a path relative to the repo root
     for task in tasks:  # task by task, so a run cut short has whole columns of the table
+        if task == "niah":
+            run_eval("smollm2-135m", [s for s in specs if s in NIAH] if not args.specs else specs, [task],
+                     list(NIAH_LENGTHS), depths=args.depths, **common)
+            continue
         run_eval("smollm2-135m", specs, [task], [length], depths=args.depths, **common)
     if not args.quick and "ppl" in tasks and not args.specs:
         run_eval("smollm2-135m", [STREAMING], ["stream-ppl"], [length], **common)

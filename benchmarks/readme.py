@@ -105,9 +105,10 @@ def methods_section() -> str:
         res = _load(RES / name / "results.json")
         if res:
             body = methods_table(res, f"benchmarks/results/{name}")
-            png = RES / name / "ppl_by_position.png"
-            if png.is_file():
-                body += f"\n\n![ppl by position](benchmarks/results/{name}/ppl_by_position.png)"
+            for png, alt in (("ppl_by_position.png", "ppl by position"), ("passkey_heatmap.png", "passkey by depth"),
+                             ("niah_heatmap.png", "needle in a haystack, lengths x depths")):
+                if (RES / name / png).is_file():
+                    body += f"\n\n![{alt}](benchmarks/results/{name}/{png})"
             quick = _load(RES / "methods_quick" / "results.json")
             if name == "methods" and quick:
                 body += "\n\n" + ordering_note(res, quick)
