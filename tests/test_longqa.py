@@ -216,3 +216,13 @@ def test_samples_and_errors(tmp_path, qa_file, capsys):
         assert main(base + args) == 2, args
         err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("ctxext: error:")]
         assert len(err) == 1 and msg in err[0], (args, err)
+
+
+def test_estimate_counts_the_examples_the_files_hold(tmp_path, qa_file, capsys):
+    """--samples above the number of examples must not inflate the stated time (4 examples, --samples 1000)."""
+    lines = {}
+    for n in ("4", "1000"):
+        main(["eval", "--model", "tiny-rope", "--task", "longqa", "--data", str(qa_file), "--lengths", "4096",
+              "--samples", n, "--out", str(tmp_path / n), "--no-progress", "--dry-run"])
+        lines[n] = [x for x in capsys.readouterr().err.splitlines() if x.strip().startswith("longqa")]
+    assert len(lines["4"]) == 1 and lines["4"] == lines["1000"], lines
