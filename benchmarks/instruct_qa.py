@@ -44,6 +44,39 @@ def longqa(path: Path) -> dict[str, float]:
     return {r["metric"]: r["value"] for r in recs if r.get("task") == "longqa"}
 
 
+def crop_start(n: int, s: int, e: int, width: int, u: float) -> int:
+    """Start of a `width`-token window of an n-token context that holds the chunk [s, e), the chunk at relative
+    place u in [0, 1] of the free room (clamped to the context)."""
+    if e - s > width:
+        raise ValueError(f"chunk of {e - s} tokens does not fit in {width}")
+    start = s - int(round(u * (width - (e - s))))
+    return max(0, min(max(0, n - width), start))
+
+
+def cut_examples(src: Path, dst: Path, width: int) -> None:
+    """Each example of a synth-qa file with its context cut to `width` SmolLM2 tokens around its chunk (seeded
+    place of the chunk); the question and answers are unchanged."""
+    from ctxext.models.load import load_tokenizer
+    from ctxext.models.names import resolve_model_path
+
+    tok = load_tokenizer(resolve_model_path(MODEL))
+    rng = np.random.default_rng(0)
+    rows = []
+    for line in src.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        ids = tok(r["context"]).input_ids
+        s, e = r["chunk_tokens"]
+        start = crop_start(len(ids), s, e, width, float(rng.random()))
+        cut = tok.decode(ids[start:start + width])
+        if r["chunk"][:40] not in " ".join(cut.split()):  # chunks are stored whitespace-normalised
+            raise SystemExit(f"{r['id']}: the chunk is not in its cut context")
+        rows.append({**r, "context": cut, "chunk_tokens": [s - start, e - start],
+                     "context_start": r["context_start"] + start, "cut_from_tokens": len(ids)})
+    dst.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
 def main() -> None:
     import torch
 
@@ -56,16 +89,26 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--no-synth", action="store_true", help="use the kept examples written so far (synth stopped)")
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--examples", default=None,
+                    help="use this synth-qa output (e.g. a 16k run) instead of running synth-qa: each example's "
+                         "context is cut to the --max-len - 128 tokens around its chunk")
+    ap.add_argument("--results", default=str(OUT), help="folder for the summaries (default: %(default)s)")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    out = Path(a.results)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     tag = f"books_{a.max_len // 1024}k"
     qa = work / f"{tag}.jsonl"
     secs: dict[str, float] = {}
     summary_file = work / f"{tag}.summary.json"
-    if not a.no_synth and not (summary_file.is_file() and json.loads(summary_file.read_text()).get("finished")):
+    if a.examples:
+        src = Path(a.examples)
+        qa = work / f"{src.stem}_cut{a.max_len // 1024}k.jsonl"
+        summary_file = src.with_name(src.stem + ".summary.json")
+        cut_examples(src, qa, a.max_len - 128)
+    elif not a.no_synth and not (summary_file.is_file() and json.loads(summary_file.read_text()).get("finished")):
         secs["synth"] = ctxext(["synth-qa", "--model", MODEL, "--data", BOOKS, "--out", str(qa), "--per-doc", "60",
                                 "--max-len", str(a.max_len), "--chunk-tokens", str(a.chunk_tokens),
                                 "--tries", str(a.tries), "--resume", "--no-progress"])
@@ -90,7 +133,7 @@ def main() -> None:
                                  "--out", str(work / "after")])
     tres = json.loads((tr / "results.json").read_text())
     result = {
-        "model": MODEL, "spec": SPEC, "max_len": a.max_len, "books": BOOKS,
+        "model": MODEL, "spec": SPEC, "max_len": a.max_len, "books": BOOKS, "examples": a.examples,
         "synth": {k: synth[k] for k in ("settings", "chunks", "processed", "kept", "rejected", "rejected_total",
                                         "rejected_tries", "tries_total", "front_tokens_skipped")},
         "split": {"train": [rows[i]["id"] for i in train], "heldout": [rows[i]["id"] for i in held]},
@@ -102,10 +145,10 @@ def main() -> None:
         "longqa_heldout_before": longqa(work / "before"), "longqa_heldout_after": longqa(work / "after"),
         "seconds_this_run": secs, "torch_threads": torch.get_num_threads(),
     }
-    (OUT / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     for name in ("before", "after"):
         for f in (work / name).glob("**/*.jsonl"):
-            shutil.copy(f, OUT / f"answers_{name}.jsonl")
+            shutil.copy(f, out / f"answers_{name}.jsonl")
     print(json.dumps({k: result[k] for k in ("longqa_heldout_before", "longqa_heldout_after")}, indent=1))
 
 
