@@ -120,7 +120,7 @@ def passkey_grid(lm, length: int, depths, trials: int = 2):
     return passkey_build(ctx, length, [(length, d) for d in depths])
 
 
-@pytest.mark.parametrize("spec", ["default", "linear:factor=4", "dynamic-ntk:factor=4"])
+@pytest.mark.parametrize("spec", ["default", "ntk:factor=2", "dynamic-ntk:factor=4"])
 def test_teacher_forced_verdicts_equal_greedy_generation(tiny, spec):
     """Every trial of a grid (lengths in and past the 256 window × depths), plus variants whose teacher-forced
     answer is wrong (so greedy leaves it and the undecided path decodes on): verdicts equal generate()."""

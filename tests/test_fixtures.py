@@ -1,6 +1,7 @@
 """The built-in fixtures tiny-rope and tiny-alibi: loadable with plain transformers, small, and really
-trained (fits its 256-token window on the held-out book, fails past it, responds to scaling). They do not
-retrieve pass keys (see ctxext.fixtures.build), so no accuracy is asserted here. Bounds are the figures measured at build time (fixture.json) with a margin."""
+trained (fits its 256-token window on the held-out book, fails past it, responds to scaling). tiny-rope also
+retrieves pass keys inside its window and not at 4x (its copy warm-up, see ctxext.fixtures.build); tiny-alibi
+does not retrieve. Bounds are the figures measured at build time (fixture.json) with a margin."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from ctxext.fixtures import FIXTURES, HELD_OUT_BOOK, WINDOW, books_dir, fixture_
 from ctxext.fixtures.build import clean_gutenberg
 
 MAX_BYTES = 5 * 1024 * 1024
-# In-window perplexity on the first 16 windows of 256 tokens of the held-out book (measured 51.83 for tiny-rope,
+# In-window perplexity on the first 16 windows of 256 tokens of the held-out book (measured 63.75 for tiny-rope,
 # 58.78 for tiny-alibi; bound = measured + ~10 %).
-PPL_BOUND = {"tiny-rope": 57.0, "tiny-alibi": 65.0}
+PPL_BOUND = {"tiny-rope": 70.0, "tiny-alibi": 65.0}
 
 
 @pytest.fixture(scope="module", params=FIXTURES)
@@ -117,3 +118,16 @@ def test_rope_fails_past_window_and_yarn_helps(held_out_text):
     assert default[-1] >= 2 * in_window, f"default at 768-1023: {default[-1]:.1f} vs {in_window:.1f} in window"
     assert yarn[-1] <= 0.55 * default[-1]  # measured 70.9 vs 147.3, f"yarn {yarn[-1]:.1f} vs default {default[-1]:.1f} at 768-1023"
 
+
+
+def test_rope_fixture_retrieves_in_window_only():
+    """Greedy passkey, 12 depths from 0 to 1: 12/12 at 256 tokens and 0/12 at 1024 when built; bounds 10/12, 2/12."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ctxext.fixtures.build import passkey_accuracy
+
+    path = fixture_path("tiny-rope")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    assert passkey_accuracy(model, tok, 256, 12) >= 10 / 12
+    assert passkey_accuracy(model, tok, 1024, 12) <= 2 / 12
