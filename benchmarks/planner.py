@@ -8,8 +8,12 @@ learned with the trained base). Measured ("ppl2x"): per-position NLL averaged ov
 the held-out book (pg84, unseen by the fixtures), grouped in buckets of L/8 tokens; the reach is the start of
 the first bucket past L/2 whose perplexity exceeds 2x the same configuration's perplexity over [L/4, L).
 A configuration that never crosses within the measured length is reported as censored (measured >= length)
-and not counted in the ±25 % tally. Passkey reach is not measured here: the tiny fixtures do not retrieve
-pass keys at all, and a SmolLM2 passkey sweep over lengths is beyond this CPU's budget.
+and not counted in the ±25 % tally.
+Measured ("passkey80", tiny-rope only): greedy passkey accuracy (ctxext.fixtures.build.passkey_accuracy, 12
+depths from 0 to 1) at lengths 256, 384, ..., 2048; the reach is the first length past the trained window whose
+accuracy is below 80 %. A configuration already below 80 % at 256 (inside the window) has no reach to compare
+("fails in window") and is not counted; one that holds to 2048 is censored. A SmolLM2 passkey sweep over
+lengths is beyond this CPU's budget.
 
 --quick: the tiny-rope fixture only (about two minutes). Full: adds SmolLM2-135M at 16k tokens (one 16k forward
 per configuration, ~2 min each on a 2-core CPU). Curves are cached in benchmarks/results/planner_curves/, so an
@@ -38,6 +42,8 @@ TINY = [("tiny-rope", s, 2048, 8) for s in (
 SMOL = [("smollm2-135m", s, 16384, 1) for s in (
     "default", "yarn:factor=2", "ntk:factor=2", "abf:base=200000", "abf:base=50000")]
 RATIO_OK = 0.25
+PASSKEY_LENGTHS = tuple(range(256, 2049, 128))
+PASSKEY_TRIALS, PASSKEY_OK = 12, 0.8
 
 
 def measured_reach(nll: np.ndarray, trained: int) -> tuple[float, bool, float]:
@@ -78,6 +84,62 @@ def curve(lm, spec_text: str, length: int, windows: int, cache: Path) -> np.ndar
     return nll
 
 
+def passkey_curve(lm, spec_text: str, cache: Path) -> dict[int, float]:
+    """Greedy passkey accuracy per length (PASSKEY_TRIALS depths each), cached on disk."""
+    from ctxext.fixtures.build import passkey_accuracy
+    from ctxext.models.apply import apply_spec
+    from ctxext.scaling import parse_spec
+
+    key = re.sub(r"[^A-Za-z0-9=.]+", "_", f"passkey-{lm.name}-{spec_text}-x{PASSKEY_TRIALS}")
+    path = cache / f"{key}.json"
+    if path.is_file():
+        return {int(k): v for k, v in json.loads(path.read_text()).items()}
+    apply_spec(lm, parse_spec(spec_text))
+    acc = {L: passkey_accuracy(lm.model, lm.tokenizer, L, PASSKEY_TRIALS) for L in PASSKEY_LENGTHS}
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(acc))
+    return acc
+
+
+def passkey_reach(acc: dict[int, float], trained: int) -> tuple[float, str]:
+    """(first length past the window with accuracy < PASSKEY_OK, status: 'ok', 'censored' or 'fails in window')."""
+    lengths = sorted(acc)
+    if acc[lengths[0]] < PASSKEY_OK:
+        return float(lengths[0]), "fails in window"
+    for L in lengths:
+        if L > trained and acc[L] < PASSKEY_OK:
+            return float(L), "ok"
+    return float(lengths[-1]), "censored"
+
+
+def run_passkey(configs: list[tuple[str, str, int, int]], cache: Path) -> list[dict]:
+    from ctxext.models import load_model
+    from ctxext.scaling import parse_spec
+    from ctxext.theory import predicted_reach
+
+    rows, lm = [], None
+    for model, spec_text, _, _ in configs:
+        if lm is None or lm.name != model:
+            lm = load_model(model)
+        t0 = time.perf_counter()
+        acc = passkey_curve(lm, spec_text, cache)
+        shape = lm.info.rope_shape
+        pred = predicted_reach(parse_spec(spec_text), shape)
+        meas, status = passkey_reach(acc, shape.original_len)
+        ratio = meas / pred.tokens
+        counted = status == "ok"
+        rows.append({"config": f"{model} {spec_text}", "model": model, "spec": spec_text, "criterion": "passkey80",
+                     "predicted": round(pred.tokens, 1), "predicted_capped": pred.capped, "measured": meas,
+                     "censored": status != "ok", "status": status, "measured_over_predicted": round(ratio, 3),
+                     "within_25pct": counted and abs(ratio - 1) <= RATIO_OK,
+                     "accuracy_by_length": {str(k): round(v, 3) for k, v in sorted(acc.items())},
+                     "trials": PASSKEY_TRIALS, "trained_len": shape.original_len,
+                     "seconds": round(time.perf_counter() - t0, 1)})
+        print(f"{rows[-1]['config']:<40} passkey: predicted {pred.tokens:>7,.0f}  measured {meas:>6,.0f}  "
+              f"ratio {ratio:5.2f}  {status}", flush=True)
+    return rows
+
+
 def run(configs: list[tuple[str, str, int, int]], cache: Path) -> list[dict]:
     from ctxext.models import load_model
     from ctxext.scaling import parse_spec
@@ -99,7 +161,7 @@ def run(configs: list[tuple[str, str, int, int]], cache: Path) -> list[dict]:
                "predicted": round(pred.tokens, 1), "predicted_capped": pred.capped, "measured": meas,
                "censored": censored, "measured_over_predicted": round(ratio, 3),
                "within_25pct": (not censored) and abs(ratio - 1) <= RATIO_OK,
-               "in_window_ppl": round(ref, 3), "trained_len": shape.original_len, "rope_base": shape.base,
+               "status": "censored" if censored else "ok", "in_window_ppl": round(ref, 3), "trained_len": shape.original_len, "rope_base": shape.base,
                "rotary_dim": shape.rotary_dim, "length_measured": length, "windows": windows,
                "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)
@@ -113,18 +175,29 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny-rope only (minutes)")
     p.add_argument("--out", type=Path, default=RESULTS / "planner.json")
+    p.add_argument("--tiny-only", action="store_true",
+                   help="remeasure the tiny-rope rows only and keep the other models' rows of --out as they are "
+                        "(their date is kept in rows_kept_from)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
     from ctxext.runinfo import machine, versions
 
-    configs = TINY if args.quick else TINY + SMOL
+    configs = TINY if (args.quick or args.tiny_only) else TINY + SMOL
     t0 = time.time()
-    rows = run(configs, RESULTS / "planner_curves")
+    rows = run(configs, RESULTS / "planner_curves") + run_passkey(TINY, RESULTS / "planner_curves")
+    kept_from = None
+    if args.tiny_only and args.out.is_file():
+        old = json.loads(args.out.read_text())
+        models = {m for m, *_ in TINY}
+        rows += [r for r in old["rows"] if r["model"] not in models]
+        kept_from = {"date": old.get("date"), "machine": old.get("machine"), "models": sorted(
+            {r["model"] for r in old["rows"] if r["model"] not in models})}
     counted = [r for r in rows if not r["censored"]]
-    out = {"what": "planner predicted reach vs measured (ppl 2x in-window), benchmarks/planner.py",
+    out = {"what": "planner predicted reach vs measured (ppl 2x in-window; passkey < 80 %), benchmarks/planner.py",
            "quick": args.quick, "machine": machine(), "versions": versions(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.time() - t0, 1),
-           "within_25pct": sum(r["within_25pct"] for r in rows), "counted": len(counted), "rows": rows}
+           "within_25pct": sum(r["within_25pct"] for r in rows), "counted": len(counted),
+           "rows_kept_from": kept_from, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"{out['within_25pct']} of {len(counted)} uncensored configurations within ±25 %; {args.out}")
