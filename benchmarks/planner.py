@@ -15,9 +15,10 @@ accuracy is below 80 %. A configuration already below 80 % at 256 (inside the wi
 ("fails in window") and is not counted; one that holds to 2048 is censored. A SmolLM2 passkey sweep over
 lengths is beyond this CPU's budget.
 
---quick: the tiny-rope fixture only (about two minutes). Full: adds SmolLM2-135M at 16k tokens (one 16k forward
-per configuration, ~2 min each on a 2-core CPU). Curves are cached in benchmarks/results/planner_curves/, so an
-interrupted run resumes.
+--quick: the tiny-rope fixture only (ppl and passkey rows, about five minutes on one thread). Full: adds
+SmolLM2-135M at 16k tokens (one 16k forward per configuration, ~2 min each on a 2-core CPU). --tiny-only:
+remeasure the tiny rows and keep the other models' rows of the results file (after a fixture change). Curves are
+cached in benchmarks/results/planner_curves/, so an interrupted run resumes.
 """
 
 from __future__ import annotations

@@ -266,3 +266,13 @@ def test_python_api_and_cli_agree(full_run, tmp_path, book):
     for r in api["records"]:
         assert r["value"] == one(res, scaling="linear:factor=4", task="passkey", length=256, depth=r["depth"])
     assert Path(tmp_path / "api" / "results.json").is_file()
+
+
+def test_progress_never_passes_its_estimate():
+    from ctxext.evals.runner import bar_step
+
+    done, total = 0.0, 10.0
+    for step in (4.0, 4.0, 4.0, 4.0):  # 16 s of work against a 10 s estimate
+        done += bar_step(done, total, step)
+    assert done == total
+    assert bar_step(2.0, 10.0, 3.0) == 3.0 and bar_step(10.0, 10.0, 1.0) == 0.0

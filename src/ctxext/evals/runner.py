@@ -245,6 +245,12 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     return results.as_dict()
 
 
+def bar_step(done: float, total: float, seconds: float) -> float:
+    """How far to move a progress bar counting estimated seconds: cells that cost more than their estimate
+    must not push it past its total (tqdm then shows a negative time left)."""
+    return min(seconds, max(0.0, total - done))
+
+
 def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings, docs: Any, out: Path,
          results: Results, mc: ModelCost, progress: bool, log: Callable[[str], None], apply_spec: Any,
          own_data: dict[str, Any] | None = None) -> None:
@@ -254,6 +260,10 @@ def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings
     bar = tqdm(total=round(plan.seconds, 1), unit="s", disable=not progress, dynamic_ncols=True,
                bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} est. s [{elapsed}<{remaining}]")
     say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else log
+
+    def advance(flops: float) -> None:
+        bar.update(bar_step(bar.n, bar.total, flops / plan.rate))
+
     try:
         with torch.inference_mode(), fast_attention(lm.model):
             for spec in specs:
@@ -263,7 +273,7 @@ def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings
                 apply_spec(lm, spec)
                 ctx = TaskContext(lm=lm, spec=spec, settings=settings, docs=docs, out=out, cost=mc,
                                   same_freqs=same_freqs_of(spec, lm.info), log=say, bucket=settings.bucket,
-                                  tick=lambda f: bar.update(f / plan.rate), data=own_data or {})
+                                  tick=advance, data=own_data or {})
                 ctx.memo["records"] = [r for r in results.records if r["scaling"] == spec.text]
                 for task, cells in todo:
                     if not cells:
