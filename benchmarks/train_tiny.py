@@ -2,6 +2,11 @@
 yarn and abf (base raised to the planner's critical base for 1024), 200 steps each of `ctxext train` on this CPU.
 
     OMP_NUM_THREADS=1 python benchmarks/train_tiny.py [--steps 200] [--methods linear,yarn,abf]
+    OMP_NUM_THREADS=1 python benchmarks/train_tiny.py --pretrain-mix 0.25 --out benchmarks/results/train_tiny_mix
+
+The first trains on the three training books only; --pretrain-mix adds passkey documents like the fixture's own
+pretraining ones (25 % of its sequences) for that share of the training tokens, so the continual pretraining runs
+on the pretraining mix at the new length (pretrain_mix.jsonl is regenerated deterministically, not committed).
 
 Measured on the held-out book (pg84, never seen by the fixture), cut into --windows documents so that each
 perplexity figure covers many windows:
@@ -51,6 +56,32 @@ def specs(model: str) -> dict[str, str]:
             "abf": f"abf:base={round(critical_base(shape.base, shape.original_len, TARGET))}"}
 
 
+def pretrain_mix(path: Path, model: str, share: float, train_tokens: int, seed: int = 0) -> str:
+    """Passkey documents like the fixture's pretraining ones (ctxext.fixtures.build: filler or book haystack,
+    needle at a random depth), 48 to TARGET tokens long, enough for `share` of `train_tokens`: continual
+    pretraining on the pretraining mix at the new length rather than on book text alone."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from ctxext.fixtures import TRAIN_BOOKS, fixture_path
+    from ctxext.fixtures import build as B
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(fixture_path(model)))
+    texts = [B.read_book(b) for b in TRAIN_BOOKS]
+    ids = np.array([t for text in texts for t in tok.encode(text)], dtype=np.int64)
+    sampler = B.SequenceSampler(tok, ids, "\n".join(texts), replace(B.RECIPES[model], seq_len=TARGET, seed=seed))
+    rng = np.random.default_rng(seed)
+    rows, n = [], 0
+    while n < share * train_tokens:
+        seg = sampler.passkey_segment(int(rng.integers(48, TARGET + 1)))
+        rows.append(json.dumps({"text": tok.decode(seg)}))
+        n += len(seg)
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
 def in_window_ppl(model: str, eval_file: str, windows: int, work: Path) -> float:
     from ctxext.evals import run_eval
     from ctxext.models import model_info
@@ -76,11 +107,17 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=10, help="passkey trials per depth (5 depths)")
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--extra-data", action="append", default=[], help="more training data (e.g. a passkey mix)")
+    p.add_argument("--pretrain-mix", type=float, default=0.0,
+                   help="add passkey documents like the fixture's pretraining ones for this share of the training "
+                        "tokens (0.25 = the fixture's own passkey share)")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.pretrain_mix:
+        args.extra_data.append(pretrain_mix(out / "pretrain_mix.jsonl", args.model, args.pretrain_mix,
+                                            args.steps * args.batch_tokens))
     eval_file = held_out_windows(out / "held_out_windows.jsonl", args.windows)
     ref = in_window_ppl(args.model, eval_file, args.windows, out / "reference")
     print(f"{args.model}: perplexity inside its window: {ref:.3f}", file=sys.stderr)
