@@ -113,61 +113,49 @@ def passkey_reach(acc: dict[int, float], trained: int) -> tuple[float, str]:
     return float(lengths[-1]), "censored"
 
 
-def run_passkey(configs: list[tuple[str, str, int, int]], cache: Path) -> list[dict]:
+def ppl2x(lm, spec_text: str, length: int, windows: int, cache: Path) -> tuple[float, str, dict]:
+    """(reach, status, extra row fields) from the perplexity curve."""
+    shape = lm.info.rope_shape
+    meas, censored, ref = measured_reach(curve(lm, spec_text, length, windows, cache), shape.original_len)
+    return meas, "censored" if censored else "ok", {
+        "in_window_ppl": round(ref, 3), "rope_base": shape.base, "rotary_dim": shape.rotary_dim,
+        "length_measured": length, "windows": windows}
+
+
+def passkey80(lm, spec_text: str, length: int, windows: int, cache: Path) -> tuple[float, str, dict]:
+    """(reach, status, extra row fields) from the passkey accuracy by length."""
+    acc = passkey_curve(lm, spec_text, cache)
+    meas, status = passkey_reach(acc, lm.info.rope_shape.original_len)
+    return meas, status, {"accuracy_by_length": {str(k): round(v, 3) for k, v in sorted(acc.items())},
+                          "trials": PASSKEY_TRIALS}
+
+
+CRITERIA = {"ppl2x": ppl2x, "passkey80": passkey80}
+
+
+def run(configs: list[tuple[str, str, int, int]], cache: Path, criterion: str = "ppl2x") -> list[dict]:
     from ctxext.models import load_model
     from ctxext.scaling import parse_spec
     from ctxext.theory import predicted_reach
 
     rows, lm = [], None
-    for model, spec_text, _, _ in configs:
+    for model, spec_text, length, windows in configs:
         if lm is None or lm.name != model:
+            lm = None  # free the previous model before loading the next
             lm = load_model(model)
         t0 = time.perf_counter()
-        acc = passkey_curve(lm, spec_text, cache)
+        meas, status, extra = CRITERIA[criterion](lm, spec_text, length, windows, cache)
         shape = lm.info.rope_shape
         pred = predicted_reach(parse_spec(spec_text), shape)
-        meas, status = passkey_reach(acc, shape.original_len)
         ratio = meas / pred.tokens
-        counted = status == "ok"
-        rows.append({"config": f"{model} {spec_text}", "model": model, "spec": spec_text, "criterion": "passkey80",
-                     "predicted": round(pred.tokens, 1), "predicted_capped": pred.capped, "measured": meas,
-                     "censored": status != "ok", "status": status, "measured_over_predicted": round(ratio, 3),
-                     "within_25pct": counted and abs(ratio - 1) <= RATIO_OK,
-                     "accuracy_by_length": {str(k): round(v, 3) for k, v in sorted(acc.items())},
-                     "trials": PASSKEY_TRIALS, "trained_len": shape.original_len,
-                     "seconds": round(time.perf_counter() - t0, 1)})
-        print(f"{rows[-1]['config']:<40} passkey: predicted {pred.tokens:>7,.0f}  measured {meas:>6,.0f}  "
-              f"ratio {ratio:5.2f}  {status}", flush=True)
-    return rows
-
-
-def run(configs: list[tuple[str, str, int, int]], cache: Path) -> list[dict]:
-    from ctxext.models import load_model
-    from ctxext.scaling import parse_spec
-    from ctxext.theory import predicted_reach
-
-    rows, loaded = [], {}
-    for model, spec_text, length, windows in configs:
-        if model not in loaded:
-            loaded.clear()
-            loaded[model] = load_model(model)
-        lm = loaded[model]
-        t0 = time.perf_counter()
-        nll = curve(lm, spec_text, length, windows, cache)
-        shape = lm.info.rope_shape
-        pred = predicted_reach(parse_spec(spec_text), shape)
-        meas, censored, ref = measured_reach(nll, shape.original_len)
-        ratio = meas / pred.tokens
-        row = {"config": f"{model} {spec_text}", "model": model, "spec": spec_text, "criterion": "ppl2x",
+        row = {"config": f"{model} {spec_text}", "model": model, "spec": spec_text, "criterion": criterion,
                "predicted": round(pred.tokens, 1), "predicted_capped": pred.capped, "measured": meas,
-               "censored": censored, "measured_over_predicted": round(ratio, 3),
-               "within_25pct": (not censored) and abs(ratio - 1) <= RATIO_OK,
-               "status": "censored" if censored else "ok", "in_window_ppl": round(ref, 3), "trained_len": shape.original_len, "rope_base": shape.base,
-               "rotary_dim": shape.rotary_dim, "length_measured": length, "windows": windows,
-               "seconds": round(time.perf_counter() - t0, 1)}
+               "censored": status != "ok", "status": status, "measured_over_predicted": round(ratio, 3),
+               "within_25pct": status == "ok" and abs(ratio - 1) <= RATIO_OK, **extra,
+               "trained_len": shape.original_len, "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)
-        flag = "censored" if censored else ("ok" if row["within_25pct"] else "outside")
-        print(f"{row['config']:<40} predicted {pred.tokens:>9,.0f}  measured {meas:>8,.0f}  "
+        flag = status if status != "ok" else ("ok" if row["within_25pct"] else "outside")
+        print(f"{row['config']:<40} {criterion:<9} predicted {pred.tokens:>9,.0f}  measured {meas:>8,.0f}  "
               f"ratio {ratio:5.2f}  {flag}", flush=True)
     return rows
 
@@ -185,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configs = TINY if (args.quick or args.tiny_only) else TINY + SMOL
     t0 = time.time()
-    rows = run(configs, RESULTS / "planner_curves") + run_passkey(TINY, RESULTS / "planner_curves")
+    rows = run(configs, RESULTS / "planner_curves") + run(TINY, RESULTS / "planner_curves", "passkey80")
     kept_from = None
     if args.tiny_only and args.out.is_file():
         old = json.loads(args.out.read_text())

@@ -117,6 +117,11 @@ def methods_section() -> str:
 
 
 # ------------------------------------------------------------------------------------------------ planner
+def _status(row: dict) -> str:
+    """'ok', 'censored' or 'fails in window' (rows written before the passkey criterion have no status)."""
+    return row.get("status", "censored" if row["censored"] else "ok")
+
+
 def planner_section() -> str:
     d = _load(RES / "planner.json")
     if not d:
@@ -130,7 +135,7 @@ def planner_section() -> str:
              "| configuration | criterion | predicted | measured | measured / predicted | within ±25 % |",
              "|---|---|---:|---:|---:|---|"]
     for r in d["rows"]:
-        status = r.get("status", "censored" if r["censored"] else "ok")
+        status = _status(r)
         meas = f"≥ {r['measured']:,.0f}" if status == "censored" else (
             f"< {r['measured']:,.0f}" if status == "fails in window" else f"{r['measured']:,.0f}")
         ok = status if status != "ok" else ("yes" if r["within_25pct"] else "**no**")
@@ -159,10 +164,10 @@ def planner_section() -> str:
                          "predicted limit this model degrades gradually (the critical pair is one of several slow pairs "
                          "and one book window is measured), so the 2× line is reached later than the limit itself; the "
                          "tiny fixture breaks sharply at it.")
-    if any(r.get("status", "censored" if r["censored"] else "ok") == "censored" for r in d["rows"]):
+    if any(_status(r) == "censored" for r in d["rows"]):
         lines.append("\nCensored rows held (below 2×, or at ≥ 80 % passkey) up to the longest length measured (≥); "
                      "they agree with a prediction at or below that length but give no ratio.")
-    if any(r.get("status") == "fails in window" for r in d["rows"]):
+    if any(_status(r) == "fails in window" for r in d["rows"]):
         lines.append("\n\"fails in window\": passkey is already below 80 % at 256 tokens, inside the trained "
                      "window; such a configuration has no reach to compare (untuned interpolation squeezes the "
                      "positions the model retrieves by).")

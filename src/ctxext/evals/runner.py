@@ -209,10 +209,10 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
              for s in parsed for t in task_list}
     flops, peak = {}, {}
     for t in task_list:
+        # a task that reads its own items (longqa) runs at most as many as the files hold
+        cap = (dataclasses.replace(settings, samples=min(settings.samples_for(t), len(own_data[t.name])))
+               if t.name in own_data else settings)
         for L in Ls:
-            # a task that reads its own items (longqa) runs at most as many as the files hold
-            cap = (dataclasses.replace(settings, samples=min(settings.samples_for(t), len(own_data[t.name])))
-                   if t.name in own_data else settings)
             flops[(t.name, L)], peak[(t.name, L)] = t.cost(mc, L, Ds, cap)
     plan = Plan(task_list, {k: v for k, v in cells.items() if v}, flops, peak, rate)
     free = available_memory(device if device == "cpu" else "cuda")
