@@ -2,7 +2,7 @@
 passkey depth grid. Not a test: it measures, prints, and writes benchmarks/results/eval_speed.json.
 
     python benchmarks/eval_speed.py [--model smollm2-135m] [--length 16384] [--reuse-length 2048]
-                                    [--depths 0,0.1,...,1] [--trials 2] [--rounds 2] [--repeats 1] [--out benchmarks/results/eval_speed.json]
+                                    [--depths 0,0.1,...,1] [--trials 5] [--rounds 3] [--repeats 1] [--out benchmarks/results/eval_speed.json]
 
 Each measurement runs in a fresh subprocess, so its peak resident memory (VmHWM of /proc/self/status) is its
 own: `process_peak` includes loading the model, `forward_peak` is reset (clear_refs 5) just before the timed
@@ -160,8 +160,8 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=16384)
     ap.add_argument("--reuse-length", type=int, default=2048)
     ap.add_argument("--depths", default=",".join(f"{d / 10:g}" for d in range(11)))
-    ap.add_argument("--trials", type=int, default=2, help="passkey trials per depth in the reuse benchmark")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating reuse/independent rounds (best of each)")
+    ap.add_argument("--trials", type=int, default=5, help="passkey trials per depth in the reuse benchmark (the task default)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating reuse/independent rounds (best of each)")
     ap.add_argument("--repeats", type=int, default=1, help="ours/naive pairs (best of each is reported)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: ppl, reuse")
     ap.add_argument("--out", default=str(HERE / "results" / "eval_speed.json"))

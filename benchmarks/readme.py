@@ -203,6 +203,9 @@ def speed_section() -> str:
                       f"{len(pr['rounds']['reuse'])} alternating rounds, {pr.get('threads', '?')} threads"
                       + (f", 1-min load average {load[0]:.1f} → {load[1]:.1f} on {_cpus(ev)} cores" if load else "")
                       + f"), same verdicts: {pr['same_verdicts']}."]
+            pairs = [r["seconds"] / i["seconds"] for r, i in zip(pr["rounds"]["reuse"], pr["rounds"]["independent"])]
+            if len(pairs) > 1:  # the spread says how much the best-of figure owes to a quiet round
+                lines[-1] += f" Round by round: {', '.join(f'{x:.2f}' for x in pairs)}."
     tr = _load(RES / "train_speed-cpu.json")
     if tr:
         lines += ["", f"Training {tr['meta']['model']} ({tr['meta']['scaling']}, {_machine(tr['meta'].get('machine'))}):", "",

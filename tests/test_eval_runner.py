@@ -177,6 +177,22 @@ def test_resume_after_interruption_loses_no_cell(tmp_path, book, monkeypatch):
     assert len(again["records"]) == len(done["records"]) and "nothing to run" in lines[-1]
 
 
+def test_resume_adds_passkey_cells_to_a_folder_of_ppl_cells(tmp_path, book):
+    # passkey reads no --data, so its cells join a ppl folder; the folder keeps the data its ppl cells came from
+    out = tmp_path / "mix"
+    run_eval("tiny-rope", ["default"], ["ppl"], [256], samples=1, data=[book], out=out, progress=False,
+             log=lambda m: None)
+    res = run_eval("tiny-rope", ["default"], ["passkey"], [256], samples=1, depths="0.5", out=out, resume=True,
+                   progress=False, log=lambda m: None)
+    assert {r["task"] for r in res["records"]} == {"ppl", "passkey"}
+    assert res["meta"]["config"]["resume_keys"]["data"] == [str(Path(book).resolve())]
+    other = tmp_path / "other.txt"
+    other.write_text(Path(book).read_text())
+    with pytest.raises(CtxextError, match="other settings .*data"):
+        run_eval("tiny-rope", ["default"], ["ppl"], [256], samples=1, data=[other], out=out,
+                 resume=True, progress=False, log=lambda m: None)
+
+
 def test_sliding_protocol(tmp_path, book):
     res = run_eval("tiny-rope", ["default"], ["ppl"], [256], samples=1, data=[book], out=tmp_path / "s",
                    protocol="both", stride=128, progress=False, log=lambda m: None)

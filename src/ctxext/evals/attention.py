@@ -53,6 +53,9 @@ def merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Softmax attention over the union of disjoint key sets, from each set's (output, log-sum-exp): exact."""
     if len(parts) == 1:
         return parts[0][0]
+    if len(parts) == 2:  # the common case (prefix | own keys): out1 + (out0 - out1) * p0, p0 = sigmoid(lse0 - lse1)
+        (o0, l0), (o1, l1) = parts
+        return torch.addcmul(o1, o0 - o1, torch.sigmoid(l0 - l1)[..., None])
     m = parts[0][1]
     for _, lse in parts[1:]:
         m = torch.maximum(m, lse)

@@ -40,7 +40,12 @@ class Results:
                 raise CtxextError(f"cannot resume from {self.path}: not a ctxext results file ({e})") from None
             before = old_meta.get("config", {}).get("resume_keys", {})
             now = meta["config"]["resume_keys"]
-            diff = [f"{k} {before[k]!r} -> {now[k]!r}" for k in RESUME_KEYS if k in before and before[k] != now.get(k)]
+            # data is None for tasks that read none (passkey): such cells do not depend on it, so adding them to
+            # a folder of ppl cells is no conflict, and the folder keeps the data its other cells were run on
+            if now.get("data") is None and before.get("data") is not None:
+                now["data"] = before["data"]
+            diff = [f"{k} {before[k]!r} -> {now[k]!r}" for k in RESUME_KEYS
+                    if k in before and before[k] != now.get(k) and not (k == "data" and before[k] is None)]
             if diff:
                 raise CtxextError(f"cannot resume {self.path}: it was run with other settings ({'; '.join(diff)}); "
                                   "use another --out")
