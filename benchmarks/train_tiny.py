@@ -3,6 +3,7 @@ yarn and abf (base raised to the planner's critical base for 1024), 200 steps ea
 
     OMP_NUM_THREADS=1 python benchmarks/train_tiny.py [--steps 200] [--methods linear,yarn,abf]
     OMP_NUM_THREADS=1 python benchmarks/train_tiny.py --pretrain-mix 0.25 --out benchmarks/results/train_tiny_mix
+    OMP_NUM_THREADS=1 python benchmarks/train_tiny.py --pretrain-mix 0.25 --mix-min-len 512 --out benchmarks/results/train_tiny_long
 
 The first trains on the three training books only; --pretrain-mix adds passkey documents like the fixture's own
 pretraining ones (25 % of its sequences) for that share of the training tokens, so the continual pretraining runs
@@ -56,10 +57,12 @@ def specs(model: str) -> dict[str, str]:
             "abf": f"abf:base={round(critical_base(shape.base, shape.original_len, TARGET))}"}
 
 
-def pretrain_mix(path: Path, model: str, share: float, train_tokens: int, seed: int = 0) -> str:
+def pretrain_mix(path: Path, model: str, share: float, train_tokens: int, seed: int = 0, min_len: int = 48) -> str:
     """Passkey documents like the fixture's pretraining ones (ctxext.fixtures.build: filler or book haystack,
-    needle at a random depth), 48 to TARGET tokens long, enough for `share` of `train_tokens`: continual
-    pretraining on the pretraining mix at the new length rather than on book text alone."""
+    needle at a random depth), min_len to TARGET tokens long, enough for `share` of `train_tokens`: continual
+    pretraining on the pretraining mix at the new length rather than on book text alone. A higher min_len
+    upsamples the long documents (retrieval over distances the fixture never saw), as long-context data recipes
+    upsample long sources."""
     from dataclasses import replace
 
     import numpy as np
@@ -75,7 +78,7 @@ def pretrain_mix(path: Path, model: str, share: float, train_tokens: int, seed: 
     rng = np.random.default_rng(seed)
     rows, n = [], 0
     while n < share * train_tokens:
-        seg = sampler.passkey_segment(int(rng.integers(48, TARGET + 1)))
+        seg = sampler.passkey_segment(int(rng.integers(min_len, TARGET + 1)))
         rows.append(json.dumps({"text": tok.decode(seg)}))
         n += len(seg)
     path.write_text("\n".join(rows) + "\n")
@@ -110,14 +113,19 @@ def main() -> None:
     p.add_argument("--pretrain-mix", type=float, default=0.0,
                    help="add passkey documents like the fixture's pretraining ones for this share of the training "
                         "tokens (0.25 = the fixture's own passkey share)")
+    p.add_argument("--mix-min-len", type=int, default=48,
+                   help="shortest passkey document of --pretrain-mix in tokens (48 as in pretraining; 512 keeps only "
+                        "documents past twice the original window)")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args()
+    if not 48 <= args.mix_min_len <= TARGET:
+        raise SystemExit(f"--mix-min-len must be within [48, {TARGET}]")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.pretrain_mix:
         args.extra_data.append(pretrain_mix(out / "pretrain_mix.jsonl", args.model, args.pretrain_mix,
-                                            args.steps * args.batch_tokens))
+                                            args.steps * args.batch_tokens, min_len=args.mix_min_len))
     eval_file = held_out_windows(out / "held_out_windows.jsonl", args.windows)
     ref = in_window_ppl(args.model, eval_file, args.windows, out / "reference")
     print(f"{args.model}: perplexity inside its window: {ref:.3f}", file=sys.stderr)
