@@ -97,6 +97,14 @@ def methods_table(res: dict, source: str) -> str:
              f"(`{source}`; {_machine(res['meta'].get('machine'))}):", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    pk = [r for r in recs if r["task"] == "passkey" and r["metric"] == "accuracy"]
+    if pk:
+        n = sorted({r["n"] for r in pk})
+        missing = [_label(s) for s in specs if s not in {r["scaling"] for r in pk}
+                   and not s.startswith("streaming")]
+        lines += ["", f"passkey: greedy accuracy at {max(r['length'] for r in pk):,} tokens, "
+                  f"{'/'.join(map(str, n))} trial(s) per depth (standard protocol, verdicts teacher-forced)"
+                  + (f"; not run yet for {len(missing)} spec(s) (–)" if missing else "") + "."]
     return "\n".join(lines)
 
 
