@@ -57,9 +57,10 @@ def specs(model: str) -> dict[str, str]:
             "abf": f"abf:base={round(critical_base(shape.base, shape.original_len, TARGET))}"}
 
 
-def pretrain_mix(path: Path, model: str, share: float, train_tokens: int, seed: int = 0, min_len: int = 48) -> str:
+def pretrain_mix(path: Path, model: str, share: float, train_tokens: int, seed: int = 0,
+                 min_len: int | None = None) -> str:
     """Passkey documents like the fixture's pretraining ones (ctxext.fixtures.build: filler or book haystack,
-    needle at a random depth), min_len to TARGET tokens long, enough for `share` of `train_tokens`: continual
+    needle at a random depth), min_len (default: the recipe's min_passkey_len) to TARGET tokens long, enough for `share` of `train_tokens`: continual
     pretraining on the pretraining mix at the new length rather than on book text alone. A higher min_len
     upsamples the long documents (retrieval over distances the fixture never saw), as long-context data recipes
     upsample long sources."""
@@ -74,11 +75,13 @@ def pretrain_mix(path: Path, model: str, share: float, train_tokens: int, seed: 
     tok = AutoTokenizer.from_pretrained(str(fixture_path(model)))
     texts = [B.read_book(b) for b in TRAIN_BOOKS]
     ids = np.array([t for text in texts for t in tok.encode(text)], dtype=np.int64)
-    sampler = B.SequenceSampler(tok, ids, "\n".join(texts), replace(B.RECIPES[model], seq_len=TARGET, seed=seed))
+    recipe = B.RECIPES[model]
+    sampler = B.SequenceSampler(tok, ids, "\n".join(texts), replace(recipe, seq_len=TARGET, seed=seed))
+    lo = recipe.min_passkey_len if min_len is None else min_len
     rng = np.random.default_rng(seed)
     rows, n = [], 0
     while n < share * train_tokens:
-        seg = sampler.passkey_segment(int(rng.integers(min_len, TARGET + 1)))
+        seg = sampler.passkey_segment(int(rng.integers(lo, TARGET + 1)))
         rows.append(json.dumps({"text": tok.decode(seg)}))
         n += len(seg)
     path.write_text("\n".join(rows) + "\n")
@@ -113,13 +116,13 @@ def main() -> None:
     p.add_argument("--pretrain-mix", type=float, default=0.0,
                    help="add passkey documents like the fixture's pretraining ones for this share of the training "
                         "tokens (0.25 = the fixture's own passkey share)")
-    p.add_argument("--mix-min-len", type=int, default=48,
-                   help="shortest passkey document of --pretrain-mix in tokens (48 as in pretraining; 512 keeps only "
-                        "documents past twice the original window)")
+    p.add_argument("--mix-min-len", type=int, default=None,
+                   help="shortest passkey document of --pretrain-mix in tokens (default: as in the fixture's "
+                        "pretraining, 48; 512 keeps only documents past twice the original window)")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args()
-    if not 48 <= args.mix_min_len <= TARGET:
-        raise SystemExit(f"--mix-min-len must be within [48, {TARGET}]")
+    if args.mix_min_len is not None and not 1 <= args.mix_min_len <= TARGET:
+        raise SystemExit(f"--mix-min-len must be within [1, {TARGET}]")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -257,10 +257,10 @@ def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings
     import torch
     from tqdm.auto import tqdm
 
+    dec = 2 if plan.seconds < 100 else 0  # tiny models: whole seconds would read 0/0
     bar = tqdm(total=max(plan.seconds, 1e-3), unit="s", disable=not progress, dynamic_ncols=True,
-               bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} est. s [{elapsed}<{remaining}]"
-               if plan.seconds < 100 else  # tiny models: whole seconds would read 0/0
-               "{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} est. s [{elapsed}<{remaining}]")
+               bar_format=f"{{desc}} {{percentage:3.0f}}%|{{bar}}| {{n:.{dec}f}}/{{total:.{dec}f}} est. s "
+                          "[{elapsed}<{remaining}]")
     say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else log
 
     def advance(flops: float) -> None:
