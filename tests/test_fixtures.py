@@ -1,7 +1,8 @@
 """The built-in fixtures tiny-rope and tiny-alibi: loadable with plain transformers, small, and really
 trained (fits its 256-token window on the held-out book, fails past it, responds to scaling). tiny-rope also
-retrieves pass keys inside its window and not at 4x (its copy warm-up, see ctxext.fixtures.build); tiny-alibi
-does not retrieve. Bounds are the figures measured at build time (fixture.json) with a margin."""
+retrieves pass keys inside its window and not at 4x (its copy warm-up, see ctxext.fixtures.build); so does
+tiny-alibi (8 heads), where ntk-alibi keeps part of the retrieval at 4x. Bounds are the figures measured at build
+time (fixture.json) with a margin."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from ctxext.fixtures.build import clean_gutenberg
 
 MAX_BYTES = 5 * 1024 * 1024
 # In-window perplexity on the first 16 windows of 256 tokens of the held-out book (measured 63.75 for tiny-rope,
-# 58.78 for tiny-alibi; bound = measured + ~10 %).
-PPL_BOUND = {"tiny-rope": 70.0, "tiny-alibi": 65.0}
+# 80.46 for tiny-alibi; bound = measured + ~10 %).
+PPL_BOUND = {"tiny-rope": 70.0, "tiny-alibi": 88.0}
 
 
 @pytest.fixture(scope="module", params=FIXTURES)
@@ -131,3 +132,23 @@ def test_rope_fixture_retrieves_in_window_only():
     tok = AutoTokenizer.from_pretrained(path)
     assert passkey_accuracy(model, tok, 256, 12) >= 10 / 12
     assert passkey_accuracy(model, tok, 1024, 12) <= 2 / 12
+
+
+def test_alibi_fixture_retrieves_in_window_and_ntk_alibi_keeps_part_at_4x():
+    """Greedy passkey, 12 depths: measured 11/12 at 256; at 1024 default 3/12, ntk-alibi:factor=4 7/12,
+    alibi-interp:factor=4 0/12 (interpolated slopes blur the nearby positions the copy heads rely on)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ctxext.fixtures.build import alibi_scaled, passkey_accuracy
+
+    path = fixture_path("tiny-alibi")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    assert passkey_accuracy(model, tok, 256, 12) >= 10 / 12
+    default = passkey_accuracy(model, tok, 1024, 12)
+    with alibi_scaled(model, "ntk-alibi:factor=4"):
+        ntk = passkey_accuracy(model, tok, 1024, 12)
+    with alibi_scaled(model, "alibi-interp:factor=4"):
+        interp = passkey_accuracy(model, tok, 1024, 12)
+    assert default <= 5 / 12 and interp <= 1 / 12
+    assert ntk >= default + 3 / 12, f"ntk-alibi {ntk:.2f} vs default {default:.2f}"
