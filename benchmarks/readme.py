@@ -6,6 +6,8 @@ Each table lives between `<!-- BEGIN name -->` and `<!-- END name -->` in README
   methods  benchmarks/results/methods/results.json (else methods_quick/, else smollm2_16k/): ppl per bucket, passkey
   planner  benchmarks/results/planner.json
   speed    benchmarks/results/eval_speed.json and train_speed-cpu.json
+  attention  benchmarks/results/attention_methods_{passkey,stream,alibi}.json (Self-Extend, streaming, ALiBi family)
+  train    benchmarks/results/train_tiny*/summary.json (tiny-rope extended 4x by `ctxext train`, one row per run)
 --check exits 1 when README.md is not what the results give (for CI or a pre-commit hook).
 """
 
@@ -226,7 +228,87 @@ def speed_section() -> str:
     return "\n".join(lines) or "(no speed results yet)"
 
 
-SECTIONS = {"methods": methods_section, "planner": planner_section, "speed": speed_section}
+# ---------------------------------------------------------------------------------------------- attention
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0%}"
+
+
+def _selfextend_lines(pk: dict) -> list[str]:
+    depths = [str(d) for d in pk["depths"]]
+    ref = pk.get("reference_in_window")
+    rows = ([(f"`{ref['spec']}` at {ref['length']:,} (in its window)", ref)] if ref else []) + \
+        [(f"`{s}`", v) for s, v in pk["specs"].items()]
+    lines = [f"Passkey on {pk['model']} at {pk['length']:,} tokens, {pk['trials_per_depth']} trials per depth "
+             f"(`benchmarks/attention_methods.py passkey`; {_machine(pk.get('machine'))}):", "",
+             "| spec | " + " | ".join(f"d={d}" for d in depths) + " | accuracy |",
+             "|---|" + "---:|" * (len(depths) + 1)]
+    for label, v in rows:
+        by = v["accuracy_by_depth"]
+        lines.append(f"| {label} | " + " | ".join(_pct(by.get(d)) for d in depths)
+                     + f" | **{v['correct']}/{v['trials']}** |")
+    return lines
+
+
+def _stream_lines(st: dict) -> list[str]:
+    lines = [f"Streaming perplexity on {st['model']} over {st['book']}, {st['segment_tokens']:,}-token segments "
+             f"(`benchmarks/attention_methods.py stream`; {_machine(st.get('machine'))}):", "",
+             "| run | tokens scored | ppl | worst segment / in-window | cache tokens | peak RSS |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, r in st["runs"].items():
+        lines.append(f"| `{name}` | {r['tokens_scored']:,.0f} | {_fmt(r['ppl_overall'])} | "
+                     f"{r['max_segment_over_in_window']:.2f}× | {r['max_cache_tokens']:,.0f} | "
+                     f"{r['peak_rss_mb'] / 1024:.2f} GB |")
+    return lines
+
+
+def _alibi_lines(al: dict) -> list[str]:
+    lines = [f"ALiBi family on the {al['model']} fixture at {al['length'] // al['window']}× its {al['window']}-token "
+             f"window (held-out {al['book']}; `benchmarks/attention_methods.py alibi`; {_machine(al.get('machine'))}):",
+             "", "| spec | slopes | ppl last quarter | passkey in window | passkey at "
+             f"{al['length']:,} |", "|---|---|---:|---:|---:|"]
+    for s, v in al["specs"].items():
+        slopes = ", ".join(f"{x:.3g}" for x in al["slopes"][s])
+        lines.append(f"| `{s}` | {slopes} | {_fmt(v['ppl_last_quarter'])} | {_pct(v['passkey_in_window'])} | "
+                     f"{_pct(v['passkey'])} ({v['passkey_trials']} trials) |")
+    return lines
+
+
+def attention_section() -> str:
+    parts = [fn(d) for fn, d in ((_selfextend_lines, _load(RES / "attention_methods_passkey.json")),
+                                  (_stream_lines, _load(RES / "attention_methods_stream.json")),
+                                  (_alibi_lines, _load(RES / "attention_methods_alibi.json"))) if d]
+    return "\n\n".join("\n".join(p) for p in parts) or "(no attention-method results yet)"
+
+
+# -------------------------------------------------------------------------------------------------- train
+def _train_data(args: dict) -> str:
+    """What a train_tiny run trained on, from its recorded arguments."""
+    mix = args.get("pretrain_mix") or 0
+    data = "books" + (f" + {mix:.0%} passkey docs ≥ {args.get('mix_min_len') or 48} tok" if mix else "")
+    return f"{data}; lr {args.get('lr', 1e-3):g}, {args.get('batch_tokens', 4096):,} tok/step"
+
+
+def train_section() -> str:
+    lines = []
+    for path in sorted(RES.glob("train_tiny*/summary.json")):
+        res = _load(path)
+        runs = res["runs"]
+        if not lines:
+            first = next(iter(runs.values()))
+            lines += [f"`ctxext train` on the {res['meta']['model']} fixture, 256 → {res['meta']['target']:,} tokens, "
+                      f"{first['steps']} steps per run ({_machine(res['meta'].get('machine'))}; in-window perplexity "
+                      f"{first['in_window_ppl']:.2f}). Bars: last-quarter ppl within 1.10× of in-window, passkey ≥ 90 %.",
+                      "", "| results | data | spec | ppl last quarter, before → after | / in-window | passkey at "
+                      "1,024, before → after |", "|---|---|---|---|---:|---|"]
+        for name, r in runs.items():
+            b, a = r["before"], r["after"]
+            lines.append(f"| `{path.parent.name}` | {_train_data(res['meta'].get('args', {}))} | `{r['spec']}` | "
+                         f"{b['ppl_last_quarter']:.2f} → {a['ppl_last_quarter']:.2f} | "
+                         f"{r['last_quarter_vs_in_window']:.3f} | {_pct(b['passkey'])} → **{_pct(a['passkey'])}** |")
+    return "\n".join(lines) or "(no training results yet)"
+
+SECTIONS = {"methods": methods_section, "planner": planner_section, "speed": speed_section,
+            "attention": attention_section, "train": train_section}
 
 
 def render(text: str) -> str:

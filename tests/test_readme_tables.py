@@ -43,3 +43,38 @@ def test_ordering_note_says_when_orders_differ():
 
 def test_committed_readme_is_generated_from_results():
     assert readme.main(["--check"]) == 0
+
+
+def test_train_section_one_row_per_run_with_its_data(tmp_path, monkeypatch):
+    import json
+
+    run = {"spec": "yarn:factor=4", "steps": 200, "in_window_ppl": 64.0, "last_quarter_vs_in_window": 0.99,
+           "before": {"ppl_last_quarter": 91.0, "passkey": 0.04}, "after": {"ppl_last_quarter": 63.4, "passkey": 0.8}}
+    args = {"pretrain_mix": 0.25, "mix_min_len": 512, "lr": 2e-3, "batch_tokens": 8192}
+    (tmp_path / "train_tiny_x").mkdir()
+    (tmp_path / "train_tiny_x" / "summary.json").write_text(json.dumps(
+        {"meta": {"model": "tiny-rope", "target": 1024, "args": args}, "runs": {"yarn": run}}))
+    monkeypatch.setattr(readme, "RES", tmp_path)
+    text = readme.train_section()
+    assert ("| `train_tiny_x` | books + 25% passkey docs ≥ 512 tok; lr 0.002, 8,192 tok/step | `yarn:factor=4` | "
+            "91.00 → 63.40 | 0.990 | 4% → **80%** |") in text
+    assert "in-window perplexity 64.00" in text
+
+
+def test_attention_section_tables(tmp_path, monkeypatch):
+    import json
+
+    pk = {"model": "m", "length": 16384, "depths": [0.1, 0.9], "trials_per_depth": 2,
+          "specs": {"self-extend:group=4,window=4096": {"accuracy_by_depth": {"0.1": 1.0, "0.9": 0.5},
+                                                       "correct": 3, "trials": 4}}}
+    al = {"model": "tiny-alibi", "length": 1024, "window": 256, "book": "pg84.txt",
+          "slopes": {"ntk-alibi:factor=4": [0.5, 0.25]},
+          "specs": {"ntk-alibi:factor=4": {"ppl_last_quarter": 81.66, "passkey_in_window": 1.0, "passkey": 0.775,
+                                           "passkey_trials": 40}}}
+    (tmp_path / "attention_methods_passkey.json").write_text(json.dumps(pk))
+    (tmp_path / "attention_methods_alibi.json").write_text(json.dumps(al))
+    monkeypatch.setattr(readme, "RES", tmp_path)
+    text = readme.attention_section()
+    assert "| `self-extend:group=4,window=4096` | 100% | 50% | **3/4** |" in text
+    assert "| `ntk-alibi:factor=4` | 0.5, 0.25 | 81.7 | 100% | 78% (40 trials) |" in text
+    assert "Streaming" not in text  # no stream results: no table
