@@ -307,6 +307,7 @@ def train_section() -> str:
                          f"{r['last_quarter_vs_in_window']:.3f} | {_pct(b['passkey'])} → **{_pct(a['passkey'])}** |")
     return "\n".join(lines) or "(no training results yet)"
 
+
 SECTIONS = {"methods": methods_section, "planner": planner_section, "speed": speed_section,
             "attention": attention_section, "train": train_section}
 
