@@ -107,6 +107,14 @@ def methods_table(res: dict, source: str) -> str:
         lines += ["", f"passkey: greedy accuracy at {max(r['length'] for r in pk):,} tokens, "
                   f"{'/'.join(map(str, n))} trial(s) per depth (standard protocol, verdicts teacher-forced)"
                   + (f"; not run yet for {len(missing)} spec(s) (–)" if missing else "") + "."]
+    nh = [r for r in recs if r["task"] == "niah" and r["metric"] == "accuracy"]
+    if nh:
+        n = sorted({r["n"] for r in nh})
+        lines += ["", f"needle in a haystack (heatmap below): {len({r['scaling'] for r in nh})} specs at "
+                  f"{', '.join(f'{x:,}' for x in sorted({r['length'] for r in nh}))} tokens, depths "
+                  f"{', '.join(f'{x:g}' for x in sorted({r['depth'] for r in nh}))}, {'/'.join(map(str, n))} "
+                  f"trial(s) per cell (a needle sentence in the book's own text" + ("; one trial per cell is thin)."
+                                                                       if n == [1] else ").")]
     return "\n".join(lines)
 
 
@@ -281,10 +289,14 @@ def attention_section() -> str:
 
 
 # -------------------------------------------------------------------------------------------------- train
-def _train_data(args: dict) -> str:
-    """What a train_tiny run trained on, from its recorded arguments."""
-    mix = args.get("pretrain_mix") or 0
-    data = "books" + (f" + {mix:.0%} passkey docs ≥ {args.get('mix_min_len') or 48} tok" if mix else "")
+def _train_data(meta: dict) -> str:
+    """What a train_tiny run trained on, from its recorded arguments (and the mix's share of the data, when the
+    run recorded it: the books are cycled beside the mix, so its share grows with steps x batch tokens)."""
+    args, mix = meta.get("args", {}), meta.get("pretrain_mix")
+    share = (f"{mix['share_of_data']:.0%} of the data" if mix else
+             f"{args.get('pretrain_mix') or 0:g} x tokens trained")
+    data = "books" + (f" + passkey docs ≥ {args.get('mix_min_len') or 48} tok ({share})"
+                      if args.get("pretrain_mix") else "")
     return f"{data}; lr {args.get('lr', 1e-3):g}, {args.get('batch_tokens', 4096):,} tok/step"
 
 
@@ -302,7 +314,7 @@ def train_section() -> str:
                       "1,024, before → after |", "|---|---|---|---|---:|---|"]
         for name, r in runs.items():
             b, a = r["before"], r["after"]
-            lines.append(f"| `{path.parent.name}` | {_train_data(res['meta'].get('args', {}))} | `{r['spec']}` | "
+            lines.append(f"| `{path.parent.name}` | {_train_data(res['meta'])} | `{r['spec']}` | "
                          f"{b['ppl_last_quarter']:.2f} → {a['ppl_last_quarter']:.2f} | "
                          f"{r['last_quarter_vs_in_window']:.3f} | {_pct(b['passkey'])} → **{_pct(a['passkey'])}** |")
     return "\n".join(lines) or "(no training results yet)"

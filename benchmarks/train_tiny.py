@@ -29,6 +29,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "train_tiny"
@@ -58,12 +59,14 @@ def specs(model: str) -> dict[str, str]:
 
 
 def pretrain_mix(path: Path, model: str, share: float, train_tokens: int, seed: int = 0,
-                 min_len: int | None = None) -> str:
+                 min_len: int | None = None) -> dict[str, Any]:
     """Passkey documents like the fixture's pretraining ones (ctxext.fixtures.build: filler or book haystack,
     needle at a random depth), min_len (default: the recipe's min_passkey_len) to TARGET tokens long, enough for `share` of `train_tokens`: continual
     pretraining on the pretraining mix at the new length rather than on book text alone. A higher min_len
     upsamples the long documents (retrieval over distances the fixture never saw), as long-context data recipes
-    upsample long sources."""
+    upsample long sources. The books are cycled beside the mix (one permutation of all rows per epoch), so the
+    mix's share of what is trained is mix / (mix + book tokens), which grows with steps x batch tokens; the
+    returned dict records it."""
     from dataclasses import replace
 
     import numpy as np
@@ -85,7 +88,7 @@ def pretrain_mix(path: Path, model: str, share: float, train_tokens: int, seed: 
         rows.append(json.dumps({"text": tok.decode(seg)}))
         n += len(seg)
     path.write_text("\n".join(rows) + "\n")
-    return str(path)
+    return {"path": str(path), "mix_tokens": n, "book_tokens": int(len(ids)), "share_of_data": n / (n + len(ids))}
 
 
 def in_window_ppl(model: str, eval_file: str, windows: int, work: Path) -> float:
@@ -93,6 +96,7 @@ def in_window_ppl(model: str, eval_file: str, windows: int, work: Path) -> float
     from ctxext.models import model_info
 
     L = model_info(model).trained_len
+    shutil.rmtree(work / "in-window", ignore_errors=True)  # a rerun into the same --out measures afresh
     res = run_eval(model, ["default"], ["ppl"], [L], samples=windows, data=[eval_file], out=work / "in-window",
                    progress=False, log=lambda m: None)
     return next(r["value"] for r in res["records"] if r["task"] == "ppl" and r["bucket"] is None)
@@ -114,8 +118,9 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--extra-data", action="append", default=[], help="more training data (e.g. a passkey mix)")
     p.add_argument("--pretrain-mix", type=float, default=0.0,
-                   help="add passkey documents like the fixture's pretraining ones for this share of the training "
-                        "tokens (0.25 = the fixture's own passkey share)")
+                   help="add passkey documents like the fixture's pretraining ones totalling this share of steps x "
+                        "batch tokens (0.25 = the fixture's own passkey share at the default batch; the books are "
+                        "cycled beside them, so the share of the data is recorded in summary.json)")
     p.add_argument("--mix-min-len", type=int, default=None,
                    help="shortest passkey document of --pretrain-mix in tokens (default: as in the fixture's "
                         "pretraining, 48; 512 keeps only documents past twice the original window)")
@@ -126,9 +131,11 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    mix = None
     if args.pretrain_mix:
-        args.extra_data.append(pretrain_mix(out / "pretrain_mix.jsonl", args.model, args.pretrain_mix,
-                                            args.steps * args.batch_tokens, min_len=args.mix_min_len))
+        mix = pretrain_mix(out / "pretrain_mix.jsonl", args.model, args.pretrain_mix, args.steps * args.batch_tokens,
+                           min_len=args.mix_min_len)
+        args.extra_data.append(mix["path"])
     eval_file = held_out_windows(out / "held_out_windows.jsonl", args.windows)
     ref = in_window_ppl(args.model, eval_file, args.windows, out / "reference")
     print(f"{args.model}: perplexity inside its window: {ref:.3f}", file=sys.stderr)
@@ -172,7 +179,8 @@ def main() -> None:
 
     meta = {"versions": runinfo.versions(), "machine": runinfo.machine(), "omp_num_threads":
             os.environ.get("OMP_NUM_THREADS"), "model": args.model, "target": TARGET, "args": vars(args),
-            "held_out": "pg84.txt cut into {} documents of 6000 characters".format(args.windows)}
+            "held_out": "pg84.txt cut into {} documents of 6000 characters".format(args.windows),
+            "pretrain_mix": mix and {k: v for k, v in mix.items() if k != "path"}}
     (out / "summary.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1) + "\n")
     lines = [f"# {args.model}: 256 -> {TARGET} tokens, {args.steps} steps of `ctxext train` per method", "",
              f"In-window perplexity (default RoPE, first 256 tokens of {args.windows} held-out windows): "

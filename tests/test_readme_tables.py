@@ -53,11 +53,17 @@ def test_train_section_one_row_per_run_with_its_data(tmp_path, monkeypatch):
     args = {"pretrain_mix": 0.25, "mix_min_len": 512, "lr": 2e-3, "batch_tokens": 8192}
     (tmp_path / "train_tiny_x").mkdir()
     (tmp_path / "train_tiny_x" / "summary.json").write_text(json.dumps(
-        {"meta": {"model": "tiny-rope", "target": 1024, "args": args}, "runs": {"yarn": run}}))
+        {"meta": {"model": "tiny-rope", "target": 1024, "args": args, "pretrain_mix": {"share_of_data": 0.54}},
+         "runs": {"yarn": run}}))
     monkeypatch.setattr(readme, "RES", tmp_path)
     text = readme.train_section()
-    assert ("| `train_tiny_x` | books + 25% passkey docs ≥ 512 tok; lr 0.002, 8,192 tok/step | `yarn:factor=4` | "
+    assert ("| `train_tiny_x` | books + passkey docs ≥ 512 tok (54% of the data); lr 0.002, 8,192 tok/step | "
+            "`yarn:factor=4` | "
             "91.00 → 63.40 | 0.990 | 4% → **80%** |") in text
+    del args["batch_tokens"]  # older runs recorded no share: the argument is shown as what it is
+    (tmp_path / "train_tiny_x" / "summary.json").write_text(json.dumps(
+        {"meta": {"model": "tiny-rope", "target": 1024, "args": args}, "runs": {"yarn": run}}))
+    assert "| books + passkey docs ≥ 512 tok (0.25 x tokens trained); lr 0.002, 4,096 tok/step |" in readme.train_section()
     assert "in-window perplexity 64.00" in text
 
 
