@@ -293,10 +293,10 @@ def _train_data(meta: dict) -> str:
     """What a train_tiny run trained on, from its recorded arguments (and the mix's share of the data, when the
     run recorded it: the books are cycled beside the mix, so its share grows with steps x batch tokens)."""
     args, mix = meta.get("args", {}), meta.get("pretrain_mix")
-    share = (f"{mix['share_of_data']:.0%} of the data" if mix else
-             f"{args.get('pretrain_mix') or 0:g} x tokens trained")
-    data = "books" + (f" + passkey docs ≥ {args.get('mix_min_len') or 48} tok ({share})"
-                      if args.get("pretrain_mix") else "")
+    data = "books"
+    if args.get("pretrain_mix"):
+        share = f"{mix['share_of_data']:.0%} of the data" if mix else f"{args['pretrain_mix']:g} x tokens trained"
+        data += f" + passkey docs ≥ {args.get('mix_min_len') or 48} tok ({share})"
     return f"{data}; lr {args.get('lr', 1e-3):g}, {args.get('batch_tokens', 4096):,} tok/step"
 
 

@@ -71,7 +71,7 @@ def pretrain_mix(path: Path, model: str, share: float, train_tokens: int, seed: 
     upsamples the long documents (retrieval over distances the fixture never saw), as long-context data recipes
     upsample long sources. The books are cycled beside the mix (one permutation of all rows per epoch), so the
     mix's share of what is trained is mix / (mix + book tokens), which grows with steps x batch tokens; the
-    returned dict records it."""
+    returned stats record it."""
     from dataclasses import replace
 
     import numpy as np
@@ -93,7 +93,7 @@ def pretrain_mix(path: Path, model: str, share: float, train_tokens: int, seed: 
         rows.append(json.dumps({"text": tok.decode(seg)}))
         n += len(seg)
     path.write_text("\n".join(rows) + "\n")
-    return {"path": str(path), "mix_tokens": n, "book_tokens": int(len(ids)), "share_of_data": n / (n + len(ids))}
+    return {"mix_tokens": n, "book_tokens": int(len(ids)), "share_of_data": n / (n + len(ids))}
 
 
 def in_window_ppl(model: str, eval_file: str, windows: int, work: Path) -> float:
@@ -138,9 +138,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     mix = None
     if args.pretrain_mix:
-        mix = pretrain_mix(out / "pretrain_mix.jsonl", args.model, args.pretrain_mix, args.steps * args.batch_tokens,
+        mix_path = out / "pretrain_mix.jsonl"
+        mix = pretrain_mix(mix_path, args.model, args.pretrain_mix, args.steps * args.batch_tokens,
                            min_len=args.mix_min_len)
-        args.extra_data.append(mix["path"])
+        args.extra_data.append(str(mix_path))
     eval_file = held_out_windows(out / "held_out_windows.jsonl", args.windows)
     ref = in_window_ppl(args.model, eval_file, args.windows, out / "reference")
     print(f"{args.model}: perplexity inside its window: {ref:.3f}", file=sys.stderr)
@@ -185,7 +186,7 @@ def main() -> None:
     meta = {"versions": runinfo.versions(), "machine": runinfo.machine(), "omp_num_threads":
             os.environ.get("OMP_NUM_THREADS"), "model": args.model, "target": TARGET, "args": vars(args),
             "held_out": "pg84.txt cut into {} documents of 6000 characters".format(args.windows),
-            "pretrain_mix": mix and {k: v for k, v in mix.items() if k != "path"}}
+            "pretrain_mix": mix}
     (out / "summary.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1) + "\n")
     lines = [f"# {args.model}: 256 -> {TARGET} tokens, {args.steps} steps of `ctxext train` per method", "",
              f"In-window perplexity (default RoPE, first 256 tokens of {args.windows} held-out windows): "
