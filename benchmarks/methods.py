@@ -33,6 +33,43 @@ QUICK = ("default", "linear:factor=2", "ntk:factor=2", "yarn:factor=2")
 # the heatmap sweeps 4 lengths per method, so it covers the baseline, the usual choice and the two strongest others
 NIAH = ("default", "yarn:factor=2", "self-extend:group=4,window=2048", SEARCHED)
 NIAH_LENGTHS = (4096, 8192, 12288, 16384)
+RESULTS = ROOT / "benchmarks" / "results"
+# more needle trials come from runs with other seeds (other keys; `samples` is a resume key, so the seed-0 run
+# cannot grow in place); merge_niah pools them into one heatmap
+NIAH_MERGED = RESULTS / "methods_niah"
+
+
+def pool_cells(record_sets: list[list[dict]]) -> list[dict]:
+    """Accuracy records of several runs pooled per (spec, length, depth): trials add up, accuracy is their mean."""
+    cells: dict[tuple, dict] = {}
+    for recs in record_sets:
+        for r in recs:
+            k = (r["scaling"], r["length"], r["depth"])
+            c = cells.setdefault(k, {**r, "value": 0.0, "n": 0})
+            c["value"] = (c["value"] * c["n"] + r["value"] * r["n"]) / (c["n"] + r["n"])
+            c["n"] += r["n"]
+    return list(cells.values())
+
+
+def merge_niah(sources: list[Path], out: Path = NIAH_MERGED) -> Path | None:
+    """Pool the niah cells of the seed-0 run and every seed run into out/results.json and out/niah_heatmap.png."""
+    import json
+
+    from ctxext.evals.plots import heatmap
+
+    runs = [json.loads((d / "results.json").read_text()) for d in sources if (d / "results.json").is_file()]
+    sets = [[r for r in res["records"] if r["task"] == "niah" and r["metric"] == "accuracy"] for res in runs]
+    if sum(bool(x) for x in sets) < 2:
+        return None
+    recs = pool_cells([x for x in sets if x])
+    meta = runs[0]["meta"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(
+        {"meta": {"pooled_from": [str(d.relative_to(ROOT)) for d, x in zip(sources, sets) if x],
+                  "seeds": [res["meta"]["seed"] for res, x in zip(runs, sets) if x], "machine": meta.get("machine"),
+                  "versions": meta.get("versions"), "config": meta.get("config")}, "records": recs}, indent=1) + "\n")
+    heatmap(out, recs, "niah", meta["config"]["model_info"]["trained_len"], "smollm2-135m")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--specs", default=None, help="semicolon-separated specs overriding the default set")
     p.add_argument("--depths", default="0.1,0.5,0.9")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--seed", type=int, default=0, help="other seeds draw other keys: more needle trials, another --out")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
     from ctxext.evals import run_eval
@@ -50,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     specs = args.specs.split(";") if args.specs else list(QUICK if args.quick else SPECS)
     length = 16384
     tasks = ["ppl"] if args.quick else args.tasks.split(",")
-    out = args.out or ROOT / "benchmarks" / "results" / ("methods_quick" if args.quick else "methods")
-    common = dict(samples=1, bucket=2048, data=[books_dir() / HELD_OUT_BOOK], out=out, resume=True,
+    out = args.out or RESULTS / ("methods_quick" if args.quick else "methods" if args.seed == 0
+                                 else f"methods_niah_seed{args.seed}")
+    common = dict(samples=1, bucket=2048, seed=args.seed, data=[books_dir() / HELD_OUT_BOOK], out=out, resume=True,
                   command="python benchmarks/methods.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     os.chdir(ROOT)  # the searched spec is a path relative to the repo root
     for task in tasks:  # task by task, so a run cut short has whole columns of the table
@@ -62,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         run_eval("smollm2-135m", specs, [task], [length], depths=args.depths, **common)
     if not args.quick and "ppl" in tasks and not args.specs:
         run_eval("smollm2-135m", [STREAMING], ["stream-ppl"], [length], **common)
+    if "niah" in tasks and not args.specs:
+        merged = merge_niah([RESULTS / "methods", *sorted(RESULTS.glob("methods_niah_seed*"))])
+        if merged:
+            print(f"needle trials of every seed pooled: {merged / 'results.json'}")
     print(f"results: {out / 'results.json'}")
     return 0
 

@@ -122,11 +122,15 @@ def methods_section() -> str:
     for name in ("methods", "methods_quick", "smollm2_16k"):
         res = _load(RES / name / "results.json")
         if res:
+            pooled = _load(RES / "methods_niah" / "results.json") if name == "methods" else None
+            if pooled:  # the needle cells with the trials of every seed (benchmarks/methods.py --seed)
+                res = {**res, "records": [r for r in res["records"] if r["task"] != "niah"] + pooled["records"]}
             body = methods_table(res, f"benchmarks/results/{name}")
             for png, alt in (("ppl_by_position.png", "ppl by position"), ("passkey_heatmap.png", "passkey by depth"),
                              ("niah_heatmap.png", "needle in a haystack, lengths x depths")):
-                if (RES / name / png).is_file():
-                    body += f"\n\n![{alt}](benchmarks/results/{name}/{png})"
+                where = "methods_niah" if pooled and png.startswith("niah") else name
+                if (RES / where / png).is_file():
+                    body += f"\n\n![{alt}](benchmarks/results/{where}/{png})"
             quick = _load(RES / "methods_quick" / "results.json")
             if name == "methods" and quick:
                 body += "\n\n" + ordering_note(res, quick)
@@ -197,6 +201,41 @@ def _cpus(ev: dict) -> str:
     return str((ev.get("machine") or {}).get("cpu_count", "?"))
 
 
+def _variant(r: dict) -> str:
+    return {"": "ctxext (gradient checkpointing, chunked loss)", "naive": "naive transformers loop"}.get(
+        " ".join(r["extra"]), "ctxext " + " ".join(r["extra"]))
+
+
+def train_speed_lines(tr: dict) -> list[str]:
+    """One row per run, and ctxext / naive ratios where both were measured at a length in the same run."""
+    lines = [f"Training {tr['meta']['model']} (full fine-tuning, `{tr['meta']['scaling']}`; "
+             f"{_machine(tr['meta'].get('machine'))}; `benchmarks/train_speed.py`):", "",
+             "| length | run | tokens/s | peak memory | ctxext's estimate | useful FLOP/s ÷ matmul rate |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for r in tr["runs"]:
+        if "tokens_per_second" not in r:
+            lines.append(f"| {r['length']:,} | {_variant(r)} | – | {r['error']} | – | – |")
+            continue
+        est = r.get("memory_estimate_gib")
+        frac = r.get("fraction_of_matmul_rate")
+        lines.append(f"| {r['length']:,} | {_variant(r)} | {r['tokens_per_second']:.1f} | {r['peak_memory_gib']:.2f} GiB "
+                     f"| {'–' if est is None else f'{est:.2f} GiB'} | {'–' if frac is None else f'{frac:.2f}'} |")
+        base = next((n for n in tr["runs"] if n["extra"] == ["naive"] and n["length"] == r["length"]
+                     and n.get("run") and n.get("run") == r.get("run") and "tokens_per_second" in n), None)
+        if base and not r["extra"]:
+            lines.append(f"| {r['length']:,} | ratio ctxext / naive (same run) | "
+                         f"**{r['tokens_per_second'] / base['tokens_per_second']:.2f}×** | "
+                         f"**{r['peak_memory_gib'] / base['peak_memory_gib']:.2f}×** | | |")
+    rates = sorted({round(r["fp32_matmul_flops"] / 1e9) for r in tr["runs"] if r.get("fp32_matmul_flops")})
+    lines += ["", "tokens/s over the steps after the first; peak memory is the process's peak RSS after loading the "
+              "model; useful work is 6·N + 12·layers·hidden·T FLOPs per token (recomputation not counted)"
+              + (f", against the fp32 matmul rate measured in the same run ({'/'.join(map(str, rates))} GFLOP/s)"
+                 if rates else "") + ". The naive loop is `model(input_ids=x, labels=x).loss.backward()` with torch's "
+              "AdamW (full-vocabulary logits, no checkpointing), stopped by a watchdog when it outgrows the memory "
+              "available."]
+    return lines
+
+
 def speed_section() -> str:
     lines = []
     ev = _load(RES / "eval_speed.json")
@@ -226,13 +265,7 @@ def speed_section() -> str:
                 lines[-1] += f" Round by round: {', '.join(f'{x:.2f}' for x in pairs)}."
     tr = _load(RES / "train_speed-cpu.json")
     if tr:
-        lines += ["", f"Training {tr['meta']['model']} ({tr['meta']['scaling']}, {_machine(tr['meta'].get('machine'))}):", "",
-                  "| length | variant | tokens/s | peak memory | estimate |", "|---:|---|---:|---:|---:|"]
-        for r in tr["runs"]:
-            if "tokens_per_second" not in r:
-                continue
-            lines.append(f"| {r['length']:,} | {' '.join(r['extra']) or 'default'} | {r['tokens_per_second']:.1f} | "
-                         f"{r['peak_memory_gib']:.2f} GiB | {r['memory_estimate_gib']:.2f} GiB |")
+        lines += [""] + train_speed_lines(tr)
     return "\n".join(lines) or "(no speed results yet)"
 
 

@@ -5,9 +5,18 @@
 
 Each length is one `ctxext train` process (so its peak memory is its own): --steps optimizer steps of one
 sequence, no evaluation; tokens/s is measured over the steps after the first (which pays warm-up and allocator
-costs). Peak memory is torch.cuda.max_memory_allocated on GPU and the process's peak RSS on CPU, next to ctxext's
-estimate. On GPU, model FLOPs utilisation = tokens/s × (6·N + 12·layers·hidden·T) / peak bf16 FLOP/s (the PaLM
-definition: recomputation by gradient checkpointing is not counted as useful work).
+costs). Peak memory is torch.cuda.max_memory_allocated on GPU and the process's peak RSS on CPU (both from after
+the model is loaded), next to ctxext's estimate.
+
+The baseline, in the same run (`naive@L` variants): stock transformers training as a user first writes it, in its
+own process on the same tokens — `model(input_ids=x, labels=x).loss.backward()` (full-vocabulary logits, no
+gradient checkpointing, SDPA attention) and torch's AdamW — timed and measured the same way. A watchdog stops it
+when its resident memory passes --naive-limit-gib (default: 90 % of the memory available at the start), and the
+row records where it stopped instead of letting the kernel kill the machine's other work.
+
+Useful work per token is 6·N + 12·layers·hidden·T FLOPs (the PaLM definition: recomputation by gradient
+checkpointing is not counted); it is reported as a fraction of the fp32 matmul rate measured in the same run (CPU)
+and as model FLOPs utilisation against the peak bf16 rate (GPU).
 
 Writes benchmarks/results/train_speed-<device>.json and prints a table.
 """
@@ -35,6 +44,83 @@ def device_name() -> tuple[str, float | None]:
     name = torch.cuda.get_device_name(0)
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     return name, peak
+
+
+def useful_flops_per_token(n_params: int, n_layers: int, hidden: int, length: int) -> float:
+    """Forward + backward FLOPs per token that count as work: 6·N for the weights, 12·n·H·T for attention."""
+    return 6 * n_params + 12 * n_layers * hidden * length
+
+
+def naive_worker(model: str, length: int, steps: int, books: Path) -> dict:
+    """The baseline loop, run inside a worker process; prints one JSON line."""
+    import numpy as np
+    import torch
+
+    from ctxext.data import load_documents
+    from ctxext.models import load_model
+
+    torch.manual_seed(0)
+    lm = load_model(model)
+    ids = np.concatenate([d.tokens for d in load_documents([books / b for b in BOOKS], lm.tokenizer)])[:length]
+    x = torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]
+    lm.model.train()
+    opt = torch.optim.AdamW(lm.model.parameters(), lr=2e-5)
+    reset_peak_kb()
+    seconds, losses = [], []
+    for _ in range(steps):
+        t = time.perf_counter()
+        loss = lm.model(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - t)
+        losses.append(float(loss))
+    timed = seconds[1:] or seconds
+    return {"length": length, "extra": ["naive"], "steps": steps, "tokens_per_second": length * len(timed) / sum(timed),
+            "step_seconds": [round(x, 4) for x in seconds], "peak_memory_gib": round(vm_kb("VmHWM") / 2**20, 3),
+            "losses": losses, "final_loss": losses[-1], "torch_threads": torch.get_num_threads(),
+            "attn_implementation": lm.model.config._attn_implementation}
+
+
+def vm_kb(field: str, pid: int | str = "self") -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_kb() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def run_naive(model: str, length: int, steps: int, books: Path, limit_gib: float) -> dict:
+    """The naive worker in its own process, stopped by a watchdog when its RSS passes `limit_gib`."""
+    cmd = [sys.executable, __file__, "--worker", "naive", "--model", model, "--lengths", str(length),
+           "--steps", str(steps), "--books", str(books)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    worst = 0
+    while proc.poll() is None:
+        worst = max(worst, vm_kb("VmRSS", proc.pid))
+        if worst > limit_gib * 2**20:
+            proc.kill()
+            proc.wait()
+            return {"length": length, "extra": ["naive"], "error": f"stopped at {worst / 2**20:.1f} GiB resident, past "
+                    f"the limit of {limit_gib:.1f} GiB (this machine's available memory): does not fit",
+                    "stopped_after_seconds": round(time.perf_counter() - t0, 1)}
+        time.sleep(0.2)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        return {"length": length, "extra": ["naive"], "error": (err.strip().splitlines() or ["?"])[-1]}
+    r = json.loads(out.strip().splitlines()[-1])
+    r["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    return r
 
 
 def run_one(model: str, scaling: str, length: int, steps: int, extra: list[str], books: Path, work: Path) -> dict:
@@ -70,30 +156,52 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--scaling", default="yarn:factor=8", help="the same spec at every length (speed does not depend on it)")
-    p.add_argument("--lengths", default="8192,16384")
+    p.add_argument("--lengths", default="4096,8192,16384")
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--variants", default="default,no-ckpt@8192",
-                   help="default = gradient checkpointing on; no-ckpt@L = also without it at length L; lora@L = LoRA")
+    p.add_argument("--variants", default="default,no-ckpt@8192,naive@4096,naive@8192,naive@16384",
+                   help="default = gradient checkpointing on; no-ckpt@L = also without it at length L; lora@L = LoRA; "
+                        "naive@L = the stock transformers baseline at length L")
+    p.add_argument("--naive-limit-gib", type=float, default=None,
+                   help="stop the naive baseline past this resident memory (default: 90 %% of what is available)")
     p.add_argument("--out", default=None)
+    p.add_argument("--worker", choices=["naive"], help=argparse.SUPPRESS)
+    p.add_argument("--books", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.worker:
+        print(json.dumps(naive_worker(args.model, int(args.lengths), args.steps, Path(args.books))))
+        return
 
     device, peak = device_name()
     info = model_info(args.model)
     lengths = [int(x) for x in args.lengths.split(",")]
     jobs: list[tuple[int, list[str]]] = [(L, []) for L in lengths]
-    flags = {"no-ckpt": ["--no-grad-checkpointing"], "lora": ["--lora"]}
+    flags = {"no-ckpt": ["--no-grad-checkpointing"], "lora": ["--lora"], "naive": ["naive"]}
     for v in args.variants.split(","):
         if "@" in v:
             name, at = v.split("@")
             jobs.append((int(at), flags[name]))
+    jobs.sort(key=lambda j: (j[0], j[1] == ["naive"]))
+    import psutil
+
+    from ctxext.evals.cost import measure_matmul_rate
+
+    limit = args.naive_limit_gib or 0.9 * psutil.virtual_memory().available / 2**30
+    rate = None if peak else measure_matmul_rate(seconds=3.0)
+    run_id = time.strftime("%Y-%m-%dT%H:%M:%S")
     rows = []
     with tempfile.TemporaryDirectory(prefix="ctxext-train-speed-") as work:
         for L, extra in jobs:
             print(f"{args.model} @ {L:,} {' '.join(extra)} …", file=sys.stderr, flush=True)
-            r = run_one(args.model, args.scaling, L, args.steps, extra, books_dir(), Path(work))
-            if peak and r.get("tokens_per_second"):
-                per_token = 6 * info.n_params + 12 * info.n_layers * info.hidden_size * L
-                r["mfu"] = r["tokens_per_second"] * per_token / peak
+            r = (run_naive(args.model, L, args.steps, books_dir(), limit) if extra == ["naive"]
+                 else run_one(args.model, args.scaling, L, args.steps, extra, books_dir(), Path(work)))
+            work_per_s = r.get("tokens_per_second", 0) * useful_flops_per_token(info.n_params, info.n_layers,
+                                                                                  info.hidden_size, L)
+            if work_per_s and peak:
+                r["mfu"] = work_per_s / peak
+            elif work_per_s:
+                r["fraction_of_matmul_rate"] = work_per_s / rate
+                r["fp32_matmul_flops"] = rate
+            r["run"] = run_id  # the README forms ctxext/naive ratios only from rows of the same run
             rows.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
     slug = "cpu" if device == "cpu" else device.replace(" ", "-").lower()
@@ -103,19 +211,21 @@ def main() -> None:
         rows = [r for r in json.loads(out.read_text())["runs"] if (r["length"], tuple(r["extra"])) not in done] + rows
         rows.sort(key=lambda r: (r["length"], r["extra"]))
     result = {"meta": {"versions": runinfo.versions(), "machine": runinfo.machine(), "device": device,
-                       "peak_bf16_flops": peak, "model": args.model, "scaling": args.scaling, "steps": args.steps,
+                       "peak_bf16_flops": peak, "fp32_matmul_flops": rate, "model": args.model, "scaling": args.scaling, "steps": args.steps,
                        "command": " ".join(sys.argv)}, "runs": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\n{args.model} on {device} ({args.steps} steps, tokens/s over steps 2..):")
-    print(f"{'length':>8} {'variant':<26} {'tokens/s':>9} {'peak GiB':>9} {'est. GiB':>9} {'MFU':>6}")
+    print(f"{'length':>8} {'variant':<26} {'tokens/s':>9} {'peak GiB':>9} {'est. GiB':>9} {'MFU/matmul':>10}")
     for r in rows:
         if "error" in r:
             print(f"{r['length']:>8} {' '.join(r['extra']):<26} error: {r['error']}")
             continue
-        mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "–"
+        frac = r.get("mfu", r.get("fraction_of_matmul_rate"))
+        est = r.get("memory_estimate_gib")
         print(f"{r['length']:>8} {' '.join(r['extra']) or 'grad ckpt, full FT':<26} {r['tokens_per_second']:>9.1f} "
-              f"{r['peak_memory_gib']:>9.2f} {r['memory_estimate_gib']:>9.2f} {mfu:>6}")
+              f"{r['peak_memory_gib']:>9.2f} {'–' if est is None else f'{est:.2f}':>9} "
+              f"{'–' if frac is None else f'{100 * frac:.1f}%':>10}")
     print(f"wrote {out}")
 
 

@@ -1,6 +1,7 @@
 """benchmarks/readme.py: the README tables come from results files; the committed README matches them."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,3 +85,50 @@ def test_attention_section_tables(tmp_path, monkeypatch):
     assert "| `self-extend:group=4,window=4096` | 100% | 50% | **3/4** |" in text
     assert "| `ntk-alibi:factor=4` | 0.5, 0.25 | 81.7 | 100% | 78% (40 trials) |" in text
     assert "Streaming" not in text  # no stream results: no table
+
+
+def test_train_speed_ratio_only_within_one_run():
+    meta = {"model": "m", "scaling": "yarn:factor=8", "machine": {"cpu_count": 2}}
+    runs = [{"length": 4096, "extra": [], "run": "A", "tokens_per_second": 90.0, "peak_memory_gib": 3.0,
+             "memory_estimate_gib": 3.5, "fraction_of_matmul_rate": 0.21, "fp32_matmul_flops": 1.6e11},
+            {"length": 4096, "extra": ["naive"], "run": "A", "tokens_per_second": 100.0, "peak_memory_gib": 10.0,
+             "fraction_of_matmul_rate": 0.24, "fp32_matmul_flops": 1.6e11},
+            {"length": 8192, "extra": [], "run": "old", "tokens_per_second": 60.0, "peak_memory_gib": 6.0,
+             "memory_estimate_gib": 5.4},
+            {"length": 8192, "extra": ["naive"], "run": "A", "tokens_per_second": 70.0, "peak_memory_gib": 20.0},
+            {"length": 16384, "extra": ["naive"], "run": "A", "error": "stopped at 21.0 GiB resident: does not fit"}]
+    lines = readme.train_speed_lines({"meta": meta, "runs": runs})
+    text = "\n".join(lines)
+    assert "| 4,096 | ratio ctxext / naive (same run) | **0.90×** | **0.30×** | | |" in lines
+    assert text.count("ratio ctxext / naive") == 1  # 8k: the two rows come from different runs
+    assert "| 16,384 | naive transformers loop | – | stopped at 21.0 GiB resident: does not fit | – | – |" in lines
+    assert "| 4,096 | ctxext (gradient checkpointing, chunked loss) | 90.0 | 3.00 GiB | 3.50 GiB | 0.21 |" in lines
+    assert "(160 GFLOP/s)" in text
+
+
+def _bench(name: str):
+    s = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    m = importlib.util.module_from_spec(s)
+    s.loader.exec_module(m)
+    return m
+
+
+def test_niah_trials_of_several_seeds_pool_per_cell(tmp_path):
+    methods = _bench("methods")
+    cell = {"scaling": "yarn:factor=2", "task": "niah", "metric": "accuracy", "length": 16384, "depth": 0.1}
+    pooled = methods.pool_cells([[{**cell, "value": 1.0, "n": 1}, {**cell, "depth": 0.5, "value": 0.0, "n": 1}],
+                                 [{**cell, "value": 0.5, "n": 2}]])
+    by = {r["depth"]: (r["value"], r["n"]) for r in pooled}
+    assert by == {0.1: (2 / 3, 3), 0.5: (0.0, 1)}
+    meta = {"seed": 0, "config": {"model_info": {"trained_len": 8192}}}
+    for i, recs in enumerate(([{**cell, "value": 1.0, "n": 1}], [{**cell, "value": 0.0, "n": 1}])):
+        (tmp_path / f"_test_seed{i}").mkdir()
+        (tmp_path / f"_test_seed{i}" / "results.json").write_text(json.dumps({"meta": {**meta, "seed": i}, "records": recs}))
+    methods.ROOT = tmp_path  # sources are recorded relative to the repo root
+    out = methods.merge_niah([tmp_path / "_test_seed0", tmp_path / "_test_seed1", tmp_path / "missing"],
+                             tmp_path / "pooled")
+    res = json.loads((out / "results.json").read_text())
+    assert res["meta"]["seeds"] == [0, 1] and res["meta"]["pooled_from"] == ["_test_seed0", "_test_seed1"]
+    assert [(r["value"], r["n"]) for r in res["records"]] == [(0.5, 2)]
+    assert (out / "niah_heatmap.png").stat().st_size > 1000
+    assert methods.merge_niah([tmp_path / "_test_seed0"], tmp_path / "one") is None  # nothing to pool
