@@ -202,7 +202,8 @@ def _cpus(ev: dict) -> str:
 
 
 def _variant(r: dict) -> str:
-    return {"": "ctxext (gradient checkpointing, chunked loss)", "naive": "naive transformers loop"}.get(
+    return {"": "ctxext (gradient checkpointing, chunked loss)", "naive": "naive transformers loop",
+            "naive-ckpt": "naive + transformers' checkpointing"}.get(
         " ".join(r["extra"]), "ctxext " + " ".join(r["extra"]))
 
 
@@ -220,19 +221,22 @@ def train_speed_lines(tr: dict) -> list[str]:
         frac = r.get("fraction_of_matmul_rate")
         lines.append(f"| {r['length']:,} | {_variant(r)} | {r['tokens_per_second']:.1f} | {r['peak_memory_gib']:.2f} GiB "
                      f"| {'–' if est is None else f'{est:.2f} GiB'} | {'–' if frac is None else f'{frac:.2f}'} |")
-        base = next((n for n in tr["runs"] if n["extra"] == ["naive"] and n["length"] == r["length"]
-                     and n.get("run") and n.get("run") == r.get("run") and "tokens_per_second" in n), None)
-        if base and not r["extra"]:
-            lines.append(f"| {r['length']:,} | ratio ctxext / naive (same run) | "
-                         f"**{r['tokens_per_second'] / base['tokens_per_second']:.2f}×** | "
-                         f"**{r['peak_memory_gib'] / base['peak_memory_gib']:.2f}×** | | |")
+        if r["extra"]:
+            continue
+        for v in ("naive", "naive-ckpt"):
+            base = next((n for n in tr["runs"] if n["extra"] == [v] and n["length"] == r["length"]
+                         and n.get("run") and n.get("run") == r.get("run") and "tokens_per_second" in n), None)
+            if base:
+                lines.append(f"| {r['length']:,} | ratio ctxext / {_variant(base)} (same run) | "
+                             f"**{r['tokens_per_second'] / base['tokens_per_second']:.2f}×** | "
+                             f"**{r['peak_memory_gib'] / base['peak_memory_gib']:.2f}×** | | |")
     rates = sorted({round(r["fp32_matmul_flops"] / 1e9) for r in tr["runs"] if r.get("fp32_matmul_flops")})
     lines += ["", "tokens/s over the steps after the first; peak memory is the process's peak RSS after loading the "
               "model; useful work is 6·N + 12·layers·hidden·T FLOPs per token (recomputation not counted)"
               + (f", against the fp32 matmul rate measured in the same run ({'/'.join(map(str, rates))} GFLOP/s)"
                  if rates else "") + ". The naive loop is `model(input_ids=x, labels=x).loss.backward()` with torch's "
-              "AdamW (full-vocabulary logits, no checkpointing), stopped by a watchdog when it outgrows the memory "
-              "available."]
+              "AdamW (full-vocabulary logits, no checkpointing); \"+ transformers' checkpointing\" adds "
+              "`gradient_checkpointing_enable()`. A baseline that outgrows the memory available is stopped by a watchdog."]
     return lines
 
 

@@ -10,9 +10,10 @@ the model is loaded), next to ctxext's estimate.
 
 The baseline, in the same run (`naive@L` variants): stock transformers training as a user first writes it, in its
 own process on the same tokens — `model(input_ids=x, labels=x).loss.backward()` (full-vocabulary logits, no
-gradient checkpointing, SDPA attention) and torch's AdamW — timed and measured the same way. A watchdog stops it
-when its resident memory passes --naive-limit-gib (default: 90 % of the memory available at the start), and the
-row records where it stopped instead of letting the kernel kill the machine's other work.
+gradient checkpointing, SDPA attention) and torch's AdamW — timed and measured the same way; `naive-ckpt@L` adds
+transformers' own `gradient_checkpointing_enable()` (the usual first memory fix, which keeps the full logits).
+A watchdog stops a baseline when its resident memory passes --naive-limit-gib (default: 90 % of the memory
+available at the start), and the row records where it stopped instead of letting the kernel kill other work.
 
 Useful work per token is 6·N + 12·layers·hidden·T FLOPs (the PaLM definition: recomputation by gradient
 checkpointing is not counted); it is reported as a fraction of the fp32 matmul rate measured in the same run (CPU)
@@ -33,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOKS = ("pg1342.txt", "pg2701.txt", "pg1513.txt")
+NAIVE_CKPT = "naive-ckpt"
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}  # dense, no sparsity
 
 
@@ -51,8 +53,8 @@ def useful_flops_per_token(n_params: int, n_layers: int, hidden: int, length: in
     return 6 * n_params + 12 * n_layers * hidden * length
 
 
-def naive_worker(model: str, length: int, steps: int, books: Path) -> dict:
-    """The baseline loop, run inside a worker process; prints one JSON line."""
+def naive_worker(model: str, length: int, steps: int, books: Path, ckpt: bool = False) -> dict:
+    """The baseline loop, run inside a worker process; `ckpt`: with transformers' own gradient checkpointing."""
     import numpy as np
     import torch
 
@@ -64,6 +66,8 @@ def naive_worker(model: str, length: int, steps: int, books: Path) -> dict:
     ids = np.concatenate([d.tokens for d in load_documents([books / b for b in BOOKS], lm.tokenizer)])[:length]
     x = torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]
     lm.model.train()
+    if ckpt:
+        lm.model.gradient_checkpointing_enable()
     opt = torch.optim.AdamW(lm.model.parameters(), lr=2e-5)
     reset_peak_kb()
     seconds, losses = [], []
@@ -76,7 +80,8 @@ def naive_worker(model: str, length: int, steps: int, books: Path) -> dict:
         seconds.append(time.perf_counter() - t)
         losses.append(float(loss))
     timed = seconds[1:] or seconds
-    return {"length": length, "extra": ["naive"], "steps": steps, "tokens_per_second": length * len(timed) / sum(timed),
+    return {"length": length, "extra": [NAIVE_CKPT if ckpt else "naive"], "steps": steps,
+            "tokens_per_second": length * len(timed) / sum(timed),
             "step_seconds": [round(x, 4) for x in seconds], "peak_memory_gib": round(vm_kb("VmHWM") / 2**20, 3),
             "losses": losses, "final_loss": losses[-1], "torch_threads": torch.get_num_threads(),
             "attn_implementation": lm.model.config._attn_implementation}
@@ -99,9 +104,9 @@ def reset_peak_kb() -> None:
         pass
 
 
-def run_naive(model: str, length: int, steps: int, books: Path, limit_gib: float) -> dict:
+def run_naive(model: str, length: int, steps: int, books: Path, limit_gib: float, variant: str = "naive") -> dict:
     """The naive worker in its own process, stopped by a watchdog when its RSS passes `limit_gib`."""
-    cmd = [sys.executable, __file__, "--worker", "naive", "--model", model, "--lengths", str(length),
+    cmd = [sys.executable, __file__, "--worker", variant, "--model", model, "--lengths", str(length),
            "--steps", str(steps), "--books", str(books)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -111,13 +116,13 @@ def run_naive(model: str, length: int, steps: int, books: Path, limit_gib: float
         if worst > limit_gib * 2**20:
             proc.kill()
             proc.wait()
-            return {"length": length, "extra": ["naive"], "error": f"stopped at {worst / 2**20:.1f} GiB resident, past "
+            return {"length": length, "extra": [variant], "error": f"stopped at {worst / 2**20:.1f} GiB resident, past "
                     f"the limit of {limit_gib:.1f} GiB (this machine's available memory): does not fit",
                     "stopped_after_seconds": round(time.perf_counter() - t0, 1)}
         time.sleep(0.2)
     out, err = proc.communicate()
     if proc.returncode != 0:
-        return {"length": length, "extra": ["naive"], "error": (err.strip().splitlines() or ["?"])[-1]}
+        return {"length": length, "extra": [variant], "error": (err.strip().splitlines() or ["?"])[-1]}
     r = json.loads(out.strip().splitlines()[-1])
     r["wall_seconds"] = round(time.perf_counter() - t0, 1)
     return r
@@ -158,29 +163,32 @@ def main() -> None:
     p.add_argument("--scaling", default="yarn:factor=8", help="the same spec at every length (speed does not depend on it)")
     p.add_argument("--lengths", default="4096,8192,16384")
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--variants", default="default,no-ckpt@8192,naive@4096,naive@8192,naive@16384",
+    p.add_argument("--variants", default="default,no-ckpt@8192,naive@4096,naive@8192,naive@16384,naive-ckpt@8192,"
+                                         "naive-ckpt@16384",
                    help="default = gradient checkpointing on; no-ckpt@L = also without it at length L; lora@L = LoRA; "
-                        "naive@L = the stock transformers baseline at length L")
+                        "naive@L = the stock transformers baseline at length L; naive-ckpt@L = the same with "
+                        "transformers' gradient_checkpointing_enable()")
     p.add_argument("--naive-limit-gib", type=float, default=None,
                    help="stop the naive baseline past this resident memory (default: 90 %% of what is available)")
     p.add_argument("--out", default=None)
-    p.add_argument("--worker", choices=["naive"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["naive", NAIVE_CKPT], help=argparse.SUPPRESS)
     p.add_argument("--books", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(naive_worker(args.model, int(args.lengths), args.steps, Path(args.books))))
+        print(json.dumps(naive_worker(args.model, int(args.lengths), args.steps, Path(args.books),
+                                      ckpt=args.worker == NAIVE_CKPT)))
         return
 
     device, peak = device_name()
     info = model_info(args.model)
     lengths = [int(x) for x in args.lengths.split(",")]
     jobs: list[tuple[int, list[str]]] = [(L, []) for L in lengths]
-    flags = {"no-ckpt": ["--no-grad-checkpointing"], "lora": ["--lora"], "naive": ["naive"]}
+    flags = {"no-ckpt": ["--no-grad-checkpointing"], "lora": ["--lora"], "naive": ["naive"], NAIVE_CKPT: [NAIVE_CKPT]}
     for v in args.variants.split(","):
         if "@" in v:
             name, at = v.split("@")
             jobs.append((int(at), flags[name]))
-    jobs.sort(key=lambda j: (j[0], j[1] == ["naive"]))
+    jobs.sort(key=lambda j: (j[0], j[1][:1] in (["naive"], [NAIVE_CKPT])))  # ctxext first at each length
     import psutil
 
     from ctxext.evals.cost import measure_matmul_rate
@@ -192,7 +200,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ctxext-train-speed-") as work:
         for L, extra in jobs:
             print(f"{args.model} @ {L:,} {' '.join(extra)} …", file=sys.stderr, flush=True)
-            r = (run_naive(args.model, L, args.steps, books_dir(), limit) if extra == ["naive"]
+            naive = extra[:1] in (["naive"], [NAIVE_CKPT])
+            r = (run_naive(args.model, L, args.steps, books_dir(), limit, extra[0]) if naive
                  else run_one(args.model, args.scaling, L, args.steps, extra, books_dir(), Path(work)))
             work_per_s = r.get("tokens_per_second", 0) * useful_flops_per_token(info.n_params, info.n_layers,
                                                                                   info.hidden_size, L)
@@ -211,7 +220,8 @@ def main() -> None:
         rows = [r for r in json.loads(out.read_text())["runs"] if (r["length"], tuple(r["extra"])) not in done] + rows
         rows.sort(key=lambda r: (r["length"], r["extra"]))
     result = {"meta": {"versions": runinfo.versions(), "machine": runinfo.machine(), "device": device,
-                       "peak_bf16_flops": peak, "fp32_matmul_flops": rate, "model": args.model, "scaling": args.scaling, "steps": args.steps,
+                       "peak_bf16_flops": peak, "fp32_matmul_flops": rate, "model": args.model,
+                       "scaling": args.scaling, "steps": args.steps,
                        "command": " ".join(sys.argv)}, "runs": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
