@@ -3,6 +3,8 @@ passkey accuracy by depth, and a needle-in-a-haystack heatmap (lengths x depths)
 `ctxext eval` (one model load per task, resumable).
 
     python benchmarks/methods.py [--quick] [--tasks ppl,passkey,niah] [--out benchmarks/results/methods]
+    python benchmarks/methods.py --tasks niah --seed 1    # more needle trials (other keys), pooled per cell
+                                                           # with every other seed into benchmarks/results/methods_niah
 
 Full: every method below at 16 384 tokens (one ~2-minute 16k forward per method and task cell on a 2-core CPU;
 the run resumes with finished cells kept, so it can be done in parts). --quick: four methods at the same 16 384

@@ -110,11 +110,20 @@ def methods_table(res: dict, source: str) -> str:
     nh = [r for r in recs if r["task"] == "niah" and r["metric"] == "accuracy"]
     if nh:
         n = sorted({r["n"] for r in nh})
+        past = {}
+        for r in nh:
+            if r["length"] > trained:
+                got, total = past.get(r["scaling"], (0, 0))
+                past[r["scaling"]] = (got + round(r["value"] * r["n"]), total + r["n"])
         lines += ["", f"needle in a haystack (heatmap below): {len({r['scaling'] for r in nh})} specs at "
                   f"{', '.join(f'{x:,}' for x in sorted({r['length'] for r in nh}))} tokens, depths "
                   f"{', '.join(f'{x:g}' for x in sorted({r['depth'] for r in nh}))}, {'/'.join(map(str, n))} "
-                  f"trial(s) per cell (a needle sentence in the book's own text" + ("; one trial per cell is thin)."
+                  "trial(s) per cell (a needle sentence in the book's own text; trials differ in the key only, "
+                  "the haystack and the needle's place are the same" + ("; one trial per cell is thin)."
                                                                        if n == [1] else ").")]
+        if past:
+            lines[-1] += " Past the trained length: " + ", ".join(
+                f"{_label(s)} {g}/{t}" for s, (g, t) in past.items()) + " correct."
     return "\n".join(lines)
 
 
