@@ -222,23 +222,23 @@ def train_speed_lines(tr: dict) -> list[str]:
              f"{_machine(tr['meta'].get('machine'))}; `benchmarks/train_speed.py`):", "",
              "| length | run | tokens/s | peak memory | ctxext's estimate | useful FLOP/s ÷ matmul rate |",
              "|---:|---|---:|---:|---:|---:|"]
-    for r in tr["runs"]:
-        if "tokens_per_second" not in r:
-            lines.append(f"| {r['length']:,} | {_variant(r)} | – | {r['error']} | – | – |")
-            continue
-        est = r.get("memory_estimate_gib")
-        frac = r.get("fraction_of_matmul_rate")
-        lines.append(f"| {r['length']:,} | {_variant(r)} | {r['tokens_per_second']:.1f} | {r['peak_memory_gib']:.2f} GiB "
-                     f"| {'–' if est is None else f'{est:.2f} GiB'} | {'–' if frac is None else f'{frac:.2f}'} |")
-        if r["extra"]:
-            continue
+    for length in sorted({r["length"] for r in tr["runs"]}):
+        rows = [r for r in tr["runs"] if r["length"] == length]
+        for r in rows:
+            if "tokens_per_second" not in r:
+                lines.append(f"| {length:,} | {_variant(r)} | – | {r['error']} | – | – |")
+                continue
+            est, frac = r.get("memory_estimate_gib"), r.get("fraction_of_matmul_rate")
+            lines.append(f"| {length:,} | {_variant(r)} | {r['tokens_per_second']:.1f} | {r['peak_memory_gib']:.2f} GiB "
+                         f"| {'–' if est is None else f'{est:.2f} GiB'} | {'–' if frac is None else f'{frac:.2f}'} |")
+        ours = next((r for r in rows if not r["extra"] and "tokens_per_second" in r), None)
         for v in ("naive", "naive-ckpt"):
-            base = next((n for n in tr["runs"] if n["extra"] == [v] and n["length"] == r["length"]
-                         and n.get("run") and n.get("run") == r.get("run") and "tokens_per_second" in n), None)
+            base = next((n for n in rows if ours and n["extra"] == [v] and n.get("run")
+                         and n.get("run") == ours.get("run") and "tokens_per_second" in n), None)
             if base:
-                lines.append(f"| {r['length']:,} | ratio ctxext / {_variant(base)} (same run) | "
-                             f"**{r['tokens_per_second'] / base['tokens_per_second']:.2f}×** | "
-                             f"**{r['peak_memory_gib'] / base['peak_memory_gib']:.2f}×** | | |")
+                lines.append(f"| {length:,} | **ratio** ctxext / {_variant(base)} (same run) | "
+                             f"**{ours['tokens_per_second'] / base['tokens_per_second']:.2f}×** | "
+                             f"**{ours['peak_memory_gib'] / base['peak_memory_gib']:.2f}×** | | |")
     rates = sorted({round(r["fp32_matmul_flops"] / 1e9) for r in tr["runs"] if r.get("fp32_matmul_flops")})
     lines += ["", "tokens/s over the steps after the first; peak memory is the process's peak RSS after loading the "
               "model; useful work is 6·N + 12·layers·hidden·T FLOPs per token (recomputation not counted)"

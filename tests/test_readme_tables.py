@@ -100,9 +100,9 @@ def test_train_speed_ratio_only_within_one_run():
             {"length": 16384, "extra": ["naive"], "run": "A", "error": "stopped at 21.0 GiB resident: does not fit"}]
     lines = readme.train_speed_lines({"meta": meta, "runs": runs})
     text = "\n".join(lines)
-    assert "| 4,096 | ratio ctxext / naive transformers loop (same run) | **0.90×** | **0.30×** | | |" in lines
-    assert "| 4,096 | ratio ctxext / naive + transformers' checkpointing (same run) | **1.20×** | **0.50×** | | |" in lines
-    assert text.count("ratio ctxext / naive transformers loop") == 1  # 8k: the two rows come from different runs
+    assert "| 4,096 | **ratio** ctxext / naive transformers loop (same run) | **0.90×** | **0.30×** | | |" in lines
+    assert "| 4,096 | **ratio** ctxext / naive + transformers' checkpointing (same run) | **1.20×** | **0.50×** | | |" in lines
+    assert text.count("ctxext / naive transformers loop") == 1  # 8k: the two rows come from different runs
     assert "| 16,384 | naive transformers loop | – | stopped at 21.0 GiB resident: does not fit | – | – |" in lines
     assert "| 4,096 | ctxext (gradient checkpointing, chunked loss) | 90.0 | 3.00 GiB | 3.50 GiB | 0.21 |" in lines
     assert "(160 GFLOP/s)" in text
