@@ -34,6 +34,7 @@ from .loss import LossModel
 from .memory import GIB, check_fits
 from .optim import make_optimizer, make_scheduler, param_groups
 from .report import write_reports
+from . import doc_attention
 from .setup import build_model, plan_run
 
 FINAL_DIR = "final"
@@ -363,7 +364,11 @@ class _Host:
 
     def evaluate(self, spec_arg: str, out: Path, step: int) -> list[dict[str, Any]]:
         lm = self._lm()
-        records = evaluate(lm, spec_arg, self.cfg, out, step) if lm is not None else []
+        if lm is None:
+            records = []
+        else:
+            with doc_attention.plain_sdpa(lm.model):
+                records = evaluate(lm, spec_arg, self.cfg, out, step)
         self.acc.wait_for_everyone()
         return records
 
@@ -388,6 +393,7 @@ class _Host:
             plan = replace(export_plan, spec=replace(export_plan.spec, meta=meta))
             if where.exists():
                 shutil.rmtree(where)
-            result = export_loaded(lm, plan, where)
+            with doc_attention.plain_sdpa(lm.model):
+                result = export_loaded(lm, plan, where)
         self.acc.wait_for_everyone()
         return result

@@ -90,6 +90,7 @@ def build_model(cfg: TrainConfig, spec: Spec) -> Any:
     import torch
 
     from ..models import apply_spec, load_model
+    from . import doc_attention
     from .lora import add_lora
 
     lm = load_model(cfg.model, dtype=torch.float32, attn=cfg.attn)
@@ -97,6 +98,8 @@ def build_model(cfg: TrainConfig, spec: Spec) -> Any:
         raise CtxextError(f"{cfg.model} has no tokenizer files; ctxext train needs one to tokenise --data")
     apply_spec(lm, spec)
     model = lm.model
+    if model.config._attn_implementation == "sdpa":  # packed rows: causal SDPA per document, not one T×T mask
+        model.set_attn_implementation(doc_attention.register())
     if cfg.lora:
         add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.seed)
     if cfg.grad_checkpointing:
