@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BOOKS = ("pg1342.txt", "pg2701.txt", "pg1513.txt")
 NAIVE_CKPT = "naive-ckpt"
+NAIVE = ("naive", NAIVE_CKPT)  # the stock transformers baselines (variants run by run_naive, not ctxext train)
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}  # dense, no sparsity
 
 
@@ -46,6 +47,10 @@ def device_name() -> tuple[str, float | None]:
     name = torch.cuda.get_device_name(0)
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     return name, peak
+
+
+def is_naive(extra: list[str]) -> bool:
+    return bool(extra) and extra[0] in NAIVE
 
 
 def useful_flops_per_token(n_params: int, n_layers: int, hidden: int, length: int) -> float:
@@ -60,6 +65,7 @@ def naive_worker(model: str, length: int, steps: int, books: Path, ckpt: bool = 
 
     from ctxext.data import load_documents
     from ctxext.models import load_model
+    from ctxext.train.loop import peak_memory, reset_peak_memory  # what ctxext train measures, the same way
 
     torch.manual_seed(0)
     lm = load_model(model)
@@ -69,7 +75,7 @@ def naive_worker(model: str, length: int, steps: int, books: Path, ckpt: bool = 
     if ckpt:
         lm.model.gradient_checkpointing_enable()
     opt = torch.optim.AdamW(lm.model.parameters(), lr=2e-5)
-    reset_peak_kb()
+    reset_peak_memory("cpu")
     seconds, losses = [], []
     for _ in range(steps):
         t = time.perf_counter()
@@ -82,41 +88,29 @@ def naive_worker(model: str, length: int, steps: int, books: Path, ckpt: bool = 
     timed = seconds[1:] or seconds
     return {"length": length, "extra": [NAIVE_CKPT if ckpt else "naive"], "steps": steps,
             "tokens_per_second": length * len(timed) / sum(timed),
-            "step_seconds": [round(x, 4) for x in seconds], "peak_memory_gib": round(vm_kb("VmHWM") / 2**20, 3),
+            "step_seconds": [round(x, 4) for x in seconds], "peak_memory_gib": round(peak_memory("cpu") / 2**30, 3),
             "losses": losses, "final_loss": losses[-1], "torch_threads": torch.get_num_threads(),
             "attn_implementation": lm.model.config._attn_implementation}
 
 
-def vm_kb(field: str, pid: int | str = "self") -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def reset_peak_kb() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
 def run_naive(model: str, length: int, steps: int, books: Path, limit_gib: float, variant: str = "naive") -> dict:
     """The naive worker in its own process, stopped by a watchdog when its RSS passes `limit_gib`."""
+    import psutil
+
     cmd = [sys.executable, __file__, "--worker", variant, "--model", model, "--lengths", str(length),
            "--steps", str(steps), "--books", str(books)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    worst = 0
+    watch, worst = psutil.Process(proc.pid), 0
     while proc.poll() is None:
-        worst = max(worst, vm_kb("VmRSS", proc.pid))
-        if worst > limit_gib * 2**20:
+        try:
+            worst = max(worst, watch.memory_info().rss)
+        except psutil.NoSuchProcess:  # it ended between poll and the read
+            break
+        if worst > limit_gib * 2**30:
             proc.kill()
             proc.wait()
-            return {"length": length, "extra": [variant], "error": f"stopped at {worst / 2**20:.1f} GiB resident, past "
+            return {"length": length, "extra": [variant], "error": f"stopped at {worst / 2**30:.1f} GiB resident, past "
                     f"the limit of {limit_gib:.1f} GiB (this machine's available memory): does not fit",
                     "stopped_after_seconds": round(time.perf_counter() - t0, 1)}
         time.sleep(0.2)
@@ -171,7 +165,7 @@ def main() -> None:
     p.add_argument("--naive-limit-gib", type=float, default=None,
                    help="stop the naive baseline past this resident memory (default: 90 %% of what is available)")
     p.add_argument("--out", default=None)
-    p.add_argument("--worker", choices=["naive", NAIVE_CKPT], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=NAIVE, help=argparse.SUPPRESS)
     p.add_argument("--books", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -183,12 +177,12 @@ def main() -> None:
     info = model_info(args.model)
     lengths = [int(x) for x in args.lengths.split(",")]
     jobs: list[tuple[int, list[str]]] = [(L, []) for L in lengths]
-    flags = {"no-ckpt": ["--no-grad-checkpointing"], "lora": ["--lora"], "naive": ["naive"], NAIVE_CKPT: [NAIVE_CKPT]}
+    flags = {"no-ckpt": ["--no-grad-checkpointing"], "lora": ["--lora"], **{v: [v] for v in NAIVE}}
     for v in args.variants.split(","):
         if "@" in v:
             name, at = v.split("@")
             jobs.append((int(at), flags[name]))
-    jobs.sort(key=lambda j: (j[0], j[1][:1] in (["naive"], [NAIVE_CKPT])))  # ctxext first at each length
+    jobs.sort(key=lambda j: (j[0], is_naive(j[1])))  # ctxext first at each length
     import psutil
 
     from ctxext.evals.cost import measure_matmul_rate
@@ -200,8 +194,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ctxext-train-speed-") as work:
         for L, extra in jobs:
             print(f"{args.model} @ {L:,} {' '.join(extra)} …", file=sys.stderr, flush=True)
-            naive = extra[:1] in (["naive"], [NAIVE_CKPT])
-            r = (run_naive(args.model, L, args.steps, books_dir(), limit, extra[0]) if naive
+            r = (run_naive(args.model, L, args.steps, books_dir(), limit, extra[0]) if is_naive(extra)
                  else run_one(args.model, args.scaling, L, args.steps, extra, books_dir(), Path(work)))
             work_per_s = r.get("tokens_per_second", 0) * useful_flops_per_token(info.n_params, info.n_layers,
                                                                                   info.hidden_size, L)

@@ -31,6 +31,18 @@ def document_spans(position_ids: Any) -> list[list[tuple[int, int]]]:
     return spans
 
 
+# every layer (and its checkpointed recomputation) gets the same position_ids tensor in one step: find the spans
+# once (one host sync on GPU, not one per layer). Holding the tensor keeps its identity from being reused.
+_last: tuple[Any, list[list[tuple[int, int]]]] | None = None
+
+
+def _spans_of(position_ids: Any) -> list[list[tuple[int, int]]]:
+    global _last
+    if _last is None or _last[0] is not position_ids:
+        _last = (position_ids, document_spans(position_ids))
+    return _last[1]
+
+
 def doc_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
                   scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
     """transformers attention function: (B, H, T, D) in, (B, T, H, D) out, as sdpa_attention_forward."""
@@ -38,17 +50,26 @@ def doc_attention(module: Any, query: Any, key: Any, value: Any, attention_mask:
     import torch.nn.functional as F
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    from ..models.attention import _SDPA_GQA
+
     pos = kwargs.get("position_ids")
     if not module.training or pos is None or query.shape[2] != key.shape[2] or pos.shape[-1] != query.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
+    gqa = {}
     if key.shape[1] != query.shape[1]:  # grouped-query attention: one K/V head per group of query heads
-        rep = query.shape[1] // key.shape[1]
-        key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
+        if _SDPA_GQA:
+            gqa = {"enable_gqa": True}
+        else:
+            rep = query.shape[1] // key.shape[1]
+            key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
     rows = []
-    for b, spans in enumerate(document_spans(pos.expand(query.shape[0], -1))):
+    per_row = _spans_of(pos)
+    if len(per_row) == 1:  # position_ids (1, T) broadcast over the batch
+        per_row = per_row * query.shape[0]
+    for b, spans in enumerate(per_row):
         parts = [F.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
-                                                dropout_p=dropout, scale=scaling, is_causal=True)
+                                                dropout_p=dropout, scale=scaling, is_causal=True, **gqa)
                  for s, e in spans]
         rows.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from ..errors import CtxextError
 from . import checkpoint as ckpt
+from . import doc_attention
 from .config import TrainConfig
 from .data import IGNORE, RowOrder, is_short_step, load_rows, model_inputs
 from .evaluate import evaluate, headline
@@ -34,7 +35,6 @@ from .loss import LossModel
 from .memory import GIB, check_fits
 from .optim import make_optimizer, make_scheduler, param_groups
 from .report import write_reports
-from . import doc_attention
 from .setup import build_model, plan_run
 
 FINAL_DIR = "final"
@@ -393,7 +393,6 @@ class _Host:
             plan = replace(export_plan, spec=replace(export_plan.spec, meta=meta))
             if where.exists():
                 shutil.rmtree(where)
-            with doc_attention.plain_sdpa(lm.model):
-                result = export_loaded(lm, plan, where)
+            result = export_loaded(lm, plan, where)  # eval mode: doc_attention defers to transformers' SDPA
         self.acc.wait_for_everyone()
         return result
