@@ -11,7 +11,8 @@ issue allows: this run says how far a CPU gets, not what the search reaches with
 Evaluation: ppl at 8192 (in-window) and 16 384 on pg84 (one document, the first tokens of the book), needle-ppl at
 16 384 (--trials trials).
 
-Writes benchmarks/results/search_smollm2_16k/: search/, eval/, eval-needle/, summary.json, summary.md.
+Writes benchmarks/results/search_smollm2_16k/ (fitness ppl; search_smollm2_16k_<fitness>/ for the others, a folder
+per search): search/, eval/, eval-needle/, summary.json, summary.md.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "results" / "search_smollm2_16k"
+RESULTS = ROOT / "benchmarks" / "results"
 MODEL, TARGET, WINDOW = "smollm2-135m", 16384, 8192
 
 
@@ -38,6 +39,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-eval", action="store_true")
     args = ap.parse_args()
+    out = RESULTS / ("search_smollm2_16k" + ("" if args.fitness == "ppl" else f"_{args.fitness}"))
 
     import torch
 
@@ -47,9 +49,9 @@ def main() -> int:
     from ctxext.fixtures import HELD_OUT_BOOK, book_path
     from ctxext.search import config_from, run_search
 
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     os.chdir(ROOT)
-    search_dir = OUT.relative_to(ROOT) / "search"
+    search_dir = out.relative_to(ROOT) / "search"
     data = [str(book_path("pg1342.txt")), str(book_path("pg2701.txt"))]
     cfg = config_from(TARGET, fitness=args.fitness, budget=args.budget, population=4, mutations=2, crossovers=2,
                       parents=4, samples=1, seed=args.seed, rungs=[(10240, 1), (TARGET, 1)])
@@ -66,7 +68,7 @@ def main() -> int:
                           "reference": res["reference"], "beat_yarn_seed_at_cost": res["beat_yarn_at_cost"],
                           "guard": res["guard"], "curve": res["curve"], "evaluation_seconds": round(search_s, 1),
                           "this_run_seconds": round(run_s, 1), "replayed_this_run": res["replayed"]}}
-    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if args.skip_eval:
         return 0
     best = str(search_dir / "best.json")
@@ -74,8 +76,8 @@ def main() -> int:
     held = [str(book_path(HELD_OUT_BOOK))]
     t0 = time.perf_counter()
     common = dict(data=held, seed=args.seed, progress=sys.stderr.isatty(), resume=True)
-    ev = run_eval(MODEL, specs, ["ppl"], [WINDOW, TARGET], samples=1, out=OUT / "eval", **common)
-    ev_n = run_eval(MODEL, specs, ["needle-ppl"], [TARGET], samples=args.trials, out=OUT / "eval-needle", **common)
+    ev = run_eval(MODEL, specs, ["ppl"], [WINDOW, TARGET], samples=1, out=out / "eval", **common)
+    ev_n = run_eval(MODEL, specs, ["needle-ppl"], [TARGET], samples=args.trials, out=out / "eval-needle", **common)
     val = {(r["scaling"], r["task"], r["length"]): r["value"] for r in ev["records"] + ev_n["records"]
            if r["bucket"] is None}
     rows = {name: {"ppl@8192": val[(s, "ppl", WINDOW)], "ppl@16384": val[(s, "ppl", TARGET)],
@@ -88,7 +90,7 @@ def main() -> int:
         "ppl@16384 searched < yarn": rows["searched"]["ppl@16384"] < rows["yarn:factor=2"]["ppl@16384"],
         "ppl@8192 searched <= 1.01 x default": rows["searched"]["ppl@8192"] <= 1.01 * rows["default"]["ppl@8192"],
     }
-    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     m = summary["machine"]
     lines = ["# ctxext search on SmolLM2-135M: 8192 → 16 384 tokens, no fine-tuning (reduced CPU budget)", "",
              f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}.",
@@ -102,7 +104,7 @@ def main() -> int:
         lines.append(f"| {name} | {r['ppl@8192']:.4f} | {r['ppl@16384']:.4f} | {r['needle-ppl@16384']:.4f} |")
     lines += ["", "| check | pass |", "|---|---|"] + [f"| {k} | {'yes' if v else 'NO'} |"
                                                      for k, v in summary["checks"].items()]
-    (OUT / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -64,3 +64,40 @@ def test_eval_and_cached_generation_take_transformers_sdpa():
     with doc_attention.plain_sdpa(docs):
         assert docs.config._attn_implementation == "sdpa"
     assert docs.config._attn_implementation == doc_attention.NAME
+
+
+def _packed_batch():
+    rng = np.random.default_rng(1)
+    starts = np.zeros((1, 40), bool)
+    starts[0, [15, 28]] = True
+    return model_inputs(rng.integers(1, 64, size=(1, 40)), starts)
+
+
+def _count_builds(monkeypatch):
+    built, made = [], []
+    build, init = doc_attention.LazyMask.build, doc_attention.LazyMask.__init__
+    monkeypatch.setattr(doc_attention.LazyMask, "build", lambda self: built.append(1) or build(self))
+    monkeypatch.setattr(doc_attention.LazyMask, "__init__", lambda self, kw: made.append(1) or init(self, kw))
+    return built, made
+
+
+def test_training_forward_never_builds_the_packed_mask(monkeypatch):
+    docs = _tiny_llama(2)
+    docs.set_attn_implementation(doc_attention.register())
+    built, made = _count_builds(monkeypatch)
+    docs(**_packed_batch()).loss.backward()
+    assert made == [1] and built == []  # the T×T mask was asked for once and never materialised
+
+
+def test_fallback_with_gradients_builds_the_mask_once_and_matches_sdpa(monkeypatch):
+    ref = _tiny_llama(2).eval()
+    docs = copy.deepcopy(ref)
+    docs.set_attn_implementation(doc_attention.register())
+    built, _ = _count_builds(monkeypatch)
+    batch = _packed_batch()
+    with torch.enable_grad():  # eval mode with gradients: the fallback path needs the block mask
+        l_ref, l_docs = ref(**batch).logits, docs(**batch).logits
+    assert built == [1, 1]  # both layers asked; the second reused the first's mask (see LazyMask.built)
+    assert torch.equal(l_ref, l_docs)
+    with torch.no_grad():  # without gradients the builder returns transformers' own tensor
+        assert torch.equal(docs(**batch).logits, l_ref.detach())

@@ -8,7 +8,9 @@ rule for packed rows (find_packed_sequence_indices): a new document starts where
 predecessor + 1.
 
 Only the training forward takes this path (module in train mode, queries = keys, position_ids given); anything
-else — evaluation, a KV cache — goes to transformers' SDPA unchanged.
+else — evaluation, a KV cache — goes to transformers' SDPA unchanged. Since the training path never reads the mask,
+the mask builder registered with it defers building when gradients are on (`LazyMask`): a packed row's T×T boolean
+mask is 256 MiB at 16k and 4 GiB at 64k, held for the whole step.
 """
 
 from __future__ import annotations
@@ -43,6 +45,31 @@ def _spans_of(position_ids: Any) -> list[list[tuple[int, int]]]:
     return _last[1]
 
 
+class LazyMask:
+    """The arguments of transformers' sdpa_mask, built (once, shared by every layer) only if a fallback needs it."""
+
+    def __init__(self, kwargs: dict[str, Any]):
+        self.kwargs = kwargs
+        self.built = False
+        self._mask: Any = None
+
+    def build(self) -> Any:
+        if not self.built:
+            from transformers.masking_utils import sdpa_mask
+
+            self._mask, self.built = sdpa_mask(**self.kwargs), True
+        return self._mask
+
+
+def lazy_sdpa_mask(**kwargs: Any) -> Any:
+    """Mask builder for NAME: a LazyMask in a training forward (grad on), sdpa_mask's own tensor otherwise (so
+    evaluation and generation see exactly what transformers builds)."""
+    import torch
+    from transformers.masking_utils import sdpa_mask
+
+    return LazyMask(kwargs) if torch.is_grad_enabled() else sdpa_mask(**kwargs)
+
+
 def doc_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
                   scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
     """transformers attention function: (B, H, T, D) in, (B, T, H, D) out, as sdpa_attention_forward."""
@@ -54,6 +81,8 @@ def doc_attention(module: Any, query: Any, key: Any, value: Any, attention_mask:
 
     pos = kwargs.get("position_ids")
     if not module.training or pos is None or query.shape[2] != key.shape[2] or pos.shape[-1] != query.shape[2]:
+        if isinstance(attention_mask, LazyMask):
+            attention_mask = attention_mask.build()
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     gqa = {}
@@ -76,12 +105,12 @@ def doc_attention(module: Any, query: Any, key: Any, value: Any, attention_mask:
 
 
 def register() -> str:
-    """Register the function (and SDPA's mask builder, used by the fallback) under NAME; returns NAME."""
+    """Register the function and its mask builder under NAME; returns NAME."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(NAME, doc_attention)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+    AttentionMaskInterface.register(NAME, lazy_sdpa_mask)
     return NAME
 
 

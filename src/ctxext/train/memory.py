@@ -11,7 +11,8 @@ layers n, heads h, vocab V, activation width a = 2 in bf16, 4 in fp32; sharded =
                  n·B·T·H·a (each layer's input; measured 74 KiB/token) + one layer recomputed in the backward with
                  its gradients, 2·B·T·(9H + 4I)·a; without: (n + 1)·B·T·(9H + 4I)·a
     attention    B·h·T²·a·2 for the scores when the kernel materialises them (eager), else 0 (flash / memory-
-                 efficient SDPA); with SDPA a row holding a document boundary carries a B·T² boolean mask
+                 efficient SDPA); eager also holds a B·T² boolean mask for rows with a document boundary (SDPA
+                 trains per document, doc_attention, and never builds it)
     loss         one chunk of logits and its gradient, 3·B·C·V·4, plus the final hidden state and its gradient
     allocator    freed memory the allocator keeps: 50 % of the three terms above on CPU (glibc), 10 % on GPU
     overhead     600 MiB (CUDA context or the Python/torch process)
@@ -63,7 +64,7 @@ def estimate(*, n_params: int, n_trainable: int, n_layers: int, hidden: int, int
     layer = bt * (9 * hidden + 4 * intermediate) * a
     acts = n_layers * bt * hidden * a + 2 * layer if grad_checkpointing else (n_layers + 1) * layer
     scores = rows * n_heads * seq_len**2 * a * 2 if attn == "eager" else 0
-    mask = rows * seq_len**2 if attn in ("sdpa", "eager") else 0
+    mask = rows * seq_len**2 if attn == "eager" else 0
     loss = 3 * rows * min(loss_chunk, seq_len) * vocab * 4 + 2 * bt * hidden * 4
     retained = int((0.10 if bf16 else 0.50) * (acts + scores + mask + loss))
     return MemoryEstimate(weights=4 * n_params // shards, gradients=4 * n_trainable // shards,
