@@ -61,6 +61,7 @@ def test_results_json_is_flat_and_complete(full_run):
     assert meta["seed"] == 0 and meta["command"].startswith("ctxext eval --model tiny-rope")
     assert meta["config"]["specs"]["linear:factor=4"] == {"method": "linear", "params": {"factor": 4.0}}
     assert meta["config"]["model_info"]["trained_len"] == 256 and meta["machine"]["cpu_count"]
+    assert meta["config"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # --device auto
     for r in res["records"]:
         assert set(r) == RECORD_KEYS and r["model"] == "tiny-rope"
         assert (r["bucket"] is None) or (len(r["bucket"]) == 2 and r["bucket"][0] < r["bucket"][1] <= r["length"])
@@ -249,7 +250,10 @@ def test_bad_input_fails_with_one_clear_line(cli, tmp_path, book):
         (["--task", "passkey", "--lengths", "40"], "length 40 is too short for the prompt"),
         (["--task", "passkey", "--lengths", "256", "--scaling", "yarn:factr=2"], r"did you mean 'factor'"),
         (["--task", "passkey", "--lengths", "256", "--scaling", "ntk-alibi:factor=2"], "does not fit"),
+        (["--task", "passkey", "--lengths", "256", "--device", "gpu"], "unknown device 'gpu'; accepted: auto, cpu"),
     ]
+    if not torch.cuda.is_available():
+        cases.append((["--task", "passkey", "--lengths", "256", "--device", "cuda"], "no CUDA GPU"))
     for args, match in cases:
         code, err = cli(*args)
         assert code == 2, (args, err)

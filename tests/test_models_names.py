@@ -140,3 +140,19 @@ def test_smollm2_converts_once_and_loads(fresh_cache):
     with torch.inference_mode():
         out = lm.model.generate(ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in lm.tokenizer.decode(out[0, ids.shape[1]:])
+
+
+def test_resolve_device():
+    from ctxext.models import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("gpu", "cuda:x", "cuda:", "mps0"):
+        with pytest.raises(CtxextError, match=f"unknown device '{bad}'"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(CtxextError, match="--device cuda:1: this machine has no CUDA GPU"):
+            resolve_device("cuda:1")
+    else:
+        with pytest.raises(CtxextError, match="GPU\\(s\\) visible"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")

@@ -77,6 +77,9 @@ def test_bad_input_one_line_errors(tmp_path, capsys):
     assert code == 2 and "fewer than the target 1024" in last(err) and err.count("ctxext: error") == 1
     code, err = run_cli([*SMALL, "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "e")], capsys)
     assert code == 2 and "data path not found" in err
+    code, err = run_cli([*SMALL, "--data", BOOK, "--out", str(tmp_path / "f"), "--device", "tpu"], capsys)
+    assert code == 2 and last(err) == "ctxext: error: unknown device 'tpu'; accepted: auto, cpu, cuda, cuda:<index>"
+    assert not (tmp_path / "f").exists()  # refused before anything is written
 
 
 def test_fitness_equals_ctxext_eval(lm, parts_jsonl, tmp_path):

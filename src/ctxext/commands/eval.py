@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=16,
                    help="greedy decoding budget of an answer (passkey/niah/longqa; default 16)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="model dtype")
+    p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:<i>")
     p.add_argument("--no-prefix-reuse", action="store_true",
                    help="encode every needle prompt from scratch instead of sharing the haystack prefix (same results)")
     p.add_argument("--dry-run", action="store_true", help="validate and print the cost estimate, run nothing")
@@ -63,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
                    samples=args.samples, data=args.data, out=args.out, resume=args.resume, seed=args.seed,
                    protocol=args.protocol, stride=args.stride, bucket=args.bucket,
                    reuse_prefix=not args.no_prefix_reuse, max_new_tokens=args.max_new_tokens, dtype=args.dtype, progress=not args.no_progress,
-                   command=getattr(args, "command_line", None), dry_run=args.dry_run)
+                   command=getattr(args, "command_line", None), dry_run=args.dry_run,
+                   device=args.device)
     if not args.dry_run:
         print(f"wrote {args.out}/results.json ({len(res['records'])} records), {args.out}/summary.md")
     return 0

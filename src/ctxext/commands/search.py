@@ -46,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--short-tolerance", type=float, default=0.01,
                    help="in-window guard: cap the attention factor so that perplexity inside the original window "
                         "stays within this fraction of the model as trained (default 0.01; -1: no guard)")
+    p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:<i>")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                       start_tokens=args.start_tokens,
                       short_tolerance=None if args.short_tolerance == -1 else args.short_tolerance)
     res = run_search(args.model, args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress,
-                     command=getattr(args, "command_line", None))
+                     command=getattr(args, "command_line", None), device=args.device)
     print(f"wrote {args.out}/best.json ({args.fitness} {res['best']['fitness']:.6g}, cost {res['spent']:.2f} "
           f"full-length evaluations), {args.out}/summary.md")
     return 0

@@ -138,18 +138,19 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
              seed: int = 0, protocol: str = "window", stride: int | None = None, bucket: int | None = None,
              reuse_prefix: bool = True, max_new_tokens: int = 16, dtype: str = "float32",
              progress: bool = True, log: Callable[[str], None] | None = None, command: str | None = None,
-             dry_run: bool = False) -> dict[str, Any]:
+             dry_run: bool = False, device: str = "auto") -> dict[str, Any]:
     """Run every spec × task × length (× depth) on one model load; -> the results dict written to out/results.json.
 
     `model`: a name for ctxext.models.load_model, or a LoadedModel already in memory. `specs`: spec strings as the
     user wrote them (results are keyed by them). `samples`: documents (ppl) or trials per cell (needle tasks);
-    None keeps each task's default. With `resume`, cells already in out/results.json are skipped.
+    None keeps each task's default. With `resume`, cells already in out/results.json are skipped. `device`: where a
+    model loaded by name runs (auto: the GPU when one is visible); a LoadedModel stays where it is.
     """
     import torch
 
     from .. import runinfo
     from ..data import data_files, load_documents
-    from ..models import apply_spec, load_model, model_info
+    from ..models import apply_spec, load_model, model_info, resolve_device
     from ..scaling import check_fits, parse_spec
 
     log = log or _err
@@ -182,7 +183,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
         old = _previous_bucket(out) if resume else None
         settings = dataclasses.replace(settings, bucket=old or default_bucket(Ls))
     name = model if isinstance(model, str) else lm.name
-    device = "cpu" if lm is None else str(next(lm.model.parameters()).device)
+    device = resolve_device(device) if lm is None else str(next(lm.model.parameters()).device)
 
     resume_keys = {"model": name, "dtype": dtype, "seed": seed, "samples": samples, "protocol": protocol,
                    "stride": stride, "bucket": settings.bucket, "max_new_tokens": max_new_tokens,
@@ -231,7 +232,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     try:
         if plan.cells:
             if lm is None:
-                lm = load_model(model, dtype=torch_dtype)
+                lm = load_model(model, dtype=torch_dtype, device=device)
             if lm.tokenizer is None:
                 raise CtxextError(f"{name} has no tokenizer files; ctxext eval needs one")
             docs = load_documents(data, lm.tokenizer) if streams else None

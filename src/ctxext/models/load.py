@@ -1,4 +1,4 @@
-"""Load a model by name into a `LoadedModel` (eval mode, CPU, no network)."""
+"""Load a model by name into a `LoadedModel` (eval mode, on the CPU unless a device is named, no network)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..errors import CtxextError
 from ..scaling import Spec
 from .info import ModelInfo, info_from_config, read_config
 from .names import convert_gguf, offline, resolve_source
@@ -38,8 +39,26 @@ def load_tokenizer(path: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
-def load_model(name: str, dtype: torch.dtype = torch.float32, attn: str = "sdpa") -> LoadedModel:
-    """Load a built-in name, HF directory or .gguf file (converted once, then cached) in eval mode."""
+def resolve_device(device: str = "auto") -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda[:i]" is checked (one-line error without CUDA)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    index = device[5:] if device.startswith("cuda:") else ("0" if device == "cuda" else None)
+    if index is not None and index.isdigit():
+        if not torch.cuda.is_available():
+            raise CtxextError(f"--device {device}: this machine has no CUDA GPU that torch {torch.__version__} can "
+                              "use; use --device cpu (or auto)")
+        if int(index) >= torch.cuda.device_count():
+            raise CtxextError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible")
+        return device
+    raise CtxextError(f"unknown device '{device}'; accepted: auto, cpu, cuda, cuda:<index>")
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32, attn: str = "sdpa", device: str = "cpu") -> LoadedModel:
+    """Load a built-in name, HF directory or .gguf file (converted once, then cached) in eval mode on `device`
+    (a resolved one: see resolve_device)."""
     offline()
     from transformers import AutoModelForCausalLM
 
@@ -56,6 +75,8 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, attn: str = "sdpa"
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="eager",
                                                      local_files_only=True)
     model.eval()
+    if device != "cpu":
+        model.to(device)
     return LoadedModel(name, info, model, load_tokenizer(path), load_seconds=time.perf_counter() - t0)
 
 

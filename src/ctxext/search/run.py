@@ -23,18 +23,20 @@ from .space import make_space
 
 def run_search(model: Any, data: list[str | Path], out: str | Path, config: SearchConfig, *, resume: bool = False,
                progress: bool = True, command: str | None = None,
-               log: Callable[[str], None] | None = None) -> dict[str, Any]:
+               log: Callable[[str], None] | None = None, device: str = "auto") -> dict[str, Any]:
     """Search per-pair factors for `model` (a name for load_model, or a LoadedModel) at config.target; -> the
-    results dict written to out/results.json."""
+    results dict written to out/results.json. `device`: where a model loaded by name runs (auto: the GPU when
+    one is visible)."""
     from .. import runinfo
     from ..data import data_files, load_documents
-    from ..models import load_model, model_info
+    from ..models import load_model, model_info, resolve_device
     from ..theory import critical_dim
 
     log = log or (lambda m: print(m, file=sys.stderr))
     if config.fitness not in FITNESSES:
         raise CtxextError(f"unknown fitness '{config.fitness}'; accepted: {', '.join(FITNESSES)}")
     lm = None if isinstance(model, str) else model
+    device = resolve_device(device) if lm is None else str(next(lm.model.parameters()).device)
     info = model_info(model) if lm is None else lm.info
     name = model if isinstance(model, str) else lm.name
     if info.encoding != "rope" or info.rope_shape is None:
@@ -49,12 +51,12 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     out = Path(out)
     data_key = [str(f.resolve()) for f in files]
     write_state(out, config, {"model": name, "data": data_key}, resume)
-    state_cost(info, config, log)
+    state_cost(info, config, log, device)
 
     import torch
 
     if lm is None:
-        lm = load_model(model, dtype=torch.float32)
+        lm = load_model(model, dtype=torch.float32, device=device)
     if lm.tokenizer is None:
         raise CtxextError(f"{name} has no tokenizer files; ctxext search needs one")
     docs = load_documents(data, lm.tokenizer)
@@ -160,7 +162,7 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     return results
 
 
-def state_cost(info: Any, config: SearchConfig, log: Callable[[str], None]) -> None:
+def state_cost(info: Any, config: SearchConfig, log: Callable[[str], None], device: str = "cpu") -> None:
     """Before any weights: time of one full evaluation and of the budget at this machine's measured matmul rate,
     and peak memory (refused when it cannot fit), from the eval tasks' own estimates."""
     import torch
@@ -173,11 +175,12 @@ def state_cost(info: Any, config: SearchConfig, log: Callable[[str], None]) -> N
     names = ("needle-ppl", "ppl") if config.fitness == "both" else (config.fitness,)
     est = [get_task(n).cost(mc, config.target, [], Settings(seed=config.seed, samples=config.samples)) for n in names]
     flops, peak = sum(f for f, _ in est), max(p for _, p in est)
-    free = available_memory("cpu")
+    where = "cpu" if device == "cpu" else "cuda"
+    free = available_memory(where)
     if peak > free:
         raise CtxextError(f"--target {config.target:,} cannot fit in memory: a forward needs ≈ {fmt_bytes(peak)}, "
                           f"{fmt_bytes(free)} is available; use a shorter target or free memory")
-    rate = matmul_rate(torch.float32, "cpu")
+    rate = matmul_rate(torch.float32, where)
     log(f"estimate: one full-length evaluation ≈ {fmt_seconds(flops / rate)}, the budget of {config.budget:g} ≈ "
         f"{fmt_seconds(config.budget * flops / rate)} at {rate / 1e9:.0f} GFLOP/s; peak memory ≈ {fmt_bytes(peak)}")
 
