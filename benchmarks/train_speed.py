@@ -68,27 +68,29 @@ def naive_worker(model: str, length: int, steps: int, books: Path, ckpt: bool = 
     from ctxext.train.loop import peak_memory, reset_peak_memory  # what ctxext train measures, the same way
 
     torch.manual_seed(0)
-    lm = load_model(model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lm = load_model(model, device=device)  # fp32 weights; on a GPU the step autocasts to bf16, as ctxext train does
     ids = np.concatenate([d.tokens for d in load_documents([books / b for b in BOOKS], lm.tokenizer)])[:length]
-    x = torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]
+    x = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device)[None]
     lm.model.train()
     if ckpt:
         lm.model.gradient_checkpointing_enable()
     opt = torch.optim.AdamW(lm.model.parameters(), lr=2e-5)
-    reset_peak_memory("cpu")
+    reset_peak_memory(device)
     seconds, losses = [], []
     for _ in range(steps):
         t = time.perf_counter()
-        loss = lm.model(input_ids=x, labels=x).loss
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+            loss = lm.model(input_ids=x, labels=x).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))  # a host sync: the step has finished on the GPU too
         seconds.append(time.perf_counter() - t)
-        losses.append(float(loss))
     timed = seconds[1:] or seconds
     return {"length": length, "extra": [NAIVE_CKPT if ckpt else "naive"], "steps": steps,
             "tokens_per_second": length * len(timed) / sum(timed),
-            "step_seconds": [round(x, 4) for x in seconds], "peak_memory_gib": round(peak_memory("cpu") / 2**30, 3),
+            "step_seconds": [round(x, 4) for x in seconds], "peak_memory_gib": round(peak_memory(device) / 2**30, 3),
             "losses": losses, "final_loss": losses[-1], "torch_threads": torch.get_num_threads(),
             "attn_implementation": lm.model.config._attn_implementation}
 
