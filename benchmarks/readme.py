@@ -8,6 +8,7 @@ Each table lives between `<!-- BEGIN name -->` and `<!-- END name -->` in README
   speed    benchmarks/results/eval_speed.json and train_speed-cpu.json
   attention  benchmarks/results/attention_methods_{passkey,stream,alibi}.json (Self-Extend, streaming, ALiBi family)
   train    benchmarks/results/train_tiny*/summary.json (tiny-rope extended 4x by `ctxext train`, one row per run)
+  search   benchmarks/results/search_*/summary.json (`ctxext search` vs YaRN on a held-out book, one row per search)
 --check exits 1 when README.md is not what the results give (for CI or a pre-commit hook).
 """
 
@@ -366,8 +367,47 @@ def train_section() -> str:
     return "\n".join(lines) or "(no training results yet)"
 
 
+def search_lines(name: str, res: dict) -> list[str]:
+    """Rows of one search: YaRN at the same factor and the searched spec on the held-out book."""
+    cfg, ho = res["search"]["config"], res.get("heldout")
+    if not ho:
+        return []
+    rows = ho["rows"]
+    window = next(int(k.split("@")[1]) for k in rows["default"] if k.startswith("ppl@") and
+                  int(k.split("@")[1]) < cfg["target"])
+    t = cfg["target"]
+    yarn = next(k for k in rows if k.startswith("yarn"))
+    head = (f"| `{name}` | {cfg['model']}, {window:,} → {t:,} | {cfg['fitness']} | {res['search']['spent']:.1f} / "
+            f"{cfg['budget']:g} | {ho['ppl_documents']} / {ho['needle_trials']} |")
+    def cell(key: str, col: str) -> str:  # the lower of the two in bold
+        v = rows[key][col]
+        return f"**{v:.2f}**" if v < rows["searched" if key == yarn else yarn][col] else f"{v:.2f}"
+
+    out = []
+    for label, key in ((f"`{yarn}`", yarn), ("searched", "searched")):
+        vs = rows[key][f"ppl@{window}"] / rows["default"][f"ppl@{window}"] - 1
+        out.append(f"{head if not out else '| | | | | |'} {label} | {vs:+.1%} | {cell(key, f'ppl@{t}')} | "
+                   f"{cell(key, f'needle-ppl@{t}')} |")
+    return out
+
+
+def search_section() -> str:
+    lines = []
+    for path in sorted(RES.glob("search_*/summary.json")):
+        res = _load(path)
+        if not lines:
+            lines += ["`ctxext search` (no fine-tuning) against YaRN at the same factor, both measured afterwards on "
+                      "pg84, a book the search did not see. Budget in full-length-evaluation equivalents; held-out "
+                      "samples = ppl documents / needle trials (few on SmolLM2: a 16k forward takes minutes on the "
+                      "CPU). In-window = ppl at the trained length vs default RoPE (the bar: +1 %).", "",
+                      "| results | model, window → target | fitness | budget spent | held-out samples | spec | "
+                      "in-window | ppl @ target | needle-ppl @ target |", "|---|---|---|---|---|---|---:|---:|---:|"]
+        lines += search_lines(path.parent.name, res)
+    return "\n".join(lines) or "(no search results yet)"
+
+
 SECTIONS = {"methods": methods_section, "planner": planner_section, "speed": speed_section,
-            "attention": attention_section, "train": train_section}
+            "attention": attention_section, "train": train_section, "search": search_section}
 
 
 def render(text: str) -> str:
