@@ -109,6 +109,13 @@ def passkey(args: argparse.Namespace) -> None:
         else:
             report["reference_in_window"] = {"spec": s, **row}
     report["seconds_this_run"] = round(time.perf_counter() - t, 1)
+    if args.add:  # keep the specs of the committed file that this run did not rerun (same length and trials)
+        old = json.loads((HERE / "results" / "attention_methods_passkey.json").read_text())
+        if (old["length"], old["trials_per_depth"]) != (args.length, args.trials):
+            raise SystemExit(f"--add: the committed file is at {old['length']} tokens, {old['trials_per_depth']} "
+                             "trials per depth; run with the same --length and --trials")
+        report["specs"] = {**{k: v for k, v in old["specs"].items() if k not in report["specs"]}, **report["specs"]}
+        report["runs_merged"] = old.get("runs_merged", 1) + 1
     se = {s: r for s, r in report["specs"].items() if s.startswith("self-extend")}
     best = max(se, key=lambda s: se[s]["accuracy"] or 0)
     report["best_self_extend"] = best
@@ -274,6 +281,8 @@ def main() -> None:
     p = sub.add_parser("passkey")
     p.add_argument("--trials", type=int, default=2, help="trials per depth (5 depths)")
     p.add_argument("--specs", nargs="*", help="specs at --length (default: the self-extend sweep and default)")
+    p.add_argument("--add", action="store_true",
+                   help="merge these specs into the committed results instead of replacing them")
     p.add_argument("--length", type=int, default=16384)
     p.add_argument("--resume", action="store_true")
     p = sub.add_parser("window")

@@ -110,15 +110,15 @@ def test_train_speed_ratio_only_within_one_run():
 
 def test_search_rows_compare_yarn_and_searched_on_the_held_out_book():
     res = {"search": {"config": {"model": "tiny-rope", "target": 1024, "fitness": "both", "budget": 130},
-                      "spent": 129.73},
+                      "spent": 129.73, "best": {"attention_factor": 1.0181}},
            "heldout": {"ppl_documents": 40, "needle_trials": 100, "rows": {
                "default": {"ppl@256": 65.0, "ppl@1024": 138.7, "needle-ppl@1024": 2096.9},
                "yarn:factor=4": {"ppl@256": 85.32, "ppl@1024": 87.91, "needle-ppl@1024": 146.31},
                "searched": {"ppl@256": 65.4, "ppl@1024": 70.74, "needle-ppl@1024": 150.0}}}}
     lines = readme.search_lines("search_x", res)
-    assert lines == ["| `search_x` | tiny-rope, 256 → 1,024 | both | 129.7 / 130 | 40 / 100 | `yarn:factor=4` | +31.3% "
-                     "| 87.91 | **146.31** |",
-                     "| | | | | | searched | +0.6% | **70.74** | 150.00 |"]
+    assert lines == ["| `search_x` | tiny-rope, 256 → 1,024 | both | 129.7 / 130 | 40 / 100 | `yarn:factor=4` | 1.139 "
+                     "| +31.3% | 87.91 | **146.31** |",
+                     "| | | | | | searched | 1.018 | +0.6% | **70.74** | 150.00 |"]
     del res["heldout"]  # a search still running (no held-out evaluation yet) gives no rows
     assert readme.search_lines("search_x", res) == []
 
