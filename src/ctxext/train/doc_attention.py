@@ -48,8 +48,8 @@ def _spans_of(position_ids: Any) -> list[list[tuple[int, int]]]:
 class LazyMask:
     """The arguments of transformers' sdpa_mask, built (once, shared by every layer) only if a fallback needs it."""
 
-    def __init__(self, kwargs: dict[str, Any]):
-        self.kwargs = kwargs
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]):
+        self.args, self.kwargs = args, kwargs
         self.built = False
         self._mask: Any = None
 
@@ -57,17 +57,17 @@ class LazyMask:
         if not self.built:
             from transformers.masking_utils import sdpa_mask
 
-            self._mask, self.built = sdpa_mask(**self.kwargs), True
+            self._mask, self.built = sdpa_mask(*self.args, **self.kwargs), True
         return self._mask
 
 
-def lazy_sdpa_mask(**kwargs: Any) -> Any:
+def lazy_sdpa_mask(*args: Any, **kwargs: Any) -> Any:
     """Mask builder for NAME: a LazyMask in a training forward (grad on), sdpa_mask's own tensor otherwise (so
     evaluation and generation see exactly what transformers builds)."""
     import torch
     from transformers.masking_utils import sdpa_mask
 
-    return LazyMask(kwargs) if torch.is_grad_enabled() else sdpa_mask(**kwargs)
+    return LazyMask(args, kwargs) if torch.is_grad_enabled() else sdpa_mask(*args, **kwargs)
 
 
 def doc_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
