@@ -19,7 +19,7 @@ layers n, heads h, vocab V, activation width a = 2 in bf16, 4 in fp32; sharded =
 
 Calibration (SmolLM2-135M, CPU, fp32, checkpointing; peak RSS of the training steps): estimate / measured =
 0.83 at 4k, 0.94 at 8k (train_speed-cpu.json, 2026-12-01), 1.61 at 16k (train_speed-cpu-16k-rerun.json, 7.20
-estimated / 4.47 GiB measured; 1.16 at 2k earlier). Under 1 means the estimate is low: the measured peak barely
+estimated / 4.46 GiB measured; 1.16 at 2k earlier). Under 1 means the estimate is low: the measured peak barely
 grows from 4k to 16k, which this linear-in-T model does not capture. benchmarks/train_speed.py prints both.
 """
 
