@@ -25,9 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CARRY = ROOT / ".gpu"
 WHEELS = ("transformers", "tokenizers", "peft")  # the device image has the rest (its huggingface_hub, accelerate)
-BOOKS = ("pg1342.txt", "pg2701.txt", "pg1513.txt", "pg84.txt")
-SHAPE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-               "special_tokens_map.json", "chat_template.jinja")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
@@ -39,8 +36,11 @@ def pinned(name: str) -> str:
 
 
 def pack() -> None:
-    from ctxext.fixtures import book_path
+    from train_speed import BOOKS  # what the speed run reads, plus the held-out book for the eval
+
+    from ctxext.fixtures import HELD_OUT_BOOK, book_path
     from ctxext.models import resolve_model_path
+    from ctxext.models.names import SOURCE_FILE
 
     if CARRY.exists():
         shutil.rmtree(CARRY)
@@ -52,11 +52,11 @@ def pack() -> None:
     src = resolve_model_path("smollm2-135m")
     shape = CARRY / "smollm2-shape"
     shape.mkdir()
-    for f in SHAPE_FILES:
-        if (src / f).is_file():
-            shutil.copy2(src / f, shape / f)
+    for f in src.iterdir():  # everything but the weights (and the cache's own record)
+        if f.is_file() and f.suffix != ".safetensors" and f.name != SOURCE_FILE:
+            shutil.copy2(f, shape / f.name)
     (CARRY / "books").mkdir()
-    for b in BOOKS:
+    for b in (*BOOKS, HELD_OUT_BOOK):
         shutil.copy2(book_path(b), CARRY / "books" / b)
     size = sum(f.stat().st_size for f in CARRY.rglob("*") if f.is_file())
     print(f"wrote {CARRY} ({size / 2**20:.1f} MiB): carry it with the device tool's carry=['.gpu']")
@@ -73,9 +73,9 @@ def init(shape: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    for f in SHAPE_FILES:
-        if f != "config.json" and (shape / f).is_file():
-            shutil.copy2(shape / f, out / f)
+    for f in shape.iterdir():  # the tokenizer files (what save_pretrained wrote stays)
+        if f.is_file() and not (out / f.name).exists():
+            shutil.copy2(f, out / f.name)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {out}: {config.model_type}, {n:,} parameters, random weights (speed runs only)")
 

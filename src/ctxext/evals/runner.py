@@ -18,6 +18,7 @@ from ..errors import CtxextError
 from .attention import fast_attention
 from .cost import ATTENTION_SLOWDOWN, ModelCost, available_memory, fmt_bytes, fmt_seconds, matmul_rate
 from .results import RESUME_KEYS, Results, write_summary
+from .scoring import device_of
 from .tasks import Settings, Task, TaskContext, get_task, task_names
 
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -183,7 +184,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
         old = _previous_bucket(out) if resume else None
         settings = dataclasses.replace(settings, bucket=old or default_bucket(Ls))
     name = model if isinstance(model, str) else lm.name
-    device = resolve_device(device) if lm is None else str(next(lm.model.parameters()).device)
+    device = resolve_device(device) if lm is None else str(device_of(lm.model))
 
     resume_keys = {"model": name, "dtype": dtype, "seed": seed, "samples": samples, "protocol": protocol,
                    "stride": stride, "bucket": settings.bucket, "max_new_tokens": max_new_tokens,

@@ -29,6 +29,7 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     one is visible)."""
     from .. import runinfo
     from ..data import data_files, load_documents
+    from ..evals.scoring import device_of
     from ..models import load_model, model_info, resolve_device
     from ..theory import critical_dim
 
@@ -36,7 +37,7 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     if config.fitness not in FITNESSES:
         raise CtxextError(f"unknown fitness '{config.fitness}'; accepted: {', '.join(FITNESSES)}")
     lm = None if isinstance(model, str) else model
-    device = resolve_device(device) if lm is None else str(next(lm.model.parameters()).device)
+    device = resolve_device(device) if lm is None else str(device_of(lm.model))
     info = model_info(model) if lm is None else lm.info
     name = model if isinstance(model, str) else lm.name
     if info.encoding != "rope" or info.rope_shape is None:
