@@ -5,7 +5,7 @@
 Each table lives between `<!-- BEGIN name -->` and `<!-- END name -->` in README.md and is rebuilt from:
   methods  benchmarks/results/methods/results.json (else methods_quick/, else smollm2_16k/): ppl per bucket, passkey
   planner  benchmarks/results/planner.json
-  speed    benchmarks/results/eval_speed.json and train_speed-cpu.json
+  speed    benchmarks/results/eval_speed.json, train_speed-cpu.json and train_memory-cpu.json
   attention  benchmarks/results/attention_methods_{passkey,stream,alibi}.json (Self-Extend, streaming, ALiBi family)
   train    benchmarks/results/train_tiny*/summary.json (tiny-rope extended 4x by `ctxext train`, one row per run)
   search   benchmarks/results/search_*/summary.json (`ctxext search` vs YaRN on a held-out book, one row per search)
@@ -251,6 +251,34 @@ def train_speed_lines(tr: dict) -> list[str]:
     return lines
 
 
+def train_memory_lines(tm: dict) -> list[str]:
+    """Peak RSS of a training step with ctxext's allocator setting and with glibc's defaults, same run, by length."""
+    threads = "/".join(str(t) for t in sorted({r["torch_threads"] for r in tm["runs"] if "torch_threads" in r}))
+    lines = [f"Training memory by allocator ({tm['meta']['model']}, full fine-tuning, {threads} torch thread(s); "
+             f"{_machine(tm['meta'].get('machine'))}; `benchmarks/train_memory.py`):", "",
+             "| length | peak, ctxext (mmap threshold 1 MiB) | peak, glibc defaults | ratio | tokens/s ratio "
+             "| ctxext's estimate (current code) |", "|---:|---:|---:|---:|---:|---:|"]
+    for length in sorted({r["length"] for r in tm["runs"]}):
+        rows = {r.get("variant"): r for r in tm["runs"] if r["length"] == length}
+        ours, base = rows.get("tuned"), rows.get("glibc")
+        cell = lambda r: "–" if r is None else r.get("error") or f"{r['peak_gib']:.2f} GiB"  # noqa: E731
+        ratio = (ours or {}).get("vs_glibc_default")
+        est = "–" if not ours or "error" in ours else f"{ours['estimate_gib']:.2f} GiB"
+        lines.append(f"| {length:,} | {cell(ours)} | {cell(base)} | "
+                     + (f"**{ratio['peak']:.2f}×** | {ratio['tokens_per_second']:.2f}× |" if ratio else "– | – |")
+                     + f" {est} |")
+    timed = sorted({(r.get("steps_run", 2) - 1, r["length"]) for r in tm["runs"] if "error" not in r})
+    by_steps: dict[int, list[str]] = {}
+    for n, length in timed:
+        by_steps.setdefault(n, []).append(f"{length:,}")
+    lines += ["", "Peak RSS of any step (the highest of the forward, backward and optimizer phases); tokens/s from the "
+              "steps after the first (" + "; ".join(f"{n} timed step(s) at {', '.join(ls)}" for n, ls in by_steps.items())
+              + ", so the speed ratio is a rough figure). glibc raises its mmap threshold to 32 MiB as large blocks are freed, so "
+              "activations below that land on a heap it never returns; ctxext train fixes the threshold on the CPU "
+              "(`CTXEXT_NO_MALLOC_TUNING=1` keeps glibc's defaults)."]
+    return lines
+
+
 def speed_section() -> str:
     lines = []
     ev = _load(RES / "eval_speed.json")
@@ -281,6 +309,9 @@ def speed_section() -> str:
     tr = _load(RES / "train_speed-cpu.json")
     if tr:
         lines += [""] + train_speed_lines(tr)
+    tm = _load(RES / "train_memory-cpu.json")
+    if tm:
+        lines += [""] + train_memory_lines(tm)
     return "\n".join(lines) or "(no speed results yet)"
 
 

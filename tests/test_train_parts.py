@@ -71,6 +71,13 @@ def test_memory_estimate_terms():
     assert no_ckpt.activations > 8 * full.activations
     sharded = estimate(grad_checkpointing=True, shards=8, **kw)
     assert sharded.optimizer == full.optimizer // 8
+    # CPU with ctxext's malloc setting: nothing retained, one recomputed layer, the smaller process overhead
+    tuned = estimate(grad_checkpointing=True, malloc_tuned=True, **kw)
+    assert tuned.allocator == 0 and full.allocator == (full.activations + full.loss) // 2
+    assert tuned.activations == 30 * 16384 * 576 * 4 + 16384 * (9 * 576 + 4 * 1536) * 4
+    assert tuned.overhead == 400 * 2**20 < full.overhead
+    assert estimate(grad_checkpointing=True, malloc_tuned=True, **{**kw, "bf16": True}) == \
+        estimate(grad_checkpointing=True, **{**kw, "bf16": True})  # a GPU run: the flag does not apply
     huge = MemoryEstimate(weights=10**15, gradients=0, optimizer=0, activations=0, attention=0, loss=0, allocator=0)
     with pytest.raises(CtxextError, match=r"needs about .* GiB .* free"):
         check_fits(huge, "cpu", "training")

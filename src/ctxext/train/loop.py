@@ -32,6 +32,7 @@ from .config import TrainConfig
 from .data import IGNORE, RowOrder, is_short_step, load_rows, model_inputs
 from .evaluate import evaluate, headline
 from .loss import LossModel
+from .malloc import tune_malloc
 from .memory import GIB, check_fits
 from .optim import make_optimizer, make_scheduler, param_groups
 from .report import write_reports
@@ -164,13 +165,15 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
         raise CtxextError(f"with DeepSpeed, --micro-batch must cover the {per_rank} rows per process and step "
                           "(ctxext accumulates gradients itself, DeepSpeed's own accumulation is not wired in)")
     sharded = dtype_kind in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    plan = plan_run(cfg, min(cfg.micro_batch, per_rank), acc.mixed_precision == "bf16", world if sharded else 1)
+    device = str(acc.device)
+    malloc_threshold = tune_malloc() if not device.startswith("cuda") else None  # before the weights are loaded
+    plan = plan_run(cfg, min(cfg.micro_batch, per_rank), acc.mixed_precision == "bf16", world if sharded else 1,
+                    malloc_tuned=malloc_threshold is not None)
     data_files(cfg.data or cfg.instruct)
     if cfg.eval_data:
         data_files(cfg.eval_data)
     prev = ckpt.read_progress(out) if cfg.resume else None
     _check_out(out, cfg, prev)
-    device = str(acc.device)
     micro_desc = f"{min(cfg.micro_batch, per_rank)} × {cfg.seq_len:,} tokens per forward"
     say(f"ctxext train: {cfg.model} with {plan.spec.text}, {cfg.steps} steps of {rows_per_step} × {cfg.seq_len:,} "
         f"tokens on {world} process(es) ({dtype_kind.value}, {device}, "
@@ -218,7 +221,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "seed": cfg.seed,
             "spec": plan.spec.text, "resolved_spec": plan.spec.to_dict(), "config": cfg.to_dict(),
             "processes": world, "distributed": dtype_kind.value, "device": device,
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": torch.get_num_threads(), "malloc_mmap_threshold": malloc_threshold,
             "mixed_precision": acc.mixed_precision, "memory_estimate": plan.memory.as_dict(),
             "rows": {"count": rows.n_rows, "documents": rows.n_documents, "rows_per_step": rows_per_step,
                      **({"instruct_examples": rows.n_documents, "scored_answer_tokens": rows.scored_answer_tokens,

@@ -8,19 +8,24 @@ layers n, heads h, vocab V, activation width a = 2 in bf16, 4 in fp32; sharded =
     AdamW        8·P_t (two fp32 moments)                                       / W when sharded
     activations  one layer's saved activations are B·T·(9H + 4I)·a (what autograd keeps for a Llama-style layer;
                  measured 43.8 KiB/token/layer for SmolLM2 in fp32 = 9H + 4I floats). With gradient checkpointing:
-                 n·B·T·H·a (each layer's input; measured 74 KiB/token) + one layer recomputed in the backward with
-                 its gradients, 2·B·T·(9H + 4I)·a; without: (n + 1)·B·T·(9H + 4I)·a
+                 n·B·T·H·a (each layer's input) + the recomputed layer's working set in the backward, k·B·T·(9H +
+                 4I)·a with k = 2 (k = 1 on the CPU with ctxext's malloc setting, measured); without checkpointing:
+                 (n + 1)·B·T·(9H + 4I)·a
     attention    B·h·T²·a·2 for the scores when the kernel materialises them (eager), else 0 (flash / memory-
                  efficient SDPA); eager also holds a B·T² boolean mask for rows with a document boundary (SDPA
                  trains per document, doc_attention, and never builds it)
     loss         one chunk of logits and its gradient, 3·B·C·V·4, plus the final hidden state and its gradient
-    allocator    freed memory the allocator keeps: 50 % of the three terms above on CPU (glibc), 10 % on GPU
-    overhead     600 MiB (CUDA context or the Python/torch process)
+    allocator    freed memory the allocator keeps: 10 % of the three terms above on GPU (caching allocator); on the
+                 CPU 50 % with glibc's defaults and 0 with ctxext.train.malloc's fixed mmap threshold (`malloc_tuned`)
+    overhead     the CUDA context or the Python/torch process: 600 MiB, 400 MiB on the CPU with malloc_tuned
 
-Calibration (SmolLM2-135M, CPU, fp32, checkpointing; peak RSS of the training steps): estimate / measured =
-0.83 at 4k, 0.94 at 8k (train_speed-cpu.json, 2026-12-01), 1.61 at 16k (train_speed-cpu-16k-rerun.json, 7.20
-estimated / 4.46 GiB measured; 1.16 at 2k earlier). Under 1 means the estimate is low: the measured peak barely
-grows from 4k to 16k, which this linear-in-T model does not capture. benchmarks/train_speed.py prints both.
+Calibration (SmolLM2-135M, CPU, fp32, checkpointing, 1 thread; peak RSS of any step, benchmarks/train_memory.py,
+results/train_memory-cpu.json): with the malloc setting, estimate / measured = 3.19 / 2.76 GiB at 2k, 3.41 / 2.91 at
+4k, 3.87 / 3.20 at 8k, 4.77 / 4.00 at 16k (1.15-1.21: the sum counts the gradients and the checkpointed inputs in
+full although the backward frees the inputs as it fills the gradients). With glibc's defaults the peak depends on
+how the heap fragments, and grows from step to step (3.76, 4.91, 5.92 GiB at 2k, 4k, 8k, then 4.48 at 16k where
+most tensors pass 32 MiB and are unmapped); the 50 % term is a coarse guess there (0.89-1.61 of measured). The
+GPU terms are not yet measured.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dataclasses import asdict, dataclass
 from ..errors import CtxextError
 
 OVERHEAD = 600 * 2**20
+CPU_OVERHEAD = 400 * 2**20  # Python, torch and transformers resident before the weights (train_memory: 0.39-0.47 GiB)
 GIB = 2**30
 
 
@@ -58,19 +64,21 @@ class MemoryEstimate:
 
 def estimate(*, n_params: int, n_trainable: int, n_layers: int, hidden: int, intermediate: int, n_heads: int,
              vocab: int, rows: int, seq_len: int, bf16: bool, grad_checkpointing: bool, attn: str,
-             loss_chunk: int, shards: int = 1) -> MemoryEstimate:
-    """Estimate per process (see the module docstring for each term)."""
+             loss_chunk: int, shards: int = 1, malloc_tuned: bool = False) -> MemoryEstimate:
+    """Estimate per process (see the module docstring for each term); `malloc_tuned`: a CPU run with
+    ctxext.train.malloc's fixed mmap threshold (ignored with bf16, i.e. on a GPU)."""
     a = 2 if bf16 else 4
+    tuned = malloc_tuned and not bf16
     bt = rows * seq_len
     layer = bt * (9 * hidden + 4 * intermediate) * a
-    acts = n_layers * bt * hidden * a + 2 * layer if grad_checkpointing else (n_layers + 1) * layer
+    acts = n_layers * bt * hidden * a + (1 if tuned else 2) * layer if grad_checkpointing else (n_layers + 1) * layer
     scores = rows * n_heads * seq_len**2 * a * 2 if attn == "eager" else 0
     mask = rows * seq_len**2 if attn == "eager" else 0
     loss = 3 * rows * min(loss_chunk, seq_len) * vocab * 4 + 2 * bt * hidden * 4
-    retained = int((0.10 if bf16 else 0.50) * (acts + scores + mask + loss))
+    retained = int((0.10 if bf16 else 0.0 if tuned else 0.50) * (acts + scores + mask + loss))
     return MemoryEstimate(weights=4 * n_params // shards, gradients=4 * n_trainable // shards,
                           optimizer=8 * n_trainable // shards, activations=acts, attention=scores + mask, loss=loss,
-                          allocator=retained)
+                          allocator=retained, overhead=CPU_OVERHEAD if tuned else OVERHEAD)
 
 
 def available_bytes(device: str) -> int:

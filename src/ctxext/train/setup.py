@@ -61,8 +61,9 @@ def lora_params(cfg: dict[str, Any], targets: tuple[str, ...], rank: int) -> int
     return per_layer * cfg["num_hidden_layers"]
 
 
-def plan_run(cfg: TrainConfig, rows_per_forward: int, bf16: bool, shards: int) -> RunPlan:
-    """Spec, export plan and memory estimate; every refusal that needs no weights happens here."""
+def plan_run(cfg: TrainConfig, rows_per_forward: int, bf16: bool, shards: int, malloc_tuned: bool = False) -> RunPlan:
+    """Spec, export plan and memory estimate; every refusal that needs no weights happens here. `malloc_tuned`:
+    a CPU run with ctxext.train.malloc's setting (the estimate's allocator and overhead terms depend on it)."""
     from ..export import plan_export
     from ..models import model_info
 
@@ -81,7 +82,7 @@ def plan_run(cfg: TrainConfig, rows_per_forward: int, bf16: bool, shards: int) -
                    intermediate=int(c.get("intermediate_size") or 4 * info.hidden_size), n_heads=info.n_heads,
                    vocab=info.vocab_size, rows=rows_per_forward, seq_len=cfg.seq_len, bf16=bf16,
                    grad_checkpointing=cfg.grad_checkpointing, attn=cfg.attn, loss_chunk=cfg.loss_chunk,
-                   shards=shards)
+                   shards=shards, malloc_tuned=malloc_tuned)
     return RunPlan(info, spec, export, n_trainable, mem)
 
 
