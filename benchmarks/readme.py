@@ -273,7 +273,12 @@ def train_memory_lines(tm: dict) -> list[str]:
         by_steps.setdefault(n, []).append(f"{length:,}")
     lines += ["", "Peak RSS of any step (the highest of the forward, backward and optimizer phases); tokens/s from the "
               "steps after the first (" + "; ".join(f"{n} timed step(s) at {', '.join(ls)}" for n, ls in by_steps.items())
-              + ", so the speed ratio is a rough figure). glibc raises its mmap threshold to 32 MiB as large blocks are freed, so "
+              + ", so the speed ratio is a rough figure)."
+              + (f" Measured before ctxext train also asked torch for transparent huge pages (THP_MEM_ALLOC_ENABLE, "
+                 f"fewer page faults on the fresh mappings): {', '.join(old)}."
+                 if (old := [f"{r['length']:,}" for r in tm["runs"] if r.get("variant") == "tuned"
+                             and "error" not in r and not r.get("thp_mem_alloc")]) else "")
+              + " glibc raises its mmap threshold to 32 MiB as large blocks are freed, so "
               "activations below that land on a heap it never returns; ctxext train fixes the threshold on the CPU "
               "(`CTXEXT_NO_MALLOC_TUNING=1` keeps glibc's defaults)."]
     return lines

@@ -135,6 +135,7 @@ def child(length: int, model: str, scaling: str, steps: int, books: Path) -> dic
             "peak_gib": max(st["peak_gib"] for st in steps_out), "reported_peak_gib": summ["peak_memory_gib"],
             "tokens_per_second": summ["tokens_per_second"], "final_loss": summ["final_loss"],
             "malloc_mmap_threshold": res["meta"]["malloc_mmap_threshold"],
+            "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # set by ctxext train since 2026-12-02
             "memory_estimate": res["meta"]["memory_estimate"], "torch_threads": torch.get_num_threads()}
 
 

@@ -154,7 +154,7 @@ def test_niah_trials_of_several_seeds_pool_per_cell(tmp_path):
 def test_train_memory_rows_pair_the_allocator_variants_by_length():
     meta = {"model": "m", "machine": {"cpu_count": 2}}
     runs = [{"length": 2048, "variant": "tuned", "peak_gib": 2.76, "estimate_gib": 3.9, "torch_threads": 1,
-             "vs_glibc_default": {"peak": 0.734, "tokens_per_second": 0.912}},
+             "vs_glibc_default": {"peak": 0.734, "tokens_per_second": 0.912}, "thp_mem_alloc": "1"},
             {"length": 2048, "variant": "glibc", "peak_gib": 3.76, "estimate_gib": 3.9, "torch_threads": 1},
             {"length": 16384, "variant": "tuned", "peak_gib": 4.0, "estimate_gib": 6.0, "torch_threads": 1},
             {"length": 16384, "variant": "glibc", "error": "killed"}]
@@ -162,3 +162,5 @@ def test_train_memory_rows_pair_the_allocator_variants_by_length():
     assert "| 2,048 | 2.76 GiB | 3.76 GiB | **0.73×** | 0.91× | 3.90 GiB |" in lines
     assert "| 16,384 | 4.00 GiB | killed | – | – | 6.00 GiB |" in lines
     assert "1 torch thread(s)" in lines[0]
+    assert lines[-1].count("huge pages") == 1 and "(THP_MEM_ALLOC_ENABLE, fewer page faults on the fresh mappings): " \
+        "16,384." in lines[-1]  # the 2k row was measured with them

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from ctxext.train import malloc
 
@@ -15,31 +16,47 @@ set_to = tune_malloc()
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-big = torch.ones(6 * 2**20); del big
+def huge_kib():
+    with open("/proc/self/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("AnonHugePages"))
+h0 = huge_kib()
+big = torch.ones(6 * 2**20)
+huge = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" and huge_kib() > h0  # torch asked for huge pages, got them
+del big
 r0 = rss()
 keep = [torch.ones(2**20) for _ in range(100)]
 top = torch.ones(2**20)
 del keep
-print(set_to, rss() - r0)
+print(set_to, rss() - r0, huge)
 """
 
 
-def grown(**env: str) -> tuple[str, float]:
+def grown(**env: str) -> tuple[str, float, str]:
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", **env}
     out = subprocess.run([sys.executable, "-c", PATTERN], capture_output=True, text=True, check=True,
                          env=env).stdout.split()
-    return out[0], float(out[1])
+    return out[0], float(out[1]), out[2]
+
+
+def thp_madvise() -> bool:
+    """The kernel gives huge pages where asked (madvise), not everywhere (always) nor never."""
+    try:
+        return "[madvise]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
 
 
 def test_fixed_threshold_returns_freed_tensors_to_the_os():
-    set_to, tuned = grown()
+    set_to, tuned, huge = grown()
     assert set_to == str(malloc.THRESHOLD)
+    if thp_madvise():  # elsewhere huge pages come always or never, whatever torch asks
+        assert huge == "True"  # THP_MEM_ALLOC_ENABLE was set before torch's first large allocation
     assert tuned < 50, tuned  # each 4 MiB tensor was its own mapping, unmapped on free
 
 
 def test_env_switch_keeps_glibc_defaults():
-    set_to, kept = grown(**{malloc.OFF_ENV: "1"})
-    assert set_to == "None"
+    set_to, kept, huge = grown(**{malloc.OFF_ENV: "1"})
+    assert (set_to, huge) == ("None", "False")  # THP_MEM_ALLOC_ENABLE not set
     assert kept > 300, kept  # glibc's heap keeps the 400 MiB freed below the tensor on top
 
 

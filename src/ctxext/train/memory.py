@@ -20,10 +20,10 @@ layers n, heads h, vocab V, activation width a = 2 in bf16, 4 in fp32; sharded =
     overhead     the CUDA context or the Python/torch process: 600 MiB, 400 MiB on the CPU with malloc_tuned
 
 Calibration (SmolLM2-135M, CPU, fp32, checkpointing, 1 thread; peak RSS of any step, benchmarks/train_memory.py,
-results/train_memory-cpu.json): with the malloc setting, estimate / measured = 3.19 / 2.76 GiB at 2k, 3.41 / 2.91 at
+results/train_memory-cpu.json): with the malloc setting, estimate / measured = 3.19 / 2.75 GiB at 2k, 3.41 / 2.91 at
 4k, 3.87 / 3.20 at 8k, 4.77 / 4.00 at 16k (1.15-1.21: the sum counts the gradients and the checkpointed inputs in
 full although the backward frees the inputs as it fills the gradients). With glibc's defaults the peak depends on
-how the heap fragments, and grows from step to step (3.76, 4.91, 5.92 GiB at 2k, 4k, 8k, then 4.48 at 16k where
+how the heap fragments, and grows from step to step (3.71, 4.58, 5.95 GiB at 2k, 4k, 8k, then 4.48 at 16k where
 most tensors pass 32 MiB and are unmapped); the 50 % term is a coarse guess there (0.89-1.61 of measured). The
 GPU terms are not yet measured.
 """
