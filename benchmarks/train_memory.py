@@ -53,7 +53,7 @@ class Sampler:
     """RSS sampled on a thread (torch kernels release the GIL); `mark(name)` opens a phase."""
 
     def __init__(self, period: float = 0.003):
-        self.period, self.phase, self.rows = period, None, []
+        self.period, self.rows = period, []
         self._cur: dict | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -148,7 +148,6 @@ def run_child(args: argparse.Namespace, length: int, variant: str, steps: int) -
     if proc.returncode != 0:
         return {"length": length, "variant": variant, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
     r = {"variant": variant, "steps_run": steps, **json.loads(proc.stdout.strip().splitlines()[-1])}
-    r["estimate_at_run_gib"] = round(r["memory_estimate"]["total"] / GIB, 3)
     r["command"] = " ".join(sys.argv[1:])
     r["estimate_gib"] = current_estimate(args.model, args.scaling, length, variant)
     return r
@@ -214,7 +213,7 @@ def main() -> None:
         rows += [r for r in prev["runs"] if args.reestimate or r["length"] not in lengths]
     for r in rows:
         if "error" not in r:
-            r.setdefault("estimate_at_run_gib", round(r["memory_estimate"]["total"] / GIB, 3))
+            r.setdefault("estimate_at_run_gib", round(r["memory_estimate"]["total"] / GIB, 3))  # what the run printed
             r["estimate_gib"] = current_estimate(args.model, args.scaling, r["length"], r["variant"])
     rows.sort(key=lambda r: (r["length"], VARIANTS.index(r.get("variant", "tuned"))))
     meta = {"versions": runinfo.versions(), "machine": runinfo.machine(), "model": args.model,
