@@ -13,7 +13,8 @@
   process so peak RSS is that run's alone; default RoPE over the same text beside it (capped by the task at
   4 × the trained length: its cache and cost grow with the stream).
 - alibi: the tiny-alibi fixture at 4 × its window: default vs alibi-interp vs ntk-alibi, perplexity by position
-  (last quarter) and passkey.
+  (last quarter) and passkey; ntk-alibi also at the factors of --sweep, which trace its trade-off (flatter slopes
+  find the passkey more often and cost perplexity, in the window and beyond).
 
 Each part writes benchmarks/results/attention_methods_<part>.json (eval folders go under runs/attention_methods/).
 """
@@ -242,6 +243,7 @@ def alibi(args: argparse.Namespace) -> None:
 
     a = args.factor
     specs = ["default", f"alibi-interp:factor={a}", f"ntk-alibi:factor={a}"]
+    specs += [f"ntk-alibi:factor={x:g}" for x in args.sweep if x != a]  # the trade-off between the two bars
     L = a * WINDOW
     t = time.perf_counter()
     out = RUNS / f"alibi{L}"
@@ -251,7 +253,8 @@ def alibi(args: argparse.Namespace) -> None:
                    samples=args.samples, data=[book_parts(books_dir() / HELD_OUT_BOOK, args.samples)], out=out,
                    bucket=L // 4,
                    resume=args.resume, seed=args.seed,
-                   command=f"python benchmarks/attention_methods.py alibi --factor {a}")
+                   command=f"python benchmarks/attention_methods.py alibi --factor {a} "
+                           f"--sweep {','.join(f'{x:g}' for x in args.sweep)}")
     recs = res["records"]
     heads = model_info(str(fixture_path("tiny-alibi"))).n_heads
     report = {"model": "tiny-alibi", "window": WINDOW, "length": L, "factor": a, "book": HELD_OUT_BOOK,
@@ -265,8 +268,10 @@ def alibi(args: argparse.Namespace) -> None:
         last = next(r["value"] for r in q if r["bucket"] == [3 * L // 4, L])
         pk = by(recs, scaling=s, task="passkey", length=L)
         pk_in = by(recs, scaling=s, task="passkey", length=WINDOW)
+        q_in = by(recs, scaling=s, task="ppl", metric="ppl", length=WINDOW, bucket=None)
         report["specs"][s] = {
             "ppl_last_quarter": last, "ppl_overall": next(r["value"] for r in q if r["bucket"] is None),
+            "ppl_in_window": q_in[0]["value"],
             "ppl_by_quarter": {f"{r['bucket'][0]}-{r['bucket'][1]}": r["value"] for r in q if r["bucket"]},
             "passkey": sum(r["value"] * r["n"] for r in pk) / sum(r["n"] for r in pk),
             "passkey_trials": sum(r["n"] for r in pk),
@@ -303,6 +308,8 @@ def main() -> None:
     p = sub.add_parser("alibi")
     p.add_argument("--factor", type=int, default=4)
     p.add_argument("--samples", type=int, default=8, help="book parts (ppl) and trials per depth (passkey)")
+    p.add_argument("--sweep", type=lambda v: [float(x) for x in v.split(",") if x], default=[1.5, 2, 3],
+                   help="more ntk-alibi factors at the same length (comma-separated; empty for none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     args = ap.parse_args()

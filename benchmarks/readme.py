@@ -241,6 +241,11 @@ def train_speed_lines(tr: dict) -> list[str]:
                 lines.append(f"| {length:,} | **ratio** ctxext / {_variant(base)} (same run) | "
                              f"**{ours['tokens_per_second'] / base['tokens_per_second']:.2f}×** | "
                              f"**{ours['peak_memory_gib'] / base['peak_memory_gib']:.2f}×** | | |")
+    runs = sorted({r["run"] for r in tr["runs"] if r.get("run")})
+    if len(runs) > 1:  # rows merged from several runs: say which, since the machine's speed differs between them
+        said = ["{} ({})".format(run, ", ".join(f"{r['length']:,} {_variant(r)}" for r in tr["runs"]
+                                                if r.get("run") == run)) for run in runs]
+        lines += ["", f"Rows from {len(runs)} runs: " + "; ".join(said) + "."]
     rates = sorted({round(r["fp32_matmul_flops"] / 1e9) for r in tr["runs"] if r.get("fp32_matmul_flops")})
     lines += ["", "tokens/s over the steps after the first; peak memory is the process's peak RSS after loading the "
               "model; useful work is 6·N + 12·layers·hidden·T FLOPs per token (recomputation not counted)"
@@ -356,11 +361,12 @@ def _stream_lines(st: dict) -> list[str]:
 def _alibi_lines(al: dict) -> list[str]:
     lines = [f"ALiBi family on the {al['model']} fixture at {al['length'] // al['window']}× its {al['window']}-token "
              f"window (held-out {al['book']}; `benchmarks/attention_methods.py alibi`; {_machine(al.get('machine'))}):",
-             "", "| spec | slopes | ppl last quarter | passkey in window | passkey at "
-             f"{al['length']:,} |", "|---|---|---:|---:|---:|"]
+             "", f"| spec | slopes | ppl in window ({al['window']}) | ppl last quarter | passkey in window | "
+             f"passkey at {al['length']:,} |", "|---|---|---:|---:|---:|---:|"]
     for s, v in al["specs"].items():
         slopes = ", ".join(f"{x:.3g}" for x in al["slopes"][s])
-        lines.append(f"| `{s}` | {slopes} | {_fmt(v['ppl_last_quarter'])} | {_pct(v['passkey_in_window'])} | "
+        lines.append(f"| `{s}` | {slopes} | {_fmt(v['ppl_in_window'])} | {_fmt(v['ppl_last_quarter'])} | "
+                     f"{_pct(v['passkey_in_window'])} | "
                      f"{_pct(v['passkey'])} ({v['passkey_trials']} trials) |")
     return lines
 

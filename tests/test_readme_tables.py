@@ -76,14 +76,14 @@ def test_attention_section_tables(tmp_path, monkeypatch):
                                                        "correct": 3, "trials": 4}}}
     al = {"model": "tiny-alibi", "length": 1024, "window": 256, "book": "pg84.txt",
           "slopes": {"ntk-alibi:factor=4": [0.5, 0.25]},
-          "specs": {"ntk-alibi:factor=4": {"ppl_last_quarter": 81.66, "passkey_in_window": 1.0, "passkey": 0.775,
+          "specs": {"ntk-alibi:factor=4": {"ppl_last_quarter": 81.66, "ppl_in_window": 85.68, "passkey_in_window": 1.0, "passkey": 0.775,
                                            "passkey_trials": 40}}}
     (tmp_path / "attention_methods_passkey.json").write_text(json.dumps(pk))
     (tmp_path / "attention_methods_alibi.json").write_text(json.dumps(al))
     monkeypatch.setattr(readme, "RES", tmp_path)
     text = readme.attention_section()
     assert "| `self-extend:group=4,window=4096` | 100% | 50% | **3/4** |" in text
-    assert "| `ntk-alibi:factor=4` | 0.5, 0.25 | 81.7 | 100% | 78% (40 trials) |" in text
+    assert "| `ntk-alibi:factor=4` | 0.5, 0.25 | 85.7 | 81.7 | 100% | 78% (40 trials) |" in text
     assert "Streaming" not in text  # no stream results: no table
 
 
@@ -106,6 +106,9 @@ def test_train_speed_ratio_only_within_one_run():
     assert "| 16,384 | naive transformers loop | – | stopped at 21.0 GiB resident: does not fit | – | – |" in lines
     assert "| 4,096 | ctxext (gradient checkpointing, chunked loss) | 90.0 | 3.00 GiB | 3.50 GiB | 0.21 |" in lines
     assert "(160 GFLOP/s)" in text
+    assert "Rows from 2 runs: A (4,096 ctxext (gradient checkpointing, chunked loss), 4,096 naive transformers loop, " \
+           "4,096 naive + transformers' checkpointing, 8,192 naive transformers loop, 16,384 naive transformers loop); " \
+           "old (8,192 ctxext (gradient checkpointing, chunked loss))." in text
 
 
 def test_search_rows_compare_yarn_and_searched_on_the_held_out_book():
