@@ -339,10 +339,17 @@ def _selfextend_lines(pk: dict) -> list[str]:
              f"(`benchmarks/attention_methods.py passkey`; {_machine(pk.get('machine'))}):", "",
              "| spec | " + " | ".join(f"d={d}" for d in depths) + " | accuracy |",
              "|---|" + "---:|" * (len(depths) + 1)]
+    conf = pk.get("confirmation")
+    if conf:  # the best setting again, on trials the choice was not made on
+        rows.insert(len(rows) - 1 if rows[-1][0] == "`default`" else len(rows),
+                    (f"`{conf['spec']}`, fresh trials (seed {conf['seed']})", conf))
     for label, v in rows:
         by = v["accuracy_by_depth"]
         lines.append(f"| {label} | " + " | ".join(_pct(by.get(d)) for d in depths)
                      + f" | **{v['correct']}/{v['trials']}** |")
+    if conf:
+        lines += ["", f"The best setting was chosen on the seed-0 trials above; the fresh-trials row scores it on "
+                  f"other pass keys (seed {conf['seed']})."]
     return lines
 
 

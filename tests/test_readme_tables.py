@@ -83,6 +83,12 @@ def test_attention_section_tables(tmp_path, monkeypatch):
     monkeypatch.setattr(readme, "RES", tmp_path)
     text = readme.attention_section()
     assert "| `self-extend:group=4,window=4096` | 100% | 50% | **3/4** |" in text
+    assert "fresh trials" not in text
+    pk["confirmation"] = {"spec": "self-extend:group=4,window=4096", "seed": 1, "accuracy_by_depth": {"0.1": 0.5,
+                          "0.9": 1.0}, "correct": 3, "trials": 4}
+    (tmp_path / "attention_methods_passkey.json").write_text(json.dumps(pk))
+    text = readme.attention_section()
+    assert "| `self-extend:group=4,window=4096`, fresh trials (seed 1) | 50% | 100% | **3/4** |" in text
     assert "| `ntk-alibi:factor=4` | 0.5, 0.25 | 85.7 | 81.7 | 100% | 78% (40 trials) |" in text
     assert "Streaming" not in text  # no stream results: no table
 
