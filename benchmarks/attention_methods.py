@@ -86,6 +86,16 @@ SELF_EXTEND_SWEEP = (SELF_EXTEND, "self-extend:group=3,window=2048", "self-exten
                      "self-extend:group=6,window=4096", "self-extend:group=8,window=4096")
 
 
+def passkey_score(records: list[dict], spec: str, length: int) -> dict:
+    """Accuracy by depth and overall of one spec's passkey cells at one length."""
+    recs = sorted(by(records, task="passkey", metric="accuracy", length=length, scaling=spec),
+                  key=lambda r: r["depth"])  # resumed runs append cells out of order
+    n = sum(r["n"] for r in recs)
+    right = sum(r["value"] * r["n"] for r in recs)
+    return {"accuracy_by_depth": {str(r["depth"]): r["value"] for r in recs}, "trials": n, "correct": round(right),
+            "accuracy": right / n if n else None}
+
+
 def passkey(args: argparse.Namespace) -> None:
     """Each spec at --length in its own run folder (so one can be added or rerun alone), plus the reference: the model
     as trained, inside its own window (8 192), on the same protocol — what a position method can at best keep."""
@@ -102,13 +112,8 @@ def passkey(args: argparse.Namespace) -> None:
         out = RUNS / f"passkey{length}" / slug(s)
         res = run_eval(SMOL, [s], ["passkey"], [length], depths=list(DEPTHS), samples=args.trials, out=out,
                        resume=args.resume, command=cmd)
-        recs = sorted(by(res["records"], task="passkey", metric="accuracy", length=length, scaling=s),
-                      key=lambda r: r["depth"])  # resumed runs append cells out of order
         answers = out / "answers" / f"passkey-{slug(s)}-{length}.jsonl"
-        n = sum(r["n"] for r in recs)
-        right = sum(r["value"] * r["n"] for r in recs)
-        row = {"length": length, "accuracy_by_depth": {str(r["depth"]): r["value"] for r in recs}, "trials": n,
-               "correct": round(right), "accuracy": right / n if n else None,
+        row = {"length": length, **passkey_score(res["records"], s, length),
                "answers": [json.loads(x) for x in answers.read_text().splitlines()] if answers.is_file() else None}
         if length == args.length:
             report["specs"][s] = row
@@ -131,13 +136,8 @@ def passkey(args: argparse.Namespace) -> None:
         out = RUNS / f"passkey{args.length}" / f"{slug(s)}-seed{args.confirm_seed}"
         res = run_eval(SMOL, [s], ["passkey"], [args.length], depths=list(DEPTHS), samples=args.trials, out=out,
                        resume=args.resume, seed=args.confirm_seed, command=cmd + f" --confirm-seed {args.confirm_seed}")
-        recs = sorted(by(res["records"], task="passkey", metric="accuracy", length=args.length, scaling=s),
-                      key=lambda r: r["depth"])
-        n = sum(r["n"] for r in recs)
-        right = sum(r["value"] * r["n"] for r in recs)
-        report["confirmation"] = {"spec": s, "seed": args.confirm_seed, "trials": n, "correct": round(right),
-                                  "accuracy": right / n if n else None,
-                                  "accuracy_by_depth": {str(r["depth"]): r["value"] for r in recs}}
+        report["confirmation"] = {"spec": s, "seed": args.confirm_seed,
+                                  **passkey_score(res["records"], s, args.length)}
     report["checks"] = {"self_extend_ge_90pct": (se[best]["accuracy"] or 0) >= 0.9,
                         "trials_ge_10": se[best]["trials"] >= 10,
                         "default_fails": (report["specs"]["default"]["accuracy"] or 0) < 0.5}
