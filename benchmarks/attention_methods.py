@@ -132,12 +132,11 @@ def passkey(args: argparse.Namespace) -> None:
     best = max(se, key=lambda s: se[s]["accuracy"] or 0)
     report["best_self_extend"] = best
     if args.confirm_seed is not None:  # the best was picked on these trials: score it again on fresh ones
-        s = best
-        out = RUNS / f"passkey{args.length}" / f"{slug(s)}-seed{args.confirm_seed}"
-        res = run_eval(SMOL, [s], ["passkey"], [args.length], depths=list(DEPTHS), samples=args.trials, out=out,
+        out = RUNS / f"passkey{args.length}" / f"{slug(best)}-seed{args.confirm_seed}"
+        res = run_eval(SMOL, [best], ["passkey"], [args.length], depths=list(DEPTHS), samples=args.trials, out=out,
                        resume=args.resume, seed=args.confirm_seed, command=cmd + f" --confirm-seed {args.confirm_seed}")
-        report["confirmation"] = {"spec": s, "seed": args.confirm_seed,
-                                  **passkey_score(res["records"], s, args.length)}
+        report["confirmation"] = {"spec": best, "seed": args.confirm_seed,
+                                  **passkey_score(res["records"], best, args.length)}
     report["checks"] = {"self_extend_ge_90pct": (se[best]["accuracy"] or 0) >= 0.9,
                         "trials_ge_10": se[best]["trials"] >= 10,
                         "default_fails": (report["specs"]["default"]["accuracy"] or 0) < 0.5}
@@ -282,16 +281,13 @@ def alibi(args: argparse.Namespace) -> None:
     for s in specs:
         q = by(recs, scaling=s, task="ppl", metric="ppl", length=L)
         last = next(r["value"] for r in q if r["bucket"] == [3 * L // 4, L])
-        pk = by(recs, scaling=s, task="passkey", length=L)
-        pk_in = by(recs, scaling=s, task="passkey", length=WINDOW)
+        pk, pk_in = passkey_score(recs, s, L), passkey_score(recs, s, WINDOW)
         q_in = by(recs, scaling=s, task="ppl", metric="ppl", length=WINDOW, bucket=None)
         report["specs"][s] = {
             "ppl_last_quarter": last, "ppl_overall": next(r["value"] for r in q if r["bucket"] is None),
             "ppl_in_window": q_in[0]["value"],
             "ppl_by_quarter": {f"{r['bucket'][0]}-{r['bucket'][1]}": r["value"] for r in q if r["bucket"]},
-            "passkey": sum(r["value"] * r["n"] for r in pk) / sum(r["n"] for r in pk),
-            "passkey_trials": sum(r["n"] for r in pk),
-            "passkey_in_window": sum(r["value"] * r["n"] for r in pk_in) / sum(r["n"] for r in pk_in)}
+            "passkey": pk["accuracy"], "passkey_trials": pk["trials"], "passkey_in_window": pk_in["accuracy"]}
     n, i, d = (report["specs"][s] for s in (specs[2], specs[1], specs[0]))
     report["checks"] = {
         "ntk_alibi_ppl_beats_default_and_interp": n["ppl_last_quarter"] < min(d["ppl_last_quarter"],
