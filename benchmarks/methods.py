@@ -23,17 +23,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# abf at the planner's critical base for 16k (`ctxext plan --target 16384`); self-extend with a group that reaches
-# 16k; the longrope factors found by benchmarks/search_smollm2.py (a reduced CPU budget, on other books)
+# abf at the planner's critical base for 16k (`ctxext plan --target 16384`); self-extend with the smallest group
+# that reaches 16k, and with the best setting of the 10-trial passkey sweep (benchmarks/attention_methods.py
+# passkey: 9/10, then 10/10 on fresh keys); the longrope factors found by benchmarks/search_smollm2.py (a reduced
+# CPU budget, on other books)
 SEARCHED = "benchmarks/results/search_smollm2_16k/search/best.json"
 SPECS = ("default", "linear:factor=2", "ntk:factor=2", "dynamic-ntk:factor=2", "ntk-by-parts:factor=2",
          "yarn:factor=2", "dynamic-yarn", "llama3:factor=2", "abf:base=304202", "self-extend:group=4,window=2048",
-         SEARCHED)
+         "self-extend:group=8,window=4096", SEARCHED)
 # streaming keeps a rolling cache, so it is measured by the stream-ppl task over the same tokens (same buckets)
 STREAMING = "streaming:sinks=4,window=2044"
 QUICK = ("default", "linear:factor=2", "ntk:factor=2", "yarn:factor=2")
-# the heatmap sweeps 4 lengths per method, so it covers the baseline, the usual choice and the two strongest others
-NIAH = ("default", "yarn:factor=2", "self-extend:group=4,window=2048", SEARCHED)
+# the heatmap sweeps 4 lengths per method, so it covers the baseline, the usual choice and the strongest others
+NIAH = ("default", "yarn:factor=2", "self-extend:group=4,window=2048", "self-extend:group=8,window=4096", SEARCHED)
 NIAH_LENGTHS = (4096, 8192, 12288, 16384)
 RESULTS = ROOT / "benchmarks" / "results"
 # more needle trials come from runs with other seeds (other keys; `samples` is a resume key, so the seed-0 run

@@ -75,6 +75,9 @@ def ordering_note(full: dict, quick: dict) -> str:
 def methods_table(res: dict, source: str) -> str:
     recs = res["records"]
     specs = list(dict.fromkeys(r["scaling"] for r in recs))
+    # rows in first-run order, a spec added later beside the others of its method, streaming (no passkey) last
+    family = list(dict.fromkeys(s.split(":")[0] for s in specs))
+    specs.sort(key=lambda s: (s.startswith("streaming"), family.index(s.split(":")[0])))
     # stream-ppl (streaming) scores the same tokens as the window protocol of ppl, bucket by bucket
     ppl = [r for r in recs if r["task"] in ("ppl", "stream-ppl") and r["metric"] == "ppl" and r["bucket"]]
     length = max((r["length"] for r in ppl), default=0)

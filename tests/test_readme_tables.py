@@ -34,6 +34,16 @@ def test_late_order_and_table():
     assert "| `streaming:sinks=4,window=2044` | 10.0 | 30.0 | 30.0 | 3.00× | – |" in table
 
 
+def test_table_rows_group_a_later_spec_with_its_method_and_put_streaming_last():
+    res = _results({"default": 900.0, "self-extend:group=4,window=2048": 20.0, "streaming:sinks=4,window=2044": 30.0,
+                    "benchmarks/results/x/best.json": 19.0, "self-extend:group=8,window=4096": 18.0},
+                   task={"streaming:sinks=4,window=2044": "stream-ppl"})
+    rows = [line.split(" | ")[0] for line in readme.methods_table(res, "m").splitlines() if line.startswith("| `")
+            or line.startswith("| longrope")]
+    assert rows == ["| `default`", "| `self-extend:group=4,window=2048`", "| `self-extend:group=8,window=4096`",
+                    "| longrope, searched (`benchmarks/results/x/best.json`)", "| `streaming:sinks=4,window=2044`"]
+
+
 def test_ordering_note_says_when_orders_differ():
     full = _results({"default": 900.0, "yarn:factor=2": 20.0, "ntk:factor=2": 25.0})
     same = _results({"default": 90.0, "yarn:factor=2": 15.0}, length=12288)
