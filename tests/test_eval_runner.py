@@ -194,6 +194,28 @@ def test_resume_adds_passkey_cells_to_a_folder_of_ppl_cells(tmp_path, book):
                  resume=True, progress=False, log=lambda m: None)
 
 
+def test_resume_measures_a_rewritten_spec_file_again(tmp_path, book, capsys):
+    # a search's best.json keeps its name when a resumed search finds better factors: its old cells are stale
+    spec = tmp_path / "best.json"
+    spec.write_text(json.dumps({"method": "linear", "params": {"factor": 4}, "meta": {"cost": 1}}))
+    out = tmp_path / "f"
+    kw = dict(samples=1, data=[book], out=out, progress=False, log=lambda m: None)
+    first = run_eval("tiny-rope", ["default", str(spec)], ["ppl"], [512], **kw)
+    spec.write_text(json.dumps({"method": "linear", "params": {"factor": 4}, "meta": {"cost": 2}}))
+    same = run_eval("tiny-rope", ["default", str(spec)], ["ppl"], [512], resume=True, **kw)
+    assert same["records"] == first["records"]  # provenance alone changed: nothing is measured again
+    spec.write_text(json.dumps({"method": "ntk", "params": {"factor": 4}}))
+    again = run_eval("tiny-rope", ["default", str(spec)], ["ppl"], [512], resume=True, **kw)
+
+    def whole(res, s):
+        return [r["value"] for r in res["records"] if r["scaling"] == s and r["bucket"] is None]
+
+    assert len(whole(again, str(spec))) == 1 and whole(again, str(spec)) != whole(first, str(spec))
+    assert whole(again, "default") == whole(first, "default")
+    assert "changed since its" in capsys.readouterr().err
+    assert again["meta"]["config"]["specs"][str(spec)]["method"] == "ntk"
+
+
 def test_sliding_protocol(tmp_path, book):
     res = run_eval("tiny-rope", ["default"], ["ppl"], [256], samples=1, data=[book], out=tmp_path / "s",
                    protocol="both", stride=128, progress=False, log=lambda m: None)

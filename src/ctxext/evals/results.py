@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import CtxextError
+from ..scaling.spec import is_file_spec
 from .files import atomic_write, write_json
 
 RESULTS = "results.json"
 SUMMARY = "summary.md"
 # settings whose change makes old records incomparable; a resumed run must keep them
 RESUME_KEYS = ("model", "dtype", "seed", "samples", "protocol", "stride", "bucket", "max_new_tokens", "data")
+
+
+def _definition(spec: dict[str, Any]) -> str:
+    """What a saved spec computes (method and parameters; not its provenance meta), comparable across JSON round trips."""
+    return json.dumps({"method": spec.get("method"), "params": spec.get("params")}, sort_keys=True)
 
 
 def cell_key(rec: dict[str, Any]) -> tuple:
@@ -49,10 +56,21 @@ class Results:
             if diff:
                 raise CtxextError(f"cannot resume {self.path}: it was run with other settings ({'; '.join(diff)}); "
                                   "use another --out")
+            self._drop_redefined(old_meta.get("config", {}).get("specs", {}), meta["config"]["specs"])
             meta["created"] = old_meta.get("created", meta.get("created"))
             meta["runs"] = int(old_meta.get("runs", 1)) + 1
             meta["config"]["specs"] = {**old_meta.get("config", {}).get("specs", {}), **meta["config"]["specs"]}
         self.done = {cell_key(r) for r in self.records}
+
+    def _drop_redefined(self, before: dict[str, Any], now: dict[str, Any]) -> None:
+        """A spec file (e.g. a search's best.json) may be rewritten between runs under the same name: its old cells
+        measured other factors, so they are dropped and measured again rather than served as this spec's."""
+        stale = {s for s, d in now.items() if s in before and is_file_spec(s) and _definition(before[s]) != _definition(d)}
+        if stale:
+            n = sum(r["scaling"] in stale for r in self.records)
+            self.records = [r for r in self.records if r["scaling"] not in stale]
+            print(f"resume: {', '.join(sorted(stale))} changed since its {n} record(s) in {self.path} were measured; "
+                  "they are measured again", file=sys.stderr)
 
     def finished(self, model: str, scaling: str, task: str, length: int, depth: float | None) -> bool:
         return (model, scaling, task, length, depth) in self.done

@@ -80,9 +80,8 @@ def parse_spec(text: str) -> Spec:
     text = text.strip()
     if not text:
         raise CtxextError("empty scaling spec; expected name[:key=value,...] or a .json file")
-    path = Path(text)
-    if text.endswith(".json") or (":" not in text and "=" not in text and _is_file(path)):
-        return load_spec_file(path, text)
+    if is_file_spec(text):
+        return load_spec_file(Path(text), text)
     name, _, rest = text.partition(":")
     values: dict[str, Any] = {}
     for item in _split_top(rest):
@@ -91,6 +90,12 @@ def parse_spec(text: str) -> Spec:
             raise CtxextError(f"bad spec item '{item}' in '{text}'; expected key=value")
         values[key.strip()] = value.strip()
     return _from_values(name.strip(), values, text)
+
+
+def is_file_spec(text: str) -> bool:
+    """Whether a spec names a JSON file (whose content, not the text, defines it) rather than `name:key=value`."""
+    text = text.strip()
+    return text.endswith(".json") or (":" not in text and "=" not in text and _is_file(Path(text)))
 
 
 def _is_file(path: Path) -> bool:
