@@ -56,16 +56,18 @@ class Results:
             if diff:
                 raise CtxextError(f"cannot resume {self.path}: it was run with other settings ({'; '.join(diff)}); "
                                   "use another --out")
-            self._drop_redefined(old_meta.get("config", {}).get("specs", {}), meta["config"]["specs"])
+            old_specs = old_meta.get("config", {}).get("specs", {})
+            self._drop_redefined(old_specs, meta["config"]["specs"])
             meta["created"] = old_meta.get("created", meta.get("created"))
             meta["runs"] = int(old_meta.get("runs", 1)) + 1
-            meta["config"]["specs"] = {**old_meta.get("config", {}).get("specs", {}), **meta["config"]["specs"]}
+            meta["config"]["specs"] = {**old_specs, **meta["config"]["specs"]}
         self.done = {cell_key(r) for r in self.records}
 
     def _drop_redefined(self, before: dict[str, Any], now: dict[str, Any]) -> None:
         """A spec file (e.g. a search's best.json) may be rewritten between runs under the same name: its old cells
         measured other factors, so they are dropped and measured again rather than served as this spec's."""
-        stale = {s for s, d in now.items() if s in before and is_file_spec(s) and _definition(before[s]) != _definition(d)}
+        stale = {s for s, d in now.items()
+                 if s in before and is_file_spec(s) and _definition(before[s]) != _definition(d)}
         if stale:
             n = sum(r["scaling"] in stale for r in self.records)
             self.records = [r for r in self.records if r["scaling"] not in stale]
