@@ -282,6 +282,9 @@ def train_memory_lines(tm: dict) -> list[str]:
     lines += ["", "Peak RSS of any step (the highest of the forward, backward and optimizer phases); tokens/s from the "
               "steps after the first (" + "; ".join(f"{n} timed step(s) at {', '.join(ls)}" for n, ls in by_steps.items())
               + ", so the speed ratio is a rough figure)."
+              + (f" Both variants side by side, one core each (the same load on both): {', '.join(side)}."
+                 if (side := [f"{r['length']:,}" for r in tm["runs"]
+                              if (r.get("vs_glibc_default") or {}).get("side_by_side")]) else "")
               + (f" Measured before ctxext train also asked torch for transparent huge pages (THP_MEM_ALLOC_ENABLE, "
                  f"fewer page faults on the fresh mappings): {', '.join(old)}."
                  if (old := [f"{r['length']:,}" for r in tm["runs"] if r.get("variant") == "tuned"

@@ -3,6 +3,7 @@ with glibc's defaults (the baseline, same run), next to ctxext's estimate.
 
     python benchmarks/train_memory.py                       # SmolLM2-135M, 2k / 4k / 8k, 2 steps each
     python benchmarks/train_memory.py --lengths 16384 --add # one more length, kept beside the others
+    python benchmarks/train_memory.py --lengths 16384 --parallel --add  # both variants at once, one core each
     python benchmarks/train_memory.py --quick               # one step per length
 
 Each length and variant runs `ctxext train` in its own process with a sampler thread reading the resident set
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,6 +155,18 @@ def run_child(args: argparse.Namespace, length: int, variant: str, steps: int) -
     return r
 
 
+def merge_runs(new: list[dict], old: list[dict]) -> list[dict]:
+    """The new rows plus the old rows of every (length, variant) the new run did not measure. An old tuned row keeps
+    its ratio only while the glibc row it was measured beside stays too."""
+    key = lambda r: (r["length"], r.get("variant", "tuned"))  # noqa: E731
+    measured = {key(r) for r in new}
+    kept = [dict(r) for r in old if key(r) not in measured]
+    for r in kept:
+        if (r["length"], "glibc") in measured:
+            r.pop("vs_glibc_default", None)
+    return new + kept
+
+
 def current_estimate(model: str, scaling: str, length: int, variant: str) -> float:
     """What ctxext train estimates now for this run (GiB); rewritten into every row on each write, so a changed
     estimate is compared with the peaks already measured (--reestimate)."""
@@ -175,7 +189,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="one step per length")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_memory-cpu.json"))
     p.add_argument("--variants", default=",".join(VARIANTS), help="tuned and/or glibc")
-    p.add_argument("--add", action="store_true", help="keep the other lengths of the results file")
+    p.add_argument("--add", action="store_true",
+                   help="keep the rows of the results file (length and variant) that this run does not measure")
+    p.add_argument("--parallel", action="store_true", help="run the variants of a length side by side, one core each")
     p.add_argument("--reestimate", action="store_true",
                    help="run nothing: rewrite the results file's estimates with the current formula")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -188,10 +204,13 @@ def main() -> None:
     out = Path(args.out)
     lengths = [int(x) for x in args.lengths.split(",")]
     rows: list[dict] = []
+    variants = args.variants.split(",")
     for length in [] if args.reestimate else lengths:
-        for variant in args.variants.split(","):
-            rows.append(run_child(args, length, variant, steps))
-            r = rows[-1]
+        # --parallel: the variants of a length side by side (one core each), so they share the machine's load
+        with ThreadPoolExecutor(max_workers=len(variants) if args.parallel else 1) as pool:
+            done = list(pool.map(lambda v: run_child(args, length, v, steps), variants))
+        for variant, r in zip(variants, done):
+            rows.append(r)
             if "error" in r:
                 print(f"{length:>7} {variant:<6} {r['error']}", flush=True)
                 continue
@@ -200,17 +219,16 @@ def main() -> None:
                 f"{ph} {last[ph]['start']:.2f}->{last[ph]['max']:.2f}->{last[ph]['end']:.2f}" for ph in PHASES)
                 + f"  peak {r['peak_gib']:.2f}  estimate {r['estimate_gib']:.2f}  {r['tokens_per_second']:.1f} tok/s",
                 flush=True)
-    for length in lengths:  # the ratios of the tuned allocator to glibc's defaults, same run
-        a, b = (next((r for r in rows if r["length"] == length and r.get("variant") == v and "error" not in r), None)
-                for v in VARIANTS)
-        if a and b:
-            ratio = {"peak": round(a["peak_gib"] / b["peak_gib"], 3),
-                     "tokens_per_second": round(a["tokens_per_second"] / b["tokens_per_second"], 3)}
-            a["vs_glibc_default"] = ratio
+        ours, base = (next((r for r in done if r["variant"] == v and "error" not in r), None) for v in VARIANTS)
+        if ours and base:  # the ratios of the tuned allocator to glibc's defaults, only within one run
+            ours["vs_glibc_default"] = ratio = {
+                "peak": round(ours["peak_gib"] / base["peak_gib"], 3),
+                "tokens_per_second": round(ours["tokens_per_second"] / base["tokens_per_second"], 3),
+                "side_by_side": bool(args.parallel)}
             print(f"{length:>7} tuned / glibc: peak x{ratio['peak']}, tokens/s x{ratio['tokens_per_second']}")
     prev = json.loads(out.read_text()) if (args.add or args.reestimate) and out.is_file() else None
     if prev:  # read now, not at the start: another length may have finished meanwhile
-        rows += [r for r in prev["runs"] if args.reestimate or r["length"] not in lengths]
+        rows = prev["runs"] if args.reestimate else merge_runs(rows, prev["runs"])
     for r in rows:
         if "error" not in r:
             r.setdefault("estimate_at_run_gib", round(r["memory_estimate"]["total"] / GIB, 3))  # what the run printed

@@ -173,7 +173,8 @@ def test_niah_trials_of_several_seeds_pool_per_cell(tmp_path):
 def test_train_memory_rows_pair_the_allocator_variants_by_length():
     meta = {"model": "m", "machine": {"cpu_count": 2}}
     runs = [{"length": 2048, "variant": "tuned", "peak_gib": 2.76, "estimate_gib": 3.9, "torch_threads": 1,
-             "vs_glibc_default": {"peak": 0.734, "tokens_per_second": 0.912}, "thp_mem_alloc": "1"},
+             "vs_glibc_default": {"peak": 0.734, "tokens_per_second": 0.912, "side_by_side": True},
+             "thp_mem_alloc": "1"},
             {"length": 2048, "variant": "glibc", "peak_gib": 3.76, "estimate_gib": 3.9, "torch_threads": 1},
             {"length": 16384, "variant": "tuned", "peak_gib": 4.0, "estimate_gib": 6.0, "torch_threads": 1},
             {"length": 16384, "variant": "glibc", "error": "killed"}]
@@ -183,3 +184,19 @@ def test_train_memory_rows_pair_the_allocator_variants_by_length():
     assert "1 torch thread(s)" in lines[0]
     assert lines[-1].count("huge pages") == 1 and "(THP_MEM_ALLOC_ENABLE, fewer page faults on the fresh mappings): " \
         "16,384." in lines[-1]  # the 2k row was measured with them
+    assert "side by side, one core each (the same load on both): 2,048." in lines[-1]
+
+
+def test_train_memory_add_replaces_only_the_measured_length_and_variant():
+    tm = _bench("train_memory")
+    old = [{"length": 8192, "variant": "tuned", "peak_gib": 3.2, "vs_glibc_default": {"peak": 0.5}},
+           {"length": 16384, "variant": "tuned", "peak_gib": 4.5, "vs_glibc_default": {"peak": 0.9}},
+           {"length": 16384, "variant": "glibc", "peak_gib": 5.0}]
+    merged = tm.merge_runs([{"length": 16384, "variant": "tuned", "peak_gib": 4.0}], old)
+    assert [(r["length"], r["variant"], r["peak_gib"]) for r in merged] == [
+        (16384, "tuned", 4.0), (8192, "tuned", 3.2), (16384, "glibc", 5.0)]
+    assert merged[1]["vs_glibc_default"] == {"peak": 0.5}  # its glibc partner was not rerun
+    merged = tm.merge_runs([{"length": 16384, "variant": "glibc", "peak_gib": 5.5}], old)
+    assert [(r["length"], r["variant"]) for r in merged] == [(16384, "glibc"), (8192, "tuned"), (16384, "tuned")]
+    assert "vs_glibc_default" not in merged[2]  # a ratio to a glibc row that is gone
+    assert "vs_glibc_default" in old[1]  # the old rows are not modified
