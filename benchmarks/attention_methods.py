@@ -3,7 +3,7 @@
     python benchmarks/attention_methods.py passkey  [--trials 2] [--length 16384] [--resume]
     python benchmarks/attention_methods.py window
     python benchmarks/attention_methods.py stream   [--length 65536] [--short 32768]
-    python benchmarks/attention_methods.py alibi
+    python benchmarks/attention_methods.py alibi    [--factor 4] [--sweep 1.5,2,3]
 
 - passkey: SmolLM2-135M, self-extend (the group/window settings of SELF_EXTEND_SWEEP) vs default RoPE, passkey at `--length` tokens,
   depths 0.1 … 0.9, `--trials` per depth (teacher-forced verdicts, shared-prefix reuse), and the model as trained at
@@ -14,7 +14,8 @@
   4 × the trained length: its cache and cost grow with the stream).
 - alibi: the tiny-alibi fixture at 4 × its window: default vs alibi-interp vs ntk-alibi, perplexity by position
   (last quarter) and passkey; ntk-alibi also at the factors of --sweep, which trace its trade-off (flatter slopes
-  find the passkey more often and cost perplexity, in the window and beyond).
+  find the passkey more often and cost perplexity, in the window and beyond). `--factor` other than 4 measures
+  the same at that many times the window, into attention_methods_alibi_x<factor>.json.
 
 Each part writes benchmarks/results/attention_methods_<part>.json (eval folders go under runs/attention_methods/).
 """
@@ -293,7 +294,7 @@ def alibi(args: argparse.Namespace) -> None:
         "ntk_alibi_ppl_beats_default_and_interp": n["ppl_last_quarter"] < min(d["ppl_last_quarter"],
                                                                               i["ppl_last_quarter"]),
         "ntk_alibi_passkey_beats_default_and_interp": n["passkey"] > max(d["passkey"], i["passkey"])}
-    write("alibi", report)
+    write("alibi" if a == 4 else f"alibi_x{a}", report)  # 4x is the acceptance's; other factors sit beside it
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ Each table lives between `<!-- BEGIN name -->` and `<!-- END name -->` in README
   methods  benchmarks/results/methods/results.json (else methods_quick/, else smollm2_16k/): ppl per bucket, passkey
   planner  benchmarks/results/planner.json
   speed    benchmarks/results/eval_speed.json, train_speed-cpu.json and train_memory-cpu.json
-  attention  benchmarks/results/attention_methods_{passkey,stream,alibi}.json (Self-Extend, streaming, ALiBi family)
+  attention  benchmarks/results/attention_methods_{passkey,stream,alibi*}.json (Self-Extend, streaming, ALiBi family)
   train    benchmarks/results/train_tiny*/summary.json (tiny-rope extended 4x by `ctxext train`, one row per run)
   search   benchmarks/results/search_*/summary.json (`ctxext search` vs YaRN on a held-out book, one row per search)
 --check exits 1 when README.md is not what the results give (for CI or a pre-commit hook).
@@ -385,9 +385,11 @@ def _alibi_lines(al: dict) -> list[str]:
 
 
 def attention_section() -> str:
+    alibi = sorted((d for f in RES.glob("attention_methods_alibi*.json") if (d := _load(f))),
+                   key=lambda d: d["factor"])  # 4x (the acceptance's) first, then the longer reaches
     parts = [fn(d) for fn, d in ((_selfextend_lines, _load(RES / "attention_methods_passkey.json")),
                                   (_stream_lines, _load(RES / "attention_methods_stream.json")),
-                                  (_alibi_lines, _load(RES / "attention_methods_alibi.json"))) if d]
+                                  *((_alibi_lines, d) for d in alibi)) if d]
     return "\n\n".join("\n".join(p) for p in parts) or "(no attention-method results yet)"
 
 
