@@ -386,7 +386,7 @@ def _alibi_lines(al: dict) -> list[str]:
 
 def attention_section() -> str:
     alibi = sorted((d for f in RES.glob("attention_methods_alibi*.json") if (d := _load(f))),
-                   key=lambda d: d["factor"])  # 4x (the acceptance's) first, then the longer reaches
+                   key=lambda d: d["length"] / d["window"])  # 4x (the acceptance's) first, then longer reaches
     parts = [fn(d) for fn, d in ((_selfextend_lines, _load(RES / "attention_methods_passkey.json")),
                                   (_stream_lines, _load(RES / "attention_methods_stream.json")),
                                   *((_alibi_lines, d) for d in alibi)) if d]

@@ -101,6 +101,11 @@ def test_attention_section_tables(tmp_path, monkeypatch):
     assert "| `self-extend:group=4,window=4096`, fresh trials (seed 1) | 50% | 100% | **3/4** |" in text
     assert "| `ntk-alibi:factor=4` | 0.5, 0.25 | 85.7 | 81.7 | 100% | 78% (40 trials) |" in text
     assert "Streaming" not in text  # no stream results: no table
+    (tmp_path / "attention_methods_alibi_x16.json").write_text(json.dumps({**al, "length": 4096}))
+    (tmp_path / "attention_methods_alibi_x8.json").write_text(json.dumps({**al, "length": 2048}))
+    text = readme.attention_section()
+    heads = [line for line in text.splitlines() if line.startswith("ALiBi family")]
+    assert [h.split(" at ")[1].split("×")[0] for h in heads] == ["4", "8", "16"]  # by reach, not by file name
 
 
 def test_train_speed_ratio_only_within_one_run():
