@@ -1,7 +1,7 @@
 """Eval speed and memory: ctxext's chunked perplexity vs a naive transformers loop, and KV prefix reuse over a
 passkey depth grid. Not a test: it measures, prints, and writes benchmarks/results/eval_speed.json.
 
-    python benchmarks/eval_speed.py [--model smollm2-135m] [--length 16384] [--reuse-length 2048]
+    python benchmarks/eval_speed.py [--quick] [--model smollm2-135m] [--length 16384] [--reuse-length 2048]
                                     [--depths 0,0.1,...,1] [--trials 5] [--rounds 3] [--repeats 1] [--out benchmarks/results/eval_speed.json]
 
 Each measurement runs in a fresh subprocess, so its peak resident memory (VmHWM of /proc/self/status) is its
@@ -9,6 +9,9 @@ own: `process_peak` includes loading the model, `forward_peak` is reset (clear_r
 call. Throughput is reported as tokens/s and as a fraction of this machine's measured fp32 matmul rate × the
 model's forward FLOPs (ctxext.evals.cost). The machine's load average is recorded before and after each
 measurement: other processes on the same cores slow everything down.
+
+--quick: ppl at 4 096 tokens and the reuse grid at 1 024 tokens over 3 depths x 2 trials (a few minutes), written to
+eval_speed_quick.json; the README checks that it orders ctxext and the naive loop as the full run does.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# --quick replaces these defaults (an option given on the command line is kept)
+QUICK = {"length": 4096, "reuse_length": 1024, "depths": "0,0.5,1", "trials": 2, "rounds": 2,
+         "out": str(HERE / "results" / "eval_speed_quick.json")}
 
 
 def status_kb(field: str) -> int:
@@ -165,8 +171,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="ours/naive pairs (best of each is reported)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: ppl, reuse")
     ap.add_argument("--out", default=str(HERE / "results" / "eval_speed.json"))
+    ap.add_argument("--quick", action="store_true", help="short lengths, a few minutes; writes eval_speed_quick.json")
     ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.quick:
+        from ctxext.runinfo import override_defaults
+
+        override_defaults(ap, args, QUICK)
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
         return
@@ -183,7 +194,7 @@ def main() -> None:
     mc = ModelCost.of(info)
     report: dict = {
         "what": "ctxext eval speed: chunked ppl vs naive model(ids, labels=ids).loss; KV prefix reuse over depths",
-        "model": args.model, "length": args.length,
+        "model": args.model, "length": args.length, "quick": args.quick,
         "versions": {"ctxext": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

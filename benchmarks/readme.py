@@ -221,6 +221,45 @@ def _variant(r: dict) -> str:
         " ".join(r["extra"]), "ctxext " + " ".join(r["extra"]))
 
 
+def naive_ratios(tr: dict, variant: str = "naive") -> dict[int, tuple[float, float]]:
+    """ctxext / baseline (tokens/s, peak memory) at each length where both were measured in the same run."""
+    done = [r for r in tr["runs"] if "tokens_per_second" in r and r.get("run")]
+    out = {}
+    for ours in (r for r in done if not r["extra"]):
+        base = next((n for n in done if n["extra"] == [variant] and n["length"] == ours["length"]
+                     and n["run"] == ours["run"]), None)
+        if base:
+            out[ours["length"]] = (ours["tokens_per_second"] / base["tokens_per_second"],
+                                   ours["peak_memory_gib"] / base["peak_memory_gib"])
+    return out
+
+
+def speed_ratios(ev: dict | None, tr: dict | None) -> dict[str, tuple[int, float]]:
+    """ctxext / the naive loop, by figure: (length, ratio); training at the shortest length with a same-run pair."""
+    out = {}
+    if ev and "ppl" in ev:
+        o, n = ev["ppl"]["ours"], ev["ppl"]["naive"]
+        out["eval tokens/s"] = (ev["length"], o["tokens_per_s"] / n["tokens_per_s"])
+        out["eval peak RSS"] = (ev["length"], o["process_peak_mb"] / n["process_peak_mb"])
+    if tr and (pairs := naive_ratios(tr)):
+        length = min(pairs)
+        out["training tokens/s"] = (length, pairs[length][0])
+        out["training peak memory"] = (length, pairs[length][1])
+    return out
+
+
+def speed_ordering_note(full: dict[str, tuple[int, float]], quick: dict[str, tuple[int, float]]) -> str:
+    """Does --quick put ctxext on the same side of the naive loop (ratio above or below 1) as the full runs?"""
+    keys = [k for k in quick if k in full]
+    if not keys:
+        return ""
+    same = all((quick[k][1] > 1) == (full[k][1] > 1) for k in keys)
+    cells = [f"{k} {quick[k][1]:.2f}× at {quick[k][0]:,} (full: {full[k][1]:.2f}× at {full[k][0]:,})" for k in keys]
+    return (f"`--quick` (`eval_speed.py --quick`, `train_speed.py --quick`, separate runs), ctxext / naive: "
+            + "; ".join(cells) + f". Same order as the full runs (each ratio on the same side of 1): "
+            + ("yes" if same else "**no**") + ".")
+
+
 def train_speed_lines(tr: dict) -> list[str]:
     """One row per run, and ctxext / naive ratios where both were measured at a length in the same run."""
     lines = [f"Training {tr['meta']['model']} (full fine-tuning, `{tr['meta']['scaling']}`; "
@@ -236,14 +275,10 @@ def train_speed_lines(tr: dict) -> list[str]:
             est, frac = r.get("memory_estimate_gib"), r.get("fraction_of_matmul_rate")
             lines.append(f"| {length:,} | {_variant(r)} | {r['tokens_per_second']:.1f} | {r['peak_memory_gib']:.2f} GiB "
                          f"| {'–' if est is None else f'{est:.2f} GiB'} | {'–' if frac is None else f'{frac:.2f}'} |")
-        ours = next((r for r in rows if not r["extra"] and "tokens_per_second" in r), None)
         for v in ("naive", "naive-ckpt"):
-            base = next((n for n in rows if ours and n["extra"] == [v] and n.get("run")
-                         and n.get("run") == ours.get("run") and "tokens_per_second" in n), None)
-            if base:
-                lines.append(f"| {length:,} | **ratio** ctxext / {_variant(base)} (same run) | "
-                             f"**{ours['tokens_per_second'] / base['tokens_per_second']:.2f}×** | "
-                             f"**{ours['peak_memory_gib'] / base['peak_memory_gib']:.2f}×** | | |")
+            if length in (ratio := naive_ratios(tr, v)):
+                lines.append(f"| {length:,} | **ratio** ctxext / {_variant({'extra': [v]})} (same run) | "
+                             f"**{ratio[length][0]:.2f}×** | **{ratio[length][1]:.2f}×** | | |")
     runs = sorted({r["run"] for r in tr["runs"] if r.get("run")})
     if len(runs) > 1:  # rows merged from several runs: say which, since the machine's speed differs between them
         said = ["{} ({})".format(run, ", ".join(f"{r['length']:,} {_variant(r)}" for r in tr["runs"]
@@ -325,6 +360,10 @@ def speed_section() -> str:
     tr = _load(RES / "train_speed-cpu.json")
     if tr:
         lines += [""] + train_speed_lines(tr)
+    note = speed_ordering_note(speed_ratios(ev, tr), speed_ratios(_load(RES / "eval_speed_quick.json"),
+                                                                  _load(RES / "train_speed-cpu-quick.json")))
+    if note:
+        lines += ["", note]
     tm = _load(RES / "train_memory-cpu.json")
     if tm:
         lines += [""] + train_memory_lines(tm)

@@ -2,6 +2,7 @@
 
     python benchmarks/train_speed.py                          # CPU: 8k and 16k, full fine-tuning
     python benchmarks/train_speed.py --lengths 8192,16384,32768,65536 --steps 4    # on a GPU
+    python benchmarks/train_speed.py --quick                  # 2k, ctxext and the naive loop (minutes)
 
 Each length is one `ctxext train` process (so its peak memory is its own): --steps optimizer steps of one
 sequence, no evaluation; tokens/s is measured over the steps after the first (which pays warm-up and allocator
@@ -19,7 +20,8 @@ Useful work per token is 6·N + 12·layers·hidden·T FLOPs (the PaLM definition
 checkpointing is not counted); it is reported as a fraction of the fp32 matmul rate measured in the same run (CPU)
 and as model FLOPs utilisation against the peak bf16 rate (GPU).
 
-Writes benchmarks/results/train_speed-<device>.json and prints a table.
+Writes benchmarks/results/train_speed-<device>.json (--quick: train_speed-<device>-quick.json, whose ordering of
+ctxext and the naive loop the README compares with the full run's) and prints a table.
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ def main() -> None:
     p.add_argument("--naive-limit-gib", type=float, default=None,
                    help="stop the naive baseline past this resident memory (default: 90 %% of what is available)")
     p.add_argument("--out", default=None)
+    p.add_argument("--quick", action="store_true", help="2 048 tokens, ctxext and the naive loop (minutes)")
     p.add_argument("--worker", choices=NAIVE, help=argparse.SUPPRESS)
     p.add_argument("--books", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -175,6 +178,8 @@ def main() -> None:
                                       ckpt=args.worker == NAIVE_CKPT)))
         return
 
+    if args.quick:
+        runinfo.override_defaults(p, args, {"lengths": "2048", "variants": "naive@2048"})
     device, peak = device_name()
     info = model_info(args.model)
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -216,7 +221,7 @@ def main() -> None:
         rows.sort(key=lambda r: (r["length"], r["extra"]))
     result = {"meta": {"versions": runinfo.versions(), "machine": runinfo.machine(), "device": device,
                        "peak_bf16_flops": peak, "fp32_matmul_flops": rate, "model": args.model,
-                       "scaling": args.scaling, "steps": args.steps,
+                       "scaling": args.scaling, "steps": args.steps, "quick": args.quick,
                        "command": " ".join(sys.argv)}, "runs": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -132,6 +132,32 @@ def test_train_speed_ratio_only_within_one_run():
            "old (8,192 ctxext (gradient checkpointing, chunked loss))." in text
 
 
+def _speed_pair(eval_ratio: tuple[float, float], train_ratio: tuple[float, float], length: int) -> tuple[dict, dict]:
+    ev = {"length": length, "ppl": {"ours": {"tokens_per_s": 100.0 * eval_ratio[0], "process_peak_mb": 1000.0 * eval_ratio[1]},
+                                    "naive": {"tokens_per_s": 100.0, "process_peak_mb": 1000.0}}}
+    tr = {"runs": [{"length": length, "extra": [], "run": "A", "tokens_per_second": 50.0 * train_ratio[0],
+                    "peak_memory_gib": 10.0 * train_ratio[1]},
+                   {"length": length, "extra": ["naive"], "run": "A", "tokens_per_second": 50.0, "peak_memory_gib": 10.0},
+                   # a longer length (and a pair across two runs) does not stand for the training figure
+                   {"length": 2 * length, "extra": [], "run": "B", "tokens_per_second": 1.0, "peak_memory_gib": 1.0},
+                   {"length": 2 * length, "extra": ["naive"], "run": "B", "tokens_per_second": 9.0,
+                    "peak_memory_gib": 9.0}]}
+    return ev, tr
+
+
+def test_speed_quick_note_compares_each_ratio_with_the_full_run():
+    full = readme.speed_ratios(*_speed_pair((1.28, 0.17), (0.85, 0.29), 4096))
+    assert full["training tokens/s"][0] == 4096 and abs(full["training tokens/s"][1] - 0.85) < 1e-9
+    assert abs(full["eval peak RSS"][1] - 0.17) < 1e-9
+    same = readme.speed_ordering_note(full, readme.speed_ratios(*_speed_pair((1.1, 0.4), (0.9, 0.5), 1024)))
+    assert "eval tokens/s 1.10× at 1,024 (full: 1.28× at 4,096)" in same
+    assert "training peak memory 0.50× at 1,024 (full: 0.29× at 4,096)" in same
+    assert same.endswith("(each ratio on the same side of 1): yes.")
+    flipped = readme.speed_ordering_note(full, readme.speed_ratios(*_speed_pair((0.9, 0.4), (0.9, 0.5), 1024)))
+    assert flipped.endswith("**no**.")
+    assert readme.speed_ordering_note(full, readme.speed_ratios(None, None)) == ""
+
+
 def test_search_rows_compare_yarn_and_searched_on_the_held_out_book():
     res = {"search": {"config": {"model": "tiny-rope", "target": 1024, "fitness": "both", "budget": 130},
                       "spent": 129.73, "best": {"attention_factor": 1.0181}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sys
@@ -20,3 +21,10 @@ def versions() -> dict[str, str]:
 def machine() -> dict[str, object]:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count()}
+
+
+def override_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace, values: dict[str, object]) -> None:
+    """Set each option in values that was left at its default (a benchmark's --quick), keeping those the user gave."""
+    for key, value in values.items():
+        if getattr(args, key) == parser.get_default(key):
+            setattr(args, key, value)
