@@ -151,6 +151,12 @@ def run_one(model: str, scaling: str, length: int, steps: int, extra: list[str],
             "exit_status": proc.returncode}
 
 
+def results_path(device: str, quick: bool) -> Path:
+    """Where a run on this device writes; --quick keeps its own file, so it never replaces the full run's rows."""
+    slug = "cpu" if device == "cpu" else device.replace(" ", "-").lower()
+    return ROOT / "benchmarks" / "results" / f"train_speed-{slug}{'-quick' if quick else ''}.json"
+
+
 def main() -> None:
     from ctxext import runinfo
     from ctxext.fixtures import books_dir
@@ -213,8 +219,7 @@ def main() -> None:
             r["run"] = run_id  # the README forms ctxext/naive ratios only from rows of the same run
             rows.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
-    slug = "cpu" if device == "cpu" else device.replace(" ", "-").lower()
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"train_speed-{slug}.json"
+    out = Path(args.out) if args.out else results_path(device, args.quick)
     if out.is_file():  # keep the runs of other lengths / variants measured before
         done = {(r["length"], tuple(r["extra"])) for r in rows}
         rows = [r for r in json.loads(out.read_text())["runs"] if (r["length"], tuple(r["extra"])) not in done] + rows

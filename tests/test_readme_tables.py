@@ -231,3 +231,10 @@ def test_train_memory_add_replaces_only_the_measured_length_and_variant():
     assert [(r["length"], r["variant"]) for r in merged] == [(16384, "glibc"), (8192, "tuned"), (16384, "tuned")]
     assert "vs_glibc_default" not in merged[2]  # a ratio to a glibc row that is gone
     assert "vs_glibc_default" in old[1]  # the old rows are not modified
+
+
+def test_train_speed_quick_writes_its_own_results_file():
+    ts = _bench("train_speed")
+    assert ts.results_path("cpu", quick=True).name == "train_speed-cpu-quick.json"
+    assert ts.results_path("cpu", quick=False).name == "train_speed-cpu.json"
+    assert ts.results_path("NVIDIA H200", quick=False).name == "train_speed-nvidia-h200.json"
