@@ -266,6 +266,7 @@ def train_speed_lines(tr: dict) -> list[str]:
              f"{_machine(tr['meta'].get('machine'))}; `benchmarks/train_speed.py`):", "",
              "| length | run | tokens/s | peak memory | ctxext's estimate | useful FLOP/s ÷ matmul rate |",
              "|---:|---|---:|---:|---:|---:|"]
+    pairs = {v: naive_ratios(tr, v) for v in ("naive", "naive-ckpt")}
     for length in sorted({r["length"] for r in tr["runs"]}):
         rows = [r for r in tr["runs"] if r["length"] == length]
         for r in rows:
@@ -275,8 +276,8 @@ def train_speed_lines(tr: dict) -> list[str]:
             est, frac = r.get("memory_estimate_gib"), r.get("fraction_of_matmul_rate")
             lines.append(f"| {length:,} | {_variant(r)} | {r['tokens_per_second']:.1f} | {r['peak_memory_gib']:.2f} GiB "
                          f"| {'–' if est is None else f'{est:.2f} GiB'} | {'–' if frac is None else f'{frac:.2f}'} |")
-        for v in ("naive", "naive-ckpt"):
-            if length in (ratio := naive_ratios(tr, v)):
+        for v, ratio in pairs.items():
+            if length in ratio:
                 lines.append(f"| {length:,} | **ratio** ctxext / {_variant({'extra': [v]})} (same run) | "
                              f"**{ratio[length][0]:.2f}×** | **{ratio[length][1]:.2f}×** | | |")
     runs = sorted({r["run"] for r in tr["runs"] if r.get("run")})
@@ -332,7 +333,8 @@ def train_memory_lines(tm: dict) -> list[str]:
 
 def speed_section() -> str:
     lines = []
-    ev = _load(RES / "eval_speed.json")
+    ev, tr = _load(RES / "eval_speed.json"), _load(RES / "train_speed-cpu.json")
+    full = speed_ratios(ev, tr)
     if ev:
         o, n = ev["ppl"]["ours"], ev["ppl"]["naive"]
         rate = ev["ppl"].get("fp32_matmul_gflops", ev["fp32_matmul_gflops"])  # the rate of the run that measured ppl
@@ -343,8 +345,7 @@ def speed_section() -> str:
                   f"{o['fraction_of_matmul_peak']:.2f} |",
                   f"| naive `model(ids, labels=ids).loss` | {n['tokens_per_s']:.1f} | {n['process_peak_mb'] / 1024:.2f} GB | "
                   f"{n['fraction_of_matmul_peak']:.2f} |",
-                  f"| ratio | **{o['tokens_per_s'] / n['tokens_per_s']:.2f}×** | "
-                  f"**{o['process_peak_mb'] / n['process_peak_mb']:.2f}×** | |"]
+                  f"| ratio | **{full['eval tokens/s'][1]:.2f}×** | **{full['eval peak RSS'][1]:.2f}×** | |"]
         pr = ev.get("prefix_reuse")
         if pr:
             load = pr.get("loadavg_1min")
@@ -357,11 +358,10 @@ def speed_section() -> str:
             pairs = [r["seconds"] / i["seconds"] for r, i in zip(pr["rounds"]["reuse"], pr["rounds"]["independent"])]
             if len(pairs) > 1:  # the spread says how much the best-of figure owes to a quiet round
                 lines[-1] += f" Round by round: {', '.join(f'{x:.2f}' for x in pairs)}."
-    tr = _load(RES / "train_speed-cpu.json")
     if tr:
         lines += [""] + train_speed_lines(tr)
-    note = speed_ordering_note(speed_ratios(ev, tr), speed_ratios(_load(RES / "eval_speed_quick.json"),
-                                                                  _load(RES / "train_speed-cpu-quick.json")))
+    note = speed_ordering_note(full, speed_ratios(_load(RES / "eval_speed_quick.json"),
+                                                  _load(RES / "train_speed-cpu-quick.json")))
     if note:
         lines += ["", note]
     tm = _load(RES / "train_memory-cpu.json")
