@@ -1,8 +1,9 @@
-"""Every scaling method on SmolLM2-135M at 2x its window (16k) on held-out book text: perplexity per 2k bucket,
-passkey accuracy by depth, and a needle-in-a-haystack heatmap (lengths x depths) for a few methods, through
-`ctxext eval` (one model load per task, resumable).
+"""Every scaling method on SmolLM2-135M at 2x its window (16k; --factor 4 or 8 for 32k / 64k) on held-out book
+text: perplexity per 2k bucket, passkey accuracy by depth, and a needle-in-a-haystack heatmap (lengths x depths)
+for a few methods, through `ctxext eval` (one model load per task, resumable).
 
     python benchmarks/methods.py [--quick] [--tasks ppl,passkey,niah] [--out benchmarks/results/methods]
+    python benchmarks/methods.py --factor 4 --tasks ppl   # 32k perplexity: ~7 min per method on 2 CPU cores
     python benchmarks/methods.py --tasks niah --seed 1    # more needle trials (other keys), pooled per cell
                                                            # with every other seed into benchmarks/results/methods_niah
 
@@ -23,24 +24,53 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# abf at the planner's critical base for 16k (`ctxext plan --target 16384`); self-extend with the smallest group
-# that reaches 16k, and with the best setting of the 10-trial passkey sweep (benchmarks/attention_methods.py
-# passkey: 9/10, then 10/10 on fresh keys); the longrope factors found by benchmarks/search_smollm2.py (a reduced
-# CPU budget, on other books)
+# SmolLM2-135M's config: rope_theta and the trained length (max_position_embeddings)
+BASE, TRAINED = 100_000.0, 8192
+# the longrope factors found by benchmarks/search_smollm2.py for 16k (a reduced CPU budget, on other books)
 SEARCHED = "benchmarks/results/search_smollm2_16k/search/best.json"
-SPECS = ("default", "linear:factor=2", "ntk:factor=2", "dynamic-ntk:factor=2", "ntk-by-parts:factor=2",
-         "yarn:factor=2", "dynamic-yarn", "llama3:factor=2", "abf:base=304202", "self-extend:group=4,window=2048",
-         "self-extend:group=8,window=4096", SEARCHED)
+
+
+def specs_for(factor: int, base: float = BASE, trained: int = TRAINED) -> list[str]:
+    """Every method at factor x the trained length. abf takes the planner's critical base for that length
+    (`ctxext plan --target`); self-extend takes group 2*factor at window 2048 (the smallest power of two that
+    reaches 2x) and 4*factor at window 4096 (the best of the 10-trial passkey sweep at 2x,
+    benchmarks/attention_methods.py passkey: 9/10, then 10/10 on fresh keys), so both reach the target at any
+    factor. The searched longrope factors were found for 16k, so they join at 2x only."""
+    from ctxext.theory import critical_base
+
+    f = factor
+    abf = round(critical_base(base, trained, trained * f))
+    specs = ["default", f"linear:factor={f}", f"ntk:factor={f}", f"dynamic-ntk:factor={f}",
+             f"ntk-by-parts:factor={f}", f"yarn:factor={f}", "dynamic-yarn", f"llama3:factor={f}", f"abf:base={abf}",
+             f"self-extend:group={2 * f},window=2048", f"self-extend:group={4 * f},window=4096"]
+    return specs + [SEARCHED] if f == 2 else specs
+
+
 # streaming keeps a rolling cache, so it is measured by the stream-ppl task over the same tokens (same buckets)
 STREAMING = "streaming:sinks=4,window=2044"
-QUICK = ("default", "linear:factor=2", "ntk:factor=2", "yarn:factor=2")
+QUICK = ("default", "linear", "ntk", "yarn")  # the first four of specs_for, at the run's factor
 # the heatmap sweeps 4 lengths per method, so it covers the baseline, the usual choice and the strongest others
-NIAH = ("default", "yarn:factor=2", "self-extend:group=4,window=2048", "self-extend:group=8,window=4096", SEARCHED)
-NIAH_LENGTHS = (4096, 8192, 12288, 16384)
+# (default, yarn, both self-extend settings and the searched longrope), at 1/4, 1/2, 3/4 and all of the target
+NIAH = ("default", "yarn", "self-extend", "longrope")
 RESULTS = ROOT / "benchmarks" / "results"
 # more needle trials come from runs with other seeds (other keys; `samples` is a resume key, so the seed-0 run
 # cannot grow in place); merge_niah pools them into one heatmap
 NIAH_MERGED = RESULTS / "methods_niah"
+
+
+def method(spec: str) -> str:
+    return "longrope" if spec.endswith(".json") else spec.split(":")[0]
+
+
+def picked(specs: list[str], methods: tuple[str, ...] | None) -> list[str]:
+    """The specs whose method is in methods (all of them for None), in specs' order."""
+    return [s for s in specs if methods is None or method(s) in methods]
+
+
+def out_name(factor: int, quick: bool, seed: int) -> str:
+    """methods/ (2x), methods_x4/, ...; the quick run and other seeds (more needle trials) beside them."""
+    name = "methods" if factor == 2 else f"methods_x{factor}"
+    return f"{name}_quick" if quick else name if seed == 0 else f"{name}_niah_seed{seed}"
 
 
 def pool_cells(record_sets: list[list[dict]]) -> list[dict]:
@@ -79,6 +109,8 @@ def merge_niah(sources: list[Path], out: Path = NIAH_MERGED) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--factor", type=int, default=2, help="target = factor x the trained 8,192 tokens (default 2: "
+                   "16k; 4 and 8 are the GPU runs, 4 fits on the CPU for perplexity)")
     p.add_argument("--tasks", default="ppl,passkey,niah")
     p.add_argument("--specs", default=None, help="semicolon-separated specs overriding the default set")
     p.add_argument("--depths", default="0.1,0.5,0.9")
@@ -89,23 +121,22 @@ def main(argv: list[str] | None = None) -> int:
     from ctxext.evals import run_eval
     from ctxext.fixtures import HELD_OUT_BOOK, books_dir
 
-    specs = args.specs.split(";") if args.specs else list(QUICK if args.quick else SPECS)
-    length = 16384
+    specs = args.specs.split(";") if args.specs else picked(specs_for(args.factor), QUICK if args.quick else None)
+    length = TRAINED * args.factor
     tasks = ["ppl"] if args.quick else args.tasks.split(",")
-    out = args.out or RESULTS / ("methods_quick" if args.quick else "methods" if args.seed == 0
-                                 else f"methods_niah_seed{args.seed}")
+    out = args.out or RESULTS / out_name(args.factor, args.quick, args.seed)
     common = dict(samples=1, bucket=2048, seed=args.seed, data=[books_dir() / HELD_OUT_BOOK], out=out, resume=True,
                   command="python benchmarks/methods.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     os.chdir(ROOT)  # the searched spec is a path relative to the repo root
     for task in tasks:  # task by task, so a run cut short has whole columns of the table
         if task == "niah":
-            run_eval("smollm2-135m", [s for s in specs if s in NIAH] if not args.specs else specs, [task],
-                     list(NIAH_LENGTHS), depths=args.depths, **common)
+            run_eval("smollm2-135m", specs if args.specs else picked(specs, NIAH), [task],
+                     [length * k // 4 for k in (1, 2, 3, 4)], depths=args.depths, **common)
             continue
         run_eval("smollm2-135m", specs, [task], [length], depths=args.depths, **common)
     if not args.quick and "ppl" in tasks and not args.specs:
         run_eval("smollm2-135m", [STREAMING], ["stream-ppl"], [length], **common)
-    if "niah" in tasks and not args.specs:
+    if "niah" in tasks and not args.specs and args.factor == 2:
         merged = merge_niah([RESULTS / "methods", *sorted(RESULTS.glob("methods_niah_seed*"))])
         if merged:
             print(f"needle trials of every seed pooled: {merged / 'results.json'}")

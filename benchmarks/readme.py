@@ -132,24 +132,36 @@ def methods_table(res: dict, source: str) -> str:
     return "\n".join(lines)
 
 
+def _methods_body(name: str, res: dict, pooled: dict | None = None) -> str:
+    """One method table with its plots and the --quick ordering note; pooled holds the needle cells of every seed."""
+    if pooled:  # the needle cells with the trials of every seed (benchmarks/methods.py --seed)
+        res = {**res, "records": [r for r in res["records"] if r["task"] != "niah"] + pooled["records"]}
+    body = methods_table(res, f"benchmarks/results/{name}")
+    for png, alt in (("ppl_by_position.png", "ppl by position"), ("passkey_heatmap.png", "passkey by depth"),
+                     ("niah_heatmap.png", "needle in a haystack, lengths x depths")):
+        where = "methods_niah" if pooled and png.startswith("niah") else name
+        if (RES / where / png).is_file():
+            body += f"\n\n![{alt}](benchmarks/results/{where}/{png})"
+    quick = _load(RES / f"{name}_quick" / "results.json")
+    if quick:
+        body += "\n\n" + ordering_note(res, quick)
+    return body
+
+
 def methods_section() -> str:
+    """The 2x table (else the quick run's, else the first 16k run's), then one table per larger factor that ran
+    (benchmarks/methods.py --factor F writes methods_xF/)."""
+    parts = []
     for name in ("methods", "methods_quick", "smollm2_16k"):
-        res = _load(RES / name / "results.json")
-        if res:
+        if res := _load(RES / name / "results.json"):
             pooled = _load(RES / "methods_niah" / "results.json") if name == "methods" else None
-            if pooled:  # the needle cells with the trials of every seed (benchmarks/methods.py --seed)
-                res = {**res, "records": [r for r in res["records"] if r["task"] != "niah"] + pooled["records"]}
-            body = methods_table(res, f"benchmarks/results/{name}")
-            for png, alt in (("ppl_by_position.png", "ppl by position"), ("passkey_heatmap.png", "passkey by depth"),
-                             ("niah_heatmap.png", "needle in a haystack, lengths x depths")):
-                where = "methods_niah" if pooled and png.startswith("niah") else name
-                if (RES / where / png).is_file():
-                    body += f"\n\n![{alt}](benchmarks/results/{where}/{png})"
-            quick = _load(RES / "methods_quick" / "results.json")
-            if name == "methods" and quick:
-                body += "\n\n" + ordering_note(res, quick)
-            return body
-    return "(no method results yet: run `python benchmarks/methods.py`)"
+            parts.append(_methods_body(name, res, pooled))
+            break
+    scaled = [d for d in RES.glob("methods_x*") if re.fullmatch(r"methods_x\d+", d.name)]
+    for d in sorted(scaled, key=lambda d: int(d.name[len("methods_x"):])):
+        if res := _load(d / "results.json"):
+            parts.append(f"**At {d.name[len('methods_x'):]}× the trained length.** " + _methods_body(d.name, res))
+    return "\n\n".join(parts) or "(no method results yet: run `python benchmarks/methods.py`)"
 
 
 # ------------------------------------------------------------------------------------------------ planner

@@ -201,6 +201,53 @@ def test_niah_trials_of_several_seeds_pool_per_cell(tmp_path):
     assert methods.merge_niah([tmp_path / "_test_seed0"], tmp_path / "one") is None  # nothing to pool
 
 
+def test_method_set_at_each_factor():
+    """specs_for(2) is the committed 16k table's set; at 4x and 8x every spec parses, scales with the factor, abf sits
+    at the planner's critical base and both self-extend settings reach the target."""
+    from ctxext.scaling.attention import self_extend_reach
+    from ctxext.scaling.spec import parse_spec
+    from ctxext.theory import critical_base
+
+    methods = _bench("methods")
+    committed = json.loads((ROOT / "benchmarks/results/methods/results.json").read_text())["records"]
+    assert sorted(methods.specs_for(2)) == sorted({r["scaling"] for r in committed if r["task"] == "ppl"})
+    for f in (4, 8):
+        specs = methods.specs_for(f)
+        assert methods.SEARCHED not in specs and len(specs) == len(methods.specs_for(2)) - 1
+        parsed = [parse_spec(s) for s in specs]
+        assert [p.params.factor for p in parsed if hasattr(p.params, "factor")] == [f] * 6
+        abf = next(p.params.base for p in parsed if p.method == "abf")
+        assert abs(abf - critical_base(100_000.0, 8192, 8192 * f)) <= 0.5
+        reach = [self_extend_reach(8192, p.params) for p in parsed if p.method == "self-extend"]
+        assert len(reach) == 2 and min(reach) >= 8192 * f
+    assert methods.picked(methods.specs_for(4), methods.QUICK) == ["default", "linear:factor=4", "ntk:factor=4",
+                                                                    "yarn:factor=4"]
+    assert [methods.method(s) for s in methods.picked(methods.specs_for(2), methods.NIAH)] == [
+        "default", "yarn", "self-extend", "self-extend", "longrope"]
+    assert [methods.out_name(*a) for a in ((2, False, 0), (2, True, 0), (2, False, 1), (4, False, 0), (4, True, 0))] \
+        == ["methods", "methods_quick", "methods_niah_seed1", "methods_x4", "methods_x4_quick"]
+
+
+def test_methods_section_adds_a_table_per_larger_factor(tmp_path, monkeypatch):
+    monkeypatch.setattr(readme, "RES", tmp_path)
+    runs = {"methods": _results({"default": 900.0, "yarn:factor=2": 20.0}),
+            "methods_x4": _results({"default": 5000.0, "yarn:factor=4": 30.0, "linear:factor=4": 40.0}, 32768),
+            "methods_x4_quick": _results({"default": 4000.0, "linear:factor=4": 25.0}, 32768),
+            "methods_x4_seed1": _results({"default": 1.0}, 32768)}  # not a table: only methods_x<F> are
+    for name, res in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+    text = readme.methods_section()
+    first, rest = text.split("**At 4× the trained length.**")
+    assert "at 16,384 tokens" in first and "`yarn:factor=2`" in first and "32,768" not in first
+    assert "at 32,768 tokens" in rest and "`benchmarks/results/methods_x4`" in rest
+    assert [line.split(" | ")[0] for line in rest.splitlines() if line.startswith("| `")] == [
+        "| `default`", "| `yarn:factor=4`", "| `linear:factor=4`"]
+    # the 4x quick run ranks linear above default, as the full 4x run does
+    assert "linear:factor=4 < default; same order: yes." in rest and "methods_x4_seed1" not in text
+    assert text.count("**At ") == 1
+
+
 def test_train_memory_rows_pair_the_allocator_variants_by_length():
     meta = {"model": "m", "machine": {"cpu_count": 2}}
     runs = [{"length": 2048, "variant": "tuned", "peak_gib": 2.76, "estimate_gib": 3.9, "torch_threads": 1,

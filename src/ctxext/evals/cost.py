@@ -1,5 +1,6 @@
-"""What a cell will cost before it runs: FLOPs -> seconds at this machine's measured matmul rate, and peak memory
-from the model's config alone (`ModelInfo`), so a length that cannot fit is refused before weights load.
+"""What a cell will cost before it runs: FLOPs -> seconds at this machine's measured matmul rate (attention FLOPs
+at its measured causal-attention rate), and peak memory from the model's config alone (`ModelInfo`), so a length
+that cannot fit is refused before weights load.
 
 FLOPs of a forward over T new tokens after P cached ones: 2·N_body·T (every weight once per token) +
 4·layers·heads·head_dim·(T·P + T²/2) (causal QKᵀ and PV) + 2·hidden·vocab·S for the S scored positions.
@@ -21,9 +22,11 @@ from .scoring import BATCH_TOKENS, BRANCH_BYTES, LOGITS_BYTES, PREFILL_CHUNK
 
 RUNTIME_BYTES = 350 * 2**20  # python + torch + tokenizer, measured ~300 MB on CPU
 SAFETY = 1.15  # allocator slack on top of the sum
-# Attention runs far below the matmul rate (CPU flash kernel, head_dim 64): measured on SmolLM2 at 16k tokens,
-# 2-core Xeon, ~0.23 of the fp32 GEMM rate. Time estimates count each attention FLOP this many times.
+# How many matmul FLOPs one attention FLOP costs, as a fixed number: the search's budget accounting (which must not
+# change between a run and its --resume). Time estimates measure the machine's own ratio (attention_weight).
 ATTENTION_SLOWDOWN = 4.0
+# a cached rate older than this is measured again: one taken while other work ran must not stay forever
+RATE_MAX_AGE_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -104,21 +107,20 @@ def _rate_key(dtype: Any, device: str) -> str:
     return f"{platform.node()}|{cpu}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}|{dtype}|{device}"
 
 
-def matmul_rate(dtype: Any = None, device: str = "cpu", refresh: bool = False) -> float:
-    """This machine's matmul rate in FLOP/s for `dtype` (measured once, cached under the cache root)."""
-    import torch
-
-    dtype = dtype or torch.float32
+def _cached_rate(what: str, dtype: Any, device: str, measure: Any, refresh: bool) -> float:
+    """A rate measured once per machine, thread count, torch version, dtype and device, and kept under the cache
+    root for RATE_MAX_AGE_S."""
     path = cache_root() / "machine.json"
-    key = _rate_key(dtype, device)
+    key = f"{_rate_key(dtype, device)}|{what}"
     try:
         known = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         known = {}
-    if key in known and not refresh:
-        return float(known[key])
-    rate = measure_matmul_rate(dtype, device)
-    known[key] = rate
+    entry = known.get(key)
+    if isinstance(entry, dict) and time.time() - entry.get("at", 0.0) < RATE_MAX_AGE_S and not refresh:
+        return float(entry["flops"])
+    rate = measure(dtype, device)
+    known[key] = {"flops": rate, "at": time.time()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".machine.{os.getpid()}.tmp")
@@ -129,6 +131,45 @@ def matmul_rate(dtype: Any = None, device: str = "cpu", refresh: bool = False) -
     return rate
 
 
+def matmul_rate(dtype: Any = None, device: str = "cpu", refresh: bool = False) -> float:
+    """This machine's matmul rate in FLOP/s for `dtype` (measured, cached for a day under the cache root)."""
+    import torch
+
+    return _cached_rate("matmul", dtype or torch.float32, device, measure_matmul_rate, refresh)
+
+
+def attention_rate(dtype: Any = None, device: str = "cpu", refresh: bool = False) -> float:
+    """This machine's rate in FLOP/s of causal scaled-dot-product attention (cached like matmul_rate)."""
+    import torch
+
+    return _cached_rate("attention", dtype or torch.float32, device, measure_attention_rate, refresh)
+
+
+def attention_weight(dtype: Any = None, device: str = "cpu") -> float:
+    """Matmul FLOPs per attention FLOP on this machine (ModelCost.attn_weight for time estimates): the attention
+    kernel runs at its own rate, 1/1.5 to 1/4 of the GEMM rate on the CPUs measured so far."""
+    return matmul_rate(dtype, device) / attention_rate(dtype, device)
+
+
+def _best_rate(step: Any, flop: float, device: str, seconds: float) -> float:
+    """Best FLOP/s of `step()` over `seconds` (after one warm-up call)."""
+    import torch
+
+    def sync() -> None:
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    step()
+    sync()
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end or best == 0.0:
+        t = time.perf_counter()
+        step()
+        sync()
+        best = max(best, flop / (time.perf_counter() - t))
+    return best
+
+
 def measure_matmul_rate(dtype: Any = None, device: str = "cpu", seconds: float = 0.4) -> float:
     """Best-of-several FLOP/s of a (2048×1024)·(1024×2048) matmul, the shape class of a small LM's layers."""
     import torch
@@ -136,21 +177,20 @@ def measure_matmul_rate(dtype: Any = None, device: str = "cpu", seconds: float =
     dtype = dtype or torch.float32
     a = torch.randn(2048, 1024, dtype=dtype, device=device)
     b = torch.randn(1024, 2048, dtype=dtype, device=device)
-    flop = 2.0 * 2048 * 1024 * 2048
+    return _best_rate(lambda: a @ b, 2.0 * 2048 * 1024 * 2048, device, seconds)
 
-    def sync() -> None:
-        if device != "cpu":
-            torch.cuda.synchronize()
 
-    a @ b
-    sync()
-    best, t_end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < t_end or best == 0.0:
-        t = time.perf_counter()
-        a @ b
-        sync()
-        best = max(best, flop / (time.perf_counter() - t))
-    return best
+def measure_attention_rate(dtype: Any = None, device: str = "cpu", seconds: float = 0.4) -> float:
+    """Best-of-several FLOP/s of causal SDPA over 2,048 tokens, 8 heads of 64 (the flash path the evals take);
+    FLOPs counted as ModelCost does: 4·heads·head_dim·T²/2."""
+    import torch
+    import torch.nn.functional as F
+
+    dtype = dtype or torch.float32
+    q, k, v = (torch.randn(1, 8, 2048, 64, dtype=dtype, device=device) for _ in range(3))
+    with torch.inference_mode():
+        return _best_rate(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                          4.0 * 8 * 64 * 2048 * 2048 / 2, device, seconds)
 
 
 def available_memory(device: str = "cpu") -> float:

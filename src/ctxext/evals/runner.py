@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from ..errors import CtxextError
 from .attention import fast_attention
-from .cost import ATTENTION_SLOWDOWN, ModelCost, available_memory, fmt_bytes, fmt_seconds, matmul_rate
+from .cost import ModelCost, attention_weight, available_memory, fmt_bytes, fmt_seconds, matmul_rate
 from .results import RESUME_KEYS, Results, write_summary
 from .scoring import device_of
 from .tasks import Settings, Task, TaskContext, get_task, task_names
@@ -114,7 +114,8 @@ class Plan:
     cells: dict[tuple[str, str], list[tuple[int, float | None]]]  # (spec, task) -> pending cells
     flops: dict[tuple[str, int], float]  # (task, length) -> FLOPs per cell
     peak: dict[tuple[str, int], float]  # (task, length) -> bytes
-    rate: float
+    rate: float  # matmul FLOP/s; flops count attention at its own rate in matmul-equivalent FLOPs
+    attn_rate: float
 
     @property
     def seconds(self) -> float:
@@ -125,7 +126,7 @@ class Plan:
                       key=lambda x: ([t.name for t in self.tasks].index(x[0]), x[1]))
         n = sum(len(c) for c in self.cells.values())
         lines = [f"{n} cells to run; estimate per cell (peak memory, time from this machine's measured matmul rate, "
-                 f"{self.rate / 1e9:.0f} GFLOP/s):"]
+                 f"{self.rate / 1e9:.0f} GFLOP/s, and causal attention rate, {self.attn_rate / 1e9:.0f} GFLOP/s):"]
         for t, L in rows:
             lines.append(f"  {t:<11} {L:>8,} tokens   {fmt_bytes(self.peak[(t, L)]):>8}   "
                          f"{fmt_seconds(self.flops[(t, L)] / self.rate):>8}")
@@ -204,9 +205,12 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     results = Results(out, meta, resume)
 
     # ---- the plan and its cost, before any weights
-    mc = ModelCost.of(info, torch.finfo(torch_dtype).bits // 8, attn_weight=ATTENTION_SLOWDOWN)
-    rate = matmul_rate(torch_dtype, "cpu" if device == "cpu" else "cuda")
+    where = "cpu" if device == "cpu" else "cuda"
+    weight = attention_weight(torch_dtype, where)
+    mc = ModelCost.of(info, torch.finfo(torch_dtype).bits // 8, attn_weight=weight)
+    rate = matmul_rate(torch_dtype, where)
     meta["machine"]["matmul_flops"] = rate
+    meta["machine"]["attention_flops"] = rate / weight
     cells = {(s.text, t.name): [c for c in t.cells(Ls, Ds) if not results.finished(name, s.text, t.name, *c)]
              for s in parsed for t in task_list}
     flops, peak = {}, {}
@@ -216,8 +220,8 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
                if t.name in own_data else settings)
         for L in Ls:
             flops[(t.name, L)], peak[(t.name, L)] = t.cost(mc, L, Ds, cap)
-    plan = Plan(task_list, {k: v for k, v in cells.items() if v}, flops, peak, rate)
-    free = available_memory(device if device == "cpu" else "cuda")
+    plan = Plan(task_list, {k: v for k, v in cells.items() if v}, flops, peak, rate, rate / weight)
+    free = available_memory(where)
     for (t, L), need in peak.items():
         if need > free and any(c[0] == L for (_, tn), cs in plan.cells.items() if tn == t for c in cs):
             raise CtxextError(f"length {L:,} cannot fit in memory for {t}: it needs ≈ {fmt_bytes(need)} "

@@ -169,14 +169,14 @@ def state_cost(info: Any, config: SearchConfig, log: Callable[[str], None], devi
     import torch
 
     from ..evals import get_task
-    from ..evals.cost import ATTENTION_SLOWDOWN, ModelCost, available_memory, fmt_bytes, fmt_seconds, matmul_rate
+    from ..evals.cost import ModelCost, attention_weight, available_memory, fmt_bytes, fmt_seconds, matmul_rate
     from ..evals.tasks import Settings
 
-    mc = ModelCost.of(info, 4, attn_weight=ATTENTION_SLOWDOWN)
+    where = "cpu" if device == "cpu" else "cuda"
+    mc = ModelCost.of(info, 4, attn_weight=attention_weight(torch.float32, where))
     names = ("needle-ppl", "ppl") if config.fitness == "both" else (config.fitness,)
     est = [get_task(n).cost(mc, config.target, [], Settings(seed=config.seed, samples=config.samples)) for n in names]
     flops, peak = sum(f for f, _ in est), max(p for _, p in est)
-    where = "cpu" if device == "cpu" else "cuda"
     free = available_memory(where)
     if peak > free:
         raise CtxextError(f"--target {config.target:,} cannot fit in memory: a forward needs ≈ {fmt_bytes(peak)}, "
