@@ -17,16 +17,7 @@ PY=${PY:-python3}  # the device image's python3 holds its CUDA torch
 log="$OUT/log.txt"
 {
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1; $PY --version
-  # the pinned transformers / tokenizers / peft, unless this python already has them
-  if ! $PY -c "import transformers, tokenizers, peft; assert (transformers.__version__, tokenizers.__version__,
-peft.__version__) == ('$(grep ^transformers== constraints.txt | cut -d= -f3)', '$(grep ^tokenizers== constraints.txt | cut -d= -f3)',
-'$(grep ^peft== constraints.txt | cut -d= -f3)')" 2>/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-      .gpu/wheels/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-  fi
-  export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src" CTXEXT_BOOKS=$PWD/.gpu/books PYTHONUNBUFFERED=1
-  export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 CTXEXT_CACHE=/tmp/ctxext-cache
+  source benchmarks/gpu_env.sh || exit 1
   $PY -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-', 'transformers', transformers.__version__)"
   model=/tmp/smollm2-random

@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--specs", default=None, help="semicolon-separated specs overriding the default set")
     p.add_argument("--depths", default="0.1,0.5,0.9")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="bfloat16 for the GPU runs (flash attention); the CPU tables are float32")
     p.add_argument("--seed", type=int, default=0, help="other seeds draw other keys: more needle trials, another --out")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = ["ppl"] if args.quick else args.tasks.split(",")
     out = args.out or RESULTS / out_name(args.factor, args.quick, args.seed)
     common = dict(samples=1, bucket=2048, seed=args.seed, data=[books_dir() / HELD_OUT_BOOK], out=out, resume=True,
+                  dtype=args.dtype,
                   command="python benchmarks/methods.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     os.chdir(ROOT)  # the searched spec is a path relative to the repo root
     for task in tasks:  # task by task, so a run cut short has whole columns of the table

@@ -100,8 +100,10 @@ def methods_table(res: dict, source: str) -> str:
         row += [_fmt(mean_lq / mean_in, 2) + "×" if mean_in and mean_lq else "–"]
         row += [f"{pk[d]:.0%}" if d in pk else "–" for d in depths]
         rows.append(row)
+    dtype = res["meta"]["config"].get("dtype", "float32")
     lines = [f"SmolLM2-135M (trained {trained:,} tokens) at {length:,} tokens, held-out book "
-             f"(`{source}`; {_machine(res['meta'].get('machine'))}):", "",
+             f"(`{source}`; {_machine(res['meta'].get('machine'))}" + (f"; {dtype}" if dtype != "float32" else "")
+             + "):", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     pk = [r for r in recs if r["task"] == "passkey" and r["metric"] == "accuracy"]
