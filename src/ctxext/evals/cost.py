@@ -147,7 +147,7 @@ def attention_rate(dtype: Any = None, device: str = "cpu", refresh: bool = False
 
 def attention_weight(dtype: Any = None, device: str = "cpu") -> float:
     """Matmul FLOPs per attention FLOP on this machine (ModelCost.attn_weight for time estimates): the attention
-    kernel runs at its own rate, 1/1.5 to 1/4 of the GEMM rate on the CPUs measured so far."""
+    kernel runs at its own rate, which differs from the GEMM rate by machine, torch version and dtype."""
     return matmul_rate(dtype, device) / attention_rate(dtype, device)
 
 
