@@ -76,3 +76,4 @@ def test_estimate_weighs_attention_by_the_measured_rate(rates, tmp_path):
 def test_attention_rate_is_measured_on_this_machine():
     rate = cost.measure_attention_rate(seconds=0.05)
     assert 1e8 < rate < 1e16
+

@@ -16,6 +16,13 @@ if TYPE_CHECKING:
 # Colour-blind-safe (Okabe-Ito); the first colour is the model as trained.
 PALETTE = ["#333333", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
 GREY = "#8C8C8C"
+DASHES = ("-", "--", ":")
+
+
+def line_style(k: int) -> dict[str, str]:
+    """The k-th curve's colour and dash: past the palette's 8 colours the dash changes, so no two curves of one
+    plot look alike (up to 24)."""
+    return {"color": PALETTE[k % len(PALETTE)], "ls": DASHES[k // len(PALETTE) % len(DASHES)]}
 
 STYLE: dict[str, Any] = {
     "figure.figsize": (9.0, 5.2),

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..plots import GREY, PALETTE, figure, save, si_label
+from ..plots import GREY, figure, line_style, save, si_label
 from .files import curve_path, load_array
 
 CURVE_POINTS = 128  # points per plotted curve (means over equal position ranges)
@@ -57,7 +57,7 @@ def ppl_curves(out: Path, records: list[dict[str, Any]], metric: str, trained: i
                 y = np.asarray([r["value"] for r in bs])
             overall = next((r["value"] for r in recs if r["scaling"] == s and r["length"] == L and not r["bucket"]), None)
             label = s + (f"  (ppl {overall:.3g} over {tokens_label(L)})" if overall is not None else "")
-            ax.plot(x, y, color=PALETTE[k % len(PALETTE)], label=label)
+            ax.plot(x, y, label=label, **line_style(k))
         if trained and trained < top:
             ax.axvline(trained, color=GREY, ls="--", lw=1.2)
             ax.text(trained, 0.98, f" trained length {tokens_label(trained)}", transform=ax.get_xaxis_transform(),
