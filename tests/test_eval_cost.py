@@ -1,4 +1,4 @@
-"""Time estimates: the machine's matmul and attention rates are measured, cached for a day, and the attention rate
+"""Time estimates: the machine's matmul and attention rates are measured, cached for an hour, and the attention rate
 weighs the attention FLOPs of the stated cost."""
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ def rates(tmp_path, monkeypatch):
     return calls, value, tmp_path / "machine.json"
 
 
-def test_rates_are_cached_for_a_day_then_measured_again(rates):
+def test_rates_are_cached_for_an_hour_then_measured_again(rates):
     calls, value, path = rates
     assert cost.attention_weight() == 4.0 and calls == {"matmul": 1, "attention": 1}
     value["attention"] = 50e9
     assert cost.attention_weight() == 4.0 and calls == {"matmul": 1, "attention": 1}  # from the cache
     known = json.loads(path.read_text())
     assert len(known) == 2 and all(abs(e["at"] - time.time()) < 60 for e in known.values())
-    for k in known:  # an entry older than a day, and one in the old format (a bare number), are measured again
+    for k in known:  # an entry older than an hour, and one in the old format (a bare number), are measured again
         known[k] = {"flops": known[k]["flops"], "at": time.time() - cost.RATE_MAX_AGE_S - 1} if "attention" in k \
             else 1e9
     path.write_text(json.dumps(known))

@@ -25,8 +25,8 @@ SAFETY = 1.15  # allocator slack on top of the sum
 # How many matmul FLOPs one attention FLOP costs, as a fixed number: the search's budget accounting (which must not
 # change between a run and its --resume). Time estimates measure the machine's own ratio (attention_weight).
 ATTENTION_SLOWDOWN = 4.0
-# a cached rate older than this is measured again: one taken while other work ran must not stay forever
-RATE_MAX_AGE_S = 24 * 3600
+# a cached rate older than this is measured again (about a second): one taken while other work ran must not last
+RATE_MAX_AGE_S = 3600
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def _cached_rate(what: str, dtype: Any, device: str, measure: Any, refresh: bool
 
 
 def matmul_rate(dtype: Any = None, device: str = "cpu", refresh: bool = False) -> float:
-    """This machine's matmul rate in FLOP/s for `dtype` (measured, cached for a day under the cache root)."""
+    """This machine's matmul rate in FLOP/s for `dtype` (measured, cached for an hour under the cache root)."""
     import torch
 
     return _cached_rate("matmul", dtype or torch.float32, device, measure_matmul_rate, refresh)
