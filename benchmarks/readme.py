@@ -159,10 +159,10 @@ def methods_section() -> str:
             pooled = _load(RES / "methods_niah" / "results.json") if name == "methods" else None
             parts.append(_methods_body(name, res, pooled))
             break
-    scaled = [d for d in RES.glob("methods_x*") if re.fullmatch(r"methods_x\d+", d.name)]
-    for d in sorted(scaled, key=lambda d: int(d.name[len("methods_x"):])):
+    scaled = sorted((int(m[1]), d) for d in RES.glob("methods_x*") if (m := re.fullmatch(r"methods_x(\d+)", d.name)))
+    for factor, d in scaled:
         if res := _load(d / "results.json"):
-            parts.append(f"**At {d.name[len('methods_x'):]}× the trained length.** " + _methods_body(d.name, res))
+            parts.append(f"**At {factor}× the trained length.** " + _methods_body(d.name, res))
     return "\n\n".join(parts) or "(no method results yet: run `python benchmarks/methods.py`)"
 
 

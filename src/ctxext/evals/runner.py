@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from ..errors import CtxextError
 from .attention import fast_attention
-from .cost import ModelCost, attention_weight, available_memory, fmt_bytes, fmt_seconds, matmul_rate
+from .cost import ModelCost, attention_rate, available_memory, fmt_bytes, fmt_seconds, matmul_rate
 from .results import RESUME_KEYS, Results, write_summary
 from .scoring import device_of
 from .tasks import Settings, Task, TaskContext, get_task, task_names
@@ -206,11 +206,10 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
 
     # ---- the plan and its cost, before any weights
     where = "cpu" if device == "cpu" else "cuda"
-    weight = attention_weight(torch_dtype, where)
-    mc = ModelCost.of(info, torch.finfo(torch_dtype).bits // 8, attn_weight=weight)
-    rate = matmul_rate(torch_dtype, where)
+    rate, attn_rate = matmul_rate(torch_dtype, where), attention_rate(torch_dtype, where)
+    mc = ModelCost.of(info, torch.finfo(torch_dtype).bits // 8, attn_weight=rate / attn_rate)
     meta["machine"]["matmul_flops"] = rate
-    meta["machine"]["attention_flops"] = rate / weight
+    meta["machine"]["attention_flops"] = attn_rate
     cells = {(s.text, t.name): [c for c in t.cells(Ls, Ds) if not results.finished(name, s.text, t.name, *c)]
              for s in parsed for t in task_list}
     flops, peak = {}, {}
@@ -220,7 +219,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
                if t.name in own_data else settings)
         for L in Ls:
             flops[(t.name, L)], peak[(t.name, L)] = t.cost(mc, L, Ds, cap)
-    plan = Plan(task_list, {k: v for k, v in cells.items() if v}, flops, peak, rate, rate / weight)
+    plan = Plan(task_list, {k: v for k, v in cells.items() if v}, flops, peak, rate, attn_rate)
     free = available_memory(where)
     for (t, L), need in peak.items():
         if need > free and any(c[0] == L for (_, tn), cs in plan.cells.items() if tn == t for c in cs):
