@@ -9,6 +9,7 @@ from transformers import DynamicCache
 
 from ctxext.cli import main
 from ctxext.errors import CtxextError
+from ctxext.evals.cost import fmt_seconds
 from ctxext.evals.scoring import token_nll
 from ctxext.evals.stream_ppl import stream_nll
 from ctxext.models import apply_spec, wrap_model
@@ -167,3 +168,49 @@ def test_stream_cost_stops_where_full_attention_streams_stop():
     f_cap, m_cap = cost(mc, cap, [], None)
     assert cost(mc, 2 * cap, [], None) == (f_cap, m_cap)
     assert f_cap == mc.flops(cap, scored=cap) and cost(mc, 4096, [], None)[0] < f_cap
+
+
+def test_streaming_cost_is_what_the_stream_ticks_and_grows_linearly():
+    """The estimate of a streaming stream is the sum of the FLOPs its progress bar counts (stream_nll's calls at
+    their cache sizes); it grows linearly with the length at constant memory, while a spec that keeps every key
+    is costed as full attention."""
+    from ctxext.evals.cost import ModelCost
+    from ctxext.evals.stream_ppl import STREAM_CHUNK, cost, streaming_flops
+    from ctxext.models import model_info
+
+    model = tiny_model("llama")
+    apply_spec(wrap_model(model), parse_spec(SPEC))
+    mc = ModelCost.of(model_info("smollm2-135m"))
+    ticks = []
+    stream_nll(model, ids_for(N)[0].numpy(), chunk=32, on_chunk=lambda new, past: ticks.append(
+        mc.flops(new, past=past, scored=new)))
+    assert streaming_flops(mc, N, S, W, chunk=32) == pytest.approx(sum(ticks), rel=1e-12)
+
+    spec = parse_spec("streaming:sinks=4,window=2044")
+    f1, m1 = cost(mc, 2**18, [], None, spec=spec)
+    f2, m2 = cost(mc, 2**19, [], None, spec=spec)
+    assert m1 == m2 and f2 / f1 == pytest.approx(2.0, rel=0.01)
+    assert m1 == mc.peak_cached(4 + 2044 - 1 + 2 * STREAM_CHUNK, plain=False)
+    full = cost(mc, 32768, [], None, spec=parse_spec("yarn:factor=4"))
+    assert full == cost(mc, 32768, [], None) and full[0] > 2 * cost(mc, 32768, [], None, spec=spec)[0]
+
+
+def test_the_plan_costs_streaming_on_its_own_row(tmp_path):
+    """SmolLM2 over 65 536 tokens: streaming (linear, bounded cache) is stated cheaper in time and memory than
+    default RoPE, which keeps every key up to 4× its 8k window."""
+    from ctxext.evals import run_eval
+    from ctxext.evals.cost import ModelCost, matmul_rate
+    from ctxext.evals.stream_ppl import cost
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+    from ctxext.models import model_info
+
+    lines = []
+    spec = "streaming:sinks=4,window=2044"
+    res = run_eval("smollm2-135m", ["default", spec], ["stream-ppl"], [65536], data=[books_dir() / HELD_OUT_BOOK],
+                   out=tmp_path / "d", dry_run=True, log=lines.append)
+    rows = [ln for ln in lines[-1].splitlines() if "stream-ppl" in ln]
+    assert len(rows) == 2 and rows[0].endswith(f"({spec})") and rows[1].endswith("(default)")
+    mach = res["meta"]["machine"]
+    mc = ModelCost.of(model_info("smollm2-135m"), 4, attn_weight=mach["matmul_flops"] / mach["attention_flops"])
+    total = sum(cost(mc, 65536, [], None, spec=parse_spec(s))[0] for s in ("default", spec)) / matmul_rate()
+    assert lines[-1].splitlines()[-1] == f"  total ≈ {fmt_seconds(total)}"

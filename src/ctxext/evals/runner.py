@@ -112,24 +112,29 @@ class Plan:
 
     tasks: list[Task]
     cells: dict[tuple[str, str], list[tuple[int, float | None]]]  # (spec, task) -> pending cells
-    flops: dict[tuple[str, int], float]  # (task, length) -> FLOPs per cell
-    peak: dict[tuple[str, int], float]  # (task, length) -> bytes
+    flops: dict[tuple[str, str, int], float]  # (spec, task, length) -> FLOPs per cell
+    peak: dict[tuple[str, str, int], float]  # (spec, task, length) -> bytes
     rate: float  # matmul FLOP/s; flops count attention at its own rate in matmul-equivalent FLOPs
     attn_rate: float
 
     @property
     def seconds(self) -> float:
-        return sum(self.flops[(t, L)] for (_, t), cs in self.cells.items() for L, _ in cs) / self.rate
+        return sum(self.flops[(s, t, L)] for (s, t), cs in self.cells.items() for L, _ in cs) / self.rate
 
     def describe(self) -> str:
-        rows = sorted({(t, L) for (_, t), cs in self.cells.items() for L, _ in cs},
-                      key=lambda x: ([t.name for t in self.tasks].index(x[0]), x[1]))
+        """One row per (task, length); a spec whose cost differs from the others' gets its own row."""
+        rows: dict[tuple[str, int, float, float], list[str]] = {}
+        for (s, t), cs in self.cells.items():
+            for L in dict.fromkeys(L for L, _ in cs):
+                rows.setdefault((t, L, self.flops[(s, t, L)], self.peak[(s, t, L)]), []).append(s)
+        order = [t.name for t in self.tasks]
         n = sum(len(c) for c in self.cells.values())
         lines = [f"{n} cells to run; estimate per cell (peak memory, time from this machine's measured matmul rate, "
                  f"{self.rate / 1e9:.0f} GFLOP/s, and causal attention rate, {self.attn_rate / 1e9:.0f} GFLOP/s):"]
-        for t, L in rows:
-            lines.append(f"  {t:<11} {L:>8,} tokens   {fmt_bytes(self.peak[(t, L)]):>8}   "
-                         f"{fmt_seconds(self.flops[(t, L)] / self.rate):>8}")
+        for (t, L, f, m), specs in sorted(rows.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1], kv[0][2])):
+            alone = sum(1 for k in rows if k[:2] == (t, L)) > 1
+            lines.append(f"  {t:<11} {L:>8,} tokens   {fmt_bytes(m):>8}   {fmt_seconds(f / self.rate):>8}"
+                         + (f"   ({', '.join(specs)})" if alone else ""))
         lines.append(f"  total ≈ {fmt_seconds(self.seconds)}")
         return "\n".join(lines)
 
@@ -217,15 +222,18 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
         # a task that reads its own items (longqa) runs at most as many as the files hold
         cap = (dataclasses.replace(settings, samples=min(settings.samples_for(t), len(own_data[t.name])))
                if t.name in own_data else settings)
-        for L in Ls:
-            flops[(t.name, L)], peak[(t.name, L)] = t.cost(mc, L, Ds, cap)
+        for s in parsed:
+            for L in Ls:
+                key = (s.text, t.name, L)
+                flops[key], peak[key] = t.cost(mc, L, Ds, cap, spec=s) if t.spec_cost else t.cost(mc, L, Ds, cap)
     plan = Plan(task_list, {k: v for k, v in cells.items() if v}, flops, peak, rate, attn_rate)
     free = available_memory(where)
-    for (t, L), need in peak.items():
-        if need > free and any(c[0] == L for (_, tn), cs in plan.cells.items() if tn == t for c in cs):
-            raise CtxextError(f"length {L:,} cannot fit in memory for {t}: it needs ≈ {fmt_bytes(need)} "
-                              f"(weights {fmt_bytes(mc.weights())}), {fmt_bytes(free)} is available; "
-                              "drop that length or free memory")
+    for (st, t, L), need in peak.items():
+        if need > free and any(c[0] == L for c in plan.cells.get((st, t), [])):
+            who = f"{t} with '{st}'" if get_task(t).spec_cost else t
+            raise CtxextError(f"length {L:,} cannot fit in memory for {who}: it needs ≈ {fmt_bytes(need)} (weights "
+                              f"{fmt_bytes(mc.weights())}), {fmt_bytes(free)} is available; drop that length or free "
+                              "memory")
     log(f"ctxext eval: {name} ({info.encoding}, trained length {info.trained_len:,}), {len(parsed)} spec(s) × "
         f"{len(task_list)} task(s) × {len(Ls)} length(s)" + (f" × {len(Ds)} depth(s)" if Ds else "") + f" -> {out}")
     log(plan.describe() if plan.cells else "every cell is already in results.json; nothing to run")

@@ -91,10 +91,24 @@ def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[s
         yield (length, None), recs
 
 
-def cost(mc: Any, length: int, depths: list[float], s: Settings) -> tuple[float, float]:
-    """The dearest spec's cost (an upper bound for streaming, which attends to S + W keys at most): full attention
-    over the stream, which stops at FULL_CAP_FACTOR × the trained length for specs without eviction; memory with
-    a cache of at most COST_CACHE_TOKENS tokens plus one chunk's activations and mask."""
+def streaming_flops(mc: Any, length: int, sinks: int, window: int, chunk: int = STREAM_CHUNK) -> float:
+    """FLOPs of a `streaming:sinks,window` stream of `length` tokens, call by call as stream_nll ticks them: after
+    each call the cache keeps at most sinks + window − 1 + that call's tokens (StreamingPlan.evict)."""
+    held, past, total = sinks + window + chunk - 1, 0, 0.0
+    for a in range(0, length - 1, chunk):
+        new = min(chunk, length - 1 - a)
+        total += mc.flops(new, past=past, scored=new)
+        past = min(past + new, held)
+    return total
+
+
+def cost(mc: Any, length: int, depths: list[float], s: Settings, spec: Any = None) -> tuple[float, float]:
+    """FLOPs and peak bytes of one stream. `streaming:sinks=S,window=W` attends to at most S + W + one chunk
+    cached keys per call (time linear in the length, constant memory); any other spec (or none given: the dearest
+    case) keeps every key, and its stream stops at FULL_CAP_FACTOR × the trained length."""
+    if spec is not None and spec.method == "streaming":
+        S, W = int(spec.params.sinks), int(spec.params.window)
+        return streaming_flops(mc, length, S, W), mc.peak_cached(S + W - 1 + 2 * STREAM_CHUNK, plain=False)
     n = min(length, FULL_CAP_FACTOR * mc.trained_len) if mc.trained_len else length
     held = min(n, COST_CACHE_TOKENS)
     return mc.flops(n, scored=n), mc.peak_cached(held, plain=False)
@@ -102,5 +116,6 @@ def cost(mc: Any, length: int, depths: list[float], s: Settings) -> tuple[float,
 
 TASK = register(Task(
     name="stream-ppl", summary="perplexity per segment of one long text streamed through the KV cache",
-    run=run, cost=cost, metric="ppl", needs_data=True, default_samples=1, check=check_total("stream-ppl"),
+    run=run, cost=cost, spec_cost=True, metric="ppl", needs_data=True, default_samples=1,
+    check=check_total("stream-ppl"),
 ))

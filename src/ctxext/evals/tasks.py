@@ -85,6 +85,8 @@ class Task:
     run: Callable[[TaskContext, list[Cell]], Iterator[tuple[Cell, list[dict[str, Any]]]]]
     cost: Callable[..., tuple[float, float]]  # (model_cost, length, depths, settings) -> (flops per cell, peak bytes)
     metric: str  # the headline metric of the summary table
+    # the cost also depends on the spec (stream-ppl: streaming attends to a fixed window): cost gets `spec=` too
+    spec_cost: bool = False
     needs_data: bool = False
     uses_depths: bool = False
     default_samples: int = 1
