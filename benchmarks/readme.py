@@ -114,6 +114,8 @@ def methods_table(res: dict, source: str) -> str:
         lines += ["", f"passkey: greedy accuracy at {max(r['length'] for r in pk):,} tokens, "
                   f"{'/'.join(map(str, n))} trial(s) per depth (standard protocol, verdicts teacher-forced)"
                   + (f"; not run yet for {len(missing)} spec(s) (–)" if missing else "") + "."]
+    if timing := time_line(res["meta"].get("timings", [])):
+        lines += ["", timing]
     nh = [r for r in recs if r["task"] == "niah" and r["metric"] == "accuracy"]
     if nh:
         n = sorted({r["n"] for r in nh})
@@ -132,6 +134,21 @@ def methods_table(res: dict, source: str) -> str:
             lines[-1] += " Past the trained length: " + ", ".join(
                 f"{_label(s)} {g}/{t}" for s, (g, t) in past.items()) + " correct."
     return "\n".join(lines)
+
+
+def time_line(timings: list[dict]) -> str:
+    """What each task and length took per spec on the run's machine (meta.timings), beside the plan's estimate."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from ctxext.evals.cost import fmt_seconds
+    from ctxext.evals.results import timing_rows
+
+    rows = timing_rows(timings)
+    if not rows:
+        return ""
+    parts = [f"{task} at {L:,}: {fmt_seconds(med)} per spec (median of {n_specs} timed, "
+             f"{fmt_seconds(lo)}–{fmt_seconds(hi)}; estimated {fmt_seconds(est)})"
+             for task, L, n_specs, _, med, lo, hi, est in rows]
+    return "time on that machine: " + "; ".join(parts) + " (cells run before timings were recorded are not counted)."
 
 
 def _methods_body(name: str, res: dict, pooled: dict | None = None) -> str:

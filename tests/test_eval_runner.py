@@ -194,6 +194,33 @@ def test_resume_adds_passkey_cells_to_a_folder_of_ppl_cells(tmp_path, book):
                  resume=True, progress=False, log=lambda m: None)
 
 
+def test_each_cell_is_timed_beside_its_estimate_and_resume_keeps_the_times(tmp_path, book):
+    import re
+
+    from ctxext.evals.cost import ModelCost
+    from ctxext.evals.tasks import Settings, get_task
+    from ctxext.models import model_info
+
+    out = tmp_path / "timed"
+    kw = dict(samples=1, data=[book], out=out, progress=False, log=lambda m: None)
+    first = run_eval("tiny-rope", ["default"], ["ppl"], [256, 512], **kw)
+    t = first["meta"]["timings"]
+    # ppl runs the longest length and slices the shorter ones from it: their time is in the longest cell's
+    assert [(x["scaling"], x["task"], x["length"], x["depth"]) for x in t] == [("default", "ppl", 512, None),
+                                                                                 ("default", "ppl", 256, None)]
+    assert all(0 <= x["seconds"] < 60 for x in t) and t[0]["seconds"] > 0
+    mach = first["meta"]["machine"]
+    mc = ModelCost.of(model_info("tiny-rope"), 4, attn_weight=mach["matmul_flops"] / mach["attention_flops"])
+    est = get_task("ppl").cost(mc, 512, [], Settings(samples=1))[0] / mach["matmul_flops"]
+    assert t[0]["estimated_seconds"] == pytest.approx(est, abs=1e-3)
+    again = run_eval("tiny-rope", ["default", "linear:factor=2"], ["ppl"], [256, 512], resume=True, **kw)
+    saved = json.loads((out / "results.json").read_text())["meta"]["timings"]
+    assert saved == again["meta"]["timings"] and saved[:2] == t and len(saved) == 4
+    assert {x["scaling"] for x in saved[2:]} == {"linear:factor=2"}
+    summary = (out / "summary.md").read_text()
+    assert "## Time" in summary and re.search(r"\| ppl \| 512 \| 2 \| 2 \| ", summary)
+
+
 def test_resume_measures_a_rewritten_spec_file_again(tmp_path, book, capsys):
     # a search's best.json keeps its name when a resumed search finds better factors: its old cells are stale
     spec = tmp_path / "best.json"

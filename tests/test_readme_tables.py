@@ -44,6 +44,18 @@ def test_table_rows_group_a_later_spec_with_its_method_and_put_streaming_last():
                     "| longrope, searched (`benchmarks/results/x/best.json`)", "| `streaming:sinks=4,window=2044`"]
 
 
+def test_table_states_the_measured_time_per_task_beside_the_estimate():
+    res = _results({"default": 900.0, "yarn:factor=2": 20.0})
+    assert "time on that machine" not in readme.methods_table(res, "m")  # no timings recorded: nothing said
+    res["meta"]["timings"] = [
+        {"scaling": s, "task": "passkey", "length": 16384, "depth": d, "seconds": sec, "estimated_seconds": 60.0}
+        for s, d, sec in (("default", 0.1, 100.0), ("default", 0.5, 20.0), ("yarn:factor=2", 0.1, 300.0))]
+    line = readme.methods_table(res, "m").splitlines()[-1]
+    # per spec: default's two depths add up to 120 s, yarn's one to 300 s; the median of the two is 210 s
+    assert line == ("time on that machine: passkey at 16,384: 3.5 min per spec (median of 2 timed, 2.0 min–5.0 min; "
+                    "estimated 1.5 min) (cells run before timings were recorded are not counted).")
+
+
 def test_ordering_note_says_when_orders_differ():
     full = _results({"default": 900.0, "yarn:factor=2": 20.0, "ntk:factor=2": 25.0})
     same = _results({"default": 90.0, "yarn:factor=2": 15.0}, length=12288)

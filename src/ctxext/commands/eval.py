@@ -4,7 +4,8 @@ fit, for every --scaling spec × --task × --lengths (× --depths), on one model
 Writes DIR/results.json (flat records, rewritten after every finished cell), DIR/summary.md and PNG plots;
 DIR/answers/ holds every passkey/niah trial (key, what greedy decoding answered, verdict) and the longqa answers.
 --resume skips cells already in DIR/results.json. Before running it states the peak memory and time per cell,
-and refuses a length that cannot fit in memory.
+and refuses a length that cannot fit in memory; each finished cell's wall time is kept beside that estimate
+(results.json meta.timings, the Time table of summary.md).
 
 examples:
   ctxext eval --model smollm2-135m --scaling default --scaling yarn:factor=2 \\

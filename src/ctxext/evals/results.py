@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import CtxextError
 from ..scaling.spec import is_file_spec
+from .cost import fmt_seconds
 from .files import atomic_write, write_json
 
 RESULTS = "results.json"
@@ -61,6 +63,8 @@ class Results:
             meta["created"] = old_meta.get("created", meta.get("created"))
             meta["runs"] = int(old_meta.get("runs", 1)) + 1
             meta["config"]["specs"] = {**old_specs, **meta["config"]["specs"]}
+            kept = {r["scaling"] for r in self.records}  # a redefined spec's old timings go with its records
+            meta["timings"] = [t for t in old_meta.get("timings", []) if t.get("scaling") in kept]
         self.done = {cell_key(r) for r in self.records}
 
     def _drop_redefined(self, before: dict[str, Any], now: dict[str, Any]) -> None:
@@ -76,6 +80,11 @@ class Results:
 
     def finished(self, model: str, scaling: str, task: str, length: int, depth: float | None) -> bool:
         return (model, scaling, task, length, depth) in self.done
+
+    def timed(self, timing: dict[str, Any]) -> None:
+        """A finished cell's wall time beside the plan's estimate (meta.timings, kept across resumed runs); written
+        with the cell's records by the next add."""
+        self.meta.setdefault("timings", []).append(timing)
 
     def add(self, records: list[dict[str, Any]]) -> None:
         self.records += records
@@ -174,9 +183,43 @@ def summary_markdown(meta: dict[str, Any], records: list[dict[str, Any]], plots:
                     out += _table(specs, bl, lambda s, b, m=metric, L=L: fmt_value(
                         m, idx.get((s, task, m, L, None, b), {}).get("value")), "spec \\ bucket",
                         lambda b: f"{b[0] / 1024:g}k–{b[1] / 1024:g}k" if b[1] >= 1024 else f"{b[0]}–{b[1]}")
+    out += timing_lines(meta.get("timings", []))
     if plots:
         out += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(out)
+
+
+def timing_rows(timings: list[dict[str, Any]]) -> list[tuple[str, int, int, int, float, float, float, float]]:
+    """Per (task, length), tasks in the order they ran: (task, length, specs, cells, then the median, least and most
+    measured seconds per spec and the median estimated seconds per spec), a spec's seconds being the sum over its
+    cells of that task and length (its depths)."""
+    per: dict[tuple[str, int], dict[str, list[tuple[float, float]]]] = {}
+    for t in timings:
+        d = per.setdefault((t["task"], int(t["length"])), {})
+        d.setdefault(t["scaling"], []).append((float(t["seconds"]), float(t["estimated_seconds"])))
+    rows = []
+    order = list(dict.fromkeys(task for task, _ in per))
+    for (task, L), by_spec in sorted(per.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        got = [sum(m for m, _ in v) for v in by_spec.values()]  # per spec: depths that share a prefix, summed
+        est = [sum(e for _, e in v) for v in by_spec.values()]
+        rows.append((task, L, len(by_spec), sum(len(v) for v in by_spec.values()), statistics.median(got), min(got),
+                     max(got), statistics.median(est)))
+    return rows
+
+
+def timing_lines(timings: list[dict[str, Any]]) -> list[str]:
+    """The time section of summary.md: what each task took per spec and length, beside the plan's estimate."""
+    rows = timing_rows(timings)
+    if not rows:
+        return []
+    out = ["## Time", "", "Wall time per spec (the cells of one task and length, summed over depths) on the machine "
+           "that ran them, beside the plan's estimate; cells kept from runs before timings were recorded are not "
+           "counted.", "", "| task | length | specs | cells | measured (median) | range | estimated (median) |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for task, L, n_specs, n, med, lo, hi, est in rows:
+        out.append(f"| {task} | {L:,} | {n_specs} | {n} | {fmt_seconds(med)} | {fmt_seconds(lo)} – {fmt_seconds(hi)} | "
+                   f"{fmt_seconds(est)} |")
+    return out + [""]
 
 
 def write_summary(out: Path, meta: dict[str, Any], records: list[dict[str, Any]], plots: list[str]) -> Path:

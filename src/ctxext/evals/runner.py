@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -294,7 +295,15 @@ def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings
                     if not cells:
                         continue
                     bar.set_description_str(f"{spec.text} · {task.name}")
+                    t0 = time.perf_counter()
                     for cell, recs in task.run(ctx, cells):
+                        # time since the task's previous cell: cells that share work (depths on one prefix) split
+                        # it unevenly, their sum is the task's
+                        now = time.perf_counter()
+                        est = plan.flops[(spec.text, task.name, cell[0])] / plan.rate
+                        results.timed({"scaling": spec.text, "task": task.name, "length": cell[0], "depth": cell[1],
+                                       "seconds": round(now - t0, 3), "estimated_seconds": round(est, 3)})
+                        t0 = now
                         results.add(recs)
                         ctx.memo["records"] += recs
                         head = next((r for r in recs if r["bucket"] is None), recs[0] if recs else None)
