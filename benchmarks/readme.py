@@ -72,7 +72,9 @@ def ordering_note(full: dict, quick: dict) -> str:
             f"same order: {same}.")
 
 
-def methods_table(res: dict, source: str) -> str:
+def methods_table(res: dict, source: str, expected: list[str] | None = None) -> str:
+    """The method table; `expected`: the specs the benchmark runs at this factor, so that the ones not measured
+    yet are named under it."""
     recs = res["records"]
     specs = list(dict.fromkeys(r["scaling"] for r in recs))
     # rows in first-run order, a spec added later beside the others of its method, streaming (no passkey) last
@@ -106,6 +108,9 @@ def methods_table(res: dict, source: str) -> str:
              + "):", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if absent := [s for s in (expected or []) if s not in {r["scaling"] for r in ppl}]:
+        lines += ["", f"perplexity not run yet for {len(absent)} of {len(expected)} specs: "
+                  + ", ".join(_label(s) for s in absent) + "."]
     pk = [r for r in recs if r["task"] == "passkey" and r["metric"] == "accuracy"]
     if pk:
         n = sorted({r["n"] for r in pk})
@@ -151,11 +156,20 @@ def time_line(timings: list[dict]) -> str:
     return "time on that machine: " + "; ".join(parts) + " (cells run before timings were recorded are not counted)."
 
 
-def _methods_body(name: str, res: dict, pooled: dict | None = None) -> str:
-    """One method table with its plots and the --quick ordering note; pooled holds the needle cells of every seed."""
+def expected_specs(factor: int) -> list[str]:
+    """What `benchmarks/methods.py --factor F` measures: its method set and streaming."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import methods
+
+    return methods.specs_for(factor) + [methods.STREAMING]
+
+
+def _methods_body(name: str, res: dict, pooled: dict | None = None, factor: int | None = None) -> str:
+    """One method table with its plots and the --quick ordering note; pooled holds the needle cells of every seed;
+    for a larger factor's table, the specs not measured yet are named."""
     if pooled:  # the needle cells with the trials of every seed (benchmarks/methods.py --seed)
         res = {**res, "records": [r for r in res["records"] if r["task"] != "niah"] + pooled["records"]}
-    body = methods_table(res, f"benchmarks/results/{name}")
+    body = methods_table(res, f"benchmarks/results/{name}", expected_specs(factor) if factor else None)
     for png, alt in (("ppl_by_position.png", "ppl by position"), ("passkey_heatmap.png", "passkey by depth"),
                      ("niah_heatmap.png", "needle in a haystack, lengths x depths")):
         where = "methods_niah" if pooled and png.startswith("niah") else name
@@ -179,7 +193,7 @@ def methods_section() -> str:
     scaled = sorted((int(m[1]), d) for d in RES.glob("methods_x*") if (m := re.fullmatch(r"methods_x(\d+)", d.name)))
     for factor, d in scaled:
         if res := _load(d / "results.json"):
-            parts.append(f"**At {factor}× the trained length.** " + _methods_body(d.name, res))
+            parts.append(f"**At {factor}× the trained length.** " + _methods_body(d.name, res, factor=factor))
     return "\n\n".join(parts) or "(no method results yet: run `python benchmarks/methods.py`)"
 
 

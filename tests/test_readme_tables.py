@@ -56,6 +56,18 @@ def test_table_states_the_measured_time_per_task_beside_the_estimate():
                     "estimated 1.5 min) (cells run before timings were recorded are not counted).")
 
 
+def test_a_larger_factor_table_names_the_specs_not_measured_yet():
+    res = _results({"yarn:factor=8": 20.0, "streaming:sinks=4,window=2044": 30.0},
+                   task={"streaming:sinks=4,window=2044": "stream-ppl"}, length=65536)
+    expected = readme.expected_specs(8)
+    assert len(expected) == 12 and "yarn:factor=8" in expected and expected[-1] == "streaming:sinks=4,window=2044"
+    table = readme.methods_table(res, "m", expected)
+    note = next(ln for ln in table.splitlines() if ln.startswith("perplexity not run yet"))
+    assert note.startswith("perplexity not run yet for 10 of 12 specs: `default`, `linear:factor=8`,")
+    assert "`yarn:factor=8`" not in note and "streaming" not in note
+    assert "perplexity not run yet" not in readme.methods_table(res, "m")  # the 2x table (no expected set) says nothing
+
+
 def test_ordering_note_says_when_orders_differ():
     full = _results({"default": 900.0, "yarn:factor=2": 20.0, "ntk:factor=2": 25.0})
     same = _results({"default": 90.0, "yarn:factor=2": 15.0}, length=12288)

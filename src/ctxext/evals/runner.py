@@ -133,9 +133,9 @@ class Plan:
         lines = [f"{n} cells to run; estimate per cell (peak memory, time from this machine's measured matmul rate, "
                  f"{self.rate / 1e9:.0f} GFLOP/s, and causal attention rate, {self.attn_rate / 1e9:.0f} GFLOP/s):"]
         for (t, L, f, m), specs in sorted(rows.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1], kv[0][2])):
-            alone = sum(1 for k in rows if k[:2] == (t, L)) > 1
+            split = sum(1 for k in rows if k[:2] == (t, L)) > 1
             lines.append(f"  {t:<11} {L:>8,} tokens   {fmt_bytes(m):>8}   {fmt_seconds(f / self.rate):>8}"
-                         + (f"   ({', '.join(specs)})" if alone else ""))
+                         + (f"   ({', '.join(specs)})" if split else ""))
         lines.append(f"  total ≈ {fmt_seconds(self.seconds)}")
         return "\n".join(lines)
 
