@@ -4,6 +4,8 @@ for a few methods, through `ctxext eval` (one model load per task, resumable).
 
     python benchmarks/methods.py [--quick] [--tasks ppl,passkey,niah] [--out benchmarks/results/methods]
     python benchmarks/methods.py --factor 4 --tasks ppl   # 32k perplexity: ~7 min per method on 2 CPU cores
+    python benchmarks/methods.py --factor 8 --tasks ppl --specs 'yarn:factor=8;streaming:sinks=4,window=2044'
+                                                           # some specs only (streaming: its stream-ppl)
     python benchmarks/methods.py --tasks niah --seed 1    # more needle trials (other keys), pooled per cell
                                                            # with every other seed into benchmarks/results/methods_niah
 
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     from ctxext.evals import run_eval
     from ctxext.fixtures import HELD_OUT_BOOK, books_dir
 
-    specs = args.specs.split(";") if args.specs else picked(specs_for(args.factor), QUICK if args.quick else None)
+    specs = (args.specs.split(";") if args.specs else
+             picked(specs_for(args.factor), QUICK) if args.quick else specs_for(args.factor) + [STREAMING])
     length = TRAINED * args.factor
     tasks = ["ppl"] if args.quick else args.tasks.split(",")
     out = args.out or RESULTS / out_name(args.factor, args.quick, args.seed)
@@ -136,9 +139,12 @@ def main(argv: list[str] | None = None) -> int:
             run_eval("smollm2-135m", specs if args.specs else picked(specs, NIAH), [task],
                      [length * k // 4 for k in (1, 2, 3, 4)], depths=args.depths, **common)
             continue
-        run_eval("smollm2-135m", specs, [task], [length], depths=args.depths, **common)
-    if not args.quick and "ppl" in tasks and not args.specs:
-        run_eval("smollm2-135m", [STREAMING], ["stream-ppl"], [length], **common)
+        # streaming's perplexity is its stream (stream-ppl); it has no passkey (it cannot retrieve past its window)
+        rest = [s for s in specs if method(s) != "streaming"]
+        if rest:
+            run_eval("smollm2-135m", rest, [task], [length], depths=args.depths, **common)
+        if task == "ppl" and (streams := [s for s in specs if method(s) == "streaming"]):
+            run_eval("smollm2-135m", streams, ["stream-ppl"], [length], **common)
     if "niah" in tasks and not args.specs and args.factor == 2:
         merged = merge_niah([RESULTS / "methods", *sorted(RESULTS.glob("methods_niah_seed*"))])
         if merged:

@@ -252,6 +252,27 @@ def test_method_set_at_each_factor():
         == ["methods", "methods_quick", "methods_niah_seed1", "methods_x4", "methods_x4_quick"]
 
 
+def test_methods_runs_streaming_as_its_stream_and_never_for_passkey(tmp_path, monkeypatch):
+    """benchmarks/methods.py: a streaming spec's perplexity comes from stream-ppl (in the same folder, same
+    settings), whether it is in --specs or in the default set; it gets no passkey cell."""
+    import ctxext.evals
+
+    methods = _bench("methods")
+    calls = []
+    monkeypatch.setattr(ctxext.evals, "run_eval", lambda model, specs, tasks, lengths, **kw: calls.append(
+        (list(specs), tasks[0], lengths[0], kw["out"].name, kw["samples"], kw["bucket"])))
+    monkeypatch.chdir(tmp_path)
+    stream = methods.STREAMING
+    methods.main(["--factor", "4", "--tasks", "ppl,passkey", "--specs", f"yarn:factor=4;{stream}"])
+    assert calls == [(["yarn:factor=4"], "ppl", 32768, "methods_x4", 1, 2048),
+                     ([stream], "stream-ppl", 32768, "methods_x4", 1, 2048),
+                     (["yarn:factor=4"], "passkey", 32768, "methods_x4", 1, 2048)]
+    calls.clear()
+    methods.main(["--factor", "8", "--tasks", "ppl"])
+    assert calls == [(methods.specs_for(8), "ppl", 65536, "methods_x8", 1, 2048),
+                     ([stream], "stream-ppl", 65536, "methods_x8", 1, 2048)]
+
+
 def test_methods_section_adds_a_table_per_larger_factor(tmp_path, monkeypatch):
     monkeypatch.setattr(readme, "RES", tmp_path)
     runs = {"methods": _results({"default": 900.0, "yarn:factor=2": 20.0}),
