@@ -16,8 +16,9 @@ accuracy is below 80 %. A configuration already below 80 % at 256 (inside the wi
 lengths is beyond this CPU's budget.
 
 --quick: the tiny-rope fixture only (ppl and passkey rows, about five minutes on one thread). Full: adds
-SmolLM2-135M at 16k tokens (one 16k forward per configuration, ~2 min each on a 2-core CPU). --tiny-only:
-remeasure the tiny rows and keep the other models' rows of the results file (after a fixture change). Curves are
+SmolLM2-135M at 16k tokens (one forward per configuration, ~2 min each on a 2-core CPU), at 32k (~7 min) for
+the configurations that 16k did not break. --only MODEL (--tiny-only: tiny-rope) remeasures that model's rows and
+keeps the other models' rows of the results file (after a fixture change, or to add longer SmolLM2 runs). Curves are
 cached in benchmarks/results/planner_curves/, so an interrupted run resumes.
 """
 
@@ -40,8 +41,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 TINY = [("tiny-rope", s, 2048, 8) for s in (
     "default", "linear:factor=2", "linear:factor=4", "ntk:factor=2", "ntk:factor=4", "yarn:factor=2",
     "yarn:factor=4", "abf:base=20000", "abf:base=40000", "dynamic-ntk:factor=4")]
-SMOL = [("smollm2-135m", s, 16384, 1) for s in (
-    "default", "yarn:factor=2", "ntk:factor=2", "abf:base=200000", "abf:base=50000")]
+# SmolLM2 at 16k, and at 32k where 16k did not reach the break (censored at 16k: yarn, ntk and the raised base)
+SMOL = [("smollm2-135m", s, L, 1) for s, L in (
+    ("default", 16384), ("yarn:factor=2", 32768), ("ntk:factor=2", 32768), ("abf:base=200000", 32768),
+    ("abf:base=50000", 16384))]
 RATIO_OK = 0.25
 PASSKEY_LENGTHS = tuple(range(256, 2049, 128))
 PASSKEY_TRIALS, PASSKEY_OK = 12, 0.8
@@ -164,23 +167,28 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny-rope only (minutes)")
     p.add_argument("--out", type=Path, default=RESULTS / "planner.json")
-    p.add_argument("--tiny-only", action="store_true",
-                   help="remeasure the tiny-rope rows only and keep the other models' rows of --out as they are "
+    p.add_argument("--only", choices=("tiny-rope", "smollm2-135m"), default=None,
+                   help="remeasure this model's rows only and keep the other models' rows of --out as they are "
                         "(their date is kept in rows_kept_from)")
+    p.add_argument("--tiny-only", action="store_true", help="the same as --only tiny-rope")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
     from ctxext.runinfo import machine, versions
 
-    configs = TINY if (args.quick or args.tiny_only) else TINY + SMOL
+    only = "tiny-rope" if args.tiny_only else args.only
     t0 = time.time()
-    rows = run(configs, RESULTS / "planner_curves") + run(TINY, RESULTS / "planner_curves", "passkey80")
+    cache = RESULTS / "planner_curves"
+    rows = [] if only == "smollm2-135m" else run(TINY, cache) + run(TINY, cache, "passkey80")
+    if not args.quick and only != "tiny-rope":
+        rows += run(SMOL, cache)
     kept_from = None
-    if args.tiny_only and args.out.is_file():
+    if only and args.out.is_file():
         old = json.loads(args.out.read_text())
-        models = {m for m, *_ in TINY}
-        rows += [r for r in old["rows"] if r["model"] not in models]
+        models = {r["model"] for r in rows}
+        kept = [r for r in old["rows"] if r["model"] not in models]
+        rows = kept + rows if only == "smollm2-135m" else rows + kept
         kept_from = {"date": old.get("date"), "machine": old.get("machine"), "models": sorted(
-            {r["model"] for r in old["rows"] if r["model"] not in models})}
+            {r["model"] for r in kept})}
     counted = [r for r in rows if not r["censored"]]
     out = {"what": "planner predicted reach vs measured (ppl 2x in-window; passkey < 80 %), benchmarks/planner.py",
            "quick": args.quick, "machine": machine(), "versions": versions(),

@@ -225,8 +225,8 @@ def planner_section() -> str:
                      f"{meas} | {ratio} | {ok} |")
     if d.get("rows_kept_from"):
         k = d["rows_kept_from"]
-        lines.append(f"\nRows of {', '.join(k['models'])} are from the run of {k['date']} (not remeasured when the "
-                     "tiny fixture changed).")
+        lines.append(f"\nRows of {', '.join(k['models'])} are from the run of {k['date']}, kept when the other "
+                     "model's rows were remeasured (`benchmarks/planner.py --only`).")
     outside = [r for r in d["rows"] if not r["censored"] and not r["within_25pct"]]
     for r in outside:
         if r.get("criterion") == "passkey80":

@@ -273,6 +273,31 @@ def test_methods_runs_streaming_as_its_stream_and_never_for_passkey(tmp_path, mo
                      ([stream], "stream-ppl", 65536, "methods_x8", 1, 2048)]
 
 
+def test_planner_only_one_model_keeps_the_other_models_rows(tmp_path, monkeypatch):
+    planner = _bench("planner")
+
+    def fake_run(configs, cache, criterion="ppl2x"):
+        return [{"model": m, "spec": s, "criterion": criterion, "measured": float(L), "censored": False,
+                 "within_25pct": True, "new": True} for m, s, L, _ in configs]
+
+    monkeypatch.setattr(planner, "run", fake_run)
+    out = tmp_path / "planner.json"
+    old = [{"model": m, "spec": s, "criterion": c, "measured": 1.0, "censored": True, "within_25pct": False}
+           for m, s, c in (("tiny-rope", "default", "ppl2x"), ("tiny-rope", "default", "passkey80"),
+                           ("smollm2-135m", "default", "ppl2x"))]
+    out.write_text(json.dumps({"date": "then", "machine": {}, "rows": old}))
+    planner.main(["--only", "smollm2-135m", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert res["rows"][:2] == old[:2] and all(r.get("new") for r in res["rows"][2:])
+    assert [(r["spec"], r["measured"]) for r in res["rows"][2:]] == [(s, float(L)) for _, s, L, _ in planner.SMOL]
+    assert res["rows_kept_from"] == {"date": "then", "machine": {}, "models": ["tiny-rope"]}
+    assert dict((s, L) for _, s, L, _ in planner.SMOL)["yarn:factor=2"] == 32768  # censored at 16k: measured longer
+    planner.main(["--tiny-only", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert [r["model"] for r in res["rows"]] == ["tiny-rope"] * 2 * len(planner.TINY) + ["smollm2-135m"] * 5
+    assert res["rows_kept_from"]["models"] == ["smollm2-135m"]
+
+
 def test_methods_section_adds_a_table_per_larger_factor(tmp_path, monkeypatch):
     monkeypatch.setattr(readme, "RES", tmp_path)
     runs = {"methods": _results({"default": 900.0, "yarn:factor=2": 20.0}),
