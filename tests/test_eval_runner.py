@@ -345,3 +345,19 @@ def test_progress_never_passes_its_estimate():
         done += bar_step(done, total, step)
     assert done == total
     assert bar_step(2.0, 10.0, 3.0) == 3.0 and bar_step(10.0, 10.0, 1.0) == 0.0
+
+
+def test_summary_rows_are_the_specs_each_task_measured():
+    from ctxext.evals.results import summary_markdown
+
+    def rec(s, task, v):
+        return {"scaling": s, "task": task, "metric": "ppl", "length": 512, "depth": None, "bucket": None,
+                "value": v}
+
+    recs = [rec("yarn:factor=2", "ppl", 30.0), rec("streaming:sinks=4,window=60", "stream-ppl", 31.0),
+            rec("default", "ppl", 90.0)]
+    md = summary_markdown({"config": {"model": "m", "model_info": {"trained_len": 256}}}, recs, [])
+    ppl_part, stream_part = md.split("## stream-ppl")
+    assert "| `yarn:factor=2` | 30.00 |" in ppl_part and "| `default` | 90.00 |" in ppl_part
+    assert "streaming" not in ppl_part.split("## ppl")[1]
+    assert "| `streaming:sinks=4,window=60` | 31.00 |" in stream_part and "yarn" not in stream_part
