@@ -50,23 +50,10 @@ PASSKEY_LENGTHS = tuple(range(256, 2049, 128))
 PASSKEY_TRIALS, PASSKEY_OK = 12, 0.8
 
 
-def measured_reach(nll: np.ndarray, trained: int) -> tuple[float, bool, float]:
-    """(reach in tokens, censored, in-window ppl) from a per-position NLL curve (index i = token i+1)."""
-    b = trained // 8
-    n = -(-len(nll) // b)  # the last bucket is one token short: nll[i] scores token i+1
-    padded = np.concatenate([nll, np.full(n * b - len(nll), np.nan)])
-    ppl = np.exp(np.nanmean(padded.reshape(n, b), axis=1))
-    ref = float(np.exp(np.nanmean(nll[trained // 4 - 1: trained - 1])))
-    for k in range(n):
-        if (k + 1) * b > trained // 2 and ppl[k] > 2 * ref:
-            return float(k * b + 1), False, ref
-    return float(n * b), True, ref
-
-
 def curve(lm, spec_text: str, length: int, windows: int, cache: Path) -> np.ndarray:
     """Mean per-position NLL over `windows` non-overlapping windows of the held-out book (cached on disk)."""
     from ctxext.data import load_documents
-    from ctxext.evals.scoring import token_nll
+    from ctxext.evals.reach import window_nll
     from ctxext.fixtures import HELD_OUT_BOOK, books_dir
     from ctxext.models.apply import apply_spec
     from ctxext.scaling import parse_spec
@@ -79,10 +66,7 @@ def curve(lm, spec_text: str, length: int, windows: int, cache: Path) -> np.ndar
     if len(doc.tokens) < length * windows:
         raise SystemExit(f"{doc.name}: {len(doc.tokens)} tokens, need {length * windows}")
     apply_spec(lm, parse_spec(spec_text))
-    import torch
-
-    with torch.inference_mode():
-        nll = np.mean([token_nll(lm.model, doc.tokens[w * length:(w + 1) * length]) for w in range(windows)], axis=0)
+    nll = window_nll(lm.model, doc.tokens, length, windows)
     cache.mkdir(parents=True, exist_ok=True)
     np.save(path, nll.astype(np.float32))
     return nll
@@ -119,9 +103,11 @@ def passkey_reach(acc: dict[int, float], trained: int) -> tuple[float, str]:
 def ppl2x(lm, spec_text: str, length: int, windows: int, cache: Path) -> tuple[float, str, dict]:
     """(reach, status, extra row fields) from the perplexity curve."""
     shape = lm.info.rope_shape
-    meas, censored, ref = measured_reach(curve(lm, spec_text, length, windows, cache), shape.original_len)
-    return meas, "censored" if censored else "ok", {
-        "in_window_ppl": round(ref, 3), "rope_base": shape.base, "rotary_dim": shape.rotary_dim,
+    from ctxext.evals.reach import ppl_break
+
+    brk = ppl_break(curve(lm, spec_text, length, windows, cache), shape.original_len)
+    return brk.reach, "censored" if brk.censored else "ok", {
+        "in_window_ppl": round(brk.in_window_ppl, 3), "rope_base": shape.base, "rotary_dim": shape.rotary_dim,
         "length_measured": length, "windows": windows}
 
 
@@ -163,6 +149,38 @@ def run(configs: list[tuple[str, str, int, int]], cache: Path, criterion: str = 
     return rows
 
 
+def calibrate(rows: list[dict]) -> list[dict]:
+    """Add what `ctxext plan --calibrate` would predict to each ppl2x row: the prediction carried by its model's
+    default measured / predicted (ctxext.theory.Calibration). The default rows are the calibration itself and get
+    nothing; nor do rows of a model whose default was censored. Passkey rows are not calibrated (plan calibrates
+    by perplexity)."""
+    from ctxext.theory import Calibration
+
+    cals = {r["model"]: Calibration(r["predicted"], r["measured"], r["censored"]) for r in rows
+            if r["criterion"] == "ppl2x" and r["spec"] == "default" and not r["censored"]}
+    for r in rows:
+        for k in ("calibrated", "measured_over_calibrated", "calibrated_within_25pct"):
+            r.pop(k, None)
+        c = cals.get(r["model"])
+        if c is None or r["criterion"] != "ppl2x" or r["spec"] == "default" or r["predicted_capped"]:
+            continue
+        r["calibrated"] = round(c.reach(r["predicted"]), 1)
+        if not r["censored"]:
+            ratio = r["measured"] / r["calibrated"]
+            r["measured_over_calibrated"] = round(ratio, 3)
+            r["calibrated_within_25pct"] = abs(ratio - 1) <= RATIO_OK
+    return rows
+
+
+def tallies(rows: list[dict]) -> dict:
+    """Counts of the results file: uncensored rows within ±25 %, raw and (ppl2x, default rows left out) calibrated."""
+    cal = [r for r in rows if "calibrated_within_25pct" in r]
+    return {"within_25pct": sum(r["within_25pct"] for r in rows), "counted": sum(not r["censored"] for r in rows),
+            "calibrated_within_25pct": sum(r["calibrated_within_25pct"] for r in cal),
+            "calibrated_counted": len(cal),
+            "uncalibrated_within_25pct_of_those": sum(r["within_25pct"] for r in cal)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny-rope only (minutes)")
@@ -171,9 +189,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="remeasure this model's rows only and keep the other models' rows of --out as they are "
                         "(their date is kept in rows_kept_from)")
     p.add_argument("--tiny-only", action="store_true", help="the same as --only tiny-rope")
+    p.add_argument("--rescore", action="store_true",
+                   help="measure nothing: recompute --out's calibrated columns and tallies from its rows")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
     from ctxext.runinfo import machine, versions
+
+    if args.rescore:
+        out = json.loads(args.out.read_text())
+        out["rows"] = calibrate(out["rows"])
+        out.update(tallies(out["rows"]))
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"{out['within_25pct']} of {out['counted']} within ±25 %; calibrated: {out['calibrated_within_25pct']} "
+              f"of {out['calibrated_counted']}; {args.out}")
+        return 0
 
     only = "tiny-rope" if args.tiny_only else args.only
     t0 = time.time()
@@ -189,15 +218,15 @@ def main(argv: list[str] | None = None) -> int:
         rows = kept + rows if only == "smollm2-135m" else rows + kept
         kept_from = {"date": old.get("date"), "machine": old.get("machine"), "models": sorted(
             {r["model"] for r in kept})}
-    counted = [r for r in rows if not r["censored"]]
+    rows = calibrate(rows)
     out = {"what": "planner predicted reach vs measured (ppl 2x in-window; passkey < 80 %), benchmarks/planner.py",
            "quick": args.quick, "machine": machine(), "versions": versions(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.time() - t0, 1),
-           "within_25pct": sum(r["within_25pct"] for r in rows), "counted": len(counted),
-           "rows_kept_from": kept_from, "rows": rows}
+           **tallies(rows), "rows_kept_from": kept_from, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"{out['within_25pct']} of {len(counted)} uncensored configurations within ±25 %; {args.out}")
+    print(f"{out['within_25pct']} of {out['counted']} uncensored configurations within ±25 % (calibrated by the "
+          f"default: {out['calibrated_within_25pct']} of {out['calibrated_counted']}); {args.out}")
     return 0
 
 

@@ -212,17 +212,26 @@ def planner_section() -> str:
              f"the configuration's own in-window value (buckets of L/8), and `passkey80`, the first length past the "
              f"window where greedy passkey accuracy falls below 80 % (tiny-rope, 12 depths per length, lengths "
              f"256–2,048 by 128; {_machine(d.get('machine'))}). "
-             f"**{d['within_25pct']} of {d['counted']}** measured configurations within ±25 %.", "",
-             "| configuration | criterion | predicted | measured | measured / predicted | within ±25 % |",
-             "|---|---|---:|---:|---:|---|"]
+             f"**{d['within_25pct']} of {d['counted']}** measured configurations within ±25 %.", ""]
+    if d.get("calibrated_counted"):
+        lines += [f"Calibrated (what `ctxext plan --calibrate` gives: each prediction times its model's measured / "
+                  f"predicted for default RoPE, one forward of the default; ppl rows, the default rows left out): "
+                  f"**{d['calibrated_within_25pct']} of {d['calibrated_counted']}** within ±25 %, against "
+                  f"{d['uncalibrated_within_25pct_of_those']} of those {d['calibrated_counted']} uncalibrated.", ""]
+    lines += ["| configuration | criterion | predicted | measured | measured / predicted | within ±25 % "
+              "| calibrated | measured / calibrated |", "|---|---|---:|---:|---:|---|---:|---:|"]
     for r in d["rows"]:
         status = _status(r)
         meas = f"≥ {r['measured']:,.0f}" if status == "censored" else (
             f"< {r['measured']:,.0f}" if status == "fails in window" else f"{r['measured']:,.0f}")
         ok = status if status != "ok" else ("yes" if r["within_25pct"] else "**no**")
         ratio = f"{r['measured_over_predicted']:.2f}" if status == "ok" else "–"
+        cal = f"{r['calibrated']:,.0f}" if "calibrated" in r else "–"
+        cal_ratio = "–" if "measured_over_calibrated" not in r else (
+            f"{r['measured_over_calibrated']:.2f}" if r["calibrated_within_25pct"]
+            else f"**{r['measured_over_calibrated']:.2f}**")
         lines.append(f"| `{r['config']}` | {crit.get(r.get('criterion'), r.get('criterion'))} | {r['predicted']:,.0f} | "
-                     f"{meas} | {ratio} | {ok} |")
+                     f"{meas} | {ratio} | {ok} | {cal} | {cal_ratio} |")
     if d.get("rows_kept_from"):
         k = d["rows_kept_from"]
         lines.append(f"\nRows of {', '.join(k['models'])} are from the run of {k['date']}, kept when the other "
@@ -244,7 +253,9 @@ def planner_section() -> str:
             lines.append(f"\n`{r['config']}` crosses 2× at {r['measured_over_predicted']:.2f}× the prediction: past the "
                          "predicted limit this model degrades gradually (the critical pair is one of several slow pairs "
                          "and one book window is measured), so the 2× line is reached later than the limit itself; the "
-                         "tiny fixture breaks sharply at it.")
+                         "tiny fixture breaks sharply at it." + (
+                             f" Calibrated by its model's default: {r['measured_over_calibrated']:.2f}×."
+                             if "measured_over_calibrated" in r else ""))
     if any(_status(r) == "censored" for r in d["rows"]):
         lines.append("\nCensored rows held (below 2×, or at ≥ 80 % passkey) up to the longest length measured (≥); "
                      "they agree with a prediction at or below that length but give no ratio.")

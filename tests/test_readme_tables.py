@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("bench_readme", ROOT / "benchmarks" / "readme.py")
 readme = importlib.util.module_from_spec(spec)
@@ -278,7 +280,8 @@ def test_planner_only_one_model_keeps_the_other_models_rows(tmp_path, monkeypatc
 
     def fake_run(configs, cache, criterion="ppl2x"):
         return [{"model": m, "spec": s, "criterion": criterion, "measured": float(L), "censored": False,
-                 "within_25pct": True, "new": True} for m, s, L, _ in configs]
+                 "within_25pct": True, "new": True, "predicted": L / 2, "predicted_capped": False}
+                for m, s, L, _ in configs]
 
     monkeypatch.setattr(planner, "run", fake_run)
     out = tmp_path / "planner.json"
@@ -355,3 +358,26 @@ def test_train_speed_quick_writes_its_own_results_file():
     assert ts.results_path("cpu", quick=True).name == "train_speed-cpu-quick.json"
     assert ts.results_path("cpu", quick=False).name == "train_speed-cpu.json"
     assert ts.results_path("NVIDIA H200", quick=False).name == "train_speed-nvidia-h200.json"
+
+
+def test_planner_calibrates_ppl_rows_by_their_models_default():
+    planner = _bench("planner")
+
+    def row(model, spec, crit, pred, meas, censored=False):
+        return {"model": model, "spec": spec, "criterion": crit, "predicted": pred, "predicted_capped": False,
+                "measured": meas, "censored": censored, "within_25pct": abs(meas / pred - 1) <= 0.25}
+
+    rows = planner.calibrate([
+        row("big", "default", "ppl2x", 1000.0, 1400.0), row("big", "yarn:factor=2", "ppl2x", 2000.0, 2900.0),
+        row("big", "ntk:factor=2", "ppl2x", 1500.0, 4000.0, censored=True),
+        row("big", "default", "passkey80", 1000.0, 700.0), row("big", "ntk:factor=2", "passkey80", 1500.0, 900.0),
+        row("small", "default", "ppl2x", 300.0, 300.0, censored=True), row("small", "yarn:factor=2", "ppl2x", 600.0, 590.0)])
+    big_yarn, big_ntk, _, big_pk = rows[1], rows[2], rows[3], rows[4]
+    assert big_yarn["calibrated"] == 2800.0 and big_yarn["measured_over_calibrated"] == pytest.approx(2900 / 2800, abs=1e-3)
+    assert big_yarn["calibrated_within_25pct"] and not big_yarn["within_25pct"]
+    assert big_ntk["calibrated"] == 2100.0 and "measured_over_calibrated" not in big_ntk  # censored: no ratio
+    assert "calibrated" not in rows[0] and "calibrated" not in big_pk  # the default is the calibration; no passkey
+    assert "calibrated" not in rows[6]  # its model's default never broke: nothing to calibrate by
+    t = planner.tallies(rows)
+    assert (t["calibrated_within_25pct"], t["calibrated_counted"], t["uncalibrated_within_25pct_of_those"]) == (1, 1, 0)
+    assert planner.calibrate(rows) == rows  # idempotent: --rescore can run again

@@ -115,6 +115,26 @@ def predicted_reach(spec: Spec, shape: RopeShape, d_extra: int | None = None, ca
     return Reach(float(ok))
 
 
+# --- calibration by one measurement ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Calibration:
+    """The default RoPE's measured break point against its predicted reach: how far past the critical pair's
+    limit this model holds perplexity (a large model degrades gradually there, a tiny one breaks at it)."""
+
+    predicted: float  # the default spec's predicted reach
+    measured: float  # where its perplexity first passes 2x in-window (the measured length when censored)
+    censored: bool  # it held over the whole measured length: the tolerance is a lower bound
+
+    @property
+    def tolerance(self) -> float:
+        return self.measured / self.predicted
+
+    def reach(self, predicted: float) -> float:
+        """A spec's predicted reach carried by the same tolerance."""
+        return predicted * self.tolerance
+
+
 # --- the planner -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

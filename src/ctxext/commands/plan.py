@@ -4,6 +4,11 @@ Reads only the model's config (no weights): critical dimension, extrapolation li
 critical base for the target, per-pair wavelengths, and one recommendation per scaling method with
 its predicted reach (Liu et al. 2023, https://arxiv.org/abs/2310.05209). With --out DIR it writes
 results.json, summary.md and plan.png.
+
+--calibrate loads the weights once: it measures where default RoPE's perplexity first passes 2x its in-window
+value on a text (ctxext.evals.reach) and carries every predicted reach by measured / predicted of that default.
+The critical pair's limit is where extrapolation starts to fail; how far past it perplexity holds is a property of
+the model (SmolLM2-135M holds to ~1.3x, the tiny fixture breaks at it), and one forward of the default shows it.
 """
 
 from __future__ import annotations
@@ -45,6 +50,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the critical dimension stays the one learned with the trained base")
     p.add_argument("--original-len", type=_positive_int, metavar="L",
                    help="override the trained length read from the config")
+    p.add_argument("--calibrate", action="store_true",
+                   help="load the weights and measure where default RoPE's perplexity first passes 2x its in-window "
+                        "value on --data (one forward of --calibrate-len tokens); every predicted reach is then also "
+                        "given carried by measured / predicted of that default")
+    p.add_argument("--data", action="append", metavar="PATH",
+                   help="text for --calibrate (file, folder or .jsonl; repeatable); default: the held-out book")
+    p.add_argument("--calibrate-len", type=_positive_int, metavar="N",
+                   help="tokens measured by --calibrate (default: twice the trained length)")
+    p.add_argument("--calibrate-windows", type=_positive_int, default=1, metavar="W",
+                   help="average --calibrate's curve over W consecutive windows of the text (a small model's "
+                        "curve is noisy: use several); default 1")
+    p.add_argument("--device", default="auto", help="for --calibrate: auto, cpu, cuda or cuda:<i>")
     p.add_argument("--json", action="store_true", help="print the plan as JSON to stdout")
     p.add_argument("--out", type=Path, metavar="DIR", help="also write results.json, summary.md and plan.png here")
 
@@ -66,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
 
     head_dim = getattr(info, "head_dim", None) or _head_dim(info.config) or shape.rotary_dim
     data = {"model": getattr(info, "name", args.model), "head_dim": head_dim, **p.to_dict()}
+    if args.calibrate:
+        add_calibration(data, calibrate(args, info, shape))
+    elif args.data or args.calibrate_len:
+        raise CtxextError("--data and --calibrate-len only take effect with --calibrate")
     if args.json:
         json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -74,6 +95,44 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         write_outputs(args.out, data, p, info, args)
     return 0
+
+
+def calibrate(args: argparse.Namespace, info: Any, shape: Any) -> dict[str, Any]:
+    """Measure the default RoPE's break point (the model as trained; --base does not apply) on the given text."""
+    from ..evals.cost import ModelCost, fmt_seconds, matmul_rate
+    from ..evals.reach import measure_break
+    from ..fixtures import HELD_OUT_BOOK, books_dir
+    from ..models import load_model
+    from ..models.load import resolve_device
+    from ..scaling import parse_spec
+    from ..theory import Calibration, predicted_reach
+
+    length = args.calibrate_len or 2 * shape.original_len
+    if length <= shape.original_len:
+        raise CtxextError(f"--calibrate-len {length} must be longer than the trained window ({shape.original_len})")
+    data = [str(x) for x in (args.data or [books_dir() / HELD_OUT_BOOK])]
+    device = resolve_device(args.device)
+    if device == "cpu":
+        w = args.calibrate_windows
+        est = w * ModelCost.of(info).flops(length) / matmul_rate()
+        print(f"calibrating: {w} forward(s) of {length:,} tokens with default RoPE (about {fmt_seconds(est)} here)",
+              file=sys.stderr)
+    lm = load_model(args.model, device=device)
+    brk, doc = measure_break(lm, data, length, shape.original_len, args.calibrate_windows)
+    pred = predicted_reach(parse_spec("default"), shape).tokens
+    cal = Calibration(pred, brk.reach, brk.censored)
+    return {"data": doc, "length": length, "windows": args.calibrate_windows, "predicted": pred, "measured": brk.reach, "censored": brk.censored,
+            "in_window_ppl": round(brk.in_window_ppl, 3), "tolerance": round(cal.tolerance, 4)}
+
+
+def add_calibration(data: dict[str, Any], cal: dict[str, Any]) -> None:
+    """Each recommendation's reach carried by the measured tolerance; a lower bound when the default held."""
+    from ..theory import Calibration
+
+    c = Calibration(cal["predicted"], cal["measured"], cal["censored"])
+    data["calibration"] = cal
+    for r in data["recommendations"]:
+        r["calibrated_reach"] = None if r["reach_capped"] else round(c.reach(r["predicted_reach"]))
 
 
 def _head_dim(cfg: dict[str, Any]) -> int | None:
@@ -125,14 +184,35 @@ def _facts(d: dict[str, Any]) -> list[str]:
         f"reach        as trained, 2π·b^(d_extra/d) = {d['extrapolation_limit']:,.0f} tokens",
         f"bases for T  critical base {d['critical_base']:,.0f} (tune at T with base ≤ this to reach T); "
         f"training-free base {d['training_free_base']:,.0f}",
-    ]
+    ] + _calibration_facts(d)
+
+
+def _calibration_facts(d: dict[str, Any]) -> list[str]:
+    c = d.get("calibration")
+    if not c:
+        return []
+    held = "held below 2x over all" if c["censored"] else "passed 2x its in-window ppl at"
+    bound = "≥ " if c["censored"] else ""
+    where = f"{c['length']:,} tokens of {c['data']}" + (f" ({c['windows']} windows)" if c["windows"] > 1 else "")
+    return [f"calibrated   default RoPE {held} {c['measured']:,.0f} of {where} "
+            f"(in-window ppl {c['in_window_ppl']:.2f}) vs predicted {c['predicted']:,.0f}: tolerance {bound}"
+            f"{c['tolerance']:.3g}; calibrated reach = predicted × tolerance (recommendations still use the "
+            "predicted reach)"]
+
+
+def _calibrated(d: dict[str, Any], r: dict[str, Any]) -> list[str]:
+    if "calibration" not in d:
+        return []
+    if r["calibrated_reach"] is None:
+        return ["(no limit)"]
+    return [("≥ " if d["calibration"]["censored"] else "") + f"{r['calibrated_reach']:,}"]
 
 
 def _rec_rows(d: dict[str, Any], short: bool) -> list[list[str]]:
     rows = []
     for r in d["recommendations"]:
         ft = r["fine_tuning"]
-        rows.append([r["method"], _short(r["spec"]) if short else r["spec"], _reach(r),
+        rows.append([r["method"], _short(r["spec"]) if short else r["spec"], _reach(r)] + _calibrated(d, r) + [
                      "yes" if r["reaches_target"] else "no", f"{r['attention_factor']:.4f}",
                      ("required: " if ft["required"] else "") + ft["cost"], r["recommended"] or ""])
     return rows
@@ -160,12 +240,17 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 REC_HEAD = ["method", "spec", "predicted reach", "≥ T", "attn", "fine-tuning", "recommended"]
 
 
+def _rec_head(d: dict[str, Any]) -> list[str]:
+    return REC_HEAD[:3] + (["calibrated reach"] if "calibration" in d else []) + REC_HEAD[3:]
+
+
 def render_text(d: dict[str, Any]) -> str:
-    lines = _facts(d) + [""] + _table(REC_HEAD, _rec_rows(d, short=True)) + [""]
+    lines = _facts(d) + [""] + _table(_rec_head(d), _rec_rows(d, short=True)) + [""]
     for kind, spec in d["recommended"].items():
         r = next(x for x in d["recommendations"] if x["spec"] == spec) if spec else None
         if r:
-            lines.append(f"recommended, {kind}: {r['spec']}  (reach {_reach(r)})")
+            cal = f"; calibrated {_calibrated(d, r)[0]}" if "calibration" in d else ""
+            lines.append(f"recommended, {kind}: {r['spec']}  (reach {_reach(r)}{cal})")
     lines += ["", "why:"] + [f"  {r['method']:<13} {r['rationale']}" for r in d["recommendations"]]
     if d["skipped"]:
         lines.append("skipped: " + "; ".join(f"{k} ({v})" for k, v in d["skipped"].items()))
@@ -184,7 +269,7 @@ def render_markdown(d: dict[str, Any]) -> str:
              "## Recommendations", "",
              "Predicted reach = wavelength of the critical pair under the spec, 2π/θ'_c "
              "(Liu et al. 2023, https://arxiv.org/abs/2310.05209).", ""]
-    lines += _md_table(REC_HEAD, [r[:1] + [f"`{r[1]}`"] + r[2:] for r in _rec_rows(d, short=False)])
+    lines += _md_table(_rec_head(d), [r[:1] + [f"`{r[1]}`"] + r[2:] for r in _rec_rows(d, short=False)])
     lines += ["", "## Why", ""] + [f"- **{r['method']}** `{_short(r['spec'], 40)}`: {r['rationale']}"
                                    for r in d["recommendations"]]
     if d["skipped"]:
