@@ -4,7 +4,9 @@ Steps (each writes into its own folder under --out; the whole run resumes with -
 1. plan: the theory for a 2x target (critical dimension, predicted reach per method, plan.png);
 2. eval: default RoPE vs training-free scaling methods, long-document perplexity per 2k bucket on a held-out
    book and passkey retrieval past the window, with plots;
-3. summary.md that puts both side by side.
+3. plan_check.md: step 1's predicted reach per spec against where step 2's perplexity curve breaks (and calibrated
+   by the default's break);
+4. summary.md that puts them side by side.
 """
 
 from __future__ import annotations
@@ -51,20 +53,59 @@ def run(args: argparse.Namespace) -> int:
     print(f"[3/3] passkey at {args.passkey_length} tokens, depths {args.depths}", flush=True)
     run_eval(args.model, specs, ["passkey"], [args.passkey_length], depths=args.depths, samples=1,
              out=out / "passkey", resume=args.resume, command="ctxext demo")
+    check = plan_check(out, args.model, specs, args.ppl_length)
+    print(check)
+    (out / "plan_check.md").write_text(check + "\n")
     (out / "summary.md").write_text(summary(out, time.time() - t0))
     print(f"done in {time.time() - t0:.0f} s: {out / 'summary.md'}")
     return 0
 
 
+def plan_check(out: Path, model: str, specs: list[str], length: int) -> str:
+    """Step 1's predicted reach per spec against where step 2's perplexity curve first passes 2x its in-window value,
+    and the prediction calibrated by default RoPE's measured break (`ctxext plan --calibrate`, here for free: the
+    default's curve is already measured)."""
+    from ..errors import CtxextError
+    from ..evals.files import curve_path, load_array
+    from ..evals.reach import ppl_break
+    from ..models import model_info
+    from ..scaling import parse_spec
+    from ..theory import Calibration, predicted_reach
+
+    shape = model_info(model).rope_shape
+    rows = {}
+    for s in specs:
+        curve = load_array(curve_path(out / "ppl", "ppl", s, length))
+        try:
+            pred = predicted_reach(parse_spec(s), shape)
+        except CtxextError:  # not a RoPE spec (self-extend, streaming): the planner gives it no reach
+            pred = None
+        rows[s] = (pred, ppl_break(curve[1:], shape.original_len) if curve is not None else None)
+    d = rows.get("default")
+    cal = Calibration(d[0].tokens, d[1].reach, False) if d and d[0] and d[1] and not d[1].censored else None
+    lines = [f"Predicted reach (step 1) vs measured: the first position where perplexity passes 2x its in-window "
+             f"value on the {length:,}-token curve of step 2 (buckets of {shape.original_len // 8:,} tokens; ≥: held "
+             "to the end of the curve)." + (f" Calibrated: the prediction times default RoPE's measured / predicted "
+                                           f"({cal.tolerance:.2f})." if cal else ""), "",
+             "| spec | predicted reach | measured | measured / predicted | calibrated |", "|---|---:|---:|---:|---:|"]
+    for s, (pred, brk) in rows.items():
+        p = "–" if pred is None else ("no limit" if pred.capped else f"{pred.tokens:,.0f}")
+        m = "–" if brk is None else (f"≥ {brk.length:,}" if brk.censored else f"{brk.reach:,.0f}")
+        ratio = f"{brk.reach / pred.tokens:.2f}" if pred and brk and not brk.censored and not pred.capped else "–"
+        c = f"{cal.reach(pred.tokens):,.0f}" if cal and pred and not pred.capped and s != "default" else "–"
+        lines.append(f"| `{s}` | {p} | {m} | {ratio} | {c} |")
+    return "\n".join(lines)
+
+
 def summary(out: Path, seconds: float) -> str:
     parts = [f"# ctxext demo ({seconds / 60:.1f} min)\n"]
-    for name, title in (("plan", "Plan"), ("ppl", "Perplexity"), ("passkey", "Passkey")):
-        md = out / name / "summary.md"
+    for name, title in (("plan", "Plan"), ("ppl", "Perplexity"), ("", "Plan vs measurement"), ("passkey", "Passkey")):
+        md = out / name / "summary.md" if name else out / "plan_check.md"
         body = md.read_text() if md.is_file() else "(missing)\n"
         # headings and image links of the part's own summary are relative to its folder; the images are linked below
         keep = [l for l in body.splitlines() if not l.startswith(("# ", "!["))]
         parts.append(f"## {title}\n\n" + "\n".join(keep) + "\n")
-        for png in sorted((out / name).glob("*.png")):
+        for png in sorted((out / name).glob("*.png")) if name else []:
             parts.append(f"![{png.stem}]({name}/{png.name})\n")
     meta = json.loads((out / "ppl" / "results.json").read_text()).get("meta", {}) if (out / "ppl" / "results.json").is_file() else {}
     if meta:
