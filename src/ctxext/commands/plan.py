@@ -1,7 +1,7 @@
 """theory: how far a RoPE model reaches, and which method and parameters reach a target length.
 
-Reads only the model's config (no weights): critical dimension, extrapolation limit 2π·b^(d_extra/d),
-critical base for the target, per-pair wavelengths, and one recommendation per scaling method with
+Reads only the model's config (no weights; --calibrate below is the exception): critical dimension,
+extrapolation limit 2π·b^(d_extra/d), critical base for the target, per-pair wavelengths, and one recommendation per scaling method with
 its predicted reach (Liu et al. 2023, https://arxiv.org/abs/2310.05209). With --out DIR it writes
 results.json, summary.md and plan.png.
 
@@ -85,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
     data = {"model": getattr(info, "name", args.model), "head_dim": head_dim, **p.to_dict()}
     if args.calibrate:
         add_calibration(data, calibrate(args, info, shape))
-    elif args.data or args.calibrate_len:
-        raise CtxextError("--data and --calibrate-len only take effect with --calibrate")
+    elif args.data or args.calibrate_len or args.calibrate_windows != 1:
+        raise CtxextError("--data, --calibrate-len and --calibrate-windows only take effect with --calibrate")
     if args.json:
         json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -121,8 +121,9 @@ def calibrate(args: argparse.Namespace, info: Any, shape: Any) -> dict[str, Any]
     brk, doc = measure_break(lm, data, length, shape.original_len, args.calibrate_windows)
     pred = predicted_reach(parse_spec("default"), shape).tokens
     cal = Calibration(pred, brk.reach, brk.censored)
-    return {"data": doc, "length": length, "windows": args.calibrate_windows, "predicted": pred, "measured": brk.reach, "censored": brk.censored,
-            "in_window_ppl": round(brk.in_window_ppl, 3), "tolerance": round(cal.tolerance, 4)}
+    return {"data": doc, "length": length, "windows": args.calibrate_windows, "predicted": pred,
+            "measured": brk.reach, "censored": brk.censored, "in_window_ppl": round(brk.in_window_ppl, 3),
+            "tolerance": round(cal.tolerance, 4)}
 
 
 def add_calibration(data: dict[str, Any], cal: dict[str, Any]) -> None:
