@@ -318,9 +318,16 @@ def speed_ordering_note(full: dict[str, tuple[int, float]], quick: dict[str, tup
 
 def train_speed_lines(tr: dict) -> list[str]:
     """One row per run, and ctxext / naive ratios where both were measured at a length in the same run."""
-    lines = [f"Training {tr['meta']['model']} (full fine-tuning, `{tr['meta']['scaling']}`; "
-             f"{_machine(tr['meta'].get('machine'))}; `benchmarks/train_speed.py`):", "",
-             "| length | run | tokens/s | peak memory | ctxext's estimate | useful FLOP/s ÷ matmul rate |",
+    meta = tr["meta"]
+    peak = meta.get("peak_bf16_flops")  # set on a GPU: the last column is then model FLOPs utilisation
+    model = meta["model"]
+    if "random" in Path(model).name:  # the GPU speed model (benchmarks/gpu_carry.py init): say what it is
+        model = f"SmolLM2-135M's shape with random weights (`{model}`)"
+    where = _machine(meta.get("machine")) + (f", {meta['device']}" if meta.get("device", "cpu") != "cpu" else "")
+    lines = [f"Training {model} (full fine-tuning, `{meta['scaling']}`{', bf16 autocast' if peak else ''}; "
+             f"{where}; `benchmarks/train_speed.py`):", "",
+             "| length | run | tokens/s | peak memory | ctxext's estimate | "
+             + (f"MFU (bf16 dense peak {peak / 1e12:.0f} TFLOP/s) |" if peak else "useful FLOP/s ÷ matmul rate |"),
              "|---:|---|---:|---:|---:|---:|"]
     pairs = {v: naive_ratios(tr, v) for v in ("naive", "naive-ckpt")}
     for length in sorted({r["length"] for r in tr["runs"]}):
@@ -329,7 +336,7 @@ def train_speed_lines(tr: dict) -> list[str]:
             if "tokens_per_second" not in r:
                 lines.append(f"| {length:,} | {_variant(r)} | – | {r['error']} | – | – |")
                 continue
-            est, frac = r.get("memory_estimate_gib"), r.get("fraction_of_matmul_rate")
+            est, frac = r.get("memory_estimate_gib"), r.get("mfu" if peak else "fraction_of_matmul_rate")
             lines.append(f"| {length:,} | {_variant(r)} | {r['tokens_per_second']:.1f} | {r['peak_memory_gib']:.2f} GiB "
                          f"| {'–' if est is None else f'{est:.2f} GiB'} | {'–' if frac is None else f'{frac:.2f}'} |")
         for v, ratio in pairs.items():
@@ -342,7 +349,8 @@ def train_speed_lines(tr: dict) -> list[str]:
                                                 if r.get("run") == run)) for run in runs]
         lines += ["", f"Rows from {len(runs)} runs: " + "; ".join(said) + "."]
     rates = sorted({round(r["fp32_matmul_flops"] / 1e9) for r in tr["runs"] if r.get("fp32_matmul_flops")})
-    lines += ["", "tokens/s over the steps after the first; peak memory is the process's peak RSS after loading the "
+    lines += ["", "tokens/s over the steps after the first; peak memory is "
+              + ("torch.cuda.max_memory_allocated" if peak else "the process's peak RSS") + " after loading the "
               "model; useful work is 6·N + 12·layers·hidden·T FLOPs per token (recomputation not counted)"
               + (f", against the fp32 matmul rate measured in the same run ({'/'.join(map(str, rates))} GFLOP/s)"
                  if rates else "") + ". The naive loop is `model(input_ids=x, labels=x).loss.backward()` with torch's "
@@ -387,6 +395,59 @@ def train_memory_lines(tm: dict) -> list[str]:
     return lines
 
 
+GPU = "nvidia-h200"  # the lent device's results (benchmarks/gpu_run.sh): train_speed-<GPU>*.json, eval-<GPU>.json
+
+
+def profile_figures(text: str) -> dict[str, float]:
+    """From a benchmarks/profile_train_step.py table: steps, wall s/step, device s/step (the table's own kernel
+    total, which counts each kernel once), kernel launches/step."""
+    steps, wall = re.match(r"(\d+) optimizer steps profiled: wall ([\d.]+) s", text).groups()
+    value, unit = re.search(r"Self CUDA time total: ([\d.]+)(ms|us|s)", text).groups()
+    device = float(value) / {"s": 1, "ms": 1e3, "us": 1e6}[unit]
+    launches = sum(int(m) for m in re.findall(r"^\s*(?:cudaLaunchKernel|cuLaunchKernelEx)\s.*?(\d+)\s*$",
+                                               text.split("by device time:")[0], re.M))
+    n = int(steps)
+    return {"steps": n, "wall": float(wall), "device": device / n, "launches": launches / n}
+
+
+def gpu_speed_lines() -> list[str]:
+    """The GPU training table, the same lengths from the lease's shorter first run (how far 2 timed steps wander),
+    and what the eval path took there."""
+    tr = _load(RES / f"train_speed-{GPU}.json")
+    if not tr:
+        return []
+    lines = train_speed_lines(tr)
+    first = _load(RES / f"train_speed-{GPU}-3steps.json")
+    if first:
+        ours = {r["length"]: r for r in first["runs"] if not r["extra"] and "tokens_per_second" in r}
+        lines += ["", f"The same lease's first run ({first['meta']['steps']} steps, so 2 timed; "
+                  f"`train_speed-{GPU}-3steps.json`) gave ctxext " + ", ".join(
+                      f"{r['tokens_per_second']:,.0f} tokens/s at {L:,} (steps {', '.join(f'{x:.2f}' for x in r['step_seconds'])} s)"
+                      for L, r in sorted(ours.items())) + ": one slow step halves a short run's figure, hence the "
+                  f"{tr['meta']['steps']}-step run above."]
+    profiles = sorted((int(f.stem.rsplit("-", 1)[1]), profile_figures(f.read_text()))
+                      for f in (RES / "gpu_logs").glob("profile_train_step-*.txt"))
+    if profiles:
+        lines += ["", "Where a ctxext step's time goes (`benchmarks/profile_train_step.py`, torch.profiler over "
+                  f"{profiles[0][1]['steps']:.0f} steps, `gpu_logs/profile_train_step-*.txt`): " + "; ".join(
+                      f"at {L:,} the GPU is busy {p['device']:.3f} s of a {p['wall']:.3f} s step "
+                      f"({p['device'] / p['wall']:.0%}, {p['launches']:,.0f} kernel launches a step)"
+                      for L, p in profiles)
+                  + ". The profiler slows the host, so its wall times are above the table's: a short row's step is "
+                  "bound by launching kernels (checkpointed layers and LM-head chunks launch each again in the "
+                  "backward), a long row's by the GPU, where ctxext's cost over the naive loop is the recomputation "
+                  "that buys its memory (the naive loop with transformers' checkpointing runs at about the same speed)."]
+    ev = _load(RES / f"eval-{GPU}.json")
+    if ev:
+        cells = [t for t in ev["meta"]["timings"] if t["seconds"] > 0.1]  # a prefix scored inside a longer forward costs ~0
+        lines += ["", "`ctxext eval --device cuda` on the same model (fp32 weights, the default dtype; "
+                  f"`eval-{GPU}.json`): " + "; ".join(
+                      f"{t['task']} at {t['length']:,} tokens {t['seconds']:.1f} s (estimate {t['estimated_seconds']:.1f} s)"
+                      for t in sorted(cells, key=lambda t: (t["task"] != "ppl", t["length"])))
+                  + ". Random weights: only the times mean anything."]
+    return lines
+
+
 def speed_section() -> str:
     lines = []
     ev, tr = _load(RES / "eval_speed.json"), _load(RES / "train_speed-cpu.json")
@@ -423,6 +484,8 @@ def speed_section() -> str:
     tm = _load(RES / "train_memory-cpu.json")
     if tm:
         lines += [""] + train_memory_lines(tm)
+    if gpu := gpu_speed_lines():
+        lines += [""] + gpu
     return "\n".join(lines) or "(no speed results yet)"
 
 

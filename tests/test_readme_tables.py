@@ -158,6 +158,35 @@ def test_train_speed_ratio_only_within_one_run():
            "old (8,192 ctxext (gradient checkpointing, chunked loss))." in text
 
 
+def test_train_speed_on_a_gpu_reports_mfu_and_cuda_memory():
+    meta = {"model": "/tmp/smollm2-random", "scaling": "yarn:factor=8", "machine": {"cpu_count": 16},
+            "device": "NVIDIA H200", "peak_bf16_flops": 989.4e12}
+    runs = [{"length": 8192, "extra": [], "run": "A", "tokens_per_second": 30000.0, "peak_memory_gib": 3.0,
+             "memory_estimate_gib": 4.0, "mfu": 0.081},
+            {"length": 8192, "extra": ["naive"], "run": "A", "tokens_per_second": 60000.0, "peak_memory_gib": 12.0,
+             "mfu": 0.162}]
+    lines = readme.train_speed_lines({"meta": meta, "runs": runs})
+    text = "\n".join(lines)
+    assert "SmolLM2-135M's shape with random weights (`/tmp/smollm2-random`)" in text and "NVIDIA H200" in text
+    assert "| MFU (bf16 dense peak 989 TFLOP/s) |" in lines[2]
+    assert "| 8,192 | ctxext (gradient checkpointing, chunked loss) | 30000.0 | 3.00 GiB | 4.00 GiB | 0.08 |" in lines
+    assert "| 8,192 | **ratio** ctxext / naive transformers loop (same run) | **0.50×** | **0.25×** | | |" in lines
+    assert "torch.cuda.max_memory_allocated" in text and "peak RSS" not in text
+
+
+def test_profile_figures_count_each_kernel_once():
+    rows = ("-" * 40 + "\n        Name   Self CPU %   # of Calls\n" + "-" * 40 + "\n"
+            "                                       cudaLaunchKernel        11.76%     136.204ms      15000  \n"
+            "                                       cuLaunchKernelEx         2.82%      32.702ms       3000  \n"
+            "                                               aten::mm        13.14%     152.121ms       2616  \n")
+    text = ("3 optimizer steps profiled: wall 0.4536 s each, device busy 0.2077 s each\n\nby self CPU time:\n"
+            + rows + "Self CUDA time total: 299.505ms\n\nby device time:\n" + rows + "Self CUDA time total: 299.505ms\n")
+    f = readme.profile_figures(text)
+    assert f["steps"] == 3 and f["wall"] == 0.4536
+    assert f["device"] == pytest.approx(0.299505 / 3)  # the table's total, not the header's double count
+    assert f["launches"] == 6000  # (15 000 + 3 000) / 3, from the first table only
+
+
 def _speed_pair(eval_ratio: tuple[float, float], train_ratio: tuple[float, float], length: int) -> tuple[dict, dict]:
     ev = {"length": length, "ppl": {"ours": {"tokens_per_s": 100.0 * eval_ratio[0], "process_peak_mb": 1000.0 * eval_ratio[1]},
                                     "naive": {"tokens_per_s": 100.0, "process_peak_mb": 1000.0}}}
