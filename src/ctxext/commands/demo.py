@@ -99,14 +99,17 @@ def plan_check(out: Path, model: str, specs: list[str], length: int) -> str:
 
 def summary(out: Path, seconds: float) -> str:
     parts = [f"# ctxext demo ({seconds / 60:.1f} min)\n"]
-    for name, title in (("plan", "Plan"), ("ppl", "Perplexity"), ("", "Plan vs measurement"), ("passkey", "Passkey")):
-        md = out / name / "summary.md" if name else out / "plan_check.md"
+    # each section: its markdown, and the folder whose plots follow it (none for the plan check)
+    sections = (("Plan", "plan/summary.md", "plan"), ("Perplexity", "ppl/summary.md", "ppl"),
+                ("Plan vs measurement", "plan_check.md", None), ("Passkey", "passkey/summary.md", "passkey"))
+    for title, path, plots in sections:
+        md = out / path
         body = md.read_text() if md.is_file() else "(missing)\n"
         # headings and image links of the part's own summary are relative to its folder; the images are linked below
         keep = [l for l in body.splitlines() if not l.startswith(("# ", "!["))]
         parts.append(f"## {title}\n\n" + "\n".join(keep) + "\n")
-        for png in sorted((out / name).glob("*.png")) if name else []:
-            parts.append(f"![{png.stem}]({name}/{png.name})\n")
+        for png in sorted((out / plots).glob("*.png")) if plots else []:
+            parts.append(f"![{png.stem}]({plots}/{png.name})\n")
     meta = json.loads((out / "ppl" / "results.json").read_text()).get("meta", {}) if (out / "ppl" / "results.json").is_file() else {}
     if meta:
         parts.append(f"\nversions: {json.dumps({k: meta[k] for k in ('ctxext', 'torch', 'transformers') if k in meta})}\n")

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     head_dim = getattr(info, "head_dim", None) or _head_dim(info.config) or shape.rotary_dim
     data = {"model": getattr(info, "name", args.model), "head_dim": head_dim, **p.to_dict()}
     if args.calibrate:
-        add_calibration(data, calibrate(args, info, shape))
+        add_calibration(data, *calibrate(args, info, shape))
     elif args.data or args.calibrate_len or args.calibrate_windows != 1:
         raise CtxextError("--data, --calibrate-len and --calibrate-windows only take effect with --calibrate")
     if args.json:
@@ -97,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def calibrate(args: argparse.Namespace, info: Any, shape: Any) -> dict[str, Any]:
-    """Measure the default RoPE's break point (the model as trained; --base does not apply) on the given text."""
+def calibrate(args: argparse.Namespace, info: Any, shape: Any) -> tuple[Any, dict[str, Any]]:
+    """Measure the default RoPE's break point (the model as trained; --base does not apply) on the given text;
+    -> (the Calibration, its record for results.json)."""
     from ..evals.cost import ModelCost, fmt_seconds, matmul_rate
     from ..evals.reach import measure_break
     from ..fixtures import HELD_OUT_BOOK, books_dir
@@ -121,19 +122,16 @@ def calibrate(args: argparse.Namespace, info: Any, shape: Any) -> dict[str, Any]
     brk, doc = measure_break(lm, data, length, shape.original_len, args.calibrate_windows)
     pred = predicted_reach(parse_spec("default"), shape).tokens
     cal = Calibration(pred, brk.reach, brk.censored)
-    return {"data": doc, "length": length, "windows": args.calibrate_windows, "predicted": pred,
+    return cal, {"data": doc, "length": length, "windows": args.calibrate_windows, "predicted": pred,
             "measured": brk.reach, "censored": brk.censored, "in_window_ppl": round(brk.in_window_ppl, 3),
             "tolerance": round(cal.tolerance, 4)}
 
 
-def add_calibration(data: dict[str, Any], cal: dict[str, Any]) -> None:
+def add_calibration(data: dict[str, Any], cal: Any, record: dict[str, Any]) -> None:
     """Each recommendation's reach carried by the measured tolerance; a lower bound when the default held."""
-    from ..theory import Calibration
-
-    c = Calibration(cal["predicted"], cal["measured"], cal["censored"])
-    data["calibration"] = cal
+    data["calibration"] = record
     for r in data["recommendations"]:
-        r["calibrated_reach"] = None if r["reach_capped"] else round(c.reach(r["predicted_reach"]))
+        r["calibrated_reach"] = None if r["reach_capped"] else round(cal.reach(r["predicted_reach"]))
 
 
 def _head_dim(cfg: dict[str, Any]) -> int | None:
