@@ -10,6 +10,9 @@ call. Throughput is reported as tokens/s and as a fraction of this machine's mea
 model's forward FLOPs (ctxext.evals.cost). The machine's load average is recorded before and after each
 measurement: other processes on the same cores slow everything down.
 
+--device cuda: the ppl part on a GPU (fp32 weights; tokens/s against the fp32 matmul rate measured on that GPU,
+peak memory torch.cuda.max_memory_allocated), written to eval_speed-<gpu>.json; the reuse grid is skipped.
+
 --quick: ppl at 4 096 tokens and the reuse grid at 1 024 tokens over 3 depths x 2 trials (a few minutes), written to
 eval_speed_quick.json; the README checks that it orders ctxext and the naive loop as the full run does.
 """
@@ -69,24 +72,33 @@ def worker_ppl(args) -> dict:
     from ctxext.evals.scoring import token_nll
     from ctxext.models import load_model
 
-    lm = load_model(args.model)
+    cuda = args.device.startswith("cuda")
+    lm = load_model(args.model, device=args.device)
     ids = book_tokens(lm.tokenizer, args.length)
     load_peak = status_kb("VmHWM")
     base_rss = status_kb("VmRSS")
     reset_peak()
+    if cuda:  # on a GPU the figure is the device's memory (the weights are there), not the host's
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        weights = torch.cuda.memory_allocated()
     t = time.perf_counter()
     with torch.inference_mode():
         if args.worker == "ours":
-            nll = token_nll(lm.model, ids)
+            nll = token_nll(lm.model, ids)  # returns on the host: the forward has finished
             loss = float(np.mean(nll))
         else:
-            x = torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]
+            x = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=args.device)[None]
             loss = float(lm.model(input_ids=x, labels=x).loss)
     seconds = time.perf_counter() - t
     fwd_peak = status_kb("VmHWM")
-    return {"seconds": seconds, "tokens_per_s": args.length / seconds, "loss": loss,
-            "process_peak_mb": max(load_peak, fwd_peak) / 1024, "forward_peak_mb": fwd_peak / 1024,
-            "rss_before_mb": base_rss / 1024}
+    out = {"seconds": seconds, "tokens_per_s": args.length / seconds, "loss": loss,
+           "process_peak_mb": max(load_peak, fwd_peak) / 1024, "forward_peak_mb": fwd_peak / 1024,
+           "rss_before_mb": base_rss / 1024}
+    if cuda:
+        out.update(device_peak_mb=torch.cuda.max_memory_allocated() / 2**20,
+                   device_forward_mb=(torch.cuda.max_memory_allocated() - weights) / 2**20)
+    return out
 
 
 def worker_reuse(args) -> dict:
@@ -135,7 +147,8 @@ def worker_rate(args) -> dict:
 
     from ctxext.evals.cost import measure_matmul_rate
 
-    return {"fp32_matmul_flops": measure_matmul_rate(torch.float32, seconds=3.0), "threads": torch.get_num_threads()}
+    return {"fp32_matmul_flops": measure_matmul_rate(torch.float32, device=args.device, seconds=3.0),
+            "threads": torch.get_num_threads()}
 
 
 WORKERS = {"ours": worker_ppl, "naive": worker_ppl, "reuse": worker_reuse, "rate": worker_rate}
@@ -147,7 +160,7 @@ WORKERS = {"ours": worker_ppl, "naive": worker_ppl, "reuse": worker_reuse, "rate
 def spawn(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--model", args.model, "--length", str(args.length),
            "--reuse-length", str(args.reuse_length), "--depths", args.depths, "--trials", str(args.trials),
-           "--rounds", str(args.rounds)]
+           "--rounds", str(args.rounds), "--device", args.device]
     load_before = os.getloadavg()[0]
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -170,6 +183,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating reuse/independent rounds (best of each)")
     ap.add_argument("--repeats", type=int, default=1, help="ours/naive pairs (best of each is reported)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: ppl, reuse")
+    ap.add_argument("--device", default="cpu", help="cuda: the ppl part on a GPU (peak memory is then the "
+                    "device's, torch.cuda.max_memory_allocated; the reuse grid stays a CPU measurement)")
     ap.add_argument("--out", default=str(HERE / "results" / "eval_speed.json"))
     ap.add_argument("--quick", action="store_true", help="short lengths, a few minutes; writes eval_speed_quick.json")
     ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
@@ -190,6 +205,12 @@ def main() -> None:
     from ctxext.models import model_info
 
     skip = set(filter(None, args.skip.split(",")))
+    device = "cpu"
+    if args.device != "cpu":  # the reuse grid is a CPU measurement (its fused branch attention is CPU-only)
+        skip.add("reuse")
+        device = torch.cuda.get_device_name(0)
+        if args.out == ap.get_default("out"):  # never over the CPU run's figures
+            args.out = str(HERE / "results" / f"eval_speed-{device.replace(' ', '-').lower()}.json")
     info = model_info(args.model)
     mc = ModelCost.of(info)
     report: dict = {
@@ -197,6 +218,7 @@ def main() -> None:
         "model": args.model, "length": args.length, "quick": args.quick,
         "versions": {"ctxext": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "device": device,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     print(f"eval_speed: {args.model}, ppl at {args.length} tokens, reuse at {args.reuse_length}", file=sys.stderr)
@@ -219,6 +241,9 @@ def main() -> None:
             "loss_abs_diff": abs(best_o["loss"] - best_n["loss"]),
             "memory_limit_mb": 2048, "memory_ok": best_o["process_peak_mb"] <= 2048,
         }
+        if device != "cpu":  # the host's peak then says little: the device's is the figure to compare
+            report["ppl"].update(memory_limit_mb=None, memory_ok=None,
+                                 device_peak_ratio=best_o["device_peak_mb"] / best_n["device_peak_mb"])
     if "reuse" not in skip:
         report["prefix_reuse"] = {"date": report["date"], **spawn("reuse", args)}
     out = Path(args.out)

@@ -3,10 +3,11 @@
 # pack`; then the device tool: run(carry=[".gpu"], command="bash benchmarks/gpu_run.sh", timeout_s=540)).
 # SmolLM2-135M's shape with random weights (speed and memory do not depend on the values):
 #   1. ctxext train vs the naive transformers loop at 8k / 16k / 32k / 64k (bf16 autocast, SDPA/flash), with MFU;
-#   2. ctxext eval --device cuda at 16k / 64k (the eval path on a GPU; random weights: the values mean nothing).
+#   2. eval ppl vs the naive loop at 64k (benchmarks/eval_speed.py --device cuda);
+#   3. ctxext eval --device cuda at 16k / 64k (the eval path on a GPU; random weights: the values mean nothing).
 # Everything lands in $OUT (at most 8 files come back). LENGTHS / VARIANTS / EVAL_LENGTHS / DEVICE change the
 # run. Back here: train_speed-gpu.json -> benchmarks/results/train_speed-<gpu>.json (e.g. nvidia-h200),
-# eval-gpu.json -> benchmarks/results/eval-<gpu>.json, then benchmarks/readme.py.
+# eval_speed-gpu.json -> eval_speed-<gpu>.json, eval-gpu.json -> benchmarks/results/eval-<gpu>.json, then benchmarks/readme.py.
 # A CPU rehearsal: DEVICE=cpu LENGTHS=1024 VARIANTS=naive@1024 EVAL_LENGTHS=1024 STEPS=3 bash benchmarks/gpu_run.sh
 set -uo pipefail
 OUT=${OUT:-runs/gpu}
@@ -29,6 +30,10 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-', 'transforme
   $PY benchmarks/train_speed.py --model "$model" --lengths "$LENGTHS" --steps "$STEPS" --variants "$VARIANTS" \
     --out "$OUT/train_speed-gpu.json"
   echo "train_speed: $((SECONDS - t0)) s"
+  t0=$SECONDS
+  $PY benchmarks/eval_speed.py --model "$model" --device "$DEVICE" --length "${EVAL_LENGTHS##*,}" --repeats 2 --skip reuse \
+    --out "$OUT/eval_speed-gpu.json"
+  echo "eval_speed: $((SECONDS - t0)) s"
   t0=$SECONDS
   rm -rf /tmp/gpu-eval
   $PY -m ctxext.cli eval --model "$model" --device "$DEVICE" --scaling yarn:factor=8 --task ppl --task passkey \

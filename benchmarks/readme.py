@@ -437,6 +437,14 @@ def gpu_speed_lines() -> list[str]:
                   "bound by launching kernels (checkpointed layers and LM-head chunks launch each again in the "
                   "backward), a long row's by the GPU, where ctxext's cost over the naive loop is the recomputation "
                   "that buys its memory (the naive loop with transformers' checkpointing runs at about the same speed)."]
+    es = _load(RES / f"eval_speed-{GPU}.json")
+    if es and "ppl" in es:
+        o, n = es["ppl"]["ours"], es["ppl"]["naive"]
+        lines += ["", f"Eval, `ppl` at {es['length']:,} tokens on the GPU (`benchmarks/eval_speed.py --device cuda`, fp32 "
+                  f"weights, same run): ctxext {o['tokens_per_s']:,.0f} tokens/s, device peak "
+                  f"{o['device_peak_mb'] / 1024:.2f} GiB; naive loop {n['tokens_per_s']:,.0f} tokens/s, "
+                  f"{n['device_peak_mb'] / 1024:.2f} GiB; ratio **{o['tokens_per_s'] / n['tokens_per_s']:.2f}×** "
+                  f"tokens/s, **{o['device_peak_mb'] / n['device_peak_mb']:.2f}×** memory."]
     ev = _load(RES / f"eval-{GPU}.json")
     if ev:
         cells = [t for t in ev["meta"]["timings"] if t["seconds"] > 0.1]  # a prefix scored inside a longer forward costs ~0

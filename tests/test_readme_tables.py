@@ -174,6 +174,19 @@ def test_train_speed_on_a_gpu_reports_mfu_and_cuda_memory():
     assert "torch.cuda.max_memory_allocated" in text and "peak RSS" not in text
 
 
+def test_gpu_eval_speed_line_gives_the_same_run_ratios(tmp_path, monkeypatch):
+    monkeypatch.setattr(readme, "RES", tmp_path)
+    (tmp_path / f"train_speed-{readme.GPU}.json").write_text(json.dumps({
+        "meta": {"model": "m", "scaling": "yarn:factor=8", "device": "NVIDIA H200", "peak_bf16_flops": 989.4e12},
+        "runs": []}))
+    (tmp_path / f"eval_speed-{readme.GPU}.json").write_text(json.dumps({"length": 65536, "ppl": {
+        "ours": {"tokens_per_s": 20000.0, "device_peak_mb": 1024.0},
+        "naive": {"tokens_per_s": 25000.0, "device_peak_mb": 16384.0}}}))
+    text = "\n".join(readme.gpu_speed_lines())
+    assert "`ppl` at 65,536 tokens on the GPU" in text
+    assert "ratio **0.80×** tokens/s, **0.06×** memory" in text
+
+
 def test_profile_figures_count_each_kernel_once():
     rows = ("-" * 40 + "\n        Name   Self CPU %   # of Calls\n" + "-" * 40 + "\n"
             "                                       cudaLaunchKernel        11.76%     136.204ms      15000  \n"
