@@ -337,7 +337,7 @@ def train_speed_lines(tr: dict) -> list[str]:
                 lines.append(f"| {length:,} | {_variant(r)} | – | {r['error']} | – | – |")
                 continue
             est, frac = r.get("memory_estimate_gib"), r.get("mfu" if peak else "fraction_of_matmul_rate")
-            lines.append(f"| {length:,} | {_variant(r)} | {r['tokens_per_second']:.1f} | {r['peak_memory_gib']:.2f} GiB "
+            lines.append(f"| {length:,} | {_variant(r)} | {_fmt(r['tokens_per_second'])} | {r['peak_memory_gib']:.2f} GiB "
                          f"| {'–' if est is None else f'{est:.2f} GiB'} | {'–' if frac is None else f'{frac:.2f}'} |")
         for v, ratio in pairs.items():
             if length in ratio:

@@ -169,7 +169,7 @@ def test_train_speed_on_a_gpu_reports_mfu_and_cuda_memory():
     text = "\n".join(lines)
     assert "SmolLM2-135M's shape with random weights (`/tmp/smollm2-random`)" in text and "NVIDIA H200" in text
     assert "| MFU (bf16 dense peak 989 TFLOP/s) |" in lines[2]
-    assert "| 8,192 | ctxext (gradient checkpointing, chunked loss) | 30000.0 | 3.00 GiB | 4.00 GiB | 0.08 |" in lines
+    assert "| 8,192 | ctxext (gradient checkpointing, chunked loss) | 30,000 | 3.00 GiB | 4.00 GiB | 0.08 |" in lines
     assert "| 8,192 | **ratio** ctxext / naive transformers loop (same run) | **0.50×** | **0.25×** | | |" in lines
     assert "torch.cuda.max_memory_allocated" in text and "peak RSS" not in text
 
