@@ -423,7 +423,7 @@ def gpu_speed_lines() -> list[str]:
         lines += ["", f"The same lease's first run ({first['meta']['steps']} steps, so 2 timed; "
                   f"`train_speed-{GPU}-3steps.json`) gave ctxext " + ", ".join(
                       f"{r['tokens_per_second']:,.0f} tokens/s at {L:,} (steps {', '.join(f'{x:.2f}' for x in r['step_seconds'])} s)"
-                      for L, r in sorted(ours.items())) + ": one slow step halves a short run's figure, hence the "
+                      for L, r in sorted(ours.items())) + ": with 2 timed steps one slow step skews the figure, hence the "
                   f"{tr['meta']['steps']}-step run above."]
     profiles = sorted((int(f.stem.rsplit("-", 1)[1]), profile_figures(f.read_text()))
                       for f in (RES / "gpu_logs").glob("profile_train_step-*.txt"))
