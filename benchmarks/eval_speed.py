@@ -96,8 +96,8 @@ def worker_ppl(args) -> dict:
            "process_peak_mb": max(load_peak, fwd_peak) / 1024, "forward_peak_mb": fwd_peak / 1024,
            "rss_before_mb": base_rss / 1024}
     if cuda:
-        out.update(device_peak_mb=torch.cuda.max_memory_allocated() / 2**20,
-                   device_forward_mb=(torch.cuda.max_memory_allocated() - weights) / 2**20)
+        peak = torch.cuda.max_memory_allocated()
+        out.update(device_peak_mb=peak / 2**20, device_forward_mb=(peak - weights) / 2**20)
     return out
 
 
@@ -210,7 +210,9 @@ def main() -> None:
         skip.add("reuse")
         device = torch.cuda.get_device_name(0)
         if args.out == ap.get_default("out"):  # never over the CPU run's figures
-            args.out = str(HERE / "results" / f"eval_speed-{device.replace(' ', '-').lower()}.json")
+            from ctxext.runinfo import device_slug
+
+            args.out = str(HERE / "results" / f"eval_speed-{device_slug(device)}.json")
     info = model_info(args.model)
     mc = ModelCost.of(info)
     report: dict = {

@@ -153,8 +153,9 @@ def run_one(model: str, scaling: str, length: int, steps: int, extra: list[str],
 
 def results_path(device: str, quick: bool) -> Path:
     """Where a run on this device writes; --quick keeps its own file, so it never replaces the full run's rows."""
-    slug = "cpu" if device == "cpu" else device.replace(" ", "-").lower()
-    return ROOT / "benchmarks" / "results" / f"train_speed-{slug}{'-quick' if quick else ''}.json"
+    from ctxext.runinfo import device_slug
+
+    return ROOT / "benchmarks" / "results" / f"train_speed-{device_slug(device)}{'-quick' if quick else ''}.json"
 
 
 def main() -> None:

@@ -23,6 +23,11 @@ def machine() -> dict[str, object]:
             "cpu_count": os.cpu_count()}
 
 
+def device_slug(device: str) -> str:
+    """A device's name as it goes into a results file name: "NVIDIA H200" -> "nvidia-h200", "cpu" -> "cpu"."""
+    return device.replace(" ", "-").lower()
+
+
 def override_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace, values: dict[str, object]) -> None:
     """Set each option in values that was left at its default (a benchmark's --quick), keeping those the user gave."""
     for key, value in values.items():
