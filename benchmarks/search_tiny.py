@@ -25,20 +25,11 @@ import sys
 import time
 from pathlib import Path
 
+from train_tiny import held_out_windows  # a sibling script: the same held-out documents as the training benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "search_tiny_rope"
 MODEL, TARGET, WINDOW = "tiny-rope", 1024, 256
-
-
-def held_out_windows(path: Path, n: int, chars: int = 6000) -> str:
-    from ctxext.data import strip_gutenberg
-    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
-
-    text = strip_gutenberg((books_dir() / HELD_OUT_BOOK).read_text(encoding="utf-8"))
-    if n * chars > len(text):
-        raise SystemExit(f"the held-out book has {len(text)} characters, fewer than {n} x {chars}")
-    path.write_text("".join(json.dumps({"text": text[i * chars:(i + 1) * chars]}) + "\n" for i in range(n)))
-    return str(path)
 
 
 def main() -> int:

@@ -20,13 +20,7 @@ from ctxext.fixtures import HELD_OUT_BOOK, books_dir
 RECORD_KEYS = {"model", "scaling", "task", "length", "depth", "bucket", "metric", "value", "n"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run many small ops: one intra-op thread never waits on a busy second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

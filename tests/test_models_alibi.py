@@ -10,12 +10,7 @@ from ctxext.models.tiny import tiny_model
 from ctxext.scaling import parse_spec, resolve_alibi
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(model, ids, mask=None):

@@ -15,20 +15,12 @@ from ctxext.models.rope import TorchFreqs, cos_sin
 from ctxext.models.tiny import WINDOW, tiny_model
 from ctxext.scaling import RopeFreqs, RopeShape, hf_rope_fields, parse_spec
 from ctxext.scaling.longrope import longrope_attention_factor
+from tiny_ids import ids_for
 
 PROMPT, END = 40, WINDOW + 2 * GROUP + 20  # from inside the window to three frequency buckets past it
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def ids_for(n, batch=1, seed=1):
-    return torch.randint(3, 96, (batch, n), generator=torch.Generator().manual_seed(seed))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @torch.inference_mode()

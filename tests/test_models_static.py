@@ -20,12 +20,7 @@ STATIC = ["linear:factor=2", "ntk:factor=4", "abf:base=500", "yarn:factor=4", "y
 SEQ = 150  # > 2 × the window of 64: both interpolated and extrapolated positions
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def logits(model, ids):

@@ -15,21 +15,13 @@ from ctxext.models.rope import apply_rope, cos_sin
 from ctxext.models.tiny import WINDOW, tiny_model
 from ctxext.scaling import hf_rope_fields, parse_spec
 from ctxext.scaling.attention import SelfExtendParams, self_extend_reach
+from tiny_ids import ids_for
 
 G, W, N = 4, 16, 3 * WINDOW  # tiny models: trained length 64; reach (64 − 16)·4 + 16 = 208 ≥ N
 SPEC = f"self-extend:group={G},window={W}"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def ids_for(n, batch=1, seed=1):
-    return torch.randint(3, 96, (batch, n), generator=torch.Generator().manual_seed(seed))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class NaiveSelfExtend(PositionPlan):

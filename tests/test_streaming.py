@@ -16,21 +16,13 @@ from ctxext.models import apply_spec, wrap_model
 from ctxext.models.attention import POSITIONS_ATTR
 from ctxext.models.tiny import WINDOW, tiny_model
 from ctxext.scaling import parse_spec
+from tiny_ids import ids_for
 
 S, W, N = 4, 24, 3 * WINDOW  # tiny models: trained length 64
 SPEC = f"streaming:sinks={S},window={W}"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def ids_for(n, batch=1, seed=1):
-    return torch.randint(3, 96, (batch, n), generator=torch.Generator().manual_seed(seed))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def streamed(model, ids, chunk):

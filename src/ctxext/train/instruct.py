@@ -32,27 +32,17 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import CtxextError
+from .data import PackedRows
 
 
 @dataclass(frozen=True)
-class InstructRows:
-    """`ids`, `starts` as PackedRows; `targets` (n_rows, N) bool: True where the token is a loss target (predicted
-    from the token before it)."""
+class InstructRows(PackedRows):
+    """PackedRows of examples (n_documents counts them), plus `targets` (n_rows, N) bool: True where the token is a
+    loss target (predicted from the token before it)."""
 
-    ids: np.ndarray
-    starts: np.ndarray
     targets: np.ndarray
-    n_documents: int  # examples
     scored_answer_tokens: int
     scored_prompt_tokens: int
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.ids.shape[0])
-
-    @property
-    def seq_len(self) -> int:
-        return int(self.ids.shape[1])
 
 
 def encode_example(tokenizer: Any, context: str, question: str, answer: str) -> tuple[np.ndarray, int]:
@@ -105,7 +95,8 @@ def pack_examples(examples: Sequence[tuple[np.ndarray, int]], seq_len: int, pad_
             p += k
         if p < seq_len:
             starts[r, p] = True  # the padding is a segment of its own, never a target
-    return InstructRows(ids, starts, targets, len(examples), n_ans, n_prompt)
+    return InstructRows(ids=ids, starts=starts, n_documents=len(examples), targets=targets,
+                        scored_answer_tokens=n_ans, scored_prompt_tokens=n_prompt)
 
 
 def load_instruct(paths: Sequence[str | Path], tokenizer: Any, seq_len: int, prompt_loss: bool) -> InstructRows:
