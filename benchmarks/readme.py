@@ -72,6 +72,85 @@ def ordering_note(full: dict, quick: dict) -> str:
             f"same order: {same}.")
 
 
+def _ppl_records(res: dict) -> list[dict]:
+    # stream-ppl (streaming) scores the same tokens as the window protocol of ppl, bucket by bucket
+    return [r for r in res["records"] if r["task"] in ("ppl", "stream-ppl") and r["metric"] == "ppl" and r["bucket"]]
+
+
+def ppl_means(res: dict) -> tuple[int, int, list[tuple[int, int]], dict[str, tuple[float | None, float | None]]]:
+    """(longest length, trained length, the last quarter's buckets, per spec: (mean ppl of the buckets inside the
+    trained length, mean ppl of the last quarter's)) at the longest length."""
+    ppl = _ppl_records(res)
+    length = max((r["length"] for r in ppl), default=0)
+    trained = res["meta"]["config"]["model_info"]["trained_len"]
+    buckets = sorted({tuple(r["bucket"]) for r in ppl if r["length"] == length})
+    late = [b for b in buckets if b[0] >= length - length // 4]
+    means = {}
+    for s in dict.fromkeys(r["scaling"] for r in ppl):
+        val = {tuple(r["bucket"]): r["value"] for r in ppl if r["scaling"] == s and r["length"] == length}
+        inw = [v for b, v in val.items() if b[1] <= trained]
+        lq = [val[b] for b in late if b in val]
+        means[s] = (sum(inw) / len(inw) if inw else None, sum(lq) / len(lq) if lq else None)
+    return length, trained, late, means
+
+
+def _passkey_records(res: dict, spec: str) -> list[dict]:
+    return [r for r in res["records"] if r["scaling"] == spec and r["task"] == "passkey" and r["metric"] == "accuracy"
+            and r["depth"] is not None]
+
+
+def _passkey(res: dict, spec: str) -> dict[float, float]:
+    """depth -> greedy passkey accuracy of one spec."""
+    return {r["depth"]: r["value"] for r in _passkey_records(res, spec)}
+
+
+def _passkey_count(res: dict, spec: str) -> str:
+    """'correct/trials' over every depth of one spec, '–' when it has none."""
+    recs = _passkey_records(res, spec)
+    return f"{round(sum(r['value'] * r['n'] for r in recs))}/{sum(r['n'] for r in recs)}" if recs else "–"
+
+
+def _method(spec: str) -> str:
+    return "longrope, searched" if spec.endswith(".json") else spec.split(":")[0]
+
+
+def glance_table(runs: dict[int, dict]) -> str:
+    """One row per method over every factor that ran ({factor: results}): at each, the last quarter's perplexity
+    against the unscaled model's own in-window perplexity (what a user gives up at the far end of the document), and
+    passkey trials correct; a method with several specs at a factor shows its best by that perplexity."""
+    factors = sorted(runs)
+    cells: dict[str, dict[int, tuple[str, float, str]]] = {}
+    for f in factors:
+        means = ppl_means(runs[f])[3]
+        ref = means.get("default", (None, None))[0]
+        for s, (_, lq) in means.items():
+            if not (ref and lq):
+                continue
+            best = cells.setdefault(_method(s), {}).get(f)
+            if best is None or lq / ref < best[1]:
+                cells[_method(s)][f] = (s, lq / ref, _passkey_count(runs[f], s))
+    inf = float("inf")
+    order = sorted(cells, key=lambda m: tuple(cells[m].get(f, (None, inf))[1] for f in reversed(factors)))
+    lengths = {f: ppl_means(runs[f])[0] for f in factors}
+    head = ["method"] + [x for f in factors for x in (f"{f}× ({lengths[f] // 1024}k) ppl", "passkey")]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for m in order:
+        row = [f"`{m}`" if m != "longrope, searched" else m]
+        for f in factors:
+            s, ratio, got = cells[m].get(f, (None, None, "–"))
+            row += [f"{ratio:,.2f}×" if ratio is not None else "–", got]
+        lines.append("| " + " | ".join(row) + " |")
+    several = [(m, f, cells[m][f][0]) for m in order for f in factors if f in cells[m]
+               and sum(_method(s) == m for s in ppl_means(runs[f])[3]) > 1]
+    if several:
+        lines += ["", "Methods run with several specs at a factor show their best: " + "; ".join(
+            f"{f}× {_label(s)}" for _, f, s in several) + "."]
+    if "streaming" in cells:
+        lines += ["", "`streaming` attends to its sinks and a recent window only: its perplexity stays flat, but it "
+                  "cannot retrieve what has left the window (no passkey)."]
+    return "\n".join(lines)
+
+
 def methods_table(res: dict, source: str, expected: list[str] | None = None) -> str:
     """The method table; `expected`: the specs the benchmark runs at this factor, so that the ones not measured
     yet are named under it."""
@@ -80,24 +159,16 @@ def methods_table(res: dict, source: str, expected: list[str] | None = None) -> 
     # rows in first-run order, a spec added later beside the others of its method, streaming (no passkey) last
     family = list(dict.fromkeys(s.split(":")[0] for s in specs))
     specs.sort(key=lambda s: (s.startswith("streaming"), family.index(s.split(":")[0])))
-    # stream-ppl (streaming) scores the same tokens as the window protocol of ppl, bucket by bucket
-    ppl = [r for r in recs if r["task"] in ("ppl", "stream-ppl") and r["metric"] == "ppl" and r["bucket"]]
-    length = max((r["length"] for r in ppl), default=0)
-    trained = res["meta"]["config"]["model_info"]["trained_len"]
-    buckets = sorted({tuple(r["bucket"]) for r in ppl if r["length"] == length})
-    late = [b for b in buckets if b[0] >= length - length // 4]
+    ppl = _ppl_records(res)
+    length, trained, late, means = ppl_means(res)
     depths = sorted({r["depth"] for r in recs if r["task"] == "passkey" and r["depth"] is not None})
     head = ["spec", f"ppl 0–{trained // 1024}k (mean of buckets)"] + [f"ppl {a // 1024}–{b // 1024}k" for a, b in late]
     head += ["last quarter / in-window"] + [f"passkey d={d:g}" for d in depths]
     rows = []
     for s in specs:
         val = {tuple(r["bucket"]): r["value"] for r in ppl if r["scaling"] == s and r["length"] == length}
-        inw = [v for b, v in val.items() if b[1] <= trained]
-        lq = [val[b] for b in late if b in val]
-        mean_in = sum(inw) / len(inw) if inw else None
-        mean_lq = sum(lq) / len(lq) if lq else None
-        pk = {r["depth"]: r["value"] for r in recs if r["scaling"] == s and r["task"] == "passkey"
-              and r["metric"] == "accuracy" and r["depth"] is not None}
+        mean_in, mean_lq = means.get(s, (None, None))
+        pk = _passkey(res, s)
         row = [_label(s), _fmt(mean_in)] + [_fmt(val.get(b)) for b in late]
         row += [_fmt(mean_lq / mean_in, 2) + "×" if mean_in and mean_lq else "–"]
         row += [f"{pk[d]:.0%}" if d in pk else "–" for d in depths]
@@ -184,16 +255,23 @@ def _methods_body(name: str, res: dict, pooled: dict | None = None, factor: int 
 def methods_section() -> str:
     """The 2x table (else the quick run's, else the first 16k run's), then one table per larger factor that ran
     (benchmarks/methods.py --factor F writes methods_xF/)."""
-    parts = []
+    parts, runs = [], {}
     for name in ("methods", "methods_quick", "smollm2_16k"):
         if res := _load(RES / name / "results.json"):
             pooled = _load(RES / "methods_niah" / "results.json") if name == "methods" else None
             parts.append(_methods_body(name, res, pooled))
+            runs[2] = res
             break
     scaled = sorted((int(m[1]), d) for d in RES.glob("methods_x*") if (m := re.fullmatch(r"methods_x(\d+)", d.name)))
     for factor, d in scaled:
         if res := _load(d / "results.json"):
             parts.append(f"**At {factor}× the trained length.** " + _methods_body(d.name, res, factor=factor))
+            runs[factor] = res
+    if len(runs) > 1:
+        parts.insert(0, "**Across factors** (from the tables below): ppl is the last quarter's perplexity over the "
+                     "unscaled model's own in-window perplexity (1.00× = nothing lost at the far end of the document), "
+                     "passkey the trials correct over every depth; best first at the largest factor.\n\n"
+                     + glance_table(runs))
     return "\n\n".join(parts) or "(no method results yet: run `python benchmarks/methods.py`)"
 
 

@@ -70,6 +70,26 @@ def test_a_larger_factor_table_names_the_specs_not_measured_yet():
     assert "perplexity not run yet" not in readme.methods_table(res, "m")  # the 2x table (no expected set) says nothing
 
 
+def test_glance_table_ranks_methods_by_the_largest_factor_and_counts_passkey_trials():
+    x2 = _results({"default": 300.0, "yarn:factor=2": 11.0, "self-extend:group=4,window=2048": 12.0,
+                   "self-extend:group=8,window=4096": 10.5, "benchmarks/results/x/best.json": 10.8})
+    x2["records"] += [{"model": "m", "scaling": "yarn:factor=2", "task": "passkey", "length": 16384, "depth": d,
+                       "bucket": None, "metric": "accuracy", "value": v, "n": 2} for d, v in ((0.1, 0.5), (0.9, 1.0))]
+    x4 = _results({"default": 900.0, "yarn:factor=4": 30.0, "self-extend:group=16,window=4096": 14.0,
+                   "streaming:sinks=4,window=2044": 10.0}, 32768, task={"streaming:sinks=4,window=2044": "stream-ppl"})
+    table = readme.glance_table({4: x4, 2: x2})
+    rows = [ln for ln in table.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
+    # in-window ppl is 10 everywhere in _results: each cell is the last quarter's ppl / 10
+    assert rows == ["| `streaming` | – | – | 1.00× | – |",
+                    "| `self-extend` | 1.05× | – | 1.40× | – |",
+                    "| `yarn` | 1.10× | 3/4 | 3.00× | – |",
+                    "| `default` | 30.00× | 0/1 | 90.00× | 0/1 |",
+                    "| longrope, searched | 1.08× | – | – | – |"]
+    assert table.splitlines()[0] == "| method | 2× (16k) ppl | passkey | 4× (32k) ppl | passkey |"
+    assert "several specs at a factor show their best: 2× `self-extend:group=8,window=4096`." in table
+    assert "cannot retrieve what has left the window" in table
+
+
 def test_ordering_note_says_when_orders_differ():
     full = _results({"default": 900.0, "yarn:factor=2": 20.0, "ntk:factor=2": 25.0})
     same = _results({"default": 90.0, "yarn:factor=2": 15.0}, length=12288)
