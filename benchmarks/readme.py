@@ -9,6 +9,7 @@ Each table lives between `<!-- BEGIN name -->` and `<!-- END name -->` in README
   attention  benchmarks/results/attention_methods_{passkey,stream,alibi*}.json (Self-Extend, streaming, ALiBi family)
   train    benchmarks/results/train_tiny*/summary.json (tiny-rope extended 4x by `ctxext train`, one row per run)
   search   benchmarks/results/search_*/summary.json (`ctxext search` vs YaRN on a held-out book, one row per search)
+  registry the scaling methods ctxext registers (ctxext.scaling.REGISTRY: name, keys, summary), not a benchmark
 --check exits 1 when README.md is not what the results give (for CI or a pre-commit hook).
 """
 
@@ -712,8 +713,37 @@ def search_section() -> str:
     return "\n".join(lines) or "(no search results yet)"
 
 
+# ------------------------------------------------------------------------------------------------ registry
+KINDS = ("RoPE frequencies", "attention positions (training-free)", "ALiBi slopes")
+
+
+def registry_rows(registry: dict) -> list[tuple[str, str, str, str]]:
+    """(name, kind, keys, summary) of every scaling method, grouped by kind in registry order, default first."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from ctxext.scaling.attention import model_rope
+
+    def kind(m: Any) -> str:
+        if "rope" not in m.encodings:
+            return KINDS[2]
+        # self-extend and streaming keep the model's frequencies and move positions in the attention layers
+        return KINDS[1] if m.rope is model_rope else KINDS[0]
+
+    rows = [(m.name, kind(m), ", ".join(m.keys), m.summary) for m in registry.values()]
+    return sorted(rows, key=lambda r: (r[0] != "default", KINDS.index(r[1])))
+
+
+def registry_section() -> str:
+    sys.path.insert(0, str(ROOT / "src"))
+    from ctxext.scaling import REGISTRY
+
+    lines = ["| method | kind | keys | what it does |", "|---|---|---|---|"]
+    lines += [f"| `{n}` | {k} | {f'`{keys}`' if keys else ''} | {summ} |" for n, k, keys, summ in registry_rows(REGISTRY)]
+    return "\n".join(lines)
+
+
 SECTIONS = {"methods": methods_section, "planner": planner_section, "speed": speed_section,
-            "attention": attention_section, "train": train_section, "search": search_section}
+            "attention": attention_section, "train": train_section, "search": search_section,
+            "registry": registry_section}
 
 
 def render(text: str) -> str:

@@ -90,6 +90,20 @@ def test_glance_table_ranks_methods_by_the_largest_factor_and_counts_passkey_tri
     assert "cannot retrieve what has left the window" in table
 
 
+def test_registry_table_lists_every_method_once_grouped_by_kind():
+    from ctxext.scaling import REGISTRY
+
+    rows = readme.registry_rows(REGISTRY)
+    assert sorted(r[0] for r in rows) == sorted(REGISTRY) and rows[0][0] == "default"
+    kinds = [r[1] for r in rows]
+    assert kinds == sorted(kinds, key=readme.KINDS.index)  # grouped, in the order of KINDS
+    by = {r[0]: r for r in rows}
+    assert by["self-extend"][1] == by["streaming"][1] == "attention positions (training-free)"
+    assert by["dynamic-ntk"][1] == by["yarn"][1] == "RoPE frequencies"
+    assert by["ntk-alibi"][1] == "ALiBi slopes" and by["yarn"][2].startswith("factor, beta_fast")
+    assert all(r[3] for r in rows)  # every method says what it does
+
+
 def test_ordering_note_says_when_orders_differ():
     full = _results({"default": 900.0, "yarn:factor=2": 20.0, "ntk:factor=2": 25.0})
     same = _results({"default": 90.0, "yarn:factor=2": 15.0}, length=12288)

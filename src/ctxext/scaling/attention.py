@@ -64,13 +64,13 @@ def _no_export_streaming(shape: RopeShape, p: StreamingParams) -> str:
             "express; a written checkpoint would silently run full attention")
 
 
-def _model_rope(shape: RopeShape, p: Params, seq_len: int | None = None) -> RopeFreqs:
+def model_rope(shape: RopeShape, p: Params, seq_len: int | None = None) -> RopeFreqs:
     return RopeFreqs(shape.theta())  # the model's own frequencies: these methods move positions, not frequencies
 
 
 # length_dependent: these methods need a position plan in the attention layers (ctxext.models.attention.PLANS);
 # their frequencies never change with length.
 register("self-extend", SelfExtendParams, length_dependent=True, hf=_no_export_self_extend,
-         summary="grouped positions beyond a neighbour window, one softmax (training-free)")(_model_rope)
+         summary="grouped positions beyond a neighbour window, one softmax (training-free)")(model_rope)
 register("streaming", StreamingParams, length_dependent=True, hf=_no_export_streaming,
-         summary="attention sinks + rolling window, positions by cache slot (constant memory)")(_model_rope)
+         summary="attention sinks + rolling window, positions by cache slot (constant memory)")(model_rope)
