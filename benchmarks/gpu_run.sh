@@ -2,7 +2,8 @@
 # The GPU speed check, run on a lent GPU machine in one call (prepare here with `python benchmarks/gpu_carry.py
 # pack`; then the device tool: run(carry=[".gpu"], command="bash benchmarks/gpu_run.sh", timeout_s=540)).
 # SmolLM2-135M's shape with random weights (speed and memory do not depend on the values):
-#   1. ctxext train vs the naive transformers loop at 8k / 16k / 32k / 64k (bf16 autocast, SDPA/flash), with MFU;
+#   1. ctxext train vs the naive transformers loop at 8k / 16k / 32k / 64k (bf16 autocast, SDPA/flash), with MFU,
+#      and ctxext without gradient checkpointing at 8k and 32k (does skipping the recomputation pay where it fits?);
 #   2. eval ppl vs the naive loop at 64k (benchmarks/eval_speed.py --device cuda);
 #   3. ctxext eval --device cuda at 16k / 64k (the eval path on a GPU; random weights: the values mean nothing).
 # Everything lands in $OUT (at most 8 files come back). LENGTHS / VARIANTS / EVAL_LENGTHS / DEVICE change the
@@ -13,7 +14,7 @@ set -uo pipefail
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
 LENGTHS=${LENGTHS:-8192,16384,32768,65536}
-VARIANTS=${VARIANTS:-naive@8192,naive@16384,naive@32768,naive-ckpt@32768,naive@65536}
+VARIANTS=${VARIANTS:-naive@8192,no-ckpt@8192,naive@16384,naive@32768,naive-ckpt@32768,no-ckpt@32768,naive@65536}
 STEPS=${STEPS:-6}  # 2 timed steps (3) let one slow step halve a short row's tokens/s (seen on the H200)
 EVAL_LENGTHS=${EVAL_LENGTHS:-16384,65536}
 DEVICE=${DEVICE:-cuda}
