@@ -115,6 +115,24 @@ def _method(spec: str) -> str:
     return "longrope, searched" if spec.endswith(".json") else spec.split(":")[0]
 
 
+def exports(spec: str, res: dict) -> str:
+    """'yes' when `ctxext export` can write the spec as a stock rope config for the run's model, 'no' when it
+    refuses (self-extend, streaming, dynamic-yarn), '–' when the results do not record the model's RoPE shape."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from ctxext.errors import CtxextError
+    from ctxext.scaling import RopeShape, hf_rope_fields, parse_spec
+
+    rope = res["meta"]["config"]["model_info"].get("rope")
+    if not rope:
+        return "–"
+    shape = RopeShape(int(rope["rotary_dim"]), float(rope["base"]), int(rope["original_len"]))
+    try:
+        hf_rope_fields(parse_spec(str(ROOT / spec) if spec.endswith(".json") else spec), shape)
+    except CtxextError:
+        return "no"
+    return "yes"
+
+
 def glance_table(runs: dict[int, dict]) -> str:
     """One row per method over every factor that ran ({factor: results}): at each, the last quarter's perplexity
     against the unscaled model's own in-window perplexity (what a user gives up at the far end of the document), and
@@ -133,10 +151,11 @@ def glance_table(runs: dict[int, dict]) -> str:
     inf = float("inf")
     order = sorted(cells, key=lambda m: tuple(cells[m].get(f, (None, inf))[1] for f in reversed(factors)))
     lengths = {f: ppl_means(runs[f])[0] for f in factors}
-    head = ["method"] + [x for f in factors for x in (f"{f}× ({lengths[f] // 1024}k) ppl", "passkey")]
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    head = ["method", "stock config"] + [x for f in factors for x in (f"{f}× ({lengths[f] // 1024}k) ppl", "passkey")]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for m in order:
-        row = [f"`{m}`" if m != "longrope, searched" else m]
+        last = max(f for f in factors if f in cells[m])  # the spec a user would ship: the one at its largest factor
+        row = [f"`{m}`" if m != "longrope, searched" else m, exports(cells[m][last][0], runs[last])]
         for f in factors:
             s, ratio, got = cells[m].get(f, (None, None, "–"))
             row += [f"{ratio:,.2f}×" if ratio is not None else "–", got]
@@ -146,6 +165,9 @@ def glance_table(runs: dict[int, dict]) -> str:
     if several:
         lines += ["", "Methods run with several specs at a factor show their best: " + "; ".join(
             f"{f}× {_label(s)}" for _, f, s in several) + "."]
+    lines += ["", "stock config: whether `ctxext export` writes the method as a rope config that stock transformers "
+              "and vLLM load; the others run through ctxext (`ctxext eval`, or `ctxext.models.apply_spec` on a loaded "
+              "model)."]
     if "streaming" in cells:
         lines += ["", "`streaming` attends to its sinks and a recent window only: its perplexity stays flat, but it "
                   "cannot retrieve what has left the window (no passkey)."]

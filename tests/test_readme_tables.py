@@ -80,14 +80,20 @@ def test_glance_table_ranks_methods_by_the_largest_factor_and_counts_passkey_tri
     table = readme.glance_table({4: x4, 2: x2})
     rows = [ln for ln in table.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
     # in-window ppl is 10 everywhere in _results: each cell is the last quarter's ppl / 10
-    assert rows == ["| `streaming` | – | – | 1.00× | – |",
-                    "| `self-extend` | 1.05× | – | 1.40× | – |",
-                    "| `yarn` | 1.10× | 3/4 | 3.00× | – |",
-                    "| `default` | 30.00× | 0/1 | 90.00× | 0/1 |",
-                    "| longrope, searched | 1.08× | – | – | – |"]
-    assert table.splitlines()[0] == "| method | 2× (16k) ppl | passkey | 4× (32k) ppl | passkey |"
+    assert rows == ["| `streaming` | – | – | – | 1.00× | – |",
+                    "| `self-extend` | – | 1.05× | – | 1.40× | – |",
+                    "| `yarn` | – | 1.10× | 3/4 | 3.00× | – |",
+                    "| `default` | – | 30.00× | 0/1 | 90.00× | 0/1 |",
+                    "| longrope, searched | – | 1.08× | – | – | – |"]
+    assert table.splitlines()[0] == "| method | stock config | 2× (16k) ppl | passkey | 4× (32k) ppl | passkey |"
     assert "several specs at a factor show their best: 2× `self-extend:group=8,window=4096`." in table
     assert "cannot retrieve what has left the window" in table
+    # with the model's RoPE shape recorded, the export column asks ctxext.export's own check
+    for res in (x2, x4):
+        res["meta"]["config"]["model_info"]["rope"] = {"rotary_dim": 64, "base": 100000.0, "original_len": 8192}
+    stock = {ln.split(" | ")[0]: ln.split(" | ")[1] for ln in readme.glance_table({4: x4, 2: x2}).splitlines()
+             if ln.startswith("| `")}
+    assert stock == {"| `streaming`": "no", "| `self-extend`": "no", "| `yarn`": "yes", "| `default`": "yes"}
 
 
 def test_registry_table_lists_every_method_once_grouped_by_kind():
