@@ -18,8 +18,8 @@ from ctxext.models import model_info
 @pytest.fixture
 def rates(tmp_path, monkeypatch):
     """machine.json in tmp_path; fake measurements that count their calls."""
-    calls = {"matmul": 0, "attention": 0}
-    value = {"matmul": 100e9, "attention": 25e9}
+    calls = {"matmul": 0, "attention": 0, "plan": 0}
+    value = {"matmul": 100e9, "attention": 25e9, "plan": 5e9}
 
     def fake(what):
         def measure(dtype, device):
@@ -30,21 +30,22 @@ def rates(tmp_path, monkeypatch):
     monkeypatch.setattr(cost, "cache_root", lambda: tmp_path)
     monkeypatch.setattr(cost, "measure_matmul_rate", fake("matmul"))
     monkeypatch.setattr(cost, "measure_attention_rate", fake("attention"))
+    monkeypatch.setattr(cost, "measure_plan_attention_rate", fake("plan"))
     return calls, value, tmp_path / "machine.json"
 
 
 def test_rates_are_cached_for_an_hour_then_measured_again(rates):
     calls, value, path = rates
-    assert cost.attention_weight() == 4.0 and calls == {"matmul": 1, "attention": 1}
+    assert cost.attention_weight() == 4.0 and calls == {"matmul": 1, "attention": 1, "plan": 0}
     value["attention"] = 50e9
-    assert cost.attention_weight() == 4.0 and calls == {"matmul": 1, "attention": 1}  # from the cache
+    assert cost.attention_weight() == 4.0 and calls == {"matmul": 1, "attention": 1, "plan": 0}  # from the cache
     known = json.loads(path.read_text())
     assert len(known) == 2 and all(abs(e["at"] - time.time()) < 60 for e in known.values())
     for k in known:  # an entry older than an hour, and one in the old format (a bare number), are measured again
         known[k] = {"flops": known[k]["flops"], "at": time.time() - cost.RATE_MAX_AGE_S - 1} if "attention" in k \
             else 1e9
     path.write_text(json.dumps(known))
-    assert cost.attention_weight() == 2.0 and calls == {"matmul": 2, "attention": 2}
+    assert cost.attention_weight() == 2.0 and calls == {"matmul": 2, "attention": 2, "plan": 0}
     assert cost.matmul_rate(refresh=True) == 100e9 and calls["matmul"] == 3
 
 
@@ -77,3 +78,66 @@ def test_attention_rate_is_measured_on_this_machine():
     rate = cost.measure_attention_rate(seconds=0.05)
     assert 1e8 < rate < 1e16
 
+
+
+def test_a_slower_attention_path_weighs_only_the_queries_past_its_start():
+    info = model_info("tiny-rope")
+    plain = cost.ModelCost.of(info, 4)
+    slow = cost.ModelCost(**{**plain.__dict__, "plan_from": 256, "plan_weight": 3.0})
+    per_pair = 4.0 * plain.n_layers * plain.heads * plain.head_dim
+    assert slow.flops(256) == plain.flops(256)  # every query inside the window
+    # queries 256..1023 after keys 0..255 and among themselves: (768·256 + 768²/2) pairs, 2 extra times each
+    assert slow.flops(1024) - plain.flops(1024) == pytest.approx(2 * per_pair * (768 * 256 + 768 ** 2 / 2))
+    # a cached call wholly past the window: all of its pairs are weighted
+    assert slow.flops(64, past=2048) - plain.flops(64, past=2048) == pytest.approx(
+        2 * per_pair * (64 * 2048 + 64 ** 2 / 2))
+
+
+def test_for_spec_gives_the_dynamic_methods_their_path_and_nothing_else():
+    from ctxext.scaling import parse_spec
+
+    info = model_info("tiny-rope")
+    mc, asked = cost.ModelCost.of(info, 4), []
+
+    def weight():
+        asked.append(1)
+        return 2.5
+
+    for text in ("default", "yarn:factor=4", "self-extend:group=4,window=64", "streaming:sinks=4,window=60"):
+        assert mc.for_spec(parse_spec(text), info.rope_shape, weight) is mc
+    assert not asked  # measured only for a spec that needs it
+    dyn = mc.for_spec(parse_spec("dynamic-ntk:factor=4"), info.rope_shape, weight)
+    assert (dyn.plan_from, dyn.plan_weight) == (info.trained_len, 2.5)
+    own = mc.for_spec(parse_spec("dynamic-yarn:original_max_position_embeddings=128"), info.rope_shape, weight)
+    assert own.plan_from == 128  # the trained length the spec says
+
+
+def test_dynamic_specs_get_their_own_estimate_past_the_window(rates, tmp_path):
+    calls, value, _ = rates
+    value.update(matmul=1e7, attention=1e7, plan=0.25e7)  # the per-bucket path at a quarter of the plain rate
+    book = str(books_dir() / HELD_OUT_BOOK)
+    lines: list[str] = []
+    res = run_eval("tiny-rope", ["default", "dynamic-ntk:factor=4"], ["ppl"], [256, 1024], samples=1, data=[book],
+                   out=tmp_path / "d", dry_run=True, log=lines.append)
+    assert res["meta"]["machine"]["plan_attention_flops"] == 0.25e7 and calls["plan"] == 1
+    rows = [ln for ln in lines[-1].splitlines() if ln.strip().startswith("ppl")]
+    # inside the window both specs cost the same (one row); at 1,024 the dynamic one is its own, dearer row
+    at_256 = [r for r in rows if " 256 tokens" in r]
+    at_1024 = {("dynamic" in r): r for r in rows if "1,024 tokens" in r}
+    assert len(at_256) == 1 and "(" not in at_256[0] and set(at_1024) == {True, False}
+
+    def minutes(row):
+        return float(re.search(r"([\d.]+) min", row).group(1))
+
+    info = model_info("tiny-rope")
+    plain = cost.ModelCost.of(info, 4)
+    past = 4.0 * plain.n_layers * plain.heads * plain.head_dim * (768 * 256 + 768 ** 2 / 2)
+    assert (minutes(at_1024[True]) - minutes(at_1024[False])) * 60 == pytest.approx(3 * past / 1e7, rel=0.05)
+    res = run_eval("tiny-rope", ["default"], ["ppl"], [1024], samples=1, data=[book], out=tmp_path / "e",
+                   dry_run=True, log=lines.append)
+    assert "plan_attention_flops" not in res["meta"]["machine"] and calls["plan"] == 1
+
+
+def test_plan_attention_rate_is_measured_on_this_machine():
+    rate = cost.measure_plan_attention_rate(seconds=0.05)
+    assert 1e8 < rate < 1e16

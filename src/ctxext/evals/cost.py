@@ -4,16 +4,21 @@ that cannot fit is refused before weights load.
 
 FLOPs of a forward over T new tokens after P cached ones: 2·N_body·T (every weight once per token) +
 4·layers·heads·head_dim·(T·P + T²/2) (causal QKᵀ and PV) + 2·hidden·vocab·S for the S scored positions.
+The dynamic methods' queries past the trained length attend per 64-query frequency bucket, re-rotating the keys
+each time (ctxext.models.attention.CausalLengthPlan): their attention FLOPs are timed at that path's own measured
+rate (`plan_attention_rate`), so the estimate of a dynamic spec past the window is its own.
 Memory: weights + a fixed runtime + activations of one layer at T (hidden-sized and MLP-sized tensors) +
 the KV cache when one is kept + the attention mask of a cached call + one chunk of logits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
 import time
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +32,11 @@ SAFETY = 1.15  # allocator slack on top of the sum
 ATTENTION_SLOWDOWN = 4.0
 # a cached rate older than this is measured again (about a second): one taken while other work ran must not last
 RATE_MAX_AGE_S = 3600
+
+
+def attention_units(new: int, past: int) -> float:
+    """Query-key pairs of causal attention for `new` queries after `past` cached keys (T·P + T²/2)."""
+    return new * past + new * new / 2
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,8 @@ class ModelCost:
     dtype_bytes: int = 4
     attn_weight: float = 1.0  # 1: true FLOPs; ATTENTION_SLOWDOWN: matmul-equivalent FLOPs for time estimates
     trained_len: int = 0  # the model's trained length (0: unknown)
+    plan_from: int = 0  # queries at positions >= plan_from take a slower attention path (0: none) ...
+    plan_weight: float = 1.0  # ... costing this many times the plain kernel's time per attention FLOP
 
     @classmethod
     def of(cls, info: Any, dtype_bytes: int = 4, attn_weight: float = 1.0) -> ModelCost:
@@ -60,8 +72,23 @@ class ModelCost:
     # ---- FLOPs
     def flops(self, new: int, past: int = 0, scored: int = 0) -> float:
         body = 2.0 * self.body_params * new
-        attn = 4.0 * self.n_layers * self.heads * self.head_dim * (new * past + new * new / 2) * self.attn_weight
+        units = attention_units(new, past)
+        if self.plan_from and past + new > self.plan_from:  # the queries at positions >= plan_from
+            start = max(past, self.plan_from)
+            units += attention_units(past + new - start, start) * (self.plan_weight - 1.0)
+        attn = 4.0 * self.n_layers * self.heads * self.head_dim * units * self.attn_weight
         return body + attn + 2.0 * self.hidden * self.vocab * scored
+
+    def for_spec(self, spec: Any, shape: Any, weight: Any) -> ModelCost:
+        """This cost with the attention path of `spec` on a RoPE model of `shape`: past the trained length the
+        dynamic methods' per-bucket path, at `weight()` times the plain kernel's cost (called only for them)."""
+        if shape is None or not spec.entry.length_dependent:
+            return self
+        from ..models.attention import PLANS, CausalLengthPlan
+
+        if PLANS.get(spec.method) is not CausalLengthPlan:
+            return self
+        return dataclasses.replace(self, plan_from=CausalLengthPlan(spec, shape).L, plan_weight=float(weight()))
 
     # ---- bytes
     def weights(self) -> float:
@@ -191,6 +218,39 @@ def measure_attention_rate(dtype: Any = None, device: str = "cpu", seconds: floa
     with torch.inference_mode():
         return _best_rate(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
                           4.0 * 8 * 64 * 2048 * 2048 / 2, device, seconds)
+
+
+def plan_attention_rate(dtype: Any = None, device: str = "cpu", refresh: bool = False) -> float:
+    """This machine's rate in FLOP/s of the dynamic methods' per-bucket attention (cached like matmul_rate)."""
+    import torch
+
+    return _cached_rate("plan-attention", dtype or torch.float32, device, measure_plan_attention_rate, refresh)
+
+
+def measure_plan_attention_rate(dtype: Any = None, device: str = "cpu", seconds: float = 0.4) -> float:
+    """Best-of-several FLOP/s of CausalLengthPlan.attend (a dynamic method past the window: 64-query buckets, keys
+    re-rotated per bucket, a masked SDPA block each) for 2,048 queries past a 2,048-token window, 8 query heads
+    of 64 on 4 KV heads; FLOPs counted as ModelCost does. Shorter than the lengths it serves, where the per-bucket
+    work weighs more: the estimate errs long."""
+    import torch
+
+    from ..models.attention import AttnCall, CausalLengthPlan
+    from ..scaling import RopeShape, parse_spec
+
+    dtype = dtype or torch.float32
+    L, T, H, Hkv, D = 2048, 4096, 8, 4, 64
+    plan = CausalLengthPlan(parse_spec("dynamic-ntk:factor=2"), RopeShape(D, 10000.0, L))
+    layer = types.SimpleNamespace(scaling=D ** -0.5, attention_dropout=0.0, training=False,
+                                  num_key_value_groups=H // Hkv)
+    q = torch.randn(1, H, T - L, D, dtype=dtype, device=device)
+    k, v = (torch.randn(1, Hkv, T, D, dtype=dtype, device=device) for _ in range(2))
+    q_pos, k_pos = torch.arange(L, T, device=device)[None], torch.arange(T, device=device)[None]
+
+    def step() -> None:
+        plan.attend(AttnCall(layer, q, k, v, q_pos, k_pos, None, T, {}))
+
+    with torch.inference_mode():
+        return _best_rate(step, 4.0 * H * D * attention_units(T - L, L), device, seconds)
 
 
 def available_memory(device: str = "cpu") -> float:

@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable
 
 from ..errors import CtxextError
 from .attention import fast_attention
-from .cost import ModelCost, attention_rate, available_memory, fmt_bytes, fmt_seconds, matmul_rate
+from .cost import (ModelCost, attention_rate, available_memory, fmt_bytes, fmt_seconds, matmul_rate,
+                   plan_attention_rate)
 from .results import RESUME_KEYS, Results, write_summary
 from .scoring import device_of
 from .tasks import Settings, Task, TaskContext, get_task, task_names
@@ -216,6 +217,13 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     mc = ModelCost.of(info, torch.finfo(torch_dtype).bits // 8, attn_weight=rate / attn_rate)
     meta["machine"]["matmul_flops"] = rate
     meta["machine"]["attention_flops"] = attn_rate
+
+    def plan_weight() -> float:  # measured only when a dynamic spec asks
+        meta["machine"]["plan_attention_flops"] = plan_attention_rate(torch_dtype, where)
+        return max(1.0, attn_rate / meta["machine"]["plan_attention_flops"])
+
+    shape = info.rope_shape if info.encoding == "rope" else None
+    costs = {s.text: mc.for_spec(s, shape, plan_weight) for s in parsed}
     cells = {(s.text, t.name): [c for c in t.cells(Ls, Ds) if not results.finished(name, s.text, t.name, *c)]
              for s in parsed for t in task_list}
     flops, peak = {}, {}
@@ -226,7 +234,8 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
         for s in parsed:
             for L in Ls:
                 key = (s.text, t.name, L)
-                flops[key], peak[key] = t.cost(mc, L, Ds, cap, spec=s) if t.spec_cost else t.cost(mc, L, Ds, cap)
+                c = costs[s.text]
+                flops[key], peak[key] = t.cost(c, L, Ds, cap, spec=s) if t.spec_cost else t.cost(c, L, Ds, cap)
     plan = Plan(task_list, {k: v for k, v in cells.items() if v}, flops, peak, rate, attn_rate)
     free = available_memory(where)
     for (st, t, L), need in peak.items():
@@ -252,7 +261,8 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
             for t in task_list:
                 if t.check is not None and docs is not None:
                     t.check(docs, sorted({L for (_, tn), cs in plan.cells.items() if tn == t.name for L, _ in cs}))
-            _run(lm, parsed, task_list, plan, settings, docs, out, results, mc, progress, log, apply_spec, own_data)
+            _run(lm, parsed, task_list, plan, settings, docs, out, results, costs, progress, log, apply_spec,
+                 own_data)
     finally:
         if results.records:
             _write_reports(out, results, info)
@@ -266,7 +276,7 @@ def bar_step(done: float, total: float, seconds: float) -> float:
 
 
 def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings, docs: Any, out: Path,
-         results: Results, mc: ModelCost, progress: bool, log: Callable[[str], None], apply_spec: Any,
+         results: Results, costs: dict[str, ModelCost], progress: bool, log: Callable[[str], None], apply_spec: Any,
          own_data: dict[str, Any] | None = None) -> None:
     import torch
     from tqdm.auto import tqdm
@@ -287,7 +297,7 @@ def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings
                 if not any(c for _, c in todo):
                     continue
                 apply_spec(lm, spec)
-                ctx = TaskContext(lm=lm, spec=spec, settings=settings, docs=docs, out=out, cost=mc,
+                ctx = TaskContext(lm=lm, spec=spec, settings=settings, docs=docs, out=out, cost=costs[spec.text],
                                   same_freqs=same_freqs_of(spec, lm.info), log=say, bucket=settings.bucket,
                                   tick=advance, data=own_data or {})
                 ctx.memo["records"] = [r for r in results.records if r["scaling"] == spec.text]
