@@ -138,9 +138,10 @@ def glance_table(runs: dict[int, dict]) -> str:
     against the unscaled model's own in-window perplexity (what a user gives up at the far end of the document), and
     passkey trials correct; a method with several specs at a factor shows its best by that perplexity."""
     factors = sorted(runs)
+    at = {f: ppl_means(runs[f]) for f in factors}  # (length, trained, late buckets, means per spec)
     cells: dict[str, dict[int, tuple[str, float, str]]] = {}
     for f in factors:
-        means = ppl_means(runs[f])[3]
+        means = at[f][3]
         ref = means.get("default", (None, None))[0]
         for s, (_, lq) in means.items():
             if not (ref and lq):
@@ -150,8 +151,7 @@ def glance_table(runs: dict[int, dict]) -> str:
                 cells[_method(s)][f] = (s, lq / ref, _passkey_count(runs[f], s))
     inf = float("inf")
     order = sorted(cells, key=lambda m: tuple(cells[m].get(f, (None, inf))[1] for f in reversed(factors)))
-    lengths = {f: ppl_means(runs[f])[0] for f in factors}
-    head = ["method", "stock config"] + [x for f in factors for x in (f"{f}× ({lengths[f] // 1024}k) ppl", "passkey")]
+    head = ["method", "stock config"] + [x for f in factors for x in (f"{f}× ({at[f][0] // 1024}k) ppl", "passkey")]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for m in order:
         last = max(f for f in factors if f in cells[m])  # the spec a user would ship: the one at its largest factor
@@ -161,7 +161,7 @@ def glance_table(runs: dict[int, dict]) -> str:
             row += [f"{ratio:,.2f}×" if ratio is not None else "–", got]
         lines.append("| " + " | ".join(row) + " |")
     several = [(m, f, cells[m][f][0]) for m in order for f in factors if f in cells[m]
-               and sum(_method(s) == m for s in ppl_means(runs[f])[3]) > 1]
+               and sum(_method(s) == m for s in at[f][3]) > 1]
     if several:
         lines += ["", "Methods run with several specs at a factor show their best: " + "; ".join(
             f"{f}× {_label(s)}" for _, f, s in several) + "."]
