@@ -19,7 +19,7 @@ from ctxext.models import model_info
 def rates(tmp_path, monkeypatch):
     """machine.json in tmp_path; fake measurements that count their calls."""
     calls = {"matmul": 0, "attention": 0, "plan": 0}
-    value = {"matmul": 100e9, "attention": 25e9, "plan": 5e9}
+    value = {"matmul": 100e9, "attention": 25e9, "plan": 3.0}
 
     def fake(what):
         def measure(dtype, device):
@@ -30,7 +30,7 @@ def rates(tmp_path, monkeypatch):
     monkeypatch.setattr(cost, "cache_root", lambda: tmp_path)
     monkeypatch.setattr(cost, "measure_matmul_rate", fake("matmul"))
     monkeypatch.setattr(cost, "measure_attention_rate", fake("attention"))
-    monkeypatch.setattr(cost, "measure_plan_attention_rate", fake("plan"))
+    monkeypatch.setattr(cost, "measure_plan_attention_weight", fake("plan"))
     return calls, value, tmp_path / "machine.json"
 
 
@@ -114,12 +114,12 @@ def test_for_spec_gives_the_dynamic_methods_their_path_and_nothing_else():
 
 def test_dynamic_specs_get_their_own_estimate_past_the_window(rates, tmp_path):
     calls, value, _ = rates
-    value.update(matmul=1e7, attention=1e7, plan=0.25e7)  # the per-bucket path at a quarter of the plain rate
+    value.update(matmul=1e7, attention=1e7, plan=4.0)  # the per-bucket path at a quarter of the plain rate
     book = str(books_dir() / HELD_OUT_BOOK)
     lines: list[str] = []
     res = run_eval("tiny-rope", ["default", "dynamic-ntk:factor=4"], ["ppl"], [256, 1024], samples=1, data=[book],
                    out=tmp_path / "d", dry_run=True, log=lines.append)
-    assert res["meta"]["machine"]["plan_attention_flops"] == 0.25e7 and calls["plan"] == 1
+    assert res["meta"]["machine"]["plan_attention_weight"] == 4.0 and calls["plan"] == 1
     rows = [ln for ln in lines[-1].splitlines() if ln.strip().startswith("ppl")]
     # inside the window both specs cost the same (one row); at 1,024 the dynamic one is its own, dearer row
     at_256 = [r for r in rows if " 256 tokens" in r]
@@ -135,9 +135,17 @@ def test_dynamic_specs_get_their_own_estimate_past_the_window(rates, tmp_path):
     assert (minutes(at_1024[True]) - minutes(at_1024[False])) * 60 == pytest.approx(3 * past / 1e7, rel=0.05)
     res = run_eval("tiny-rope", ["default"], ["ppl"], [1024], samples=1, data=[book], out=tmp_path / "e",
                    dry_run=True, log=lines.append)
-    assert "plan_attention_flops" not in res["meta"]["machine"] and calls["plan"] == 1
+    assert "plan_attention_weight" not in res["meta"]["machine"] and calls["plan"] == 1
 
 
-def test_plan_attention_rate_is_measured_on_this_machine():
-    rate = cost.measure_plan_attention_rate(seconds=0.05)
-    assert 1e8 < rate < 1e16
+def test_plan_attention_weight_is_measured_here_and_kept_within_its_bounds(rates):
+    calls, value, _ = rates
+    for measured, used in ((40.0, cost.PLAN_WEIGHT_MAX), (0.5, 1.0), (2.5, 2.5)):
+        value["plan"] = measured
+        assert cost.plan_attention_weight(refresh=True) == used
+    assert calls["plan"] == 3
+
+
+def test_plan_attention_weight_measures_the_per_bucket_path():
+    w = cost.measure_plan_attention_weight(seconds=0.1)
+    assert 0.5 < w < 100  # the real ratio on this machine (about 2-3 when idle); bounds only catch a broken timer

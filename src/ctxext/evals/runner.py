@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 from ..errors import CtxextError
 from .attention import fast_attention
 from .cost import (ModelCost, attention_rate, available_memory, fmt_bytes, fmt_seconds, matmul_rate,
-                   plan_attention_rate)
+                   plan_attention_weight)
 from .results import RESUME_KEYS, Results, write_summary
 from .scoring import device_of
 from .tasks import Settings, Task, TaskContext, get_task, task_names
@@ -219,8 +219,8 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     meta["machine"]["attention_flops"] = attn_rate
 
     def plan_weight() -> float:  # measured only when a dynamic spec asks
-        meta["machine"]["plan_attention_flops"] = plan_attention_rate(torch_dtype, where)
-        return max(1.0, attn_rate / meta["machine"]["plan_attention_flops"])
+        meta["machine"]["plan_attention_weight"] = plan_attention_weight(torch_dtype, where)
+        return meta["machine"]["plan_attention_weight"]
 
     shape = info.rope_shape if info.encoding == "rope" else None
     costs = {s.text: mc.for_spec(s, shape, plan_weight) for s in parsed}
