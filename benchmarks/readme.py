@@ -171,7 +171,35 @@ def glance_table(runs: dict[int, dict]) -> str:
     if "streaming" in cells:
         lines += ["", "`streaming` attends to its sinks and a recent window only: its perplexity stays flat, but it "
                   "cannot retrieve what has left the window (no passkey)."]
+    if picks := planner_picks(runs):
+        lines += ["", "The planner's training-free pick (`ctxext plan --target T`), measured: " + "; ".join(picks) + "."]
     return "\n".join(lines)
+
+
+def planner_picks(runs: dict[int, dict]) -> list[str]:
+    """Per factor: the spec `ctxext plan` recommends training-free for the run's length, and where its measured
+    far-end perplexity ranks among every spec of that run (or that it was not run)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from ctxext.scaling import RopeShape
+    from ctxext.theory import plan
+
+    out = []
+    for f in sorted(runs):
+        rope = runs[f]["meta"]["config"]["model_info"].get("rope")
+        length, _, _, means = ppl_means(runs[f])
+        if not rope or not length:
+            continue
+        shape = RopeShape(int(rope["rotary_dim"]), float(rope["base"]), int(rope["original_len"]))
+        pick = plan(shape, length).recommended("training-free")
+        if pick is None:
+            continue
+        ratio = {s: lq / means["default"][0] for s, (_, lq) in means.items() if lq and means.get("default", (0,))[0]}
+        if pick.spec in ratio:
+            rank = 1 + sum(v < ratio[pick.spec] for v in ratio.values())
+            out.append(f"{f}× `{pick.spec}` {ratio[pick.spec]:.2f}×, {rank} of {len(ratio)} specs run")
+        else:
+            out.append(f"{f}× `{pick.spec}` not run yet")
+    return out
 
 
 def methods_table(res: dict, source: str, expected: list[str] | None = None) -> str:

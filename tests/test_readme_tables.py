@@ -96,6 +96,18 @@ def test_glance_table_ranks_methods_by_the_largest_factor_and_counts_passkey_tri
     assert stock == {"| `streaming`": "no", "| `self-extend`": "no", "| `yarn`": "yes", "| `default`": "yes"}
 
 
+def test_planner_picks_are_looked_up_in_the_measured_runs():
+    smollm2 = {"rotary_dim": 64, "base": 100000.0, "original_len": 8192}
+    x2 = _results({"default": 300.0, "yarn:factor=2": 11.0, "ntk:factor=2": 10.5})
+    x4 = _results({"default": 900.0, "yarn:factor=4": 30.0}, 32768)
+    for res in (x2, x4):
+        res["meta"]["config"]["model_info"]["rope"] = smollm2
+    # what `ctxext plan --model smollm2-135m` recommends training-free at 16k and 32k (the theory, no weights)
+    assert readme.planner_picks({2: x2, 4: x4}) == ["2× `yarn:factor=2` 1.10×, 2 of 3 specs run",
+                                                    "4× `dynamic-ntk:factor=2.4266` not run yet"]
+    assert readme.planner_picks({2: _results({"default": 300.0})}) == []  # no RoPE shape recorded: nothing said
+
+
 def test_registry_table_lists_every_method_once_grouped_by_kind():
     from ctxext.scaling import REGISTRY
 
