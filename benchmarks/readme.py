@@ -25,6 +25,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RES = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "src"))  # ctxext without an install; imported lazily where a section needs it
 
 
 def _load(path: Path) -> Any:
@@ -51,13 +52,8 @@ def _label(spec: str) -> str:
 
 def late_order(res: dict) -> list[str]:
     """Specs ordered by mean perplexity over the last quarter of the longest length (best first)."""
-    recs = [r for r in res["records"] if r["task"] in ("ppl", "stream-ppl") and r["metric"] == "ppl" and r["bucket"]]
-    length = max(r["length"] for r in recs)
-    late: dict[str, list[float]] = {}
-    for r in recs:
-        if r["length"] == length and r["bucket"][0] >= length - length // 4:
-            late.setdefault(r["scaling"], []).append(r["value"])
-    return sorted(late, key=lambda s: sum(late[s]) / len(late[s]))
+    means = ppl_means(res)[3]
+    return sorted((s for s, (_, lq) in means.items() if lq is not None), key=lambda s: means[s][1])
 
 
 def _length(res: dict) -> int:
@@ -115,17 +111,29 @@ def _method(spec: str) -> str:
     return "longrope, searched" if spec.endswith(".json") else spec.split(":")[0]
 
 
+def _rope_shape(res: dict) -> Any:
+    """The run's model RoPE shape from its results (None when not recorded)."""
+    from ctxext.scaling import RopeShape
+
+    rope = res["meta"]["config"]["model_info"].get("rope")
+    return RopeShape(int(rope["rotary_dim"]), float(rope["base"]), int(rope["original_len"])) if rope else None
+
+
+def far_end_ratios(means: dict[str, tuple[float | None, float | None]]) -> dict[str, float]:
+    """Per spec (ppl_means' means): last-quarter perplexity over the default's in-window perplexity."""
+    ref = means.get("default", (None, None))[0]
+    return {s: lq / ref for s, (_, lq) in means.items() if ref and lq}
+
+
 def exports(spec: str, res: dict) -> str:
     """'yes' when `ctxext export` can write the spec as a stock rope config for the run's model, 'no' when it
     refuses (self-extend, streaming, dynamic-yarn), '–' when the results do not record the model's RoPE shape."""
-    sys.path.insert(0, str(ROOT / "src"))
     from ctxext.errors import CtxextError
-    from ctxext.scaling import RopeShape, hf_rope_fields, parse_spec
+    from ctxext.scaling import hf_rope_fields, parse_spec
 
-    rope = res["meta"]["config"]["model_info"].get("rope")
-    if not rope:
+    shape = _rope_shape(res)
+    if shape is None:
         return "–"
-    shape = RopeShape(int(rope["rotary_dim"]), float(rope["base"]), int(rope["original_len"]))
     try:
         hf_rope_fields(parse_spec(str(ROOT / spec) if spec.endswith(".json") else spec), shape)
     except CtxextError:
@@ -141,14 +149,10 @@ def glance_table(runs: dict[int, dict]) -> str:
     at = {f: ppl_means(runs[f]) for f in factors}  # (length, trained, late buckets, means per spec)
     cells: dict[str, dict[int, tuple[str, float, str]]] = {}
     for f in factors:
-        means = at[f][3]
-        ref = means.get("default", (None, None))[0]
-        for s, (_, lq) in means.items():
-            if not (ref and lq):
-                continue
+        for s, ratio in far_end_ratios(at[f][3]).items():
             best = cells.setdefault(_method(s), {}).get(f)
-            if best is None or lq / ref < best[1]:
-                cells[_method(s)][f] = (s, lq / ref, _passkey_count(runs[f], s))
+            if best is None or ratio < best[1]:
+                cells[_method(s)][f] = (s, ratio, _passkey_count(runs[f], s))
     inf = float("inf")
     order = sorted(cells, key=lambda m: tuple(cells[m].get(f, (None, inf))[1] for f in reversed(factors)))
     head = ["method", "stock config"] + [x for f in factors for x in (f"{f}× ({at[f][0] // 1024}k) ppl", "passkey")]
@@ -179,21 +183,17 @@ def glance_table(runs: dict[int, dict]) -> str:
 def planner_picks(runs: dict[int, dict]) -> list[str]:
     """Per factor: the spec `ctxext plan` recommends training-free for the run's length, and where its measured
     far-end perplexity ranks among every spec of that run (or that it was not run)."""
-    sys.path.insert(0, str(ROOT / "src"))
-    from ctxext.scaling import RopeShape
     from ctxext.theory import plan
 
     out = []
     for f in sorted(runs):
-        rope = runs[f]["meta"]["config"]["model_info"].get("rope")
-        length, _, _, means = ppl_means(runs[f])
-        if not rope or not length:
+        shape, (length, _, _, means) = _rope_shape(runs[f]), ppl_means(runs[f])
+        if shape is None or not length:
             continue
-        shape = RopeShape(int(rope["rotary_dim"]), float(rope["base"]), int(rope["original_len"]))
         pick = plan(shape, length).recommended("training-free")
         if pick is None:
             continue
-        ratio = {s: lq / means["default"][0] for s, (_, lq) in means.items() if lq and means.get("default", (0,))[0]}
+        ratio = far_end_ratios(means)
         if pick.spec in ratio:
             rank = 1 + sum(v < ratio[pick.spec] for v in ratio.values())
             out.append(f"{f}× `{pick.spec}` {ratio[pick.spec]:.2f}×, {rank} of {len(ratio)} specs run")
@@ -265,7 +265,6 @@ def methods_table(res: dict, source: str, expected: list[str] | None = None) -> 
 
 def time_line(timings: list[dict]) -> str:
     """What each task and length took per spec on the run's machine (meta.timings), beside the plan's estimate."""
-    sys.path.insert(0, str(ROOT / "src"))
     from ctxext.evals.cost import fmt_seconds
     from ctxext.evals.results import timing_rows
 
@@ -769,7 +768,6 @@ KINDS = ("RoPE frequencies", "attention positions (training-free)", "ALiBi slope
 
 def registry_rows(registry: dict) -> list[tuple[str, str, str, str]]:
     """(name, kind, keys, summary) of every scaling method, grouped by kind in registry order, default first."""
-    sys.path.insert(0, str(ROOT / "src"))
     from ctxext.scaling.attention import model_rope
 
     def kind(m: Any) -> str:
@@ -783,7 +781,6 @@ def registry_rows(registry: dict) -> list[tuple[str, str, str, str]]:
 
 
 def registry_section() -> str:
-    sys.path.insert(0, str(ROOT / "src"))
     from ctxext.scaling import REGISTRY
 
     lines = ["| method | kind | keys | what it does |", "|---|---|---|---|"]
