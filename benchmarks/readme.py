@@ -675,6 +675,11 @@ def _alibi_lines(al: dict) -> list[str]:
         lines.append(f"| `{s}` | {slopes} | {_fmt(v['ppl_in_window'])} | {_fmt(v['ppl_last_quarter'])} | "
                      f"{_pct(v['passkey_in_window'])} | "
                      f"{_pct(v['passkey'])} ({v['passkey_trials']} trials) |")
+    if (ref := al.get("ppl_last_quarter_window_context")) is not None:
+        lines.append(f"| `default`, context cut to the {al['window']}-token window | – | – | {_fmt(ref)} | – | – |")
+        lines += ["", "The last row scores the same last-quarter tokens with each seeing only the trained window before "
+                  "it: what reading past the window adds (a spec below that figure uses the far context; one above it "
+                  "would do better not reading it)."]
     return lines
 
 

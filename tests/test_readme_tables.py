@@ -178,7 +178,11 @@ def test_attention_section_tables(tmp_path, monkeypatch):
     text = readme.attention_section()
     assert "| `self-extend:group=4,window=4096`, fresh trials (seed 1) | 50% | 100% | **3/4** |" in text
     assert "| `ntk-alibi:factor=4` | 0.5, 0.25 | 85.7 | 81.7 | 100% | 78% (40 trials) |" in text
+    assert "context cut to" not in text  # a result without the reference: no such row
     assert "Streaming" not in text  # no stream results: no table
+    (tmp_path / "attention_methods_alibi.json").write_text(json.dumps({**al, "ppl_last_quarter_window_context": 75.48}))
+    text = readme.attention_section()
+    assert "| `default`, context cut to the 256-token window | – | – | 75.5 | – | – |" in text
     (tmp_path / "attention_methods_alibi_x16.json").write_text(json.dumps({**al, "length": 4096}))
     (tmp_path / "attention_methods_alibi_x8.json").write_text(json.dumps({**al, "length": 2048}))
     text = readme.attention_section()
