@@ -4,6 +4,7 @@
     python benchmarks/attention_methods.py window
     python benchmarks/attention_methods.py stream   [--length 65536] [--short 32768]
     python benchmarks/attention_methods.py alibi    [--factor 4] [--sweep 1.5,2,3]
+    python benchmarks/attention_methods.py {passkey,stream,alibi} --quick     # minutes each; own results file
 
 - passkey: SmolLM2-135M, self-extend (the group/window settings of SELF_EXTEND_SWEEP) vs default RoPE, passkey at `--length` tokens,
   depths 0.1 … 0.9, `--trials` per depth (teacher-forced verdicts, shared-prefix reuse), and the model as trained at
@@ -18,6 +19,10 @@
   the same at that many times the window, into attention_methods_alibi_x<factor>.json.
 
 Each part writes benchmarks/results/attention_methods_<part>.json (eval folders go under runs/attention_methods/).
+--quick runs a smaller version beside it, into attention_methods_<part>_quick.json, and the README says whether it
+orders the methods as the full run does: passkey, the best self-extend setting and default at the same length, one
+trial at depths 0.1 / 0.5 / 0.9 (~10 min); stream, 16k and 8k streams in 2k segments (~5 min); alibi, 4 book parts
+and 4 trials per depth, no sweep (under a minute).
 """
 
 from __future__ import annotations
@@ -58,10 +63,14 @@ def stream_text() -> Path:
     return path
 
 
-def write(part: str, report: dict) -> Path:
+QUICK_DEPTHS = (0.1, 0.5, 0.9)
+
+
+def write(part: str, report: dict, quick: bool = False) -> Path:
     from ctxext.runinfo import machine, versions
 
-    report = {"part": part, "versions": versions(), "machine": machine(), **report}
+    part += "_quick" if quick else ""
+    report = {"part": part, "versions": versions(), "machine": machine(), "quick": quick, **report}
     out = HERE / "results" / f"attention_methods_{part}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
@@ -82,9 +91,10 @@ def by(records: list[dict], **kw) -> list[dict]:
 # nor did finer groups with a wide window: group 3, window 3584 (reach 17 408) missed 0.9 twice and 0.7 once (7/10).
 # Coarser groups fix the near needles (0.9, inside W) and can lose the far one (0.1): group 6 missed 0.1 twice (8/10);
 # one-trial probes at 0.1 / 0.9: group 5 and 6/window 3072 missed 0.9, group 7 missed 0.1, group 8 found both.
+SELF_EXTEND_BEST = "self-extend:group=8,window=4096"  # the sweep's best: 9/10, then 10/10 on fresh keys
 SELF_EXTEND_SWEEP = (SELF_EXTEND, "self-extend:group=3,window=2048", "self-extend:group=4,window=4096",
                      "self-extend:group=4,window=5120", "self-extend:group=3,window=3584",
-                     "self-extend:group=6,window=4096", "self-extend:group=8,window=4096")
+                     "self-extend:group=6,window=4096", SELF_EXTEND_BEST)
 
 
 def passkey_score(records: list[dict], spec: str, length: int) -> dict:
@@ -103,15 +113,19 @@ def passkey(args: argparse.Namespace) -> None:
     from ctxext.evals import run_eval
     from ctxext.evals.files import slug
 
-    specs = list(args.specs or (*SELF_EXTEND_SWEEP, "default"))
+    if args.quick:  # the committed best self-extend setting against default, one trial at three depths
+        specs, depths, args.trials = [SELF_EXTEND_BEST, "default"], list(QUICK_DEPTHS), 1
+    else:
+        specs, depths = list(args.specs or (*SELF_EXTEND_SWEEP, "default")), list(DEPTHS)
     t = time.perf_counter()
-    cmd = f"python benchmarks/attention_methods.py passkey --trials {args.trials} --length {args.length}"
-    runs = [(s, args.length) for s in specs] + [("default", TRAINED)]
-    report = {"model": SMOL, "length": args.length, "depths": list(DEPTHS), "trials_per_depth": args.trials,
+    cmd = f"python benchmarks/attention_methods.py passkey --trials {args.trials} --length {args.length}" + \
+        (" --quick" if args.quick else "")
+    runs = [(s, args.length) for s in specs] + ([] if args.quick else [("default", TRAINED)])
+    report = {"model": SMOL, "length": args.length, "depths": depths, "trials_per_depth": args.trials,
               "specs": {}, "reference_in_window": None}
     for s, length in runs:
-        out = RUNS / f"passkey{length}" / slug(s)
-        res = run_eval(SMOL, [s], ["passkey"], [length], depths=list(DEPTHS), samples=args.trials, out=out,
+        out = RUNS / f"passkey{length}{'_quick' if args.quick else ''}" / slug(s)
+        res = run_eval(SMOL, [s], ["passkey"], [length], depths=depths, samples=args.trials, out=out,
                        resume=args.resume, command=cmd)
         answers = out / "answers" / f"passkey-{slug(s)}-{length}.jsonl"
         row = {"length": length, **passkey_score(res["records"], s, length),
@@ -121,6 +135,9 @@ def passkey(args: argparse.Namespace) -> None:
         else:
             report["reference_in_window"] = {"spec": s, **row}
     report["seconds_this_run"] = round(time.perf_counter() - t, 1)
+    if args.quick:
+        write("passkey", report, quick=True)
+        return
     if args.add:  # keep the specs of the committed file that this run did not rerun (same length and trials)
         old = json.loads((HERE / "results" / "attention_methods_passkey.json").read_text())
         if (old["length"], old["trials_per_depth"]) != (args.length, args.trials):
@@ -203,6 +220,8 @@ def _child(spec: str, length: int, bucket: int, reuse: bool) -> dict:
 
 
 def stream(args: argparse.Namespace) -> None:
+    if args.quick:
+        args.length, args.short, args.bucket = 16384, 8192, 2048
     runs = {}
     for spec, length in ((STREAMING, args.short), (STREAMING, args.length), ("default", args.length)):
         r = _child(spec, length, args.bucket, args.reuse)
@@ -229,7 +248,7 @@ def stream(args: argparse.Namespace) -> None:
                   "streaming_segments_within_1.3x_default_in_window": long["max_segment_over_default_in_window"] <= 1.3,
                   "streaming_peak_rss_flat_within_5pct": long["peak_rss_mb"] <= 1.05 * short["peak_rss_mb"],
                   "streamed_tokens_ge_64k": long["tokens_scored"] >= 65536}}
-    write("stream", report)
+    write("stream", report, args.quick)
 
 
 # -------------------------------------------------------------------------------------------------- alibi
@@ -278,11 +297,13 @@ def alibi(args: argparse.Namespace) -> None:
     from ctxext.scaling import alibi_slopes, parse_spec, resolve_alibi
 
     a = args.factor
+    if args.quick:
+        args.samples, args.sweep = 4, []
     specs = ["default", f"alibi-interp:factor={a}", f"ntk-alibi:factor={a}"]
     specs += [f"ntk-alibi:factor={x:g}" for x in args.sweep if x != a]  # the trade-off between the two bars
     L = a * WINDOW
     t = time.perf_counter()
-    out = RUNS / f"alibi{L}"
+    out = RUNS / f"alibi{L}{'_quick' if args.quick else ''}"
     if not args.resume:
         shutil.rmtree(out, ignore_errors=True)
     parts = book_parts(books_dir() / HELD_OUT_BOOK, args.samples)
@@ -291,7 +312,7 @@ def alibi(args: argparse.Namespace) -> None:
                    bucket=L // 4,
                    resume=args.resume, seed=args.seed,
                    command=f"python benchmarks/attention_methods.py alibi --factor {a} "
-                           f"--sweep {','.join(f'{x:g}' for x in args.sweep)}")
+                           f"--sweep {','.join(f'{x:g}' for x in args.sweep)}" + (" --quick" if args.quick else ""))
     recs = res["records"]
     heads = model_info(str(fixture_path("tiny-alibi"))).n_heads
     report = {"model": "tiny-alibi", "window": WINDOW, "length": L, "factor": a, "book": HELD_OUT_BOOK,
@@ -319,7 +340,7 @@ def alibi(args: argparse.Namespace) -> None:
                                                                               i["ppl_last_quarter"]),
         "ntk_alibi_ppl_beats_window_context": n["ppl_last_quarter"] < report["ppl_last_quarter_window_context"],
         "ntk_alibi_passkey_beats_default_and_interp": n["passkey"] > max(d["passkey"], i["passkey"])}
-    write("alibi" if a == 4 else f"alibi_x{a}", report)  # 4x is the acceptance's; other factors sit beside it
+    write("alibi" if a == 4 else f"alibi_x{a}", report, args.quick)  # 4x is the acceptance's; others beside it
 
 
 def main() -> None:
@@ -334,6 +355,8 @@ def main() -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--confirm-seed", type=int, default=None,
                    help="also run the best self-extend setting on fresh trials (this passkey seed)")
+    p.add_argument("--quick", action="store_true", help=f"{SELF_EXTEND_BEST} and default, 1 trial at "
+                   f"depths {', '.join(map(str, QUICK_DEPTHS))}, into attention_methods_passkey_quick.json")
     p = sub.add_parser("window")
     p.add_argument("--tokens", type=int, default=2000, help="sequence length, below the window W = 2048")
     p = sub.add_parser("stream")
@@ -341,6 +364,8 @@ def main() -> None:
     p.add_argument("--short", type=int, default=32768, help="the second stream length for the memory comparison")
     p.add_argument("--bucket", type=int, default=4096, help="segment width in tokens")
     p.add_argument("--reuse", action="store_true", help="reuse finished runs (their child.json) instead of rerunning")
+    p.add_argument("--quick", action="store_true", help="16,384 and 8,192 tokens in 2,048-token segments, into "
+                   "attention_methods_stream_quick.json")
     p = sub.add_parser("_stream_child")
     p.add_argument("--spec", required=True)
     p.add_argument("--length", type=int, required=True)
@@ -352,6 +377,8 @@ def main() -> None:
                    help="more ntk-alibi factors at the same length (comma-separated; empty for none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--quick", action="store_true", help="4 book parts / trials per depth, no sweep, into "
+                   "attention_methods_alibi[_xF]_quick.json")
     args = ap.parse_args()
     {"passkey": passkey, "window": window, "stream": stream, "_stream_child": stream_child, "alibi": alibi}[args.part](args)
 

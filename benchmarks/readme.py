@@ -6,7 +6,8 @@ Each table lives between `<!-- BEGIN name -->` and `<!-- END name -->` in README
   methods  benchmarks/results/methods/results.json (else methods_quick/, else smollm2_16k/): ppl per bucket, passkey
   planner  benchmarks/results/planner.json
   speed    benchmarks/results/eval_speed.json, train_speed-cpu.json and train_memory-cpu.json
-  attention  benchmarks/results/attention_methods_{passkey,stream,alibi*}.json (Self-Extend, streaming, ALiBi family)
+  attention  benchmarks/results/attention_methods_{passkey,stream,alibi*}.json (Self-Extend, streaming, ALiBi family;
+           their *_quick.json beside them give the --quick ordering note)
   train    benchmarks/results/train_tiny*/summary.json (tiny-rope extended 4x by `ctxext train`, one row per run)
   search   benchmarks/results/search_*/summary.json (`ctxext search` vs YaRN on a held-out book, one row per search)
   registry the scaling methods ctxext registers (ctxext.scaling.REGISTRY: name, keys, summary), not a benchmark
@@ -683,12 +684,63 @@ def _alibi_lines(al: dict) -> list[str]:
     return lines
 
 
+def ranked(values: dict[str, float | None], higher_better: bool) -> str:
+    """'a > b = c': best first, equal values tied (a quick run must reproduce ties as well as order)."""
+    known = sorted(((v, k) for k, v in values.items() if v is not None), key=lambda x: -x[0] if higher_better else x[0])
+    out = ""
+    for i, (v, k) in enumerate(known):
+        out += (("" if i == 0 else " = " if v == known[i - 1][0] else " > " if higher_better else " < ")
+                + f"`{k.split(' @ ')[0]}`")
+    return out
+
+
+def _stream_worst(st: dict) -> dict[str, float]:
+    """Worst segment / in-window per spec at the run's longest stream."""
+    longest = max(r["length"] for r in st["runs"].values())
+    return {r["spec"]: r["max_segment_over_in_window"] for r in st["runs"].values() if r["length"] == longest}
+
+
+def _quick_orders(name: str, full: dict, quick: dict) -> list[tuple[str, str, str]]:
+    """(what, quick order, full order over the quick run's specs) for one attention_methods part."""
+    if name == "passkey":
+        specs = list(quick["specs"])
+        return [(f"passkey at {quick['length']:,}",
+                 *(ranked({s: d["specs"][s]["accuracy"] for s in specs if s in d["specs"]}, True)
+                   for d in (quick, full)))]
+    if name == "stream":
+        q, f = _stream_worst(quick), _stream_worst(full)
+        return [("streaming worst segment / in-window", ranked(q, False), ranked({s: f[s] for s in q if s in f}, False))]
+    specs = [s for s in quick["specs"] if s in full["specs"]]
+    x = f"ALiBi {quick['length'] // quick['window']}×"
+    return [(f"{x} last-quarter ppl", *(ranked({s: d["specs"][s]["ppl_last_quarter"] for s in specs}, False)
+                                         for d in (quick, full))),
+            (f"{x} passkey", *(ranked({s: d["specs"][s]["passkey"] for s in specs}, True) for d in (quick, full)))]
+
+
+def attention_quick_note() -> str:
+    """Does each `attention_methods.py <part> --quick` order the methods as its full run does?"""
+    rows = []
+    for qf in sorted(RES.glob("attention_methods_*_quick.json")):
+        full = _load(qf.with_name(qf.name.replace("_quick", "")))
+        if full:
+            rows += _quick_orders(qf.stem.split("_")[2], full, _load(qf))
+    if not rows:
+        return ""
+    same = all(q == f for _, q, f in rows)
+    return ("`--quick` (`attention_methods.py passkey|stream|alibi --quick`: separate, smaller runs) against the full "
+            "runs above: " + "; ".join(f"{w}: {q}" + (" (full: the same)" if q == f else f" (full: {f})")
+                                      for w, q, f in rows) + f". Same order everywhere: {'yes' if same else '**no**'}.")
+
+
 def attention_section() -> str:
-    alibi = sorted((d for f in RES.glob("attention_methods_alibi*.json") if (d := _load(f))),
+    alibi = sorted((d for f in RES.glob("attention_methods_alibi*.json") if not f.stem.endswith("_quick")
+                    and (d := _load(f))),
                    key=lambda d: d["length"] / d["window"])  # 4x (the acceptance's) first, then longer reaches
     parts = [fn(d) for fn, d in ((_selfextend_lines, _load(RES / "attention_methods_passkey.json")),
                                   (_stream_lines, _load(RES / "attention_methods_stream.json")),
                                   *((_alibi_lines, d) for d in alibi)) if d]
+    if note := attention_quick_note():
+        parts.append([note])
     return "\n\n".join("\n".join(p) for p in parts) or "(no attention-method results yet)"
 
 
@@ -707,6 +759,8 @@ def _train_data(meta: dict) -> str:
 def train_section() -> str:
     lines = []
     for path in sorted(RES.glob("train_tiny*/summary.json")):
+        if path.parent.name.endswith("_quick"):  # read by the ordering note below
+            continue
         res = _load(path)
         runs = res["runs"]
         if not lines:
@@ -721,7 +775,25 @@ def train_section() -> str:
             lines.append(f"| `{path.parent.name}` | {_train_data(res['meta'])} | `{r['spec']}` | "
                          f"{b['ppl_last_quarter']:.2f} → {a['ppl_last_quarter']:.2f} | "
                          f"{r['last_quarter_vs_in_window']:.3f} | {_pct(b['passkey'])} → **{_pct(a['passkey'])}** |")
+    full, quick = _load(RES / "train_tiny" / "summary.json"), _load(RES / "train_tiny_quick" / "summary.json")
+    if lines and full and quick:
+        lines += ["", train_quick_note(full, quick)]
     return "\n".join(lines) or "(no training results yet)"
+
+
+def train_quick_note(full: dict, quick: dict) -> str:
+    """Does `train_tiny.py --quick` order the methods after training as the full `train_tiny` run does?"""
+    rows = []
+    for what, key, higher in (("last-quarter ppl", "ppl_last_quarter", False), ("passkey", "passkey", True)):
+        q = ranked({r["spec"]: r["after"][key] for r in quick["runs"].values()}, higher)
+        f = ranked({r["spec"]: r["after"][key] for r in full["runs"].values()
+                    if r["spec"] in {x["spec"] for x in quick["runs"].values()}}, higher)
+        rows.append((what, q, f))
+    a = quick["meta"]["args"]
+    return (f"`--quick` (`train_tiny.py --quick`: {a['steps']} steps, {a['windows']} held-out windows, {a['trials']} "
+            f"passkey trials per depth) orders the methods after training by " + "; ".join(
+                f"{w}: {q}" + (" (`train_tiny`: the same)" if q == f else f" (`train_tiny`: {f})") for w, q, f in rows)
+            + f". Same order: {'yes' if all(q == f for _, q, f in rows) else '**no**'}.")
 
 
 def search_lines(name: str, res: dict) -> list[str]:
@@ -753,6 +825,8 @@ def search_lines(name: str, res: dict) -> list[str]:
 def search_section() -> str:
     lines = []
     for path in sorted(RES.glob("search_*/summary.json")):
+        if path.parent.name.endswith("_quick"):  # read by the ordering note below
+            continue
         res = _load(path)
         if not lines:
             lines += ["`ctxext search` (no fine-tuning) against YaRN at the same factor, both measured afterwards on "
@@ -764,7 +838,23 @@ def search_section() -> str:
                       "| results | model, window → target | fitness | budget spent | held-out samples | spec | m | "
                       "in-window | ppl @ target | needle-ppl @ target |", "|---|---|---|---|---|---|---:|---:|---:|---:|"]
         lines += search_lines(path.parent.name, res)
+    full, quick = _load(RES / "search_tiny_rope" / "summary.json"), _load(RES / "search_tiny_rope_quick" / "summary.json")
+    if lines and full and quick:
+        lines += ["", search_quick_note(full, quick)]
     return "\n".join(lines) or "(no search results yet)"
+
+
+def search_quick_note(full: dict, quick: dict) -> str:
+    """Does `search_tiny.py --quick` order YaRN and the searched factors on the held-out book as the full search?"""
+    t = quick["search"]["config"]["target"]
+    rows = [(f"{col} @ {t:,}", *(ranked({k: v[f"{col}@{t}"] for k, v in d["heldout"]["rows"].items()}, False)
+                                  for d in (quick, full)))
+            for col in ("ppl", "needle-ppl")]
+    c, h = quick["search"]["config"], quick["heldout"]
+    return (f"`--quick` (`search_tiny.py --quick`: budget {c['budget']:g}, {h['ppl_documents']} held-out documents / "
+            f"{h['needle_trials']} needle trials) orders them " + "; ".join(
+                f"{w}: {q}" + (" (`search_tiny_rope`: the same)" if q == f else f" (`search_tiny_rope`: {f})")
+                for w, q, f in rows) + f". Same order: {'yes' if all(q == f for _, q, f in rows) else '**no**'}.")
 
 
 # ------------------------------------------------------------------------------------------------ registry

@@ -3,6 +3,8 @@ tokens), no fine-tuning, then `ctxext eval` of the searched factors against the 
 on the held-out book (pg84, which neither the fixture nor the search saw).
 
     OMP_NUM_THREADS=1 python benchmarks/search_tiny.py [--budget 130] [--fitness both] [--resume]
+    OMP_NUM_THREADS=1 python benchmarks/search_tiny.py --quick   # budget 30, 10 samples; held-out 16 documents and
+                                                                # 30 needle trials (minutes), into search_tiny_rope_quick/
 
 Search: data pg1342 + pg2701, fitness at 1024 tokens on --samples trials/passages, successive halving
 (512 × samples/2 then 1024 × samples), budget in full-length-evaluation equivalents. Evaluation (ctxext eval):
@@ -30,6 +32,7 @@ from train_tiny import held_out_windows  # a sibling script: the same held-out d
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "search_tiny_rope"
 MODEL, TARGET, WINDOW = "tiny-rope", 1024, 256
+QUICK = {"budget": 30.0, "samples": 10, "windows": 16, "trials": 30}  # --quick: the same experiment, smaller
 
 
 def main() -> int:
@@ -46,7 +49,12 @@ def main() -> int:
     ap.add_argument("--short-tolerance", type=float, default=0.005,
                     help="in-window guard on the attention factor, on the search books (default half of the 1 %% "
                          "bar: with 0.01 the searched spec came out +1.13 %% in window on the held-out book)")
+    ap.add_argument("--quick", action="store_true", help=", ".join(f"{k} {v:g}" for k, v in QUICK.items())
+                    + f": minutes, into {OUT.name}_quick/")
     args = ap.parse_args()
+    if args.quick:
+        vars(args).update(QUICK)
+    out = OUT.with_name(OUT.name + "_quick") if args.quick else OUT
 
     import torch
 
@@ -56,9 +64,9 @@ def main() -> int:
     from ctxext.fixtures import book_path
     from ctxext.search import config_from, run_search
 
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     os.chdir(ROOT)  # spec paths in the eval results are relative to the repository
-    search_dir = OUT.relative_to(ROOT) / "search"
+    search_dir = out.relative_to(ROOT) / "search"
     data = [str(book_path("pg1342.txt")), str(book_path("pg2701.txt"))]
     cfg = config_from(TARGET, fitness=args.fitness, budget=args.budget, population=args.population,
                       samples=args.samples, seed=args.seed, search_attention=True,
@@ -75,13 +83,13 @@ def main() -> int:
     first = next(h for h in full if h["fitness"] < y_seed)
     first_child = next(h for h in full if h["fitness"] < y_seed and not h["origin"].startswith(("seed:", "init:")))
 
-    held = held_out_windows(OUT / "heldout.jsonl", args.windows)
+    held = held_out_windows(out / "heldout.jsonl", args.windows)
     best = str(search_dir / "best.json")
     specs = ["default", f"yarn:factor={TARGET // WINDOW}", best]
     t0 = time.perf_counter()
     common = dict(data=[held], seed=args.seed, progress=sys.stderr.isatty(), resume=args.resume)
-    ev = run_eval(MODEL, specs, ["ppl"], [WINDOW, TARGET], samples=args.windows, out=OUT / "eval", **common)
-    ev_n = run_eval(MODEL, specs, ["needle-ppl"], [TARGET], samples=args.trials, out=OUT / "eval-needle", **common)
+    ev = run_eval(MODEL, specs, ["ppl"], [WINDOW, TARGET], samples=args.windows, out=out / "eval", **common)
+    ev_n = run_eval(MODEL, specs, ["needle-ppl"], [TARGET], samples=args.trials, out=out / "eval-needle", **common)
     eval_s = time.perf_counter() - t0
     val = {(r["scaling"], r["task"], r["length"]): r["value"] for r in ev["records"] + ev_n["records"]
            if r["bucket"] is None}
@@ -111,7 +119,7 @@ def main() -> int:
                     "seconds": round(eval_s, 1)},
         "checks": checks,
     }
-    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     m = summary["machine"]
     lines = ["# ctxext search on tiny-rope: 256 → 1024 tokens, no fine-tuning", "",
              f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}; "
@@ -131,7 +139,7 @@ def main() -> int:
         lines.append(f"| {name} | {r['ppl@256']:.4f} | {r['ppl@1024']:.4f} | {r['needle-ppl@1024']:.4f} |")
     lines += ["", f"In-window change of the searched spec vs default: {100 * summary['heldout']['in_window_change']:+.3f} %.",
               "", "| check | pass |", "|---|---|"] + [f"| {k} | {'yes' if v else 'NO'} |" for k, v in checks.items()]
-    (OUT / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if all(checks.values()) else 1
 

@@ -8,6 +8,8 @@ yarn and abf (base raised to the planner's critical base for 1024), 200 steps ea
         --out benchmarks/results/train_tiny_b16k     # the recipe that meets the passkey bar for all three methods
   (the lr / full-length / share variants at 4,096 tokens per step: train_tiny_{mix_lr2e3,full_lr2e3,full50_lr2e3},
   each folder's summary.json holds its arguments)
+    OMP_NUM_THREADS=1 python benchmarks/train_tiny.py --quick   # 50 steps, 16 windows, 4 trials per depth (~4 min):
+                                                               # into train_tiny_quick/, the README compares its order
 
 The first trains on the three training books only; --pretrain-mix adds passkey documents like the fixture's own
 pretraining ones (25 % of its sequences) totalling that share of steps x batch tokens, so the continual pretraining
@@ -39,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "train_tiny"
 TARGET = 1024
+QUICK = {"steps": 50, "windows": 16, "trials": 4, "eval_every": 50}  # --quick: the same runs, smaller
 
 
 def held_out_windows(path: Path, n: int, chars: int = 6000) -> str:
@@ -129,8 +132,13 @@ def main() -> None:
     p.add_argument("--mix-min-len", type=int, default=None,
                    help="shortest passkey document of --pretrain-mix in tokens (default: as in the fixture's "
                         "pretraining, 48; 512 keeps only documents past twice the original window)")
-    p.add_argument("--out", default=str(OUT))
+    p.add_argument("--out", default=None, help=f"default {OUT.relative_to(ROOT)} ({OUT.name}_quick with --quick)")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK['steps']} steps, {QUICK['windows']} held-out "
+                   f"windows, {QUICK['trials']} passkey trials per depth: minutes, into {OUT.name}_quick/")
     args = p.parse_args()
+    if args.quick:
+        vars(args).update(QUICK)
+    args.out = args.out or str(OUT.with_name(OUT.name + "_quick") if args.quick else OUT)
     if args.mix_min_len is not None and not 1 <= args.mix_min_len <= TARGET:
         raise SystemExit(f"--mix-min-len must be within [1, {TARGET}]")
 

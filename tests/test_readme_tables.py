@@ -185,9 +185,12 @@ def test_attention_section_tables(tmp_path, monkeypatch):
     assert "| `default`, context cut to the 256-token window | – | – | 75.5 | – | – |" in text
     (tmp_path / "attention_methods_alibi_x16.json").write_text(json.dumps({**al, "length": 4096}))
     (tmp_path / "attention_methods_alibi_x8.json").write_text(json.dumps({**al, "length": 2048}))
+    (tmp_path / "attention_methods_alibi_quick.json").write_text(json.dumps({**al, "length": 512}))
     text = readme.attention_section()
     heads = [line for line in text.splitlines() if line.startswith("ALiBi family")]
     assert [h.split(" at ")[1].split("×")[0] for h in heads] == ["4", "8", "16"]  # by reach, not by file name
+    # the quick run is no table of its own: it is read by the ordering note
+    assert "`--quick`" in text and "ALiBi 2× last-quarter ppl" in text
 
 
 def test_train_speed_ratio_only_within_one_run():
@@ -479,3 +482,65 @@ def test_planner_calibrates_ppl_rows_by_their_models_default():
     t = planner.tallies(rows)
     assert (t["calibrated_within_25pct"], t["calibrated_counted"], t["uncalibrated_within_25pct_of_those"]) == (1, 1, 0)
     assert planner.calibrate(rows) == rows  # idempotent: --rescore can run again
+
+
+def test_ranked_orders_best_first_and_keeps_ties():
+    assert readme.ranked({"a": 0.5, "b": 1.0, "c": 0.5, "d": None}, True) == "`b` > `a` = `c`"
+    assert readme.ranked({"x @ 16384": 22.3, "y @ 16384": 1.02}, False) == "`y` < `x`"
+
+
+def test_attention_quick_note_compares_each_part_with_its_full_run(tmp_path, monkeypatch):
+    import json
+
+    def alibi(ppl, pk):
+        return {"length": 1024, "window": 256, "specs": {s: {"ppl_last_quarter": a, "passkey": b}
+                                                         for s, a, b in zip(("default", "ntk", "interp"), ppl, pk)}}
+
+    def stream(worst):
+        return {"runs": {f"{s} @ {n}": {"spec": s, "length": n, "max_segment_over_in_window": w}
+                         for s, n, w in worst}}
+
+    files = {"alibi": alibi((75, 81, 142), (0.5, 0.8, 0.0)), "alibi_quick": alibi((83, 90, 152), (0.4, 0.8, 0.0)),
+             "stream": stream([("streaming", 65536, 1.06), ("default", 65536, 142.0), ("streaming", 32768, 1.1)]),
+             "stream_quick": stream([("streaming", 16384, 1.02), ("default", 16384, 22.3)]),
+             "passkey": {"length": 16384, "specs": {"se": {"accuracy": 0.9}, "other": {"accuracy": 1.0},
+                                                    "default": {"accuracy": 0.0}}},
+             "passkey_quick": {"length": 16384, "specs": {"se": {"accuracy": 0.0}, "default": {"accuracy": 0.0}}}}
+    for k, v in files.items():
+        (tmp_path / f"attention_methods_{k}.json").write_text(json.dumps(v))
+    monkeypatch.setattr(readme, "RES", tmp_path)
+    note = readme.attention_quick_note()
+    assert "ALiBi 4× last-quarter ppl: `default` < `ntk` < `interp` (full: the same)" in note
+    assert "streaming worst segment / in-window: `streaming` < `default` (full: the same)" in note
+    # the quick passkey tie is not the full run's order (other specs of the full run are left out)
+    assert "passkey at 16,384: `se` = `default` (full: `se` > `default`)" in note
+    assert note.endswith("Same order everywhere: **no**.")
+    (tmp_path / "attention_methods_passkey_quick.json").unlink()
+    assert readme.attention_quick_note().endswith("Same order everywhere: yes.")
+
+
+def test_train_and_search_quick_notes():
+    def train(after):
+        return {"meta": {"args": {"steps": 50, "windows": 16, "trials": 4}},
+                "runs": {n: {"spec": f"{n}:x", "after": {"ppl_last_quarter": p, "passkey": k}}
+                         for n, (p, k) in after.items()}}
+
+    full = train({"linear": (66.2, 0.0), "yarn": (63.35, 0.66), "abf": (63.27, 0.68)})
+    note = readme.train_quick_note(full, train({"linear": (70.0, 0.0), "yarn": (66.0, 0.5), "abf": (65.0, 0.6)}))
+    assert "last-quarter ppl: `abf:x` < `yarn:x` < `linear:x` (`train_tiny`: the same)" in note
+    assert note.endswith("Same order: yes.")
+    note = readme.train_quick_note(full, train({"yarn": (64.0, 0.5), "abf": (65.0, 0.5)}))  # two methods only
+    assert "`yarn:x` < `abf:x` (`train_tiny`: `abf:x` < `yarn:x`)" in note and "passkey: `yarn:x` = `abf:x`" in note
+    assert note.endswith("Same order: **no**.")
+
+    def search(yarn, searched):
+        return {"search": {"config": {"target": 1024, "budget": 30}},
+                "heldout": {"ppl_documents": 16, "needle_trials": 30, "rows": {
+                    "default": {"ppl@1024": 138.0, "needle-ppl@1024": 2000.0},
+                    "yarn:factor=4": dict(zip(("ppl@1024", "needle-ppl@1024"), yarn)),
+                    "searched": dict(zip(("ppl@1024", "needle-ppl@1024"), searched))}}}
+
+    note = readme.search_quick_note(search((88, 146), (71, 125)), search((90, 150), (80, 155)))
+    assert "ppl @ 1,024: `searched` < `yarn:factor=4` < `default` (`search_tiny_rope`: the same)" in note
+    assert "needle-ppl @ 1,024: `yarn:factor=4` < `searched` < `default` (`search_tiny_rope`: `searched` <" in note
+    assert "budget 30, 16 held-out documents / 30 needle trials" in note and note.endswith("**no**.")
