@@ -142,20 +142,67 @@ def exports(spec: str, res: dict) -> str:
     return "yes"
 
 
-def glance_table(runs: dict[int, dict]) -> str:
-    """One row per method over every factor that ran ({factor: results}): at each, the last quarter's perplexity
-    against the unscaled model's own in-window perplexity (what a user gives up at the far end of the document), and
-    passkey trials correct; a method with several specs at a factor shows its best by that perplexity."""
+Cells = dict[str, dict[int, tuple[str, float, str]]]
+
+
+def best_by_factor(runs: dict[int, dict]) -> tuple[dict[int, tuple], Cells, list[str]]:
+    """(ppl_means per factor, per method and factor its best spec by far-end ratio with that ratio and its passkey
+    count, the methods best first at the largest factor) over the runs ({factor: results})."""
     factors = sorted(runs)
     at = {f: ppl_means(runs[f]) for f in factors}  # (length, trained, late buckets, means per spec)
-    cells: dict[str, dict[int, tuple[str, float, str]]] = {}
+    cells: Cells = {}
     for f in factors:
         for s, ratio in far_end_ratios(at[f][3]).items():
             best = cells.setdefault(_method(s), {}).get(f)
             if best is None or ratio < best[1]:
                 cells[_method(s)][f] = (s, ratio, _passkey_count(runs[f], s))
     inf = float("inf")
-    order = sorted(cells, key=lambda m: tuple(cells[m].get(f, (None, inf))[1] for f in reversed(factors)))
+    return at, cells, sorted(cells, key=lambda m: tuple(cells[m].get(f, (None, inf))[1] for f in reversed(factors)))
+
+
+ACROSS_PNG = RES / "methods_across_factors.png"
+TOP = 12.0  # the plot's ceiling: the methods a user would choose between lie below it
+
+
+def across_factors_plot(runs: dict[int, dict], path: Path = ACROSS_PNG) -> Path:
+    """The across-factors table as lines: far-end perplexity / the unscaled model's in-window one, per method,
+    against the extension factor (both axes logarithmic; methods that remap attention dashed)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from ctxext.plots import PALETTE, figure, save
+
+    factors = sorted(runs)
+    _, cells, order = best_by_factor(runs)
+    others = [m for m in order if m != "default"]
+    with figure() as (fig, ax):
+        for m in order:  # the model as trained in the palette's first colour; the rest by colour, then marker
+            k = others.index(m) if m != "default" else None
+            color = PALETTE[0] if k is None else PALETTE[1 + k % (len(PALETTE) - 1)]
+            marker = "o" if k is None else "os^D"[k // (len(PALETTE) - 1) % 4]
+            fs = [f for f in factors if f in cells[m]]
+            ys = [cells[m][f][1] for f in fs]
+            off = [f"{y:,.0f}×" for y in ys if y > TOP]  # where default RoPE lives: named, not drawn
+            ax.plot(fs, ys, marker=marker, ms=5, color=color, ls="--" if m in ("self-extend", "streaming") else "-",
+                    label=m + (f" ({', '.join(off)}: above the plot)" if off else ""))
+        ax.axhline(1.0, color="#8C8C8C", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_ylim(0.9, TOP)
+        ax.set_yticks([1, 1.5, 2, 3, 5, 10], ["1×", "1.5×", "2×", "3×", "5×", "10×"])
+        ax.minorticks_off()
+        ax.set_xticks(factors, [f"{f}×\n{ppl_means(runs[f])[0] // 1024}k" for f in factors])
+        ax.set_xlabel("extension factor (target length)")
+        ax.set_ylabel("last-quarter ppl / unscaled in-window ppl")
+        ax.set_title("Far-end perplexity by method and factor (lower is better; 1 = nothing lost)")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        return save(fig, path)
+
+
+def glance_table(runs: dict[int, dict]) -> str:
+    """One row per method over every factor that ran ({factor: results}): at each, the last quarter's perplexity
+    against the unscaled model's own in-window perplexity (what a user gives up at the far end of the document), and
+    passkey trials correct; a method with several specs at a factor shows its best by that perplexity."""
+    factors = sorted(runs)
+    at, cells, order = best_by_factor(runs)
     head = ["method", "stock config"] + [x for f in factors for x in (f"{f}× ({at[f][0] // 1024}k) ppl", "passkey")]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for m in order:
@@ -303,26 +350,37 @@ def _methods_body(name: str, res: dict, pooled: dict | None = None, factor: int 
     return body
 
 
-def methods_section() -> str:
-    """The 2x table (else the quick run's, else the first 16k run's), then one table per larger factor that ran
-    (benchmarks/methods.py --factor F writes methods_xF/)."""
-    parts, runs = [], {}
+def method_runs() -> dict[int, tuple[str, dict]]:
+    """{factor: (results folder, results)}: 2x from methods/ (else the quick run's, else the first 16k run's), then
+    each larger factor that ran (benchmarks/methods.py --factor F writes methods_xF/)."""
+    runs = {}
     for name in ("methods", "methods_quick", "smollm2_16k"):
         if res := _load(RES / name / "results.json"):
-            pooled = _load(RES / "methods_niah" / "results.json") if name == "methods" else None
-            parts.append(_methods_body(name, res, pooled))
-            runs[2] = res
+            runs[2] = (name, res)
             break
     scaled = sorted((int(m[1]), d) for d in RES.glob("methods_x*") if (m := re.fullmatch(r"methods_x(\d+)", d.name)))
     for factor, d in scaled:
         if res := _load(d / "results.json"):
-            parts.append(f"**At {factor}× the trained length.** " + _methods_body(d.name, res, factor=factor))
-            runs[factor] = res
+            runs[factor] = (d.name, res)
+    return runs
+
+
+def methods_section() -> str:
+    """The 2x table (else the quick run's, else the first 16k run's), then one table per larger factor that ran
+    (benchmarks/methods.py --factor F writes methods_xF/)."""
+    parts, runs = [], method_runs()
+    for factor, (name, res) in runs.items():
+        if factor == 2:
+            pooled = _load(RES / "methods_niah" / "results.json") if name == "methods" else None
+            parts.append(_methods_body(name, res, pooled))
+        else:
+            parts.append(f"**At {factor}× the trained length.** " + _methods_body(name, res, factor=factor))
+    runs = {f: res for f, (_, res) in runs.items()}
     if len(runs) > 1:
         parts.insert(0, "**Across factors** (from the tables below): ppl is the last quarter's perplexity over the "
                      "unscaled model's own in-window perplexity (1.00× = nothing lost at the far end of the document), "
                      "passkey the trials correct over every depth; best first at the largest factor.\n\n"
-                     + glance_table(runs))
+                     + glance_table(runs) + f"\n\n![far-end perplexity by factor]({ACROSS_PNG.relative_to(ROOT)})")
     return "\n\n".join(parts) or "(no method results yet: run `python benchmarks/methods.py`)"
 
 
@@ -910,6 +968,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     readme.write_text(new)
+    if len(runs := method_runs()) > 1:
+        print(f"wrote {across_factors_plot({f: res for f, (_, res) in runs.items()}).relative_to(ROOT)}")
     print("README.md tables regenerated")
     return 0
 

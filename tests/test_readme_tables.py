@@ -96,6 +96,25 @@ def test_glance_table_ranks_methods_by_the_largest_factor_and_counts_passkey_tri
     assert stock == {"| `streaming`": "no", "| `self-extend`": "no", "| `yarn`": "yes", "| `default`": "yes"}
 
 
+def test_across_factors_plot_draws_the_table_and_names_what_it_cannot_show(tmp_path, monkeypatch):
+    from matplotlib import pyplot as plt
+
+    x2 = _results({"default": 300.0, "yarn:factor=2": 11.0})
+    x4 = _results({"default": 900.0, "yarn:factor=4": 30.0}, 32768)
+    labels = {}
+    real_legend = plt.Axes.legend
+
+    def legend(ax, *a, **k):
+        labels.update({ln.get_label(): list(ln.get_ydata()) for ln in ax.get_lines() if ln.get_label()[0] != "_"})
+        return real_legend(ax, *a, **k)
+
+    monkeypatch.setattr(plt.Axes, "legend", legend)
+    out = readme.across_factors_plot({4: x4, 2: x2}, tmp_path / "x.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # in-window ppl is 10 in _results: yarn 1.1x then 3x; default's 30x and 90x lie above the plot and are named
+    assert labels == {"yarn": pytest.approx([1.1, 3.0]), "default (30×, 90×: above the plot)": pytest.approx([30, 90])}
+
+
 def test_planner_picks_are_looked_up_in_the_measured_runs():
     smollm2 = {"rotary_dim": 64, "base": 100000.0, "original_len": 8192}
     x2 = _results({"default": 300.0, "yarn:factor=2": 11.0, "ntk:factor=2": 10.5})
