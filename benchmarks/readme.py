@@ -841,17 +841,25 @@ def train_section() -> str:
 
 def train_quick_note(full: dict, quick: dict) -> str:
     """Does `train_tiny.py --quick` order the methods after training as the full `train_tiny` run does?"""
-    rows = []
-    for what, key, higher in (("last-quarter ppl", "ppl_last_quarter", False), ("passkey", "passkey", True)):
+    rows, close = [], []
+    specs = {x["spec"] for x in quick["runs"].values()}
+    # (what, key, higher is better, how close two full-run figures are to be called within noise, its unit)
+    for what, key, higher, tol, unit in (("last-quarter ppl", "ppl_last_quarter", False, 0.01, "relative"),
+                                         ("passkey", "passkey", True, 0.05, "points")):
         q = ranked({r["spec"]: r["after"][key] for r in quick["runs"].values()}, higher)
-        f = ranked({r["spec"]: r["after"][key] for r in full["runs"].values()
-                    if r["spec"] in {x["spec"] for x in quick["runs"].values()}}, higher)
-        rows.append((what, q, f))
+        vals = {r["spec"]: r["after"][key] for r in full["runs"].values() if r["spec"] in specs}
+        rows.append((what, q, ranked(vals, higher)))
+        pairs = sorted(vals.items(), key=lambda kv: kv[1])
+        for (s1, v1), (s2, v2) in zip(pairs, pairs[1:]):
+            gap = (v2 - v1) / v1 if unit == "relative" else v2 - v1
+            if gap < tol:
+                close.append(f"`{s1}` and `{s2}` {what} {100 * gap:.1f}{' %' if unit == 'relative' else ' points'} apart")
     a = quick["meta"]["args"]
     return (f"`--quick` (`train_tiny.py --quick`: {a['steps']} steps, {a['windows']} held-out windows, {a['trials']} "
             f"passkey trials per depth) orders the methods after training by " + "; ".join(
                 f"{w}: {q}" + (" (`train_tiny`: the same)" if q == f else f" (`train_tiny`: {f})") for w, q, f in rows)
-            + f". Same order: {'yes' if all(q == f for _, q, f in rows) else '**no**'}.")
+            + f". Same order: {'yes' if all(q == f for _, q, f in rows) else '**no**'}"
+            + (f" (within noise in `train_tiny` itself: {'; '.join(close)})." if close else "."))
 
 
 def search_lines(name: str, res: dict) -> list[str]:
