@@ -775,6 +775,14 @@ def _quick_orders(name: str, full: dict, quick: dict) -> list[tuple[str, str, st
             (f"{x} passkey", *(ranked({s: d["specs"][s]["passkey"] for s in specs}, True) for d in (quick, full)))]
 
 
+def order_note(intro: str, rows: list[tuple[str, str, str]], ref: str, noise: str = "") -> str:
+    """One sentence: each (what, quick order, full order) row, whether the two agree, and what the full run itself
+    cannot tell apart (noise)."""
+    cells = "; ".join(f"{w}: {q}" + (f" ({ref}: the same)" if q == f else f" ({ref}: {f})") for w, q, f in rows)
+    same = "yes" if all(q == f for _, q, f in rows) else "**no**"
+    return f"{intro} {cells}. Same order: {same}" + (f" ({noise})." if noise else ".")
+
+
 def attention_quick_note() -> str:
     """Does each `attention_methods.py <part> --quick` order the methods as its full run does?"""
     rows = []
@@ -784,10 +792,8 @@ def attention_quick_note() -> str:
             rows += _quick_orders(qf.stem.split("_")[2], full, _load(qf))
     if not rows:
         return ""
-    same = all(q == f for _, q, f in rows)
-    return ("`--quick` (`attention_methods.py passkey|stream|alibi --quick`: separate, smaller runs) against the full "
-            "runs above: " + "; ".join(f"{w}: {q}" + (" (full: the same)" if q == f else f" (full: {f})")
-                                      for w, q, f in rows) + f". Same order everywhere: {'yes' if same else '**no**'}.")
+    return order_note("`--quick` (`attention_methods.py passkey|stream|alibi --quick`: separate, smaller runs) against "
+                      "the full runs above:", rows, "full")
 
 
 def attention_section() -> str:
@@ -855,11 +861,9 @@ def train_quick_note(full: dict, quick: dict) -> str:
             if gap < tol:
                 close.append(f"`{s1}` and `{s2}` {what} {100 * gap:.1f}{' %' if unit == 'relative' else ' points'} apart")
     a = quick["meta"]["args"]
-    return (f"`--quick` (`train_tiny.py --quick`: {a['steps']} steps, {a['windows']} held-out windows, {a['trials']} "
-            f"passkey trials per depth) orders the methods after training by " + "; ".join(
-                f"{w}: {q}" + (" (`train_tiny`: the same)" if q == f else f" (`train_tiny`: {f})") for w, q, f in rows)
-            + f". Same order: {'yes' if all(q == f for _, q, f in rows) else '**no**'}"
-            + (f" (within noise in `train_tiny` itself: {'; '.join(close)})." if close else "."))
+    return order_note(f"`--quick` (`train_tiny.py --quick`: {a['steps']} steps, {a['windows']} held-out windows, "
+                      f"{a['trials']} passkey trials per depth) orders the methods after training by", rows,
+                      "`train_tiny`", f"within noise in `train_tiny` itself: {'; '.join(close)}" if close else "")
 
 
 def search_lines(name: str, res: dict) -> list[str]:
@@ -917,10 +921,8 @@ def search_quick_note(full: dict, quick: dict) -> str:
                                   for d in (quick, full)))
             for col in ("ppl", "needle-ppl")]
     c, h = quick["search"]["config"], quick["heldout"]
-    return (f"`--quick` (`search_tiny.py --quick`: budget {c['budget']:g}, {h['ppl_documents']} held-out documents / "
-            f"{h['needle_trials']} needle trials) orders them " + "; ".join(
-                f"{w}: {q}" + (" (`search_tiny_rope`: the same)" if q == f else f" (`search_tiny_rope`: {f})")
-                for w, q, f in rows) + f". Same order: {'yes' if all(q == f for _, q, f in rows) else '**no**'}.")
+    return order_note(f"`--quick` (`search_tiny.py --quick`: budget {c['budget']:g}, {h['ppl_documents']} held-out "
+                      f"documents / {h['needle_trials']} needle trials) orders them", rows, "`search_tiny_rope`")
 
 
 # ------------------------------------------------------------------------------------------------ registry

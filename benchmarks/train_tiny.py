@@ -8,7 +8,7 @@ yarn and abf (base raised to the planner's critical base for 1024), 200 steps ea
         --out benchmarks/results/train_tiny_b16k     # the recipe that meets the passkey bar for all three methods
   (the lr / full-length / share variants at 4,096 tokens per step: train_tiny_{mix_lr2e3,full_lr2e3,full50_lr2e3},
   each folder's summary.json holds its arguments)
-    OMP_NUM_THREADS=1 python benchmarks/train_tiny.py --quick   # 50 steps, 16 windows, 4 trials per depth (~4 min):
+    OMP_NUM_THREADS=1 python benchmarks/train_tiny.py --quick   # 50 steps, 16 windows, 4 trials per depth (~2 min):
                                                                # into train_tiny_quick/, the README compares its order
 
 The first trains on the three training books only; --pretrain-mix adds passkey documents like the fixture's own

@@ -533,9 +533,9 @@ def test_attention_quick_note_compares_each_part_with_its_full_run(tmp_path, mon
     assert "streaming worst segment / in-window: `streaming` < `default` (full: the same)" in note
     # the quick passkey tie is not the full run's order (other specs of the full run are left out)
     assert "passkey at 16,384: `se` = `default` (full: `se` > `default`)" in note
-    assert note.endswith("Same order everywhere: **no**.")
+    assert note.endswith("Same order: **no**.")
     (tmp_path / "attention_methods_passkey_quick.json").unlink()
-    assert readme.attention_quick_note().endswith("Same order everywhere: yes.")
+    assert readme.attention_quick_note().endswith("Same order: yes.")
 
 
 def test_train_and_search_quick_notes():
