@@ -255,8 +255,9 @@ def methods_table(res: dict, source: str, expected: list[str] | None = None) -> 
     yet are named under it."""
     recs = res["records"]
     specs = list(dict.fromkeys(r["scaling"] for r in recs))
-    # rows in first-run order, a spec added later beside the others of its method, streaming (no passkey) last
-    family = list(dict.fromkeys(s.split(":")[0] for s in specs))
+    # rows in the benchmark's method order (else first-run order), a spec added later beside the others of its
+    # method, streaming (no passkey) last: the tables of every factor read alike whatever order the cells ran in
+    family = list(dict.fromkeys(s.split(":")[0] for s in (expected or []) + specs))
     specs.sort(key=lambda s: (s.startswith("streaming"), family.index(s.split(":")[0])))
     ppl = _ppl_records(res)
     length, trained, late, means = ppl_means(res)

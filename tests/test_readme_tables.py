@@ -70,6 +70,20 @@ def test_a_larger_factor_table_names_the_specs_not_measured_yet():
     assert "perplexity not run yet" not in readme.methods_table(res, "m")  # the 2x table (no expected set) says nothing
 
 
+def test_a_larger_factor_table_lists_rows_in_the_benchmarks_method_order_whatever_ran_first():
+    # cells ran yarn first, then self-extend, then default, then the planner's dynamic-ntk pick
+    res = _results({"yarn:factor=8": 20.0, "self-extend:group=16,window=2048": 19.0, "default": 900.0,
+                    "dynamic-ntk:factor=3.3207": 25.0}, length=65536)
+    rows = [line.split(" | ")[0] for line in readme.methods_table(res, "m", readme.expected_specs(8)).splitlines()
+            if line.startswith("| `")]
+    # the benchmark's order (default, ..., dynamic-ntk, ..., yarn, ..., self-extend); a spec outside it sits with
+    # its method
+    assert rows == ["| `default`", "| `dynamic-ntk:factor=3.3207`", "| `yarn:factor=8`",
+                    "| `self-extend:group=16,window=2048`"]
+    rows = [line.split(" | ")[0] for line in readme.methods_table(res, "m").splitlines() if line.startswith("| `")]
+    assert rows[0] == "| `yarn:factor=8`"  # no method order known: first-run order
+
+
 def test_glance_table_ranks_methods_by_the_largest_factor_and_counts_passkey_trials():
     x2 = _results({"default": 300.0, "yarn:factor=2": 11.0, "self-extend:group=4,window=2048": 12.0,
                    "self-extend:group=8,window=4096": 10.5, "benchmarks/results/x/best.json": 10.8})
@@ -435,7 +449,7 @@ def test_methods_section_adds_a_table_per_larger_factor(tmp_path, monkeypatch):
     assert "at 16,384 tokens" in first and "`yarn:factor=2`" in first and "32,768" not in first
     assert "at 32,768 tokens" in rest and "`benchmarks/results/methods_x4`" in rest
     assert [line.split(" | ")[0] for line in rest.splitlines() if line.startswith("| `")] == [
-        "| `default`", "| `yarn:factor=4`", "| `linear:factor=4`"]
+        "| `default`", "| `linear:factor=4`", "| `yarn:factor=4`"]  # the benchmark's method order
     # the 4x quick run ranks linear above default, as the full 4x run does
     assert "linear:factor=4 < default; same order: yes." in rest and "methods_x4_seed1" not in text
     assert text.count("**At ") == 1
