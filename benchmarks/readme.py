@@ -862,9 +862,26 @@ def train_quick_note(full: dict, quick: dict) -> str:
             if gap < tol:
                 close.append(f"`{s1}` and `{s2}` {what} {100 * gap:.1f}{' %' if unit == 'relative' else ' points'} apart")
     a = quick["meta"]["args"]
-    return order_note(f"`--quick` (`train_tiny.py --quick`: {a['steps']} steps, {a['windows']} held-out windows, "
+    note = order_note(f"`--quick` (`train_tiny.py --quick`: {a['steps']} steps, {a['windows']} held-out windows, "
                       f"{a['trials']} passkey trials per depth) orders the methods after training by", rows,
                       "`train_tiny`", f"within noise in `train_tiny` itself: {'; '.join(close)}" if close else "")
+    return note + (" " + at_step if (at_step := _full_at_quick_steps(full, quick, rows)) else "")
+
+
+def _full_at_quick_steps(full: dict, quick: dict, rows: list[tuple[str, str, str]]) -> str:
+    """The full run's own evaluation at the quick run's step count (its curve), ordered like the quick run: a quick
+    run trains fewer steps, so methods whose curves cross later can be ordered differently at the end only."""
+    steps = quick["meta"]["args"]["steps"]
+    specs = {x["spec"] for x in quick["runs"].values()}
+    at = {r["spec"]: p for r in full["runs"].values() if r["spec"] in specs
+          for p in r.get("curve", []) if p["step"] == steps}
+    if steps >= full["meta"]["args"]["steps"] or set(at) != specs:
+        return ""
+    orders = [ranked({s: p["ppl_last_quarter"] for s, p in at.items()}, False),
+              ranked({s: p["passkey"] for s, p in at.items()}, True)]
+    same = all(o == q for o, (_, q, _) in zip(orders, rows))
+    return (f"At step {steps}, the full run's own evaluation orders them by last-quarter ppl {orders[0]} and by "
+            f"passkey {orders[1]}: {'the' if same else 'not the'} quick run's order.")
 
 
 def search_lines(name: str, res: dict) -> list[str]:

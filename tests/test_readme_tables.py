@@ -566,6 +566,19 @@ def test_train_and_search_quick_notes():
     assert "`yarn:x` < `abf:x` (`train_tiny`: `abf:x` < `yarn:x`)" in note and "passkey: `yarn:x` = `abf:x`" in note
     assert note.endswith("Same order: **no** (within noise in `train_tiny` itself: `abf:x` and `yarn:x` last-quarter "
                          "ppl 0.1 % apart; `yarn:x` and `abf:x` passkey 2.0 points apart).")
+    # the full run's curve at the quick run's 50 steps: the order the quick run found, or not
+    full["meta"]["args"]["steps"] = 200
+    for name, (p50, k50) in {"yarn": (67.1, 0.4), "abf": (67.5, 0.34), "linear": (88.1, 0.0)}.items():
+        full["runs"][name]["curve"] = [{"step": 50, "ppl_last_quarter": p50, "passkey": k50}]
+    quick = train({"linear": (94.3, 0.0), "yarn": (68.8, 0.5), "abf": (69.1, 0.4)})
+    note = readme.train_quick_note(full, quick)
+    assert "Same order: **no**" in note
+    assert note.endswith("At step 50, the full run's own evaluation orders them by last-quarter ppl `yarn:x` < `abf:x` "
+                         "< `linear:x` and by passkey `yarn:x` > `abf:x` > `linear:x`: the quick run's order.")
+    quick["runs"]["abf"]["after"]["passkey"] = 0.6
+    assert readme.train_quick_note(full, quick).endswith(": not the quick run's order.")
+    del full["runs"]["abf"]["curve"]  # no step-50 evaluation of every method: nothing said
+    assert readme.train_quick_note(full, quick).endswith("points apart).")
 
     def search(yarn, searched):
         return {"search": {"config": {"target": 1024, "budget": 30}},
