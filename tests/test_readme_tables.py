@@ -1,4 +1,5 @@
-"""benchmarks/readme.py: the README tables come from results files; the committed README matches them."""
+"""benchmarks/readme.py and benchmarks/report/: the README tables come from results files; the committed README
+matches them."""
 
 import importlib.util
 import json
@@ -10,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("bench_readme", ROOT / "benchmarks" / "readme.py")
 readme = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(readme)
+import report  # noqa: E402  (benchmarks/report, put on the path by readme.py; each README section's module)
 
 
 def _results(late: dict[str, float], length: int = 16384, task: dict[str, str] | None = None) -> dict:
@@ -28,9 +30,9 @@ def _results(late: dict[str, float], length: int = 16384, task: dict[str, str] |
 def test_late_order_and_table():
     res = _results({"default": 900.0, "yarn:factor=2": 20.0, "streaming:sinks=4,window=2044": 30.0,
                     "benchmarks/results/x/best.json": 19.0}, task={"streaming:sinks=4,window=2044": "stream-ppl"})
-    assert readme.late_order(res) == ["benchmarks/results/x/best.json", "yarn:factor=2",
+    assert report.methods.late_order(res) == ["benchmarks/results/x/best.json", "yarn:factor=2",
                                       "streaming:sinks=4,window=2044", "default"]
-    table = readme.methods_table(res, "benchmarks/results/methods")
+    table = report.methods.methods_table(res, "benchmarks/results/methods")
     assert "| `default` | 10.0 | 900.0 | 900.0 | 90.00× | 0% |" in table
     assert "longrope, searched (`benchmarks/results/x/best.json`)" in table
     assert "| `streaming:sinks=4,window=2044` | 10.0 | 30.0 | 30.0 | 3.00× | – |" in table
@@ -40,7 +42,7 @@ def test_table_rows_group_a_later_spec_with_its_method_and_put_streaming_last():
     res = _results({"default": 900.0, "self-extend:group=4,window=2048": 20.0, "streaming:sinks=4,window=2044": 30.0,
                     "benchmarks/results/x/best.json": 19.0, "self-extend:group=8,window=4096": 18.0},
                    task={"streaming:sinks=4,window=2044": "stream-ppl"})
-    rows = [line.split(" | ")[0] for line in readme.methods_table(res, "m").splitlines() if line.startswith("| `")
+    rows = [line.split(" | ")[0] for line in report.methods.methods_table(res, "m").splitlines() if line.startswith("| `")
             or line.startswith("| longrope")]
     assert rows == ["| `default`", "| `self-extend:group=4,window=2048`", "| `self-extend:group=8,window=4096`",
                     "| longrope, searched (`benchmarks/results/x/best.json`)", "| `streaming:sinks=4,window=2044`"]
@@ -48,11 +50,11 @@ def test_table_rows_group_a_later_spec_with_its_method_and_put_streaming_last():
 
 def test_table_states_the_measured_time_per_task_beside_the_estimate():
     res = _results({"default": 900.0, "yarn:factor=2": 20.0})
-    assert "time on that machine" not in readme.methods_table(res, "m")  # no timings recorded: nothing said
+    assert "time on that machine" not in report.methods.methods_table(res, "m")  # no timings recorded: nothing said
     res["meta"]["timings"] = [
         {"scaling": s, "task": "passkey", "length": 16384, "depth": d, "seconds": sec, "estimated_seconds": 60.0}
         for s, d, sec in (("default", 0.1, 100.0), ("default", 0.5, 20.0), ("yarn:factor=2", 0.1, 300.0))]
-    line = readme.methods_table(res, "m").splitlines()[-1]
+    line = report.methods.methods_table(res, "m").splitlines()[-1]
     # per spec: default's two depths add up to 120 s, yarn's one to 300 s; the median of the two is 210 s
     assert line == ("time on that machine: passkey at 16,384: 3.5 min per spec (median of 2 timed, 2.0 min–5.0 min; "
                     "estimated 1.5 min) (cells run before timings were recorded are not counted).")
@@ -61,26 +63,26 @@ def test_table_states_the_measured_time_per_task_beside_the_estimate():
 def test_a_larger_factor_table_names_the_specs_not_measured_yet():
     res = _results({"yarn:factor=8": 20.0, "streaming:sinks=4,window=2044": 30.0},
                    task={"streaming:sinks=4,window=2044": "stream-ppl"}, length=65536)
-    expected = readme.expected_specs(8)
+    expected = report.methods.expected_specs(8)
     assert len(expected) == 12 and "yarn:factor=8" in expected and expected[-1] == "streaming:sinks=4,window=2044"
-    table = readme.methods_table(res, "m", expected)
+    table = report.methods.methods_table(res, "m", expected)
     note = next(ln for ln in table.splitlines() if ln.startswith("perplexity not run yet"))
     assert note.startswith("perplexity not run yet for 10 of 12 specs: `default`, `linear:factor=8`,")
     assert "`yarn:factor=8`" not in note and "streaming" not in note
-    assert "perplexity not run yet" not in readme.methods_table(res, "m")  # the 2x table (no expected set) says nothing
+    assert "perplexity not run yet" not in report.methods.methods_table(res, "m")  # the 2x table (no expected set) says nothing
 
 
 def test_a_larger_factor_table_lists_rows_in_the_benchmarks_method_order_whatever_ran_first():
     # cells ran yarn first, then self-extend, then default, then the planner's dynamic-ntk pick
     res = _results({"yarn:factor=8": 20.0, "self-extend:group=16,window=2048": 19.0, "default": 900.0,
                     "dynamic-ntk:factor=3.3207": 25.0}, length=65536)
-    rows = [line.split(" | ")[0] for line in readme.methods_table(res, "m", readme.expected_specs(8)).splitlines()
+    rows = [line.split(" | ")[0] for line in report.methods.methods_table(res, "m", report.methods.expected_specs(8)).splitlines()
             if line.startswith("| `")]
     # the benchmark's order (default, ..., dynamic-ntk, ..., yarn, ..., self-extend); a spec outside it sits with
     # its method
     assert rows == ["| `default`", "| `dynamic-ntk:factor=3.3207`", "| `yarn:factor=8`",
                     "| `self-extend:group=16,window=2048`"]
-    rows = [line.split(" | ")[0] for line in readme.methods_table(res, "m").splitlines() if line.startswith("| `")]
+    rows = [line.split(" | ")[0] for line in report.methods.methods_table(res, "m").splitlines() if line.startswith("| `")]
     assert rows[0] == "| `yarn:factor=8`"  # no method order known: first-run order
 
 
@@ -91,7 +93,7 @@ def test_glance_table_ranks_methods_by_the_largest_factor_and_counts_passkey_tri
                        "bucket": None, "metric": "accuracy", "value": v, "n": 2} for d, v in ((0.1, 0.5), (0.9, 1.0))]
     x4 = _results({"default": 900.0, "yarn:factor=4": 30.0, "self-extend:group=16,window=4096": 14.0,
                    "streaming:sinks=4,window=2044": 10.0}, 32768, task={"streaming:sinks=4,window=2044": "stream-ppl"})
-    table = readme.glance_table({4: x4, 2: x2})
+    table = report.methods.glance_table({4: x4, 2: x2})
     rows = [ln for ln in table.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
     # in-window ppl is 10 everywhere in _results: each cell is the last quarter's ppl / 10
     assert rows == ["| `streaming` | – | – | – | 1.00× | – |",
@@ -105,7 +107,7 @@ def test_glance_table_ranks_methods_by_the_largest_factor_and_counts_passkey_tri
     # with the model's RoPE shape recorded, the export column asks ctxext.export's own check
     for res in (x2, x4):
         res["meta"]["config"]["model_info"]["rope"] = {"rotary_dim": 64, "base": 100000.0, "original_len": 8192}
-    stock = {ln.split(" | ")[0]: ln.split(" | ")[1] for ln in readme.glance_table({4: x4, 2: x2}).splitlines()
+    stock = {ln.split(" | ")[0]: ln.split(" | ")[1] for ln in report.methods.glance_table({4: x4, 2: x2}).splitlines()
              if ln.startswith("| `")}
     assert stock == {"| `streaming`": "no", "| `self-extend`": "no", "| `yarn`": "yes", "| `default`": "yes"}
 
@@ -123,7 +125,7 @@ def test_across_factors_plot_draws_the_table_and_names_what_it_cannot_show(tmp_p
         return real_legend(ax, *a, **k)
 
     monkeypatch.setattr(plt.Axes, "legend", legend)
-    out = readme.across_factors_plot({4: x4, 2: x2}, tmp_path / "x.png")
+    out = report.methods.across_factors_plot({4: x4, 2: x2}, tmp_path / "x.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # in-window ppl is 10 in _results: yarn 1.1x then 3x; default's 30x and 90x lie above the plot and are named
     assert labels == {"yarn": pytest.approx([1.1, 3.0]), "default (30×, 90×: above the plot)": pytest.approx([30, 90])}
@@ -136,18 +138,18 @@ def test_planner_picks_are_looked_up_in_the_measured_runs():
     for res in (x2, x4):
         res["meta"]["config"]["model_info"]["rope"] = smollm2
     # what `ctxext plan --model smollm2-135m` recommends training-free at 16k and 32k (the theory, no weights)
-    assert readme.planner_picks({2: x2, 4: x4}) == ["2× `yarn:factor=2` 1.10×, 2 of 3 specs run",
+    assert report.methods.planner_picks({2: x2, 4: x4}) == ["2× `yarn:factor=2` 1.10×, 2 of 3 specs run",
                                                     "4× `dynamic-ntk:factor=2.4266` not run yet"]
-    assert readme.planner_picks({2: _results({"default": 300.0})}) == []  # no RoPE shape recorded: nothing said
+    assert report.methods.planner_picks({2: _results({"default": 300.0})}) == []  # no RoPE shape recorded: nothing said
 
 
 def test_registry_table_lists_every_method_once_grouped_by_kind():
     from ctxext.scaling import REGISTRY
 
-    rows = readme.registry_rows(REGISTRY)
+    rows = report.registry.registry_rows(REGISTRY)
     assert sorted(r[0] for r in rows) == sorted(REGISTRY) and rows[0][0] == "default"
     kinds = [r[1] for r in rows]
-    assert kinds == sorted(kinds, key=readme.KINDS.index)  # grouped, in the order of KINDS
+    assert kinds == sorted(kinds, key=report.registry.KINDS.index)  # grouped, in the order of KINDS
     by = {r[0]: r for r in rows}
     assert by["self-extend"][1] == by["streaming"][1] == "attention positions (training-free)"
     assert by["dynamic-ntk"][1] == by["yarn"][1] == "RoPE frequencies"
@@ -159,8 +161,8 @@ def test_ordering_note_says_when_orders_differ():
     full = _results({"default": 900.0, "yarn:factor=2": 20.0, "ntk:factor=2": 25.0})
     same = _results({"default": 90.0, "yarn:factor=2": 15.0}, length=12288)
     other = _results({"default": 9.0, "yarn:factor=2": 15.0}, length=12288)
-    assert readme.ordering_note(full, same).endswith("same order: yes.")
-    assert readme.ordering_note(full, other).endswith("same order: **no**.")
+    assert report.methods.ordering_note(full, same).endswith("same order: yes.")
+    assert report.methods.ordering_note(full, other).endswith("same order: **no**.")
 
 
 def test_committed_readme_is_generated_from_results():
@@ -177,15 +179,15 @@ def test_train_section_one_row_per_run_with_its_data(tmp_path, monkeypatch):
     (tmp_path / "train_tiny_x" / "summary.json").write_text(json.dumps(
         {"meta": {"model": "tiny-rope", "target": 1024, "args": args, "pretrain_mix": {"share_of_data": 0.54}},
          "runs": {"yarn": run}}))
-    monkeypatch.setattr(readme, "RES", tmp_path)
-    text = readme.train_section()
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    text = report.train.train_section()
     assert ("| `train_tiny_x` | books + passkey docs ≥ 512 tok (54% of the data); lr 0.002, 8,192 tok/step | "
             "`yarn:factor=4` | "
             "91.00 → 63.40 | 0.990 | 4% → **80%** |") in text
     del args["batch_tokens"]  # older runs recorded no share: the argument is shown as what it is
     (tmp_path / "train_tiny_x" / "summary.json").write_text(json.dumps(
         {"meta": {"model": "tiny-rope", "target": 1024, "args": args}, "runs": {"yarn": run}}))
-    assert "| books + passkey docs ≥ 512 tok (0.25 x tokens trained); lr 0.002, 4,096 tok/step |" in readme.train_section()
+    assert "| books + passkey docs ≥ 512 tok (0.25 x tokens trained); lr 0.002, 4,096 tok/step |" in report.train.train_section()
     assert "in-window perplexity 64.00" in text
 
 
@@ -201,25 +203,25 @@ def test_attention_section_tables(tmp_path, monkeypatch):
                                            "passkey_trials": 40}}}
     (tmp_path / "attention_methods_passkey.json").write_text(json.dumps(pk))
     (tmp_path / "attention_methods_alibi.json").write_text(json.dumps(al))
-    monkeypatch.setattr(readme, "RES", tmp_path)
-    text = readme.attention_section()
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    text = report.attention.attention_section()
     assert "| `self-extend:group=4,window=4096` | 100% | 50% | **3/4** |" in text
     assert "fresh trials" not in text
     pk["confirmation"] = {"spec": "self-extend:group=4,window=4096", "seed": 1, "accuracy_by_depth": {"0.1": 0.5,
                           "0.9": 1.0}, "correct": 3, "trials": 4}
     (tmp_path / "attention_methods_passkey.json").write_text(json.dumps(pk))
-    text = readme.attention_section()
+    text = report.attention.attention_section()
     assert "| `self-extend:group=4,window=4096`, fresh trials (seed 1) | 50% | 100% | **3/4** |" in text
     assert "| `ntk-alibi:factor=4` | 0.5, 0.25 | 85.7 | 81.7 | 100% | 78% (40 trials) |" in text
     assert "context cut to" not in text  # a result without the reference: no such row
     assert "Streaming" not in text  # no stream results: no table
     (tmp_path / "attention_methods_alibi.json").write_text(json.dumps({**al, "ppl_last_quarter_window_context": 75.48}))
-    text = readme.attention_section()
+    text = report.attention.attention_section()
     assert "| `default`, context cut to the 256-token window | – | – | 75.5 | – | – |" in text
     (tmp_path / "attention_methods_alibi_x16.json").write_text(json.dumps({**al, "length": 4096}))
     (tmp_path / "attention_methods_alibi_x8.json").write_text(json.dumps({**al, "length": 2048}))
     (tmp_path / "attention_methods_alibi_quick.json").write_text(json.dumps({**al, "length": 512}))
-    text = readme.attention_section()
+    text = report.attention.attention_section()
     heads = [line for line in text.splitlines() if line.startswith("ALiBi family")]
     assert [h.split(" at ")[1].split("×")[0] for h in heads] == ["4", "8", "16"]  # by reach, not by file name
     # the quick run is no table of its own: it is read by the ordering note
@@ -237,7 +239,7 @@ def test_train_speed_ratio_only_within_one_run():
              "memory_estimate_gib": 5.4},
             {"length": 8192, "extra": ["naive"], "run": "A", "tokens_per_second": 70.0, "peak_memory_gib": 20.0},
             {"length": 16384, "extra": ["naive"], "run": "A", "error": "stopped at 21.0 GiB resident: does not fit"}]
-    lines = readme.train_speed_lines({"meta": meta, "runs": runs})
+    lines = report.speed.train_speed_lines({"meta": meta, "runs": runs})
     text = "\n".join(lines)
     assert "| 4,096 | **ratio** ctxext / naive transformers loop (same run) | **0.90×** | **0.30×** | | |" in lines
     assert "| 4,096 | **ratio** ctxext / naive + transformers' checkpointing (same run) | **1.20×** | **0.50×** | | |" in lines
@@ -257,7 +259,7 @@ def test_train_speed_on_a_gpu_reports_mfu_and_cuda_memory():
              "memory_estimate_gib": 4.0, "mfu": 0.081},
             {"length": 8192, "extra": ["naive"], "run": "A", "tokens_per_second": 60000.0, "peak_memory_gib": 12.0,
              "mfu": 0.162}]
-    lines = readme.train_speed_lines({"meta": meta, "runs": runs})
+    lines = report.speed.train_speed_lines({"meta": meta, "runs": runs})
     text = "\n".join(lines)
     assert "SmolLM2-135M's shape with random weights (`/tmp/smollm2-random`)" in text and "NVIDIA H200" in text
     assert "| MFU (bf16 dense peak 989 TFLOP/s) |" in lines[2]
@@ -267,14 +269,14 @@ def test_train_speed_on_a_gpu_reports_mfu_and_cuda_memory():
 
 
 def test_gpu_eval_speed_line_gives_the_same_run_ratios(tmp_path, monkeypatch):
-    monkeypatch.setattr(readme, "RES", tmp_path)
-    (tmp_path / f"train_speed-{readme.GPU}.json").write_text(json.dumps({
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    (tmp_path / f"train_speed-{report.speed.GPU}.json").write_text(json.dumps({
         "meta": {"model": "m", "scaling": "yarn:factor=8", "device": "NVIDIA H200", "peak_bf16_flops": 989.4e12},
         "runs": []}))
-    (tmp_path / f"eval_speed-{readme.GPU}.json").write_text(json.dumps({"length": 65536, "ppl": {
+    (tmp_path / f"eval_speed-{report.speed.GPU}.json").write_text(json.dumps({"length": 65536, "ppl": {
         "ours": {"tokens_per_s": 20000.0, "device_peak_mb": 1024.0},
         "naive": {"tokens_per_s": 25000.0, "device_peak_mb": 16384.0}}}))
-    text = "\n".join(readme.gpu_speed_lines())
+    text = "\n".join(report.speed.gpu_speed_lines())
     assert "`ppl` at 65,536 tokens on the GPU" in text
     assert "ratio **0.80×** tokens/s, **0.06×** memory" in text
 
@@ -286,7 +288,7 @@ def test_profile_figures_count_each_kernel_once():
             "                                               aten::mm        13.14%     152.121ms       2616  \n")
     text = ("3 optimizer steps profiled: wall 0.4536 s each, device busy 0.2077 s each\n\nby self CPU time:\n"
             + rows + "Self CUDA time total: 299.505ms\n\nby device time:\n" + rows + "Self CUDA time total: 299.505ms\n")
-    f = readme.profile_figures(text)
+    f = report.speed.profile_figures(text)
     assert f["steps"] == 3 and f["wall"] == 0.4536
     assert f["device"] == pytest.approx(0.299505 / 3)  # the table's total, not the header's double count
     assert f["launches"] == 6000  # (15 000 + 3 000) / 3, from the first table only
@@ -306,16 +308,16 @@ def _speed_pair(eval_ratio: tuple[float, float], train_ratio: tuple[float, float
 
 
 def test_speed_quick_note_compares_each_ratio_with_the_full_run():
-    full = readme.speed_ratios(*_speed_pair((1.28, 0.17), (0.85, 0.29), 4096))
+    full = report.speed.speed_ratios(*_speed_pair((1.28, 0.17), (0.85, 0.29), 4096))
     assert full["training tokens/s"][0] == 4096 and abs(full["training tokens/s"][1] - 0.85) < 1e-9
     assert abs(full["eval peak RSS"][1] - 0.17) < 1e-9
-    same = readme.speed_ordering_note(full, readme.speed_ratios(*_speed_pair((1.1, 0.4), (0.9, 0.5), 1024)))
+    same = report.speed.speed_ordering_note(full, report.speed.speed_ratios(*_speed_pair((1.1, 0.4), (0.9, 0.5), 1024)))
     assert "eval tokens/s 1.10× at 1,024 (full: 1.28× at 4,096)" in same
     assert "training peak memory 0.50× at 1,024 (full: 0.29× at 4,096)" in same
     assert same.endswith("(each ratio on the same side of 1): yes.")
-    flipped = readme.speed_ordering_note(full, readme.speed_ratios(*_speed_pair((0.9, 0.4), (0.9, 0.5), 1024)))
+    flipped = report.speed.speed_ordering_note(full, report.speed.speed_ratios(*_speed_pair((0.9, 0.4), (0.9, 0.5), 1024)))
     assert flipped.endswith("**no**.")
-    assert readme.speed_ordering_note(full, readme.speed_ratios(None, None)) == ""
+    assert report.speed.speed_ordering_note(full, report.speed.speed_ratios(None, None)) == ""
 
 
 def test_search_rows_compare_yarn_and_searched_on_the_held_out_book():
@@ -325,12 +327,12 @@ def test_search_rows_compare_yarn_and_searched_on_the_held_out_book():
                "default": {"ppl@256": 65.0, "ppl@1024": 138.7, "needle-ppl@1024": 2096.9},
                "yarn:factor=4": {"ppl@256": 85.32, "ppl@1024": 87.91, "needle-ppl@1024": 146.31},
                "searched": {"ppl@256": 65.4, "ppl@1024": 70.74, "needle-ppl@1024": 150.0}}}}
-    lines = readme.search_lines("search_x", res)
+    lines = report.search.search_lines("search_x", res)
     assert lines == ["| `search_x` | tiny-rope, 256 → 1,024 | both | 129.7 / 130 | 40 / 100 | `yarn:factor=4` | 1.139 "
                      "| +31.3% | 87.91 | **146.31** |",
                      "| | | | | | searched | 1.018 | +0.6% | **70.74** | 150.00 |"]
     del res["heldout"]  # a search still running (no held-out evaluation yet) gives no rows
-    assert readme.search_lines("search_x", res) == []
+    assert report.search.search_lines("search_x", res) == []
 
 
 def _bench(name: str):
@@ -436,7 +438,7 @@ def test_planner_only_one_model_keeps_the_other_models_rows(tmp_path, monkeypatc
 
 
 def test_methods_section_adds_a_table_per_larger_factor(tmp_path, monkeypatch):
-    monkeypatch.setattr(readme, "RES", tmp_path)
+    monkeypatch.setattr(report.common, "RES", tmp_path)
     runs = {"methods": _results({"default": 900.0, "yarn:factor=2": 20.0}),
             "methods_x4": _results({"default": 5000.0, "yarn:factor=4": 30.0, "linear:factor=4": 40.0}, 32768),
             "methods_x4_quick": _results({"default": 4000.0, "linear:factor=4": 25.0}, 32768),
@@ -444,7 +446,7 @@ def test_methods_section_adds_a_table_per_larger_factor(tmp_path, monkeypatch):
     for name, res in runs.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(res))
-    text = readme.methods_section()
+    text = report.methods.methods_section()
     first, rest = text.split("**At 4× the trained length.**")
     assert "at 16,384 tokens" in first and "`yarn:factor=2`" in first and "32,768" not in first
     assert "at 32,768 tokens" in rest and "`benchmarks/results/methods_x4`" in rest
@@ -463,7 +465,7 @@ def test_train_memory_rows_pair_the_allocator_variants_by_length():
             {"length": 2048, "variant": "glibc", "peak_gib": 3.76, "estimate_gib": 3.9, "torch_threads": 1},
             {"length": 16384, "variant": "tuned", "peak_gib": 4.0, "estimate_gib": 6.0, "torch_threads": 1},
             {"length": 16384, "variant": "glibc", "error": "killed"}]
-    lines = readme.train_memory_lines({"meta": meta, "runs": runs})
+    lines = report.speed.train_memory_lines({"meta": meta, "runs": runs})
     assert "| 2,048 | 2.76 GiB | 3.76 GiB | **0.73×** | 0.91× | 3.90 GiB |" in lines
     assert "| 16,384 | 4.00 GiB | killed | – | – | 6.00 GiB |" in lines
     assert "1 torch thread(s)" in lines[0]
@@ -518,8 +520,8 @@ def test_planner_calibrates_ppl_rows_by_their_models_default():
 
 
 def test_ranked_orders_best_first_and_keeps_ties():
-    assert readme.ranked({"a": 0.5, "b": 1.0, "c": 0.5, "d": None}, True) == "`b` > `a` = `c`"
-    assert readme.ranked({"x @ 16384": 22.3, "y @ 16384": 1.02}, False) == "`y` < `x`"
+    assert report.common.ranked({"a": 0.5, "b": 1.0, "c": 0.5, "d": None}, True) == "`b` > `a` = `c`"
+    assert report.common.ranked({"x @ 16384": 22.3, "y @ 16384": 1.02}, False) == "`y` < `x`"
 
 
 def test_attention_quick_note_compares_each_part_with_its_full_run(tmp_path, monkeypatch):
@@ -541,15 +543,15 @@ def test_attention_quick_note_compares_each_part_with_its_full_run(tmp_path, mon
              "passkey_quick": {"length": 16384, "specs": {"se": {"accuracy": 0.0}, "default": {"accuracy": 0.0}}}}
     for k, v in files.items():
         (tmp_path / f"attention_methods_{k}.json").write_text(json.dumps(v))
-    monkeypatch.setattr(readme, "RES", tmp_path)
-    note = readme.attention_quick_note()
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    note = report.attention.attention_quick_note()
     assert "ALiBi 4× last-quarter ppl: `default` < `ntk` < `interp` (full: the same)" in note
     assert "streaming worst segment / in-window: `streaming` < `default` (full: the same)" in note
     # the quick passkey tie is not the full run's order (other specs of the full run are left out)
     assert "passkey at 16,384: `se` = `default` (full: `se` > `default`)" in note
     assert note.endswith("Same order: **no**.")
     (tmp_path / "attention_methods_passkey_quick.json").unlink()
-    assert readme.attention_quick_note().endswith("Same order: yes.")
+    assert report.attention.attention_quick_note().endswith("Same order: yes.")
 
 
 def test_train_and_search_quick_notes():
@@ -559,10 +561,10 @@ def test_train_and_search_quick_notes():
                          for n, (p, k) in after.items()}}
 
     full = train({"linear": (66.2, 0.0), "yarn": (63.35, 0.66), "abf": (63.27, 0.68)})
-    note = readme.train_quick_note(full, train({"linear": (70.0, 0.0), "yarn": (66.0, 0.5), "abf": (65.0, 0.6)}))
+    note = report.train.train_quick_note(full, train({"linear": (70.0, 0.0), "yarn": (66.0, 0.5), "abf": (65.0, 0.6)}))
     assert "last-quarter ppl: `abf:x` < `yarn:x` < `linear:x` (`train_tiny`: the same)" in note
     assert "Same order: yes (within noise" in note
-    note = readme.train_quick_note(full, train({"yarn": (64.0, 0.5), "abf": (65.0, 0.5)}))  # two methods only
+    note = report.train.train_quick_note(full, train({"yarn": (64.0, 0.5), "abf": (65.0, 0.5)}))  # two methods only
     assert "`yarn:x` < `abf:x` (`train_tiny`: `abf:x` < `yarn:x`)" in note and "passkey: `yarn:x` = `abf:x`" in note
     assert note.endswith("Same order: **no** (within noise in `train_tiny` itself: `abf:x` and `yarn:x` last-quarter "
                          "ppl 0.1 % apart; `yarn:x` and `abf:x` passkey 2.0 points apart).")
@@ -571,14 +573,14 @@ def test_train_and_search_quick_notes():
     for name, (p50, k50) in {"yarn": (67.1, 0.4), "abf": (67.5, 0.34), "linear": (88.1, 0.0)}.items():
         full["runs"][name]["curve"] = [{"step": 50, "ppl_last_quarter": p50, "passkey": k50}]
     quick = train({"linear": (94.3, 0.0), "yarn": (68.8, 0.5), "abf": (69.1, 0.4)})
-    note = readme.train_quick_note(full, quick)
+    note = report.train.train_quick_note(full, quick)
     assert "Same order: **no**" in note
     assert note.endswith("At step 50, the full run's own evaluation orders them by last-quarter ppl `yarn:x` < `abf:x` "
                          "< `linear:x` and by passkey `yarn:x` > `abf:x` > `linear:x`: the quick run's order.")
     quick["runs"]["abf"]["after"]["passkey"] = 0.6
-    assert readme.train_quick_note(full, quick).endswith(": not the quick run's order.")
+    assert report.train.train_quick_note(full, quick).endswith(": not the quick run's order.")
     del full["runs"]["abf"]["curve"]  # no step-50 evaluation of every method: nothing said
-    assert readme.train_quick_note(full, quick).endswith("points apart).")
+    assert report.train.train_quick_note(full, quick).endswith("points apart).")
 
     def search(yarn, searched):
         return {"search": {"config": {"target": 1024, "budget": 30}},
@@ -587,7 +589,7 @@ def test_train_and_search_quick_notes():
                     "yarn:factor=4": dict(zip(("ppl@1024", "needle-ppl@1024"), yarn)),
                     "searched": dict(zip(("ppl@1024", "needle-ppl@1024"), searched))}}}
 
-    note = readme.search_quick_note(search((88, 146), (71, 125)), search((90, 150), (80, 155)))
+    note = report.search.search_quick_note(search((88, 146), (71, 125)), search((90, 150), (80, 155)))
     assert "ppl @ 1,024: `searched` < `yarn:factor=4` < `default` (`search_tiny_rope`: the same)" in note
     assert "needle-ppl @ 1,024: `yarn:factor=4` < `searched` < `default` (`search_tiny_rope`: `searched` <" in note
     assert "budget 30, 16 held-out documents / 30 needle trials" in note and note.endswith("**no**.")

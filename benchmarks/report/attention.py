@@ -1,0 +1,108 @@
+"""The attention section: attention_methods.py's Self-Extend passkey sweep, streaming and ALiBi-family runs, and
+their --quick ordering note."""
+
+from __future__ import annotations
+
+from . import common
+from .common import fmt_num, load_json, machine_text, order_note, pct, ranked
+
+
+def _selfextend_lines(pk: dict) -> list[str]:
+    depths = [str(d) for d in pk["depths"]]
+    ref = pk.get("reference_in_window")
+    rows = ([(f"`{ref['spec']}` at {ref['length']:,} (in its window)", ref)] if ref else []) + \
+        [(f"`{s}`", v) for s, v in pk["specs"].items()]
+    lines = [f"Passkey on {pk['model']} at {pk['length']:,} tokens, {pk['trials_per_depth']} trials per depth "
+             f"(`benchmarks/attention_methods.py passkey`; {machine_text(pk.get('machine'))}):", "",
+             "| spec | " + " | ".join(f"d={d}" for d in depths) + " | accuracy |",
+             "|---|" + "---:|" * (len(depths) + 1)]
+    conf = pk.get("confirmation")
+    if conf:  # the best setting again, on trials the choice was not made on
+        rows.insert(len(rows) - 1 if rows[-1][0] == "`default`" else len(rows),
+                    (f"`{conf['spec']}`, fresh trials (seed {conf['seed']})", conf))
+    for label, v in rows:
+        by = v["accuracy_by_depth"]
+        lines.append(f"| {label} | " + " | ".join(pct(by.get(d)) for d in depths)
+                     + f" | **{v['correct']}/{v['trials']}** |")
+    if conf:
+        lines += ["", f"The best setting was chosen on the seed-0 trials above; the fresh-trials row scores it on "
+                  f"other pass keys (seed {conf['seed']})."]
+    return lines
+
+
+def _stream_lines(st: dict) -> list[str]:
+    lines = [f"Streaming perplexity on {st['model']} over {st['book']}, {st['segment_tokens']:,}-token segments "
+             f"(`benchmarks/attention_methods.py stream`; {machine_text(st.get('machine'))}):", "",
+             "| run | tokens scored | ppl | worst segment / in-window | cache tokens | peak RSS |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, r in st["runs"].items():
+        lines.append(f"| `{name}` | {r['tokens_scored']:,.0f} | {fmt_num(r['ppl_overall'])} | "
+                     f"{r['max_segment_over_in_window']:.2f}× | {r['max_cache_tokens']:,.0f} | "
+                     f"{r['peak_rss_mb'] / 1024:.2f} GB |")
+    return lines
+
+
+def _alibi_lines(al: dict) -> list[str]:
+    lines = [f"ALiBi family on the {al['model']} fixture at {al['length'] // al['window']}× its {al['window']}-token "
+             f"window (held-out {al['book']}; `benchmarks/attention_methods.py alibi`; {machine_text(al.get('machine'))}):",
+             "", f"| spec | slopes | ppl in window ({al['window']}) | ppl last quarter | passkey in window | "
+             f"passkey at {al['length']:,} |", "|---|---|---:|---:|---:|---:|"]
+    for s, v in al["specs"].items():
+        slopes = ", ".join(f"{x:.3g}" for x in al["slopes"][s])
+        lines.append(f"| `{s}` | {slopes} | {fmt_num(v['ppl_in_window'])} | {fmt_num(v['ppl_last_quarter'])} | "
+                     f"{pct(v['passkey_in_window'])} | "
+                     f"{pct(v['passkey'])} ({v['passkey_trials']} trials) |")
+    if (ref := al.get("ppl_last_quarter_window_context")) is not None:
+        lines.append(f"| `default`, context cut to the {al['window']}-token window | – | – | {fmt_num(ref)} | – | – |")
+        lines += ["", "The last row scores the same last-quarter tokens with each seeing only the trained window before "
+                  "it: what reading past the window adds (a spec below that figure uses the far context; one above it "
+                  "would do better not reading it)."]
+    return lines
+
+
+def _stream_worst(st: dict) -> dict[str, float]:
+    """Worst segment / in-window per spec at the run's longest stream."""
+    longest = max(r["length"] for r in st["runs"].values())
+    return {r["spec"]: r["max_segment_over_in_window"] for r in st["runs"].values() if r["length"] == longest}
+
+
+def _quick_orders(name: str, full: dict, quick: dict) -> list[tuple[str, str, str]]:
+    """(what, quick order, full order over the quick run's specs) for one attention_methods part."""
+    if name == "passkey":
+        specs = list(quick["specs"])
+        return [(f"passkey at {quick['length']:,}",
+                 *(ranked({s: d["specs"][s]["accuracy"] for s in specs if s in d["specs"]}, True)
+                   for d in (quick, full)))]
+    if name == "stream":
+        q, f = _stream_worst(quick), _stream_worst(full)
+        return [("streaming worst segment / in-window", ranked(q, False), ranked({s: f[s] for s in q if s in f}, False))]
+    specs = [s for s in quick["specs"] if s in full["specs"]]
+    x = f"ALiBi {quick['length'] // quick['window']}×"
+    return [(f"{x} last-quarter ppl", *(ranked({s: d["specs"][s]["ppl_last_quarter"] for s in specs}, False)
+                                         for d in (quick, full))),
+            (f"{x} passkey", *(ranked({s: d["specs"][s]["passkey"] for s in specs}, True) for d in (quick, full)))]
+
+
+def attention_quick_note() -> str:
+    """Does each `attention_methods.py <part> --quick` order the methods as its full run does?"""
+    rows = []
+    for qf in sorted(common.RES.glob("attention_methods_*_quick.json")):
+        full = load_json(qf.with_name(qf.name.replace("_quick", "")))
+        if full:
+            rows += _quick_orders(qf.stem.split("_")[2], full, load_json(qf))
+    if not rows:
+        return ""
+    return order_note("`--quick` (`attention_methods.py passkey|stream|alibi --quick`: separate, smaller runs) against "
+                      "the full runs above:", rows, "full")
+
+
+def attention_section() -> str:
+    alibi = sorted((d for f in common.RES.glob("attention_methods_alibi*.json") if not f.stem.endswith("_quick")
+                    and (d := load_json(f))),
+                   key=lambda d: d["length"] / d["window"])  # 4x (the acceptance's) first, then longer reaches
+    parts = [fn(d) for fn, d in ((_selfextend_lines, load_json(common.RES / "attention_methods_passkey.json")),
+                                  (_stream_lines, load_json(common.RES / "attention_methods_stream.json")),
+                                  *((_alibi_lines, d) for d in alibi)) if d]
+    if note := attention_quick_note():
+        parts.append([note])
+    return "\n\n".join("\n".join(p) for p in parts) or "(no attention-method results yet)"

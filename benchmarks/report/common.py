@@ -1,0 +1,58 @@
+"""What every README section shares: where the results live, how a number, a machine and an ordering are written."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parents[2]
+RES = ROOT / "benchmarks" / "results"  # read at call time (common.RES), so tests can point it at a folder of their own
+sys.path.insert(0, str(ROOT / "src"))  # ctxext without an install; imported lazily where a section needs it
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def full_runs(pattern: str) -> Iterator[tuple[Path, Any]]:
+    """(path, results) of each file under RES matching pattern, --quick runs left out (the ordering notes read
+    those beside their full run)."""
+    for path in sorted(RES.glob(pattern)):
+        if not path.parent.name.endswith("_quick"):
+            yield path, load_json(path)
+
+
+def machine_text(m: dict | None) -> str:
+    if not m:
+        return "machine not recorded"
+    return f"{m.get('cpu_count', '?')}-core {m.get('processor', 'CPU')} ({m.get('platform', '?')})"
+
+
+def fmt_num(x: float | None, digits: int = 1) -> str:
+    if x is None:
+        return "–"
+    return f"{x:,.{digits}f}" if x < 1000 else f"{x:,.0f}"
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0%}"
+
+
+def ranked(values: dict[str, float | None], higher_better: bool) -> str:
+    """'a > b = c': best first, equal values tied (a quick run must reproduce ties as well as order)."""
+    known = sorted(((v, k) for k, v in values.items() if v is not None), key=lambda x: -x[0] if higher_better else x[0])
+    out = ""
+    for i, (v, k) in enumerate(known):
+        out += (("" if i == 0 else " = " if v == known[i - 1][0] else " > " if higher_better else " < ")
+                + f"`{k.split(' @ ')[0]}`")
+    return out
+
+
+def order_note(intro: str, rows: list[tuple[str, str, str]], ref: str, noise: str = "") -> str:
+    """One sentence: each (what, quick order, full order) row, whether the two agree, and what the full run itself
+    cannot tell apart (noise)."""
+    cells = "; ".join(f"{w}: {q}" + (f" ({ref}: the same)" if q == f else f" ({ref}: {f})") for w, q, f in rows)
+    same = "yes" if all(q == f for _, q, f in rows) else "**no**"
+    return f"{intro} {cells}. Same order: {same}" + (f" ({noise})." if noise else ".")

@@ -1,0 +1,64 @@
+"""The search section: search_tiny.py / search_smollm2.py's searched factors against YaRN on a held-out book."""
+
+from __future__ import annotations
+
+import math
+
+from . import common
+from .common import full_runs, load_json, order_note, ranked
+
+
+def search_lines(name: str, res: dict) -> list[str]:
+    """Rows of one search: YaRN at the same factor and the searched spec on the held-out book."""
+    cfg, ho = res["search"]["config"], res.get("heldout")
+    if not ho:
+        return []
+    rows = ho["rows"]
+    window = next(int(k.split("@")[1]) for k in rows["default"] if k.startswith("ppl@") and
+                  int(k.split("@")[1]) < cfg["target"])
+    t = cfg["target"]
+    yarn = next(k for k in rows if k.startswith("yarn"))
+    head = (f"| `{name}` | {cfg['model']}, {window:,} → {t:,} | {cfg['fitness']} | {res['search']['spent']:.1f} / "
+            f"{cfg['budget']:g} | {ho['ppl_documents']} / {ho['needle_trials']} |")
+    def cell(key: str, col: str) -> str:  # the lower of the two in bold
+        v = rows[key][col]
+        return f"**{v:.2f}**" if v < rows["searched" if key == yarn else yarn][col] else f"{v:.2f}"
+
+    # attention factor m: YaRN's 0.1·ln(s) + 1; the searched one is capped by the in-window guard
+    m = {yarn: 0.1 * math.log(t / window) + 1, "searched": res["search"]["best"]["attention_factor"]}
+    out = []
+    for label, key in ((f"`{yarn}`", yarn), ("searched", "searched")):
+        vs = rows[key][f"ppl@{window}"] / rows["default"][f"ppl@{window}"] - 1
+        out.append(f"{head if not out else '| | | | | |'} {label} | {m[key]:.3f} | {vs:+.1%} | "
+                   f"{cell(key, f'ppl@{t}')} | {cell(key, f'needle-ppl@{t}')} |")
+    return out
+
+
+def search_section() -> str:
+    lines = []
+    for path, res in full_runs("search_*/summary.json"):
+        if not lines:
+            lines += ["`ctxext search` (no fine-tuning) against YaRN at the same factor, both measured afterwards on "
+                      "pg84, a book the search did not see. Budget in full-length-evaluation equivalents; held-out "
+                      "samples = ppl documents / needle trials (few on SmolLM2: a 16k forward takes minutes on the "
+                      "CPU). m = attention factor (YaRN: 0.1·ln s + 1; searched: at most what keeps ppl inside the trained window "
+                      "within +1 % on the search data, the search's guard). In-window = ppl at the trained length vs "
+                      "default RoPE on the held-out book.", "",
+                      "| results | model, window → target | fitness | budget spent | held-out samples | spec | m | "
+                      "in-window | ppl @ target | needle-ppl @ target |", "|---|---|---|---|---|---|---:|---:|---:|---:|"]
+        lines += search_lines(path.parent.name, res)
+    full, quick = (load_json(common.RES / n / "summary.json") for n in ("search_tiny_rope", "search_tiny_rope_quick"))
+    if lines and full and quick:
+        lines += ["", search_quick_note(full, quick)]
+    return "\n".join(lines) or "(no search results yet)"
+
+
+def search_quick_note(full: dict, quick: dict) -> str:
+    """Does `search_tiny.py --quick` order YaRN and the searched factors on the held-out book as the full search?"""
+    t = quick["search"]["config"]["target"]
+    rows = [(f"{col} @ {t:,}", *(ranked({k: v[f"{col}@{t}"] for k, v in d["heldout"]["rows"].items()}, False)
+                                  for d in (quick, full)))
+            for col in ("ppl", "needle-ppl")]
+    c, h = quick["search"]["config"], quick["heldout"]
+    return order_note(f"`--quick` (`search_tiny.py --quick`: budget {c['budget']:g}, {h['ppl_documents']} held-out "
+                      f"documents / {h['needle_trials']} needle trials) orders them", rows, "`search_tiny_rope`")

@@ -1,0 +1,77 @@
+"""The training section: train_tiny.py's runs (train_tiny*/summary.json) and its --quick ordering note."""
+
+from __future__ import annotations
+
+from . import common
+from .common import full_runs, load_json, machine_text, order_note, pct, ranked
+
+
+def _train_data(meta: dict) -> str:
+    """What a train_tiny run trained on, from its recorded arguments (and the mix's share of the data, when the
+    run recorded it: the books are cycled beside the mix, so its share grows with steps x batch tokens)."""
+    args, mix = meta.get("args", {}), meta.get("pretrain_mix")
+    data = "books"
+    if args.get("pretrain_mix"):
+        share = f"{mix['share_of_data']:.0%} of the data" if mix else f"{args['pretrain_mix']:g} x tokens trained"
+        data += f" + passkey docs ≥ {args.get('mix_min_len') or 48} tok ({share})"
+    return f"{data}; lr {args.get('lr', 1e-3):g}, {args.get('batch_tokens', 4096):,} tok/step"
+
+
+def train_section() -> str:
+    lines = []
+    for path, res in full_runs("train_tiny*/summary.json"):
+        runs = res["runs"]
+        if not lines:
+            first = next(iter(runs.values()))
+            lines += [f"`ctxext train` on the {res['meta']['model']} fixture, 256 → {res['meta']['target']:,} tokens, "
+                      f"{first['steps']} steps per run ({machine_text(res['meta'].get('machine'))}; in-window perplexity "
+                      f"{first['in_window_ppl']:.2f}). Bars: last-quarter ppl within 1.10× of in-window, passkey ≥ 90 %.",
+                      "", "| results | data | spec | ppl last quarter, before → after | / in-window | passkey at "
+                      "1,024, before → after |", "|---|---|---|---|---:|---|"]
+        for name, r in runs.items():
+            b, a = r["before"], r["after"]
+            lines.append(f"| `{path.parent.name}` | {_train_data(res['meta'])} | `{r['spec']}` | "
+                         f"{b['ppl_last_quarter']:.2f} → {a['ppl_last_quarter']:.2f} | "
+                         f"{r['last_quarter_vs_in_window']:.3f} | {pct(b['passkey'])} → **{pct(a['passkey'])}** |")
+    full, quick = (load_json(common.RES / n / "summary.json") for n in ("train_tiny", "train_tiny_quick"))
+    if lines and full and quick:
+        lines += ["", train_quick_note(full, quick)]
+    return "\n".join(lines) or "(no training results yet)"
+
+
+def train_quick_note(full: dict, quick: dict) -> str:
+    """Does `train_tiny.py --quick` order the methods after training as the full `train_tiny` run does?"""
+    rows, close = [], []
+    specs = {x["spec"] for x in quick["runs"].values()}
+    # (what, key, higher is better, how close two full-run figures are to be called within noise, its unit)
+    for what, key, higher, tol, unit in (("last-quarter ppl", "ppl_last_quarter", False, 0.01, "relative"),
+                                         ("passkey", "passkey", True, 0.05, "points")):
+        q = ranked({r["spec"]: r["after"][key] for r in quick["runs"].values()}, higher)
+        vals = {r["spec"]: r["after"][key] for r in full["runs"].values() if r["spec"] in specs}
+        rows.append((what, q, ranked(vals, higher)))
+        pairs = sorted(vals.items(), key=lambda kv: kv[1])
+        for (s1, v1), (s2, v2) in zip(pairs, pairs[1:]):
+            gap = (v2 - v1) / v1 if unit == "relative" else v2 - v1
+            if gap < tol:
+                close.append(f"`{s1}` and `{s2}` {what} {100 * gap:.1f}{' %' if unit == 'relative' else ' points'} apart")
+    a = quick["meta"]["args"]
+    note = order_note(f"`--quick` (`train_tiny.py --quick`: {a['steps']} steps, {a['windows']} held-out windows, "
+                      f"{a['trials']} passkey trials per depth) orders the methods after training by", rows,
+                      "`train_tiny`", f"within noise in `train_tiny` itself: {'; '.join(close)}" if close else "")
+    return note + (" " + at_step if (at_step := _full_at_quick_steps(full, quick, rows)) else "")
+
+
+def _full_at_quick_steps(full: dict, quick: dict, rows: list[tuple[str, str, str]]) -> str:
+    """The full run's own evaluation at the quick run's step count (its curve), ordered like the quick run: a quick
+    run trains fewer steps, so methods whose curves cross later can be ordered differently at the end only."""
+    steps = quick["meta"]["args"]["steps"]
+    specs = {x["spec"] for x in quick["runs"].values()}
+    at = {r["spec"]: p for r in full["runs"].values() if r["spec"] in specs
+          for p in r.get("curve", []) if p["step"] == steps}
+    if steps >= full["meta"]["args"]["steps"] or set(at) != specs:
+        return ""
+    orders = [ranked({s: p["ppl_last_quarter"] for s, p in at.items()}, False),
+              ranked({s: p["passkey"] for s, p in at.items()}, True)]
+    same = all(o == q for o, (_, q, _) in zip(orders, rows))
+    return (f"At step {steps}, the full run's own evaluation orders them by last-quarter ppl {orders[0]} and by "
+            f"passkey {orders[1]}: {'the' if same else 'not the'} quick run's order.")
