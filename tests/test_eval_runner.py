@@ -332,7 +332,7 @@ def test_python_api_and_cli_agree(full_run, tmp_path, book):
 
 
 def test_progress_never_passes_its_estimate():
-    from ctxext.evals.runner import bar_step
+    from ctxext.evals.progress import bar_step
 
     done, total = 0.0, 10.0
     for step in (4.0, 4.0, 4.0, 4.0):  # 16 s of work against a 10 s estimate

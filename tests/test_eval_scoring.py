@@ -281,26 +281,3 @@ def test_branch_cache_refuses_an_attention_that_ignores_its_prefix(tiny):
     cache = branch_cache([(layer.keys, layer.values) for layer in shared.layers])
     with pytest.raises(RuntimeError, match="prefix"):
         scoring.hidden_rows(tiny.model, np.arange(3, 9)[None], cache)  # stock SDPA: not fused
-
-
-def test_a_long_prefill_moves_the_progress_bar_chunk_by_chunk(tiny, tmp_path):
-    """Passkey past one prefill chunk (2048 tokens a call): the runner's bar moves while the shared haystack is
-    encoded, not only when a probe is done, and chunks + probes add up to the work each probe was costed at."""
-    from ctxext.evals.cost import ModelCost
-    from ctxext.evals.needles import run_probes
-
-    ticks, probe_flops = [], []
-    cost = ModelCost.of(tiny.info)
-    ctx = TaskContext(lm=tiny, spec=parse_spec("default"), settings=Settings(samples=1, seed=1), docs=None,
-                      out=tmp_path, cost=cost, same_freqs=lambda a, b: True, tick=ticks.append, log=lambda m: None)
-    length, depths = 5000, (0.5, 0.9)
-    cells = [(length, d) for d in depths]
-    with fast_attention(tiny.model):
-        base, probes, _ = passkey_build(ctx, length, cells)
-        for _, _, new, past in Scorer(tiny.model, tiny.tokenizer, MAX_NEW).scores(base, probes):
-            probe_flops.append(cost.flops(new, past, scored=len(probes[0].answer) + 1))
-        done = list(run_probes(ctx, "passkey", cells, passkey_build))
-    assert [c for c, _ in done] == cells
-    # the first needle sits ~2,500 tokens in: two prefill calls tick before that probe's own remainder
-    assert len(ticks) >= len(probes) + 2 and min(ticks) > 0
-    assert sum(ticks) == pytest.approx(sum(probe_flops), rel=1e-9)

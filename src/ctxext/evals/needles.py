@@ -57,16 +57,8 @@ def run_probes(ctx: TaskContext, task: str, cells: list[Cell], build: Builder
                ) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
     """Per length: build its probes, score them over one shared haystack, yield each cell's accuracy as soon
     as its trials are done."""
-    ticked = 0.0  # of the current probe's work, what the prefill chunks already moved the bar by
-
-    def chunk_done(new: int, past: int) -> None:
-        nonlocal ticked
-        f = ctx.cost.flops(new, past)
-        ticked += f
-        ctx.tick(f)
-
     scorer = Scorer(ctx.model, ctx.tokenizer, ctx.settings.max_new_tokens,
-                    reusable=lambda prefix, total: ctx.same_freqs(1, total), on_chunk=chunk_done)
+                    reusable=lambda prefix, total: ctx.same_freqs(1, total))
     for length in sorted({L for L, _ in cells}):
         base, probes, owners = build(ctx, length, [c for c in cells if c[0] == length])
         trials = Counter(owners)
@@ -80,8 +72,7 @@ def run_probes(ctx: TaskContext, task: str, cells: list[Cell], build: Builder
             seen[c] += 1
         decoded = 0
         for i, res, new, past in scorer.scores(base, probes, ctx.settings.reuse_prefix):
-            ctx.tick(max(0.0, ctx.cost.flops(new, past, scored=len(probes[i].answer) + 1) - ticked))
-            ticked = 0.0
+            ctx.tick(ctx.cost.flops(new, past, scored=len(probes[i].answer) + 1))
             cell = owners[i]
             right[cell] += bool(res.correct)
             decoded += res.generated > 0

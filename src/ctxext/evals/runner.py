@@ -8,6 +8,7 @@ when interrupted).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import sys
@@ -19,6 +20,7 @@ from ..errors import CtxextError
 from .attention import fast_attention
 from .cost import (ModelCost, attention_rate, available_memory, fmt_bytes, fmt_seconds, matmul_rate,
                    plan_attention_weight)
+from .progress import WorkBar, layer_hooks
 from .results import RESUME_KEYS, Results, write_summary
 from .scoring import device_of
 from .tasks import Settings, Task, TaskContext, get_task, task_names
@@ -269,12 +271,6 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     return results.as_dict()
 
 
-def bar_step(done: float, total: float, seconds: float) -> float:
-    """How far to move a progress bar counting estimated seconds: cells that cost more than their estimate
-    must not push it past its total (tqdm then shows a negative time left)."""
-    return min(seconds, max(0.0, total - done))
-
-
 def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings, docs: Any, out: Path,
          results: Results, costs: dict[str, ModelCost], progress: bool, log: Callable[[str], None], apply_spec: Any,
          own_data: dict[str, Any] | None = None) -> None:
@@ -286,20 +282,20 @@ def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings
                bar_format=f"{{desc}} {{percentage:3.0f}}%|{{bar}}| {{n:.{dec}f}}/{{total:.{dec}f}} est. s "
                           "[{elapsed}<{remaining}]")
     say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else log
-
-    def advance(flops: float) -> None:
-        bar.update(bar_step(bar.n, bar.total, flops / plan.rate))
-
+    work = WorkBar(bar, plan.rate, n_layers=lm.info.n_layers)
+    # a long forward moves the bar layer by layer (provisionally, until its task reports the work done)
+    hooks = layer_hooks(lm.model, work.layer) if progress else contextlib.nullcontext()
     try:
-        with torch.inference_mode(), fast_attention(lm.model):
+        with torch.inference_mode(), fast_attention(lm.model), hooks:
             for spec in specs:
                 todo = [(t, plan.cells.get((spec.text, t.name), [])) for t in tasks]
                 if not any(c for _, c in todo):
                     continue
                 apply_spec(lm, spec)
+                work.cost = costs[spec.text]
                 ctx = TaskContext(lm=lm, spec=spec, settings=settings, docs=docs, out=out, cost=costs[spec.text],
                                   same_freqs=same_freqs_of(spec, lm.info), log=say, bucket=settings.bucket,
-                                  tick=advance, data=own_data or {})
+                                  tick=work.done, data=own_data or {})
                 ctx.memo["records"] = [r for r in results.records if r["scaling"] == spec.text]
                 for task, cells in todo:
                     if not cells:

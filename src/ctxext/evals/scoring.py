@@ -126,18 +126,13 @@ def _cropped(cache: Any, length: int) -> Any:
 
 
 @torch.inference_mode()
-def extend(model: Any, cache: Any, ids: Any, keep: int = 0, chunk: int = PREFILL_CHUNK,
-           on_chunk: Callable[[int, int], None] | None = None) -> torch.Tensor | None:
-    """Feed `ids` after what `cache` holds, `chunk` tokens per call; -> hidden states of the last `keep` tokens.
-    `on_chunk(tokens, attended)` after each call: a progress bar moves during a long prefill, not after it."""
+def extend(model: Any, cache: Any, ids: Any, keep: int = 0, chunk: int = PREFILL_CHUNK) -> torch.Tensor | None:
+    """Feed `ids` after what `cache` holds, `chunk` tokens per call; -> hidden states of the last `keep` tokens."""
     ids = np.asarray(ids)
     n = len(ids)
     kept = []
     for s in range(0, n, chunk):
-        past = cache.get_seq_length() if on_chunk else 0
         h = hidden_states(model, ids[s:s + chunk], cache)
-        if on_chunk:
-            on_chunk(len(h), past)
         if s + len(h) > n - keep:  # this chunk holds some of the last `keep` positions
             kept.append(h[max(0, n - keep - s):])
     return torch.cat(kept) if keep and kept else None
@@ -203,10 +198,8 @@ class Scorer:
     prompt of total_len tokens (False for methods whose frequencies depend on the whole sequence length)."""
 
     def __init__(self, model: Any, tokenizer: Any, max_new_tokens: int = 16,
-                 reusable: Callable[[int, int], bool] = lambda p, t: True,
-                 on_chunk: Callable[[int, int], None] | None = None):
+                 reusable: Callable[[int, int], bool] = lambda p, t: True):
         self.model, self.tok = model, tokenizer
-        self.on_chunk = on_chunk  # extend's callback for the shared prefix: the part of a probe's work done so far
         self.max_new_tokens = max_new_tokens
         self.reusable = reusable
         self.eos = eos_ids(model, tokenizer)
@@ -285,7 +278,7 @@ class Scorer:
             if shared is None or cur > pr.at:
                 shared, cur = new_cache(self.model), 0
             start = cur
-            extend(self.model, shared, base[cur:pr.at], on_chunk=self.on_chunk)
+            extend(self.model, shared, base[cur:pr.at])
             cur = pr.at
             if fused:  # the following probes at this needle position with as many tokens: one batch of branches
                 group = [i]
@@ -299,7 +292,7 @@ class Scorer:
                 continue
             k += 1  # one branch in the shared cache itself, cropped back afterwards
             keep = len(pr.answer) + 1
-            h = extend(self.model, shared, full[pr.at:], keep=keep, on_chunk=self.on_chunk)
+            h = extend(self.model, shared, full[pr.at:], keep=keep)
             res = self._judge(pr, h, lambda n: _cropped(shared, n), len(full) - len(pr.answer))
             crop(shared, pr.at)
             yield i, res, len(full) - start, start
