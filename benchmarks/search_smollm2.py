@@ -3,6 +3,8 @@ CPU run (a 16k forward takes ~100 s on the 2-core machine), then `ctxext eval` o
 yarn:factor=2 on the held-out book pg84 (which the search did not see).
 
     OMP_NUM_THREADS=1 python benchmarks/search_smollm2.py [--budget 14.5] [--resume]
+    OMP_NUM_THREADS=1 python benchmarks/search_smollm2.py --quick   # budget 4, 1 needle trial (~25 min here):
+                                                                   # into search_smollm2_16k_quick/
 
 Search: data pg1342 + pg2701, fitness ppl of one 16 384-token passage (rungs: 10 240 × 1, then 16 384 × 1;
 --proxy-length 0: 16 384 only),
@@ -28,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL, TARGET, WINDOW = "smollm2-135m", 16384, 8192
+QUICK = {"budget": 4.0, "trials": 1}  # --quick: the seeds and about one generation; the README compares its order
 
 
 def main() -> int:
@@ -43,8 +46,13 @@ def main() -> int:
                          "it ranks poorly: at 10 240 the seeds that find the needle score ~1.2-1.6, at 16 384 ~23-26 "
                          "in a different order")
     ap.add_argument("--skip-eval", action="store_true")
+    ap.add_argument("--quick", action="store_true", help=", ".join(f"{k} {v:g}" for k, v in QUICK.items())
+                    + ": the same search and held-out evaluation, smaller, into <out>_quick/")
     args = ap.parse_args()
-    out = RESULTS / ("search_smollm2_16k" + ("" if args.fitness == "ppl" else f"_{args.fitness}"))
+    if args.quick:
+        vars(args).update(QUICK)
+    out = RESULTS / ("search_smollm2_16k" + ("" if args.fitness == "ppl" else f"_{args.fitness}")
+                     + ("_quick" if args.quick else ""))
 
     import torch
 

@@ -592,4 +592,26 @@ def test_train_and_search_quick_notes():
     note = report.search.search_quick_note(search((88, 146), (71, 125)), search((90, 150), (80, 155)))
     assert "ppl @ 1,024: `searched` < `yarn:factor=4` < `default` (`search_tiny_rope`: the same)" in note
     assert "needle-ppl @ 1,024: `yarn:factor=4` < `searched` < `default` (`search_tiny_rope`: `searched` <" in note
-    assert "budget 30, 16 held-out documents / 30 needle trials" in note and note.endswith("**no**.")
+    assert "budget 30, 16 held-out document(s) / 30 needle trial(s)" in note and note.endswith("**no**.")
+
+
+def test_search_section_notes_each_quick_search_beside_its_full_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+
+    def summary(budget, trials, searched_ppl):
+        rows = {"default": {"ppl@8192": 25.0, "ppl@16384": 300.0, "needle-ppl@16384": 900.0},
+                "yarn:factor=2": {"ppl@8192": 25.6, "ppl@16384": 28.3, "needle-ppl@16384": 16.9},
+                "searched": {"ppl@8192": 25.2, "ppl@16384": searched_ppl, "needle-ppl@16384": 17.5}}
+        return {"search": {"config": {"model": "smollm2-135m", "target": 16384, "fitness": "ppl", "budget": budget},
+                           "spent": budget, "best": {"attention_factor": 1.03}},
+                "heldout": {"ppl_documents": 1, "needle_trials": trials, "rows": rows}}
+
+    for name, res in (("search_smollm2_16k", summary(14.5, 2, 28.1)), ("search_smollm2_16k_quick", summary(4, 1, 28.5))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(res))
+    text = report.search.search_section()
+    assert text.count("| `search_smollm2_16k` |") == 1 and "search_smollm2_16k_quick` |" not in text  # no quick row
+    assert ("`--quick` (`search_smollm2.py --quick`: budget 4, 1 held-out document(s) / 1 needle trial(s)) orders them "
+            "ppl @ 16,384: `yarn:factor=2` < `searched` < `default` (`search_smollm2_16k`: `searched` < "
+            "`yarn:factor=2` < `default`)") in text
+    assert text.endswith("Same order: **no**.") and "search_tiny.py --quick" not in text

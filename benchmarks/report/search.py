@@ -47,18 +47,22 @@ def search_section() -> str:
                       "| results | model, window → target | fitness | budget spent | held-out samples | spec | m | "
                       "in-window | ppl @ target | needle-ppl @ target |", "|---|---|---|---|---|---|---:|---:|---:|---:|"]
         lines += search_lines(path.parent.name, res)
-    full, quick = (load_json(common.RES / n / "summary.json") for n in ("search_tiny_rope", "search_tiny_rope_quick"))
-    if lines and full and quick:
-        lines += ["", search_quick_note(full, quick)]
+    for name, script in QUICK_OF:
+        full, quick = (load_json(common.RES / n / "summary.json") for n in (name, name + "_quick"))
+        if lines and full and quick and quick.get("heldout"):
+            lines += ["", search_quick_note(full, quick, name, script)]
     return "\n".join(lines) or "(no search results yet)"
 
 
-def search_quick_note(full: dict, quick: dict) -> str:
-    """Does `search_tiny.py --quick` order YaRN and the searched factors on the held-out book as the full search?"""
+QUICK_OF = (("search_tiny_rope", "search_tiny.py"), ("search_smollm2_16k", "search_smollm2.py"))  # full run, script
+
+
+def search_quick_note(full: dict, quick: dict, name: str = "search_tiny_rope", script: str = "search_tiny.py") -> str:
+    """Does `<script> --quick` order YaRN and the searched factors on the held-out book as the full search?"""
     t = quick["search"]["config"]["target"]
     rows = [(f"{col} @ {t:,}", *(ranked({k: v[f"{col}@{t}"] for k, v in d["heldout"]["rows"].items()}, False)
                                   for d in (quick, full)))
             for col in ("ppl", "needle-ppl")]
     c, h = quick["search"]["config"], quick["heldout"]
-    return order_note(f"`--quick` (`search_tiny.py --quick`: budget {c['budget']:g}, {h['ppl_documents']} held-out "
-                      f"documents / {h['needle_trials']} needle trials) orders them", rows, "`search_tiny_rope`")
+    return order_note(f"`--quick` (`{script} --quick`: budget {c['budget']:g}, {h['ppl_documents']} held-out "
+                      f"document(s) / {h['needle_trials']} needle trial(s)) orders them", rows, f"`{name}`")
