@@ -582,6 +582,17 @@ def test_train_and_search_quick_notes():
     del full["runs"]["abf"]["curve"]  # no step-50 evaluation of every method: nothing said
     assert report.train.train_quick_note(full, quick).endswith("points apart).")
 
+    # replicates: a pair the full run's seeds order differently is noise; the others are what quick must keep
+    rep = train({"linear": (66.1, 0.0), "yarn": (63.1, 0.64), "abf": (62.96, 0.56)})
+    quick = train({"linear": (82.7, 0.0), "yarn": (66.83, 0.65), "abf": (66.78, 0.7)})
+    note = report.train.train_quick_note(full, quick, [rep])
+    assert note.endswith("The full run's seeds 0, 0 order these pairs differently: `abf:x` vs `yarn:x` passkey "
+                         "(68% vs 66%; 56% vs 64%). On the pairs every seed orders alike, the quick run agrees: yes.")
+    quick["runs"]["abf"]["after"]["ppl_last_quarter"] = 67.0  # abf < yarn on ppl in both seeds: quick must keep it
+    assert report.train.train_quick_note(full, quick, [rep]).endswith("the quick run agrees: **no**.")
+    assert report.train.train_quick_note(full, quick, [full]).endswith(
+        "order every pair alike. On the pairs every seed orders alike, the quick run agrees: **no**.")
+
     def search(yarn, searched):
         return {"search": {"config": {"target": 1024, "budget": 30}},
                 "heldout": {"ppl_documents": 16, "needle_trials": 30, "rows": {
@@ -615,3 +626,17 @@ def test_search_section_notes_each_quick_search_beside_its_full_one(tmp_path, mo
             "ppl @ 16,384: `yarn:factor=2` < `searched` < `default` (`search_smollm2_16k`: `searched` < "
             "`yarn:factor=2` < `default`)") in text
     assert text.endswith("Same order: **no**.") and "search_tiny.py --quick" not in text
+
+
+def test_train_replicates_are_runs_with_the_same_arguments_but_the_seed(tmp_path, monkeypatch):
+    import json
+
+    args = {"steps": 200, "lr": 1e-3, "windows": 32, "out": "a"}
+    for name, extra in {"train_tiny_seed1": {"seed": 1, "out": "b", "pretrain_mix": 0.0},
+                        "train_tiny_seed2": {"seed": 2, "steps": 100}}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"meta": {"args": {**args, **extra}}, "runs": {}}))
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    reps = report.train.replicates({"meta": {"args": args}})
+    # seed 2 trained other steps: not a replicate; an option only the newer run recorded does not count
+    assert [r["meta"]["args"]["seed"] for r in reps] == [1]

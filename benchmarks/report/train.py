@@ -35,12 +35,24 @@ def train_section() -> str:
                          f"{r['last_quarter_vs_in_window']:.3f} | {pct(b['passkey'])} → **{pct(a['passkey'])}** |")
     full, quick = (load_json(common.RES / n / "summary.json") for n in ("train_tiny", "train_tiny_quick"))
     if lines and full and quick:
-        lines += ["", train_quick_note(full, quick)]
+        lines += ["", train_quick_note(full, quick, replicates(full))]
     return "\n".join(lines) or "(no training results yet)"
 
 
-def train_quick_note(full: dict, quick: dict) -> str:
-    """Does `train_tiny.py --quick` order the methods after training as the full `train_tiny` run does?"""
+def replicates(full: dict) -> list[dict]:
+    """The full run's replicates: train_tiny_seed*/ runs with the same arguments but the seed and folder (on the
+    arguments both recorded: options added later were at their defaults in runs that predate them)."""
+    ref = full["meta"]["args"]
+
+    def same(a: dict) -> bool:
+        return all(a[k] == ref[k] for k in a.keys() & ref.keys() - {"seed", "out"})
+
+    return [r for _, r in full_runs("train_tiny_seed*/summary.json") if r and same(r["meta"]["args"])]
+
+
+def train_quick_note(full: dict, quick: dict, reps: list[dict] = ()) -> str:
+    """Does `train_tiny.py --quick` order the methods after training as the full `train_tiny` run does? With
+    replicates (other seeds of the full run), also: on the pairs every seed orders alike."""
     rows, close = [], []
     specs = {x["spec"] for x in quick["runs"].values()}
     # (what, key, higher is better, how close two full-run figures are to be called within noise, its unit)
@@ -58,7 +70,39 @@ def train_quick_note(full: dict, quick: dict) -> str:
     note = order_note(f"`--quick` (`train_tiny.py --quick`: {a['steps']} steps, {a['windows']} held-out windows, "
                       f"{a['trials']} passkey trials per depth) orders the methods after training by", rows,
                       "`train_tiny`", f"within noise in `train_tiny` itself: {'; '.join(close)}" if close else "")
-    return note + (" " + at_step if (at_step := _full_at_quick_steps(full, quick, rows)) else "")
+    note += (" " + at_step if (at_step := _full_at_quick_steps(full, quick, rows)) else "")
+    return note + (" " + _seed_note(full, quick, list(reps)) if reps else "")
+
+
+def _seed_note(full: dict, quick: dict, reps: list[dict]) -> str:
+    """Which pairs the full run's seeds order differently (noise, not an ordering), and whether the quick run
+    agrees on the pairs they all order alike."""
+    runs = [full, *reps]
+    seeds = ", ".join(str(r["meta"]["args"].get("seed", 0)) for r in runs)
+
+    def after(run: dict, key: str) -> dict[str, float]:
+        return {r["spec"]: r["after"][key] for r in run["runs"].values()}
+
+    def fmt(v: float, key: str) -> str:
+        return pct(v) if key == "passkey" else f"{v:.2f}"
+
+    q_specs = {x["spec"] for x in quick["runs"].values()}
+    flips, agree = [], True
+    for what, key in (("last-quarter ppl", "ppl_last_quarter"), ("passkey", "passkey")):
+        vals = [after(r, key) for r in runs]
+        q = after(quick, key)
+        specs = sorted(q_specs.intersection(*vals))
+        for i, a in enumerate(specs):
+            for b in specs[i + 1:]:
+                signs = {(v[a] > v[b]) - (v[a] < v[b]) for v in vals}
+                if len(signs) > 1 or 0 in signs:
+                    flips.append(f"`{a}` vs `{b}` {what} (" + "; ".join(
+                        f"{fmt(v[a], key)} vs {fmt(v[b], key)}" for v in vals) + ")")
+                elif (q[a] > q[b]) - (q[a] < q[b]) != signs.pop():
+                    agree = False
+    told = f"The full run's seeds {seeds} order " + (
+        "every pair alike" if not flips else f"these pairs differently: {'; '.join(flips)}")
+    return f"{told}. On the pairs every seed orders alike, the quick run agrees: {'yes' if agree else '**no**'}."
 
 
 def _full_at_quick_steps(full: dict, quick: dict, rows: list[tuple[str, str, str]]) -> str:
