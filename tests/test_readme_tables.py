@@ -215,8 +215,11 @@ def test_attention_section_tables(tmp_path, monkeypatch):
     assert "| `ntk-alibi:factor=4` | 0.5, 0.25 | 85.7 | 81.7 | 100% | 78% (40 trials) |" in text
     assert "context cut to" not in text  # a result without the reference: no such row
     assert "Streaming" not in text  # no stream results: no table
-    (tmp_path / "attention_methods_alibi.json").write_text(json.dumps({**al, "ppl_last_quarter_window_context": 75.48}))
+    assert "(held-out pg84.txt; " in text  # a result that did not record its book parts: no count claimed
+    (tmp_path / "attention_methods_alibi.json").write_text(json.dumps(
+        {**al, "ppl_last_quarter_window_context": 75.48, "book_parts": 32}))
     text = report.attention.attention_section()
+    assert "(held-out pg84.txt, ppl over 32 parts of 1,024 tokens; " in text
     assert "| `default`, context cut to the 256-token window | – | – | 75.5 | – | – |" in text
     (tmp_path / "attention_methods_alibi_x16.json").write_text(json.dumps({**al, "length": 4096}))
     (tmp_path / "attention_methods_alibi_x8.json").write_text(json.dumps({**al, "length": 2048}))

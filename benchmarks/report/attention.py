@@ -42,9 +42,15 @@ def _stream_lines(st: dict) -> list[str]:
     return lines
 
 
+def _parts(al: dict) -> str:
+    """How much text the perplexity columns average over (older results did not record it)."""
+    n = al.get("book_parts")
+    return f", ppl over {n} parts of {al['length']:,} tokens" if n else ""
+
+
 def _alibi_lines(al: dict) -> list[str]:
     lines = [f"ALiBi family on the {al['model']} fixture at {al['length'] // al['window']}× its {al['window']}-token "
-             f"window (held-out {al['book']}; `benchmarks/attention_methods.py alibi`; {machine_text(al.get('machine'))}):",
+             f"window (held-out {al['book']}{_parts(al)}; `benchmarks/attention_methods.py alibi`; {machine_text(al.get('machine'))}):",
              "", f"| spec | slopes | ppl in window ({al['window']}) | ppl last quarter | passkey in window | "
              f"passkey at {al['length']:,} |", "|---|---|---:|---:|---:|---:|"]
     for s, v in al["specs"].items():
