@@ -74,6 +74,11 @@ def train_quick_note(full: dict, quick: dict, reps: list[dict] = ()) -> str:
     return note + (" " + _seed_note(full, quick, list(reps)) if reps else "")
 
 
+def _cmp(x: float, y: float) -> int:
+    """1, 0 or -1 as x is above, equal to or below y."""
+    return (x > y) - (x < y)
+
+
 def _seed_note(full: dict, quick: dict, reps: list[dict]) -> str:
     """Which pairs the full run's seeds order differently (noise, not an ordering), and whether the quick run
     agrees on the pairs they all order alike."""
@@ -94,11 +99,11 @@ def _seed_note(full: dict, quick: dict, reps: list[dict]) -> str:
         specs = sorted(q_specs.intersection(*vals))
         for i, a in enumerate(specs):
             for b in specs[i + 1:]:
-                signs = {(v[a] > v[b]) - (v[a] < v[b]) for v in vals}
+                signs = {_cmp(v[a], v[b]) for v in vals}
                 if len(signs) > 1 or 0 in signs:
                     flips.append(f"`{a}` vs `{b}` {what} (" + "; ".join(
                         f"{fmt(v[a], key)} vs {fmt(v[b], key)}" for v in vals) + ")")
-                elif (q[a] > q[b]) - (q[a] < q[b]) != signs.pop():
+                elif _cmp(q[a], q[b]) != next(iter(signs)):
                     agree = False
     told = f"The full run's seeds {seeds} order " + (
         "every pair alike" if not flips else f"these pairs differently: {'; '.join(flips)}")
