@@ -55,9 +55,9 @@ def test_table_states_the_measured_time_per_task_beside_the_estimate():
         {"scaling": s, "task": "passkey", "length": 16384, "depth": d, "seconds": sec, "estimated_seconds": 60.0}
         for s, d, sec in (("default", 0.1, 100.0), ("default", 0.5, 20.0), ("yarn:factor=2", 0.1, 300.0))]
     line = report.methods.methods_table(res, "m").splitlines()[-1]
-    # per spec: default's two depths add up to 120 s, yarn's one to 300 s; the median of the two is 210 s
-    assert line == ("time on that machine: passkey at 16,384: 3.5 min per spec (median of 2 timed, 2.0 min–5.0 min; "
-                    "estimated 1.5 min) (cells run before timings were recorded are not counted).")
+    # per cell: 20, 100 and 300 s, median 100 s; a per-spec sum (120 and 300 s) would move with how many depths ran
+    assert line == ("time on that machine: passkey at 16,384: 1.7 min per cell (median of 3 timed over 2 spec(s), "
+                    "20 s–5.0 min; estimated 1.0 min) (cells run before timings were recorded are not counted).")
 
 
 def test_a_larger_factor_table_names_the_specs_not_measured_yet():

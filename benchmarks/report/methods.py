@@ -278,16 +278,16 @@ def methods_table(res: dict, source: str, expected: list[str] | None = None) -> 
 
 
 def time_line(timings: list[dict]) -> str:
-    """What each task and length took per spec on the run's machine (meta.timings), beside the plan's estimate."""
+    """What each task and length took per cell on the run's machine (meta.timings), beside the plan's estimate."""
     from ctxext.evals.cost import fmt_seconds
     from ctxext.evals.results import timing_rows
 
     rows = timing_rows(timings)
     if not rows:
         return ""
-    parts = [f"{task} at {L:,}: {fmt_seconds(med)} per spec (median of {n_specs} timed, "
+    parts = [f"{task} at {L:,}: {fmt_seconds(med)} per cell (median of {n} timed over {n_specs} spec(s), "
              f"{fmt_seconds(lo)}–{fmt_seconds(hi)}; estimated {fmt_seconds(est)})"
-             for task, L, n_specs, _, med, lo, hi, est in rows]
+             for task, L, n_specs, n, med, lo, hi, est in rows]
     return "time on that machine: " + "; ".join(parts) + " (cells run before timings were recorded are not counted)."
 
 

@@ -193,18 +193,18 @@ def summary_markdown(meta: dict[str, Any], records: list[dict[str, Any]], plots:
 
 def timing_rows(timings: list[dict[str, Any]]) -> list[tuple[str, int, int, int, float, float, float, float]]:
     """Per (task, length), tasks in the order they ran: (task, length, specs, cells, then the median, least and most
-    measured seconds per spec and the median estimated seconds per spec), a spec's seconds being the sum over its
-    cells of that task and length (its depths)."""
-    per: dict[tuple[str, int], dict[str, list[tuple[float, float]]]] = {}
+    measured seconds per cell and the median estimated seconds per cell). Per cell, not per spec: specs often have
+    different numbers of depths run (one here, three there, from separate runs), and a per-spec sum then moves its
+    median with whichever spec got more cells; cells of one run that share a prefix split its time between them."""
+    per: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for t in timings:
-        d = per.setdefault((t["task"], int(t["length"])), {})
-        d.setdefault(t["scaling"], []).append((float(t["seconds"]), float(t["estimated_seconds"])))
+        per.setdefault((t["task"], int(t["length"])), []).append(t)
     rows = []
     order = list(dict.fromkeys(task for task, _ in per))
-    for (task, L), by_spec in sorted(per.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
-        got = [sum(m for m, _ in v) for v in by_spec.values()]  # per spec: depths that share a prefix, summed
-        est = [sum(e for _, e in v) for v in by_spec.values()]
-        rows.append((task, L, len(by_spec), sum(len(v) for v in by_spec.values()), statistics.median(got), min(got),
+    for (task, L), cells in sorted(per.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        got = [float(t["seconds"]) for t in cells]
+        est = [float(t["estimated_seconds"]) for t in cells]
+        rows.append((task, L, len({t["scaling"] for t in cells}), len(cells), statistics.median(got), min(got),
                      max(got), statistics.median(est)))
     return rows
 
@@ -214,7 +214,7 @@ def timing_lines(timings: list[dict[str, Any]]) -> list[str]:
     rows = timing_rows(timings)
     if not rows:
         return []
-    out = ["## Time", "", "Wall time per spec (the cells of one task and length, summed over depths) on the machine "
+    out = ["## Time", "", "Wall time per cell (one task, length and depth) on the machine "
            "that ran them, beside the plan's estimate; cells kept from runs before timings were recorded are not "
            "counted.", "", "| task | length | specs | cells | measured (median) | range | estimated (median) |",
            "|---|---:|---:|---:|---:|---:|---:|"]
