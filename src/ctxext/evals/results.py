@@ -195,7 +195,8 @@ def timing_rows(timings: list[dict[str, Any]]) -> list[tuple[str, int, int, int,
     """Per (task, length), tasks in the order they ran: (task, length, specs, cells, then the median, least and most
     measured seconds per cell and the median estimated seconds per cell). Per cell, not per spec: specs often have
     different numbers of depths run (one here, three there, from separate runs), and a per-spec sum then moves its
-    median with whichever spec got more cells; cells of one run that share a prefix split its time between them."""
+    median with whichever spec got more cells. Cells of one run that share a prefix split its time unevenly (see
+    runner: each cell is timed since the previous one), so a single cell's figure is rough; their sum is exact."""
     per: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for t in timings:
         per.setdefault((t["task"], int(t["length"])), []).append(t)
