@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # SmolLM2-135M's config: rope_theta and the trained length (max_position_embeddings)
 BASE, TRAINED = 100_000.0, 8192
-# the longrope factors found by benchmarks/search_smollm2.py for 16k (a reduced CPU budget, on other books)
-SEARCHED = "benchmarks/results/search_smollm2_16k/search/best.json"
+# the longrope factors found by benchmarks/search_smollm2.py per factor (reduced CPU budgets, on other books)
+SEARCHED = {2: "benchmarks/results/search_smollm2_16k/search/best.json",
+            4: "benchmarks/results/search_smollm2_32k/search/best.json"}
 
 
 def specs_for(factor: int, base: float = BASE, trained: int = TRAINED) -> list[str]:
@@ -37,7 +38,7 @@ def specs_for(factor: int, base: float = BASE, trained: int = TRAINED) -> list[s
     (`ctxext plan --target`); self-extend takes group 2*factor at window 2048 (the smallest power of two that
     reaches 2x) and 4*factor at window 4096 (the best of the 10-trial passkey sweep at 2x,
     benchmarks/attention_methods.py passkey: 9/10, then 10/10 on fresh keys), so both reach the target at any
-    factor. The searched longrope factors were found for 16k, so they join at 2x only."""
+    factor. The searched longrope factors join at the factors a search was run for (SEARCHED)."""
     from ctxext.theory import critical_base
 
     f = factor
@@ -45,7 +46,7 @@ def specs_for(factor: int, base: float = BASE, trained: int = TRAINED) -> list[s
     specs = ["default", f"linear:factor={f}", f"ntk:factor={f}", f"dynamic-ntk:factor={f}",
              f"ntk-by-parts:factor={f}", f"yarn:factor={f}", "dynamic-yarn", f"llama3:factor={f}", f"abf:base={abf}",
              f"self-extend:group={2 * f},window=2048", f"self-extend:group={4 * f},window=4096"]
-    return specs + [SEARCHED] if f == 2 else specs
+    return specs + [SEARCHED[f]] if f in SEARCHED else specs
 
 
 # streaming keeps a rolling cache, so it is measured by the stream-ppl task over the same tokens (same buckets)

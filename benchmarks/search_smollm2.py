@@ -3,6 +3,8 @@ CPU run (a 16k forward takes ~100 s on the 2-core machine), then `ctxext eval` o
 yarn:factor=2 on the held-out book pg84 (which the search did not see).
 
     OMP_NUM_THREADS=1 python benchmarks/search_smollm2.py [--budget 14.5] [--resume]
+    python benchmarks/search_smollm2.py --target 32768 --proxy-length 0 --budget 8.5 --threads 2 --skip-eval
+                                        # 4x: search_smollm2_32k/, evaluated by `methods.py --factor 4` instead
     OMP_NUM_THREADS=1 python benchmarks/search_smollm2.py --quick   # budget 7, 1 needle trial (~30 min here):
                                                                    # into search_smollm2_16k_quick/
 
@@ -15,7 +17,7 @@ Evaluation: ppl at 8192 (in-window) and 16 384 on pg84 (one document, the first 
 16 384 (--trials trials).
 
 Writes benchmarks/results/search_smollm2_16k/ (fitness ppl; search_smollm2_16k_<fitness>/ for the others, a folder
-per search): search/, eval/, eval-needle/, summary.json, summary.md.
+per search; search_smollm2_32k/ for --target 32768): search/, eval/, eval-needle/, summary.json, summary.md.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-MODEL, TARGET, WINDOW = "smollm2-135m", 16384, 8192
+MODEL, WINDOW = "smollm2-135m", 8192
 # --quick: the in-window guard (~2.5 evaluations) and the four seeds at full length, no generation; the best seed
 # with the guard's attention factor is the searched spec (budget 4 ran out before the YaRN seed was evaluated)
 QUICK = {"budget": 7.0, "trials": 1}
@@ -37,6 +39,7 @@ QUICK = {"budget": 7.0, "trials": 1}
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", type=int, default=16384, choices=(16384, 32768))
     ap.add_argument("--budget", type=float, default=14.5)
     ap.add_argument("--fitness", default="ppl", choices=("needle-ppl", "ppl", "both"))
     ap.add_argument("--trials", type=int, default=2, help="held-out needle-ppl trials")
@@ -53,7 +56,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         vars(args).update(QUICK)
-    out = RESULTS / ("search_smollm2_16k" + ("" if args.fitness == "ppl" else f"_{args.fitness}")
+    target = args.target
+    out = RESULTS / (f"search_smollm2_{target // 1024}k" + ("" if args.fitness == "ppl" else f"_{args.fitness}")
                      + ("_quick" if args.quick else ""))
 
     import torch
@@ -68,9 +72,9 @@ def main() -> int:
     os.chdir(ROOT)
     search_dir = out.relative_to(ROOT) / "search"
     data = [str(book_path("pg1342.txt")), str(book_path("pg2701.txt"))]
-    cfg = config_from(TARGET, fitness=args.fitness, budget=args.budget, population=4, mutations=2, crossovers=2,
+    cfg = config_from(target, fitness=args.fitness, budget=args.budget, population=4, mutations=2, crossovers=2,
                       parents=4, samples=1, seed=args.seed,
-                      rungs=[(args.proxy_length, 1), (TARGET, 1)] if args.proxy_length else [(TARGET, 1)])
+                      rungs=[(args.proxy_length, 1), (target, 1)] if args.proxy_length else [(target, 1)])
     t0 = time.perf_counter()
     res = run_search(MODEL, data, search_dir, cfg, resume=args.resume, progress=sys.stderr.isatty(),
                      command="python benchmarks/search_smollm2.py " + " ".join(sys.argv[1:]))
@@ -88,37 +92,40 @@ def main() -> int:
     if args.skip_eval:
         return 0
     best = str(search_dir / "best.json")
-    specs = ["default", "yarn:factor=2", best]
+    yarn = f"yarn:factor={target // WINDOW}"
+    specs = ["default", yarn, best]
     held = [str(book_path(HELD_OUT_BOOK))]
     t0 = time.perf_counter()
     # eval cells resume under the same flag as the search: they are keyed by best.json's path, not its content
     common = dict(data=held, seed=args.seed, progress=sys.stderr.isatty(), resume=args.resume)
-    ev = run_eval(MODEL, specs, ["ppl"], [WINDOW, TARGET], samples=1, out=out / "eval", **common)
-    ev_n = run_eval(MODEL, specs, ["needle-ppl"], [TARGET], samples=args.trials, out=out / "eval-needle", **common)
+    ev = run_eval(MODEL, specs, ["ppl"], [WINDOW, target], samples=1, out=out / "eval", **common)
+    ev_n = run_eval(MODEL, specs, ["needle-ppl"], [target], samples=args.trials, out=out / "eval-needle", **common)
     val = {(r["scaling"], r["task"], r["length"]): r["value"] for r in ev["records"] + ev_n["records"]
            if r["bucket"] is None}
-    rows = {name: {"ppl@8192": val[(s, "ppl", WINDOW)], "ppl@16384": val[(s, "ppl", TARGET)],
-                   "needle-ppl@16384": val[(s, "needle-ppl", TARGET)]}
-            for name, s in (("default", "default"), ("yarn:factor=2", "yarn:factor=2"), ("searched", best))}
+    rows = {name: {f"ppl@{WINDOW}": val[(s, "ppl", WINDOW)], f"ppl@{target}": val[(s, "ppl", target)],
+                   f"needle-ppl@{target}": val[(s, "needle-ppl", target)]}
+            for name, s in (("default", "default"), (yarn, yarn), ("searched", best))}
     summary["heldout"] = {"book": HELD_OUT_BOOK, "ppl_documents": 1, "needle_trials": args.trials, "rows": rows,
                           "seconds": round(time.perf_counter() - t0, 1)}
     summary["checks"] = {
-        "needle-ppl@16384 searched < yarn": rows["searched"]["needle-ppl@16384"] < rows["yarn:factor=2"]["needle-ppl@16384"],
-        "ppl@16384 searched < yarn": rows["searched"]["ppl@16384"] < rows["yarn:factor=2"]["ppl@16384"],
-        "ppl@8192 searched <= 1.01 x default": rows["searched"]["ppl@8192"] <= 1.01 * rows["default"]["ppl@8192"],
+        f"needle-ppl@{target} searched < yarn":
+            rows["searched"][f"needle-ppl@{target}"] < rows[yarn][f"needle-ppl@{target}"],
+        f"ppl@{target} searched < yarn": rows["searched"][f"ppl@{target}"] < rows[yarn][f"ppl@{target}"],
+        f"ppl@{WINDOW} searched <= 1.01 x default":
+            rows["searched"][f"ppl@{WINDOW}"] <= 1.01 * rows["default"][f"ppl@{WINDOW}"],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     m = summary["machine"]
-    lines = ["# ctxext search on SmolLM2-135M: 8192 → 16 384 tokens, no fine-tuning (reduced CPU budget)", "",
+    lines = [f"# ctxext search on SmolLM2-135M: {WINDOW} → {target:,} tokens, no fine-tuning (reduced CPU budget)", "",
              f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}.",
-             "", f"Search: fitness {args.fitness} on one 16k passage of pg1342/pg2701, population 4, budget "
+             "", f"Search: fitness {args.fitness} on one {target // 1024}k passage of pg1342/pg2701, population 4, budget "
              f"{args.budget:g}; spent {res['spent']:.2f} full-length evaluations ({res['evaluations']} evaluations, "
              f"{res['generations']} generations; evaluations took {search_s:.0f} s). Best {res['best']['fitness']:.5g}; YaRN seed "
-             f"{res['seeds'].get('yarn', float('nan')):.5g}; exact yarn:factor=2 {res['reference']['fitness']:.5g}.",
+             f"{res['seeds'].get('yarn', float('nan')):.5g}; exact {yarn} {res['reference']['fitness']:.5g}.",
              "", f"Held-out pg84 (one document for ppl, {args.trials} needle trials):", "",
-             "| spec | ppl @8192 | ppl @16384 | needle-ppl @16384 |", "|---|---|---|---|"]
+             f"| spec | ppl @{WINDOW} | ppl @{target} | needle-ppl @{target} |", "|---|---|---|---|"]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['ppl@8192']:.4f} | {r['ppl@16384']:.4f} | {r['needle-ppl@16384']:.4f} |")
+        lines.append(f"| {name} | {r[f'ppl@{WINDOW}']:.4f} | {r[f'ppl@{target}']:.4f} | {r[f'needle-ppl@{target}']:.4f} |")
     lines += ["", "| check | pass |", "|---|---|"] + [f"| {k} | {'yes' if v else 'NO'} |"
                                                      for k, v in summary["checks"].items()]
     (out / "summary.md").write_text("\n".join(lines) + "\n")

@@ -376,9 +376,13 @@ def test_method_set_at_each_factor():
     methods = _bench("methods")
     committed = json.loads((ROOT / "benchmarks/results/methods/results.json").read_text())["records"]
     assert sorted(methods.specs_for(2)) == sorted({r["scaling"] for r in committed if r["task"] == "ppl"})
-    for f in (4, 8):
+    assert methods.SEARCHED[2] in methods.specs_for(2) and "32k" in methods.SEARCHED[4]
+    for f in (4, 8):  # a factor gets its own search's factors (4x has one), never another factor's
         specs = methods.specs_for(f)
-        assert methods.SEARCHED not in specs and len(specs) == len(methods.specs_for(2)) - 1
+        searched = [s for s in specs if s.endswith(".json")]
+        assert searched == ([methods.SEARCHED[f]] if f in methods.SEARCHED else [])
+        specs = [s for s in specs if s not in searched]
+        assert len(specs) == len(methods.specs_for(2)) - 1
         parsed = [parse_spec(s) for s in specs]
         assert [p.params.factor for p in parsed if hasattr(p.params, "factor")] == [f] * 6
         abf = next(p.params.base for p in parsed if p.method == "abf")
@@ -629,6 +633,23 @@ def test_search_section_notes_each_quick_search_beside_its_full_one(tmp_path, mo
             "ppl @ 16,384: `yarn:factor=2` < `searched` < `default` (`search_smollm2_16k`: `searched` < "
             "`yarn:factor=2` < `default`)") in text
     assert text.endswith("Same order: **no**.") and "search_tiny.py --quick" not in text
+
+
+def test_search_section_keeps_a_search_run_without_its_held_out_evaluation(tmp_path, monkeypatch):
+    """A --skip-eval search (measured in a method table instead) keeps a row with its budget and attention factor,
+    dashes where held-out figures would be, and a note with its search-data scores."""
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    res = {"search": {"config": {"model": "smollm2-135m", "target": 32768, "fitness": "ppl", "budget": 8.5},
+                      "spent": 8.43, "evaluations": 9, "generations": 1,
+                      "best": {"attention_factor": 1.051, "fitness": 24.316}, "seeds": {"yarn": 24.9, "pi": 80.0},
+                      "reference": {"spec": "yarn:factor=4", "fitness": 25.004}}}
+    (tmp_path / "search_smollm2_32k").mkdir()
+    (tmp_path / "search_smollm2_32k" / "summary.json").write_text(json.dumps(res))
+    text = report.search.search_section()
+    assert "| `search_smollm2_32k` | smollm2-135m, 8,192 → 32,768 | ppl | 8.4 / 8.5 | – | searched | 1.051 | – | – | – |" \
+        in text
+    assert text.endswith("On its search data (ppl @ 32,768, 9 evaluations, 1 generation(s)) it scored 24.32, the YaRN "
+                         "seed 24.90, exact `yarn:factor=4` 25.00.")
 
 
 def test_train_replicates_are_runs_with_the_same_arguments_but_the_seed(tmp_path, monkeypatch):

@@ -11,8 +11,11 @@ from .common import full_runs, load_json, order_note, ranked
 def search_lines(name: str, res: dict) -> list[str]:
     """Rows of one search: YaRN at the same factor and the searched spec on the held-out book."""
     cfg, ho = res["search"]["config"], res.get("heldout")
-    if not ho:
-        return []
+    if not ho:  # --skip-eval: a method table measures it; the row keeps the search itself in view
+        s, t = res["search"], cfg["target"]
+        window = round(t / float(s["reference"]["spec"].split("factor=")[1]))  # the reference is yarn at t / window
+        return [f"| `{name}` | {cfg['model']}, {window:,} → {t:,} | {cfg['fitness']} | {s['spent']:.1f} / "
+                f"{cfg['budget']:g} | – | searched | {s['best']['attention_factor']:.3f} | – | – | – |"]
     rows = ho["rows"]
     window = next(int(k.split("@")[1]) for k in rows["default"] if k.startswith("ppl@") and
                   int(k.split("@")[1]) < cfg["target"])
@@ -47,6 +50,9 @@ def search_section() -> str:
                       "| results | model, window → target | fitness | budget spent | held-out samples | spec | m | "
                       "in-window | ppl @ target | needle-ppl @ target |", "|---|---|---|---|---|---|---:|---:|---:|---:|"]
         lines += search_lines(path.parent.name, res)
+    for path, res in full_runs("search_*/summary.json"):
+        if not res.get("heldout"):
+            lines += ["", skipped_note(path.parent.name, res)]
     for name, script in QUICK_OF:
         full, quick = (load_json(common.RES / n / "summary.json") for n in (name, name + "_quick"))
         if lines and full and quick and quick.get("heldout"):
@@ -66,3 +72,13 @@ def search_quick_note(full: dict, quick: dict, name: str = "search_tiny_rope", s
     c, h = quick["search"]["config"], quick["heldout"]
     return order_note(f"`--quick` (`{script} --quick`: budget {c['budget']:g}, {h['ppl_documents']} held-out "
                       f"document(s) / {h['needle_trials']} needle trial(s)) orders them", rows, f"`{name}`")
+
+
+def skipped_note(name: str, res: dict) -> str:
+    """A search run without its held-out evaluation: where it is measured, and what its own search data said."""
+    s, t = res["search"], res["search"]["config"]["target"]
+    return (f"`{name}` ran without the held-out evaluation (`--skip-eval`): `benchmarks/methods.py` measures its "
+            f"factors beside every other method at {t:,} (method tables above). On its search data "
+            f"({s['config']['fitness']} @ {t:,}, {s['evaluations']} evaluations, {s['generations']} generation(s)) it "
+            f"scored {s['best']['fitness']:.2f}, the YaRN seed {s['seeds'].get('yarn', float('nan')):.2f}, exact "
+            f"`{s['reference']['spec']}` {s['reference']['fitness']:.2f}.")
