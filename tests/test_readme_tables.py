@@ -641,15 +641,15 @@ def test_search_section_keeps_a_search_run_without_its_held_out_evaluation(tmp_p
     monkeypatch.setattr(report.common, "RES", tmp_path)
     res = {"search": {"config": {"model": "smollm2-135m", "target": 32768, "fitness": "ppl", "budget": 8.5},
                       "spent": 8.43, "evaluations": 9, "generations": 1,
-                      "best": {"attention_factor": 1.051, "fitness": 24.316}, "seeds": {"yarn": 24.9, "pi": 80.0},
+                      "best": {"attention_factor": 1.051, "fitness": 24.316, "origin": "crossover@1"}, "seeds": {"yarn": 24.9, "pi": 80.0},
                       "reference": {"spec": "yarn:factor=4", "fitness": 25.004}}}
     (tmp_path / "search_smollm2_32k").mkdir()
     (tmp_path / "search_smollm2_32k" / "summary.json").write_text(json.dumps(res))
     text = report.search.search_section()
     assert "| `search_smollm2_32k` | smollm2-135m, 8,192 → 32,768 | ppl | 8.4 / 8.5 | – | searched | 1.051 | – | – | – |" \
         in text
-    assert text.endswith("On its search data (ppl @ 32,768, 9 evaluations, 1 generation(s)) it scored 24.32, the YaRN "
-                         "seed 24.90, exact `yarn:factor=4` 25.00.")
+    assert text.endswith("On its search data (ppl @ 32,768, 9 evaluations, 1 generation(s)) its best (crossover@1) "
+                         "scored 24.32, the YaRN seed 24.90, exact `yarn:factor=4` 25.00.")
 
 
 def test_train_replicates_are_runs_with_the_same_arguments_but_the_seed(tmp_path, monkeypatch):

@@ -79,6 +79,6 @@ def skipped_note(name: str, res: dict) -> str:
     s, t = res["search"], res["search"]["config"]["target"]
     return (f"`{name}` ran without the held-out evaluation (`--skip-eval`): `benchmarks/methods.py` measures its "
             f"factors beside every other method at {t:,} (method tables above). On its search data "
-            f"({s['config']['fitness']} @ {t:,}, {s['evaluations']} evaluations, {s['generations']} generation(s)) it "
-            f"scored {s['best']['fitness']:.2f}, the YaRN seed {s['seeds'].get('yarn', float('nan')):.2f}, exact "
+            f"({s['config']['fitness']} @ {t:,}, {s['evaluations']} evaluations, {s['generations']} generation(s)) its "
+            f"best ({s['best']['origin']}) scored {s['best']['fitness']:.2f}, the YaRN seed {s['seeds'].get('yarn', float('nan')):.2f}, exact "
             f"`{s['reference']['spec']}` {s['reference']['fitness']:.2f}.")
