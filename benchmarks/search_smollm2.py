@@ -88,6 +88,7 @@ def main() -> int:
                           "reference": res["reference"], "beat_yarn_seed_at_cost": res["beat_yarn_at_cost"],
                           "guard": res["guard"], "curve": res["curve"], "evaluation_seconds": round(search_s, 1),
                           "this_run_seconds": round(run_s, 1), "replayed_this_run": res["replayed"]}}
+    summary["skip_eval"] = args.skip_eval  # the README tells a search measured elsewhere from one still evaluating
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if args.skip_eval:
         return 0

@@ -642,7 +642,7 @@ def test_search_section_keeps_a_search_run_without_its_held_out_evaluation(tmp_p
     res = {"search": {"config": {"model": "smollm2-135m", "target": 32768, "fitness": "ppl", "budget": 8.5},
                       "spent": 8.43, "evaluations": 9, "generations": 1,
                       "best": {"attention_factor": 1.051, "fitness": 24.316, "origin": "crossover@1"}, "seeds": {"yarn": 24.9, "pi": 80.0},
-                      "reference": {"spec": "yarn:factor=4", "fitness": 25.004}}}
+                      "reference": {"spec": "yarn:factor=4", "fitness": 25.004}}, "skip_eval": True}
     (tmp_path / "search_smollm2_32k").mkdir()
     (tmp_path / "search_smollm2_32k" / "summary.json").write_text(json.dumps(res))
     text = report.search.search_section()
@@ -650,6 +650,9 @@ def test_search_section_keeps_a_search_run_without_its_held_out_evaluation(tmp_p
         in text
     assert text.endswith("On its search data (ppl @ 32,768, 9 evaluations, 1 generation(s)) its best (crossover@1) "
                          "scored 24.32, the YaRN seed 24.90, exact `yarn:factor=4` 25.00.")
+    del res["skip_eval"]  # the same search with its held-out evaluation still to come: nothing yet
+    (tmp_path / "search_smollm2_32k" / "summary.json").write_text(json.dumps(res))
+    assert "search_smollm2_32k" not in report.search.search_section()
 
 
 def test_train_replicates_are_runs_with_the_same_arguments_but_the_seed(tmp_path, monkeypatch):

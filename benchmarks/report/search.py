@@ -11,6 +11,8 @@ from .common import full_runs, load_json, order_note, ranked
 def search_lines(name: str, res: dict) -> list[str]:
     """Rows of one search: YaRN at the same factor and the searched spec on the held-out book."""
     cfg, ho = res["search"]["config"], res.get("heldout")
+    if not ho and not res.get("skip_eval"):  # its held-out evaluation has not finished yet
+        return []
     if not ho:  # --skip-eval: a method table measures it; the row keeps the search itself in view
         s, t = res["search"], cfg["target"]
         window = round(t / float(s["reference"]["spec"].split("factor=")[1]))  # the reference is yarn at t / window
@@ -51,7 +53,7 @@ def search_section() -> str:
                       "in-window | ppl @ target | needle-ppl @ target |", "|---|---|---|---|---|---|---:|---:|---:|---:|"]
         lines += search_lines(path.parent.name, res)
     for path, res in full_runs("search_*/summary.json"):
-        if not res.get("heldout"):
+        if res.get("skip_eval") and not res.get("heldout"):
             lines += ["", skipped_note(path.parent.name, res)]
     for name, script in QUICK_OF:
         full, quick = (load_json(common.RES / n / "summary.json") for n in (name, name + "_quick"))
