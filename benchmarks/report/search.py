@@ -11,9 +11,9 @@ from .common import full_runs, load_json, order_note, ranked
 def search_lines(name: str, res: dict) -> list[str]:
     """Rows of one search: YaRN at the same factor and the searched spec on the held-out book."""
     cfg, ho = res["search"]["config"], res.get("heldout")
-    if not ho and not res.get("skip_eval"):  # its held-out evaluation has not finished yet
-        return []
-    if not ho:  # --skip-eval: a method table measures it; the row keeps the search itself in view
+    if not ho:  # --skip-eval: a method table measures it, the row keeps the search in view; else: still evaluating
+        if not res.get("skip_eval"):
+            return []
         s, t = res["search"], cfg["target"]
         window = round(t / float(s["reference"]["spec"].split("factor=")[1]))  # the reference is yarn at t / window
         return [f"| `{name}` | {cfg['model']}, {window:,} → {t:,} | {cfg['fitness']} | {s['spent']:.1f} / "
@@ -40,7 +40,7 @@ def search_lines(name: str, res: dict) -> list[str]:
 
 
 def search_section() -> str:
-    lines = []
+    lines, notes = [], []
     for path, res in full_runs("search_*/summary.json"):
         if not lines:
             lines += ["`ctxext search` (no fine-tuning) against YaRN at the same factor, both measured afterwards on "
@@ -52,9 +52,10 @@ def search_section() -> str:
                       "| results | model, window → target | fitness | budget spent | held-out samples | spec | m | "
                       "in-window | ppl @ target | needle-ppl @ target |", "|---|---|---|---|---|---|---:|---:|---:|---:|"]
         lines += search_lines(path.parent.name, res)
-    for path, res in full_runs("search_*/summary.json"):
         if res.get("skip_eval") and not res.get("heldout"):
-            lines += ["", skipped_note(path.parent.name, res)]
+            notes.append(skipped_note(path.parent.name, res))
+    for note in notes:  # after the table, which they would otherwise cut
+        lines += ["", note]
     for name, script in QUICK_OF:
         full, quick = (load_json(common.RES / n / "summary.json") for n in (name, name + "_quick"))
         if lines and full and quick and quick.get("heldout"):
