@@ -174,3 +174,22 @@ def test_resume_refuses_other_settings(parts_jsonl, tmp_path, capsys):
     (out / "search.json").write_text(json.dumps({"resume_keys": {"seed": 9}}))
     code, err = run_cli([*SMALL, "--data", str(parts_jsonl), "--out", str(out), "--resume"], capsys)
     assert code == 2 and "cannot resume the search" in err and err.count("\n") == 1
+
+
+def test_resuming_a_finished_search_measures_nothing(parts_jsonl, tmp_path, capsys, monkeypatch):
+    """--resume on a search that ended replays history, reuses the guard and the reference (exact yarn) and gives
+    the same results; before, the reference was measured again (one more full evaluation, ~30 min at 64k on a CPU)."""
+    out = tmp_path / "s"
+    args = [*SMALL, "--data", str(parts_jsonl), "--out", str(out), "--fitness", "ppl", "--budget", "5"]
+    assert run_cli(args, capsys)[0] == 0
+    first = json.loads((out / "results.json").read_text())
+    assert json.loads((out / "references.json").read_text())["parts"]["512x2"] == {"ppl": first["reference"]["fitness"]}
+    calls = []
+    for name in ("measure", "short_ppl"):
+        real = getattr(Evaluator, name)
+        monkeypatch.setattr(Evaluator, name, lambda self, *a, _r=real, _n=name, **k: calls.append(_n) or _r(self, *a, **k))
+    code, err = run_cli([*args, "--resume"], capsys)
+    assert code == 0, err
+    again = json.loads((out / "results.json").read_text())
+    assert calls == [] and again["replayed"] == first["evaluations"]
+    assert again["reference"] == first["reference"] and again["best"]["fitness"] == first["best"]["fitness"]

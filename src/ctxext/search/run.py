@@ -12,13 +12,14 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import CtxextError
-from ..scaling import parse_spec
 from .driver import Rung, Search, SearchConfig, write_state
 from .fitness import FITNESSES, Evaluator, check_data
 from .guard import attention_cap
 from .report import CURVE_PNG, FACTORS_PNG, plot_curve, plot_factors, write_best, write_summary
 from .seeds import seed_candidates
 from .space import make_space
+
+REFERENCES = "references.json"  # the reference spec's measured parts, by "LENGTHxSAMPLES"
 
 
 def run_search(model: Any, data: list[str | Path], out: str | Path, config: SearchConfig, *, resume: bool = False,
@@ -73,9 +74,9 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
         guard = attention_cap(out, lambda m: ev.short_ppl(m, config.samples), wide.attention_range[1],
                               config.short_tolerance, resume)
         guard_cost = len(guard["probes"]) * ev.ppl_cost(shape.original_len, config.samples)
-    ref_cost = 0.0
-    if config.fitness == "both":  # the reference each rung's values are relative to, measured once, kept for resume
-        ref_cost = load_references(out, ev, rungs, resume)
+    # the reference (exact yarn:factor=s): for fitness both each rung's values are relative to it (in the budget);
+    # for every fitness the search is compared with it at the target. Measured once, kept for resume
+    ref_cost = load_references(out, ev, rungs, resume)
     space = make_space(shape.n_pairs, scale, c, shape.original_len, search_critical=config.search_critical,
                        search_attention=config.search_attention, start_tokens=config.start_tokens,
                        max_attention=guard["cap"] if guard else None)
@@ -120,7 +121,9 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     # the exact method the search competes with (the YaRN seed is it projected on the grid, m within the guard);
     # a reference measurement outside the budget, not a candidate
     ref_text = ev.reference_spec
-    ref_value, _, ref_parts = ev.evaluate_spec(parse_spec(ref_text), config.target, config.samples)
+    ref_parts = ev.reference_parts(config.target, config.samples)
+    save_references(out, ev)  # a resumed (or re-run with --resume) search does not measure it again
+    ref_value = ev.combine(ref_parts, config.target, config.samples)
     beat_ref = next((cost for cost, v in outcome.curve if v < ref_value), None)
     found = next(cost for cost, v in outcome.curve if v == best.scores[top])
     provenance = {"model": name, "target": config.target, "fitness": config.fitness,
@@ -187,24 +190,33 @@ def state_cost(info: Any, config: SearchConfig, log: Callable[[str], None], devi
 
 
 def load_references(out: Path, ev: Evaluator, rungs: tuple[Rung, ...], resume: bool) -> float:
-    """Reference (yarn:factor=s) parts at every rung for fitness `both`: from DIR/references.json on resume, else
-    measured and stored; -> their cost (counted in the budget)."""
+    """Reference (yarn:factor=s) parts from DIR/references.json on resume; for fitness `both` also measured at every
+    rung now and stored -> their cost (counted in the budget; 0 for the other fitnesses)."""
     import json
-    import os
 
-    path = out / "references.json"
+    path = out / REFERENCES
     if resume and path.is_file():
         old = json.loads(path.read_text())
         if old.get("spec") == ev.reference_spec:
             ev.reference.update(old["parts"])
+    if ev.fitness != "both":
+        return 0.0
     cost = 0.0
     for r in rungs:
         ev.reference_parts(r.length, r.samples)
         cost += ev.cost(r.length, r.samples)
+    save_references(out, ev)
+    return cost
+
+
+def save_references(out: Path, ev: Evaluator) -> None:
+    import json
+    import os
+
+    path = out / REFERENCES
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps({"spec": ev.reference_spec, "parts": ev.reference}, indent=2))
     os.replace(tmp, path)
-    return cost
 
 
 def config_from(target: int, **kw: Any) -> SearchConfig:
