@@ -323,6 +323,10 @@ def alibi(args: argparse.Namespace) -> None:
               # the same tokens with the context cut to the trained window: what not extending at all gives
               "ppl_last_quarter_window_context": window_context_ppl(str(fixture_path("tiny-alibi")), parts,
                                                                     args.samples, L, WINDOW),
+              # shorter cuts: how much this model gains from context at all, so what reading past W could add
+              "ppl_last_quarter_shorter_context": {
+                  str(w): window_context_ppl(str(fixture_path("tiny-alibi")), parts, args.samples, L, w)
+                  for w in (WINDOW // 8, WINDOW // 4, WINDOW // 2)},
               "specs": {}}
     for s in specs:
         q = by(recs, scaling=s, task="ppl", metric="ppl", length=L)

@@ -59,11 +59,28 @@ def _alibi_lines(al: dict) -> list[str]:
                      f"{pct(v['passkey_in_window'])} | "
                      f"{pct(v['passkey'])} ({v['passkey_trials']} trials) |")
     if (ref := al.get("ppl_last_quarter_window_context")) is not None:
+        cuts = {int(w): v for w, v in al.get("ppl_last_quarter_shorter_context", {}).items()}
+        for w, v in sorted(cuts.items()):
+            lines.append(f"| `default`, context cut to {w} tokens | – | – | {fmt_num(v)} | – | – |")
         lines.append(f"| `default`, context cut to the {al['window']}-token window | – | – | {fmt_num(ref)} | – | – |")
-        lines += ["", "The last row scores the same last-quarter tokens with each seeing only the trained window before "
-                  "it: what reading past the window adds (a spec below that figure uses the far context; one above it "
-                  "would do better not reading it)."]
+        lines += ["", "The \"context cut\" rows score the same last-quarter tokens with each seeing only that many tokens "
+                  "before it. The one at the trained window is what reading past the window adds (a spec below that "
+                  "figure uses the far context; one above it would do better not reading it)." + _headroom(al, cuts, ref)]
     return lines
+
+
+def _headroom(al: dict, cuts: dict[int, float], ref: float) -> str:
+    """The shorter cuts in words: the gain from doubling the context up to the window, against the in-window cost
+    of the ntk-alibi spec at the run's factor (the most a method that reads farther has to win back)."""
+    half, a = cuts.get(al["window"] // 2), al["length"] // al["window"]
+    ntk, base = al["specs"].get(f"ntk-alibi:factor={a}"), al["specs"].get("default")
+    if half is None or ntk is None or base is None:
+        return ""
+    gain = 100 * (1 - ref / half)
+    cost = 100 * (ntk["ppl_in_window"] / base["ppl_in_window"] - 1)
+    return (f" Doubling the context from {al['window'] // 2} to {al['window']} tokens lowers this fixture's perplexity by "
+            f"{gain:.1f} %, while `ntk-alibi:factor={a}` costs {cost:.1f} % inside the window: on book "
+            "text a method that reads farther has little to win back its cost with.")
 
 
 def _stream_worst(st: dict) -> dict[str, float]:

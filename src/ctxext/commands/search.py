@@ -6,8 +6,9 @@ proxies (half the length, half the samples) first and only the promising ones at
 Cost is counted in full-length-evaluation equivalents.
 
 Writes DIR/best.json (a longrope spec: `--scaling DIR/best.json`, `ctxext export`), DIR/history.jsonl (every
-evaluation), DIR/results.json, DIR/summary.md, DIR/factors.png and DIR/fitness_vs_cost.png. --resume continues
-an interrupted search in DIR without evaluating anything again, and ends where an uninterrupted run would.
+evaluation), DIR/results.json, DIR/summary.md, DIR/factors.png and DIR/fitness_vs_cost.png, and the state --resume
+reads (search.json, guard.json, references.json). --resume continues an interrupted search in DIR without evaluating
+anything again, and ends where an uninterrupted run would; on a finished search it evaluates nothing.
 
 examples:
   ctxext search --model tiny-rope --target 1024 --data books/pg1342.txt --data books/pg2701.txt --out runs/s
