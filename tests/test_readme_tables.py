@@ -234,7 +234,13 @@ def test_attention_section_tables(tmp_path, monkeypatch):
         "`default`, context cut to 128 tokens", "`default`, context cut to the 256-token window"]
     # 1 - 75.48/76.3 = 1.07 %; 85.68/80 - 1 = 7.1 %
     assert ("Doubling the context from 128 to 256 tokens lowers this fixture's perplexity by 1.1 %, while "
-            "`ntk-alibi:factor=4` costs 7.1 % inside the window") in report.attention.attention_section()
+            "`ntk-alibi:factor=4` costs 7.1 % inside the window: on book text") in report.attention.attention_section()
+    (tmp_path / "attention_methods_alibi.json").write_text(json.dumps(  # context worth more than the cost: no verdict
+        {**al, "ppl_last_quarter_window_context": 75.48, "ppl_last_quarter_shorter_context": {"128": 90.0},
+         "slopes": {**al["slopes"], "default": [0.5, 0.25]}, "specs": {**al["specs"], "default": base}}))
+    text = report.attention.attention_section()
+    assert "perplexity by 16.1 %, while `ntk-alibi:factor=4` costs 7.1 % inside the window." in text
+    assert "win back" not in text
     (tmp_path / "attention_methods_alibi_x16.json").write_text(json.dumps({**al, "length": 4096}))
     (tmp_path / "attention_methods_alibi_x8.json").write_text(json.dumps({**al, "length": 2048}))
     (tmp_path / "attention_methods_alibi_quick.json").write_text(json.dumps({**al, "length": 512}))

@@ -79,8 +79,9 @@ def _headroom(al: dict, cuts: dict[int, float], ref: float) -> str:
     gain = 100 * (1 - ref / half)
     cost = 100 * (ntk["ppl_in_window"] / base["ppl_in_window"] - 1)
     return (f" Doubling the context from {al['window'] // 2} to {al['window']} tokens lowers this fixture's perplexity by "
-            f"{gain:.1f} %, while `ntk-alibi:factor={a}` costs {cost:.1f} % inside the window: on book "
-            "text a method that reads farther has little to win back its cost with.")
+            f"{gain:.1f} %, while `ntk-alibi:factor={a}` costs {cost:.1f} % inside the window"
+            + (": on book text a method that reads farther has little to win back its cost with." if gain < cost
+               else "."))
 
 
 def _stream_worst(st: dict) -> dict[str, float]:
