@@ -277,10 +277,12 @@ def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings
     import torch
     from tqdm.auto import tqdm
 
+    from ..progress import progress_bar
+
     dec = 2 if plan.seconds < 100 else 0  # tiny models: whole seconds would read 0/0
-    bar = tqdm(total=max(plan.seconds, 1e-3), unit="s", disable=not progress, dynamic_ncols=True,
-               bar_format=f"{{desc}} {{percentage:3.0f}}%|{{bar}}| {{n:.{dec}f}}/{{total:.{dec}f}} est. s "
-                          "[{elapsed}<{remaining}]")
+    bar = progress_bar(total=max(plan.seconds, 1e-3), unit="s", disable=not progress,
+                       bar_format=f"{{desc}} {{percentage:3.0f}}%|{{bar}}| {{n:.{dec}f}}/{{total:.{dec}f}} est. s "
+                                  "[{elapsed}<{remaining}]")
     say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else log
     work = WorkBar(bar, plan.rate, n_layers=lm.info.n_layers)
     # a long forward moves the bar layer by layer (provisionally, until its task reports the work done)

@@ -96,10 +96,10 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
             + (f"searched in [1, {space.attention_range[1]:.4g}]" if config.search_attention
                else f"{space.attention_factor:.4g}"))
 
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
-    bar = tqdm(total=config.budget, disable=not progress, dynamic_ncols=True, unit="eval",
-               bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.1f}/{total:.0f} full evals [{elapsed}<{remaining}]")
+    bar = progress_bar(total=config.budget, disable=not progress, unit="eval",
+                       bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.1f}/{total:.0f} full evals [{elapsed}<{remaining}]")
     top = len(rungs) - 1
 
     def on_progress(spent: float, best: Any, what: str) -> None:

@@ -199,6 +199,7 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
     from tqdm.auto import tqdm
 
     from ..data import data_files, load_documents
+    from ..progress import progress_bar
 
     settings.validate()
     out = Path(out)
@@ -290,8 +291,7 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
 
     summary(False)
     todo = [p for p in plan if f"{p[0]}@{p[3]}" not in done]
-    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), disable=not progress, unit="chunk",
-               dynamic_ncols=True)
+    bar = progress_bar(total=len(plan), initial=len(plan) - len(todo), disable=not progress, unit="chunk")
     try:
         for name, start, ids, s, e in todo:
             cid = f"{name}@{s}"

@@ -153,6 +153,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
 
     from .. import runinfo
     from ..data import data_files
+    from ..progress import progress_bar
 
     acc = make_accelerator()
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
@@ -256,8 +257,8 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
         run_eval_at(0)
     reset_peak_memory(device)
     order = RowOrder(rows.n_rows, cfg.seed)
-    bar = tqdm(total=cfg.steps, initial=step, disable=not (main and progress), unit="step", dynamic_ncols=True,
-               desc="train")
+    bar = progress_bar(total=cfg.steps, initial=step, disable=not (main and progress), unit="step",
+                       desc="train")
     interrupted = False
     with StopFlag() as stop:
         while step < cfg.steps:
