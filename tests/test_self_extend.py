@@ -11,7 +11,7 @@ from ctxext.errors import CtxextError
 from ctxext.export import plan_export
 from ctxext.models import apply_spec, wrap_model
 from ctxext.models.attention import PositionPlan, patch_attention
-from ctxext.models.rope import apply_rope, cos_sin
+from ctxext.models.rope import cos_sin
 from ctxext.models.tiny import WINDOW, tiny_model
 from ctxext.scaling import hf_rope_fields, parse_spec
 from ctxext.scaling.attention import SelfExtendParams, self_extend_reach
@@ -34,8 +34,10 @@ class NaiveSelfExtend(PositionPlan):
         f = self.freqs(self.L, call.query.device)
         g, w = self.spec.params.group, self.spec.params.window
 
-        def rot(x, pos):
-            return apply_rope(x, *cos_sin(pos, f, x.dtype))
+        def rot(x, pos):  # transformers' formula with its full tables
+            cos, sin = (t[:, None] for t in cos_sin(pos, f, x.dtype))
+            half = x.shape[-1] // 2
+            return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
 
         rep = call.query.shape[1] // call.key.shape[1]
         k = call.key.repeat_interleave(rep, 1)

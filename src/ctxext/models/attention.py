@@ -55,7 +55,7 @@ from torch import nn
 from ..errors import CtxextError
 from ..scaling import RopeShape, Spec, resolve_rope
 from ..scaling.spec import effective_shape
-from .rope import PlannedRope, TorchFreqs, apply_rope, cos_sin, rotate_half
+from .rope import PlannedRope, TorchFreqs, half_tables, rotate
 
 GROUP = 64  # tokens per frequency bucket past the window for causal (dynamic) plans
 MEMO_ELEMENTS = 64 * 2**20  # cos/sin elements one forward may keep for reuse across layers (256 MB in fp32)
@@ -87,13 +87,13 @@ class AttnCall:
     cache: Any = None
 
     def table(self, f: TorchFreqs, pos: torch.Tensor, share: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin for positions `pos` under `f`; with `share`, kept for the other layers of this forward
-        (within MEMO_ELEMENTS; past it, recomputed per layer)."""
+        """cos/sin half tables (`rope.half_tables`) for positions `pos` under `f`; with `share`, kept for the other
+        layers of this forward (within MEMO_ELEMENTS; past it, recomputed per layer)."""
         key = (id(f), tuple(pos.shape), pos.device)
         hit = self.memo.get(key)
         if hit is not None and (hit[0] is pos or torch.equal(hit[0], pos)):
             return hit[1], hit[2]
-        cos, sin = cos_sin(pos, f, self.query.dtype)
+        cos, sin = half_tables(pos, f, self.query.dtype)
         held = self.memo.get("_elements", 0)
         if share and held + 2 * cos.numel() <= MEMO_ELEMENTS:
             self.memo[key] = (pos, cos, sin)
@@ -101,16 +101,15 @@ class AttnCall:
         return cos, sin
 
     def rotate(self, x: torch.Tensor, pos: torch.Tensor, f: TorchFreqs, share: bool = True) -> torch.Tensor:
-        return apply_rope(x, *self.table(f, pos, share))
+        return rotate(x, *self.table(f, pos, share))
 
     def rotated_keys(self, f: TorchFreqs, end: int | None = None) -> torch.Tensor:
-        """Keys [0, end) rotated by `f`; rotate_half of the keys is computed once per layer, not per block."""
+        """Keys [0, end) rotated by `f`. Dynamic methods rotate the keys once per frequency bucket, so they are made
+        contiguous once per layer: a projection's transposed view made each rotation ~5x slower."""
         end = self.key.shape[-2] if end is None else end
-        cos, sin = self.table(f, self.k_pos[:, :end])
-        if "_key_half" not in self.__dict__:
-            rd = cos.shape[-1]
-            self._key_half = rotate_half(self.key[..., :rd])
-        return apply_rope(self.key[:, :, :end], cos, sin, self._key_half[:, :, :end])
+        if "_key" not in self.__dict__:
+            self._key = self.key.contiguous()
+        return rotate(self._key[:, :, :end], *self.table(f, self.k_pos[:, :end]))
 
     def run(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
         """Attention through the model's own interface (sdpa, eager, flash …) with the layer's mask:

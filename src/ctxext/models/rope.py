@@ -10,7 +10,7 @@ with ``inv_freq`` and the attention factor ``m`` from ``ctxext.scaling.resolve_r
 LongRoPE's n̂ (``RopeFreqs.start_tokens``): positions < n̂ keep the unscaled frequencies, so the table is
 per position (m still multiplies every position: it is a logit temperature, not a position effect).
 The last dim of cos/sin is the rotary dim; partial-rotary models (Phi3 ``partial_rotary_factor``) rotate the
-first rotary_dim channels of each head and pass the rest through (``apply_rope``).
+first rotary_dim channels of each head and pass the rest through (``rotate``).
 
 For length-dependent methods the module also hands the attention layers the position ids (see
 ``ctxext.models.attention``): the returned tuple is a ``PlannedRope`` that carries them and a per-forward memo.
@@ -46,33 +46,40 @@ class TorchFreqs:
         return cls(t(freqs.inv_freq), float(freqs.attention_factor), int(freqs.start_tokens), t(base_inv_freq))
 
 
-def cos_sin(position_ids: torch.Tensor, f: TorchFreqs, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin), each (B, S, rotary_dim), for integer positions (B, S) — transformers' formula."""
+def half_tables(position_ids: torch.Tensor, f: TorchFreqs, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each (B, S, rotary_dim/2): one column per pair. transformers' tables repeat these twice along
+    the last dim (`cos_sin`); rotating with the halves (`rotate`) gives the same bits at half the sin/cos work."""
     inv_freq = f.inv_freq.to(position_ids.device)
     pos = position_ids[..., None].float()
     freqs = pos * inv_freq
     if f.start_tokens > 0:
         freqs = torch.where(position_ids[..., None] < f.start_tokens, pos * f.base_inv_freq.to(pos.device), freqs)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    cos, sin = emb.cos(), emb.sin()
+    cos, sin = freqs.cos(), freqs.sin()
     if f.attention_factor != 1.0:  # x * 1.0 == x exactly: skipping it changes no bit
         cos, sin = cos * f.attention_factor, sin * f.attention_factor
     return cos.to(dtype), sin.to(dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
-    return torch.cat((-x2, x1), dim=-1)
+def cos_sin(position_ids: torch.Tensor, f: TorchFreqs, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each (B, S, rotary_dim), for integer positions (B, S) — transformers' formula and layout."""
+    cos, sin = half_tables(position_ids, f, dtype)
+    return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, x_half: torch.Tensor | None = None):
-    """Rotate x (B, H, S, D) by per-position tables (B, S, rd), rd ≤ D (channels ≥ rd pass through).
-    `x_half` = rotate_half(x[..., :rd]) when the caller already has it (it does not depend on frequencies)."""
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, H, S, D) by half tables (B, S, rd/2) from `half_tables`; channels ≥ rd pass through.
+
+    Bit for bit transformers' ``x·cos + rotate_half(x)·sin`` with full tables: per pair that is
+    (x1·c + (−x2)·s, x2·c + x1·s), and x1·c + (−x2)·s = x1·c − x2·s exactly in IEEE arithmetic. Without the
+    repeated tables and the rotate_half copy it moves about half the memory (keys are rotated once per
+    frequency bucket in the dynamic methods, so this is their hot loop)."""
     cos, sin = cos[:, None], sin[:, None]
-    rd = cos.shape[-1]
-    x_rot = x if rd == x.shape[-1] else x[..., :rd]
-    out = x_rot * cos + (rotate_half(x_rot) if x_half is None else x_half) * sin
-    return out if rd == x.shape[-1] else torch.cat([out, x[..., rd:]], dim=-1)
+    h = cos.shape[-1]
+    x1, x2 = x[..., :h], x[..., h:2 * h]
+    parts = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
+    if 2 * h < x.shape[-1]:
+        parts.append(x[..., 2 * h:])
+    return torch.cat(parts, dim=-1)
 
 
 class PlannedRope(tuple):
