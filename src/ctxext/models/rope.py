@@ -46,7 +46,8 @@ class TorchFreqs:
         return cls(t(freqs.inv_freq), float(freqs.attention_factor), int(freqs.start_tokens), t(base_inv_freq))
 
 
-def half_tables(position_ids: torch.Tensor, f: TorchFreqs, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def half_tables(position_ids: torch.Tensor, f: TorchFreqs,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin), each (B, S, rotary_dim/2): one column per pair. transformers' tables repeat these twice along
     the last dim (`cos_sin`); rotating with the halves (`rotate`) gives the same bits at half the sin/cos work."""
     inv_freq = f.inv_freq.to(position_ids.device)

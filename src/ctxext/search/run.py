@@ -99,7 +99,8 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     from ..progress import progress_bar
 
     bar = progress_bar(total=config.budget, disable=not progress, unit="eval",
-                       bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.1f}/{total:.0f} full evals [{elapsed}<{remaining}]")
+                       bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.1f}/{total:.0f} full evals "
+                                  "[{elapsed}<{remaining}]")
     top = len(rungs) - 1
 
     def on_progress(spent: float, best: Any, what: str) -> None:
