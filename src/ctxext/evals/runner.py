@@ -99,8 +99,22 @@ def default_bucket(lengths: list[int]) -> int:
 def same_freqs_of(spec: Any, info: Any) -> Callable[[int, int], bool]:
     """Do forwards of lengths a and b rotate the positions they share alike? Always for static methods and the
     causal dynamic ones (a token's frequencies depend on its own position only); for longrope only when a and b
-    are on the same side of the original length (short vs long factors)."""
-    if info.encoding != "rope" or not spec.entry.length_dependent:
+    are on the same side of the original length (short vs long factors). `default` is the checkpoint as loaded,
+    whose own config may scale by length (Phi-3-128k, or a longrope / dynamic export): stock longrope switches
+    like ctxext's; stock dynamic recomputes for the longest forward so far and resets only below the window, so
+    forwards agree only when both are shorter than the window."""
+    if info.encoding != "rope":
+        return lambda a, b: True
+    if spec.method == "default":
+        from ..scaling.hf import config_rope_type
+
+        L, kind = info.rope_shape.original_len, config_rope_type(info.config)
+        if kind == "longrope":
+            return lambda a, b: (a > L) == (b > L)
+        if kind == "dynamic":
+            return lambda a, b: a < L and b < L
+        return lambda a, b: True
+    if not spec.entry.length_dependent:
         return lambda a, b: True
     from ..models.attention import CausalLengthPlan, make_plan
 

@@ -15,11 +15,23 @@ from .base import RopeShape
 from .spec import Spec, check_fits, effective_shape, resolve_rope
 
 
-def rope_shape_from_config(cfg: dict[str, Any]) -> RopeShape:
-    """RoPE shape of a model config (as a dict), in either schema."""
+def _rope_parameters(cfg: dict[str, Any]) -> dict[str, Any]:
     rp = cfg.get("rope_parameters") or {}
     if isinstance(rp, dict) and rp and all(isinstance(v, dict) for v in rp.values()):
         rp = rp.get("full_attention") or next(iter(rp.values()))  # per-layer-type configs
+    return rp if isinstance(rp, dict) else {}
+
+
+def config_rope_type(cfg: dict[str, Any]) -> str:
+    """The rope type a model config (as a dict) asks stock transformers for, in either schema: 'default',
+    'linear', 'yarn', 'longrope', 'dynamic', ..."""
+    scaling = cfg.get("rope_scaling") or {}
+    return str(_rope_parameters(cfg).get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default")
+
+
+def rope_shape_from_config(cfg: dict[str, Any]) -> RopeShape:
+    """RoPE shape of a model config (as a dict), in either schema."""
+    rp = _rope_parameters(cfg)
     scaling = cfg.get("rope_scaling") or {}
     base = rp.get("rope_theta", cfg.get("rope_theta"))
     if base is None:
