@@ -54,6 +54,16 @@ def test_lead_rule_reproduces_paper_limit():
     assert plan(LLAMA2, 120_000, base=1e6).recommended("training-free").spec == "default"
 
 
+@pytest.mark.parametrize("base", [None, 5e5, 3e6])
+def test_fine_tuning_base_is_the_critical_base_shown(base):
+    """The recommended ABF base is the plan's critical base for T whatever --base says: it is defined by the
+    base the critical dimension was learned with (before: --base 5e5 recommended abf:base=6315089 beside a
+    critical base of 925,387)."""
+    p = plan(SMOL, 32768, base=base)
+    assert p.critical_base == pytest.approx(925_387, abs=1)
+    assert p.recommended("fine-tuning").spec == f"abf:base={math.ceil(p.critical_base)}"
+
+
 # --- properties ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", SHAPES)

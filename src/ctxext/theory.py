@@ -230,6 +230,7 @@ class _Ctx:
     target: int
     d_extra: int
     t_extra: float  # reach of the unscaled model
+    trained_base: float  # the base d_extra was learned with (shape.base is the planned one under --base)
 
     @property
     def s(self) -> float:
@@ -331,7 +332,7 @@ def _dynamic_yarn(c: _Ctx):
 
 @rule("abf")
 def _abf(c: _Ctx):
-    b0 = critical_base(c.shape.base, c.shape.original_len, c.target)
+    b0 = critical_base(c.trained_base, c.shape.original_len, c.target)
     return f"abf:base={math.ceil(b0)}", _ft(True, COST_ABF), (
         "critical base for T, tuned at T: the pairs below the critical one all turn a full period within T, "
         "so tuning shows them every phase, and the critical pair's wavelength reaches T (Liu et al.); "
@@ -391,7 +392,7 @@ def plan(shape: RopeShape, target: int, base: float | None = None) -> Plan:
     d_extra = critical_dim(shape.rotary_dim, shape.base, shape.original_len)
     planned = shape if base is None else RopeShape(shape.rotary_dim, float(base), shape.original_len)
     _check_base(planned.base)
-    ctx = _Ctx(planned, target, d_extra, predicted_reach(parse_spec("default"), planned, d_extra).tokens)
+    ctx = _Ctx(planned, target, d_extra, predicted_reach(parse_spec("default"), planned, d_extra).tokens, shape.base)
 
     recs: list[Recommendation] = []
     skipped: dict[str, str] = {}
