@@ -11,6 +11,7 @@ import torch
 
 from ctxext.errors import CtxextError
 from ctxext.export import export, plan_export
+from ctxext.scaling import parse_spec
 
 # A process that has never imported ctxext: the "stock transformers" side of the contract.
 STOCK = textwrap.dedent("""
@@ -53,7 +54,7 @@ def test_smollm2_export_matches_stock_load(tmp_path, which):
     res = export("smollm2-135m", spec, tmp_path / "ckpt", verify_tokens=50)
     assert res["verification"]["passed"]
     lm = load_model("smollm2-135m")
-    apply_spec(lm, __import__("ctxext.scaling", fromlist=["x"]).parse_spec(spec))
+    apply_spec(lm, parse_spec(spec))
     from ctxext.fixtures import HELD_OUT_BOOK, books_dir
 
     text = (books_dir() / HELD_OUT_BOOK).read_text()[:20000]
@@ -140,7 +141,7 @@ def test_in_memory_frequencies_are_the_stock_ones(spec):
 
     from ctxext.models import apply_spec, load_model
     from ctxext.models.apply import find_rotary
-    from ctxext.scaling import parse_spec, resolve_rope
+    from ctxext.scaling import resolve_rope
 
     lm = load_model("tiny-rope")
     parsed = parse_spec(spec)
@@ -161,7 +162,7 @@ def test_stock_frequencies_that_disagree_are_not_used(monkeypatch):
 
     from ctxext.models import load_model
     from ctxext.models.stock_rope import stock_freqs
-    from ctxext.scaling import parse_spec, resolve_rope
+    from ctxext.scaling import resolve_rope
 
     lm = load_model("tiny-rope")
     spec = parse_spec("yarn:factor=4")
@@ -172,3 +173,34 @@ def test_stock_frequencies_that_disagree_are_not_used(monkeypatch):
                         lambda cfg, dev, *a: (real(cfg, dev, *a)[0] * 1.01, real(cfg, dev, *a)[1]))
     assert stock_freqs(lm.model.config, spec, ours) is ours
     assert stock_freqs(lm.model.config, parse_spec("dynamic-ntk:factor=4"), ours) is ours  # length-dependent
+
+
+def test_an_original_length_override_survives_export_on_phi3(tmp_path):
+    """Phi3 configs carry original_max_position_embeddings at the top level, which transformers 5.x prefers over
+    rope_parameters (and 4.5x reads longrope's switch only there): export writes the spec's override there too,
+    so stock longrope switches where ctxext does (before: at the source's 64 instead of 32, so lengths 33-64
+    ran the short factors in the stock model)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ctxext.export import export_config
+    from ctxext.models import apply_spec, wrap_model
+    from ctxext.models.tiny import tiny_model
+
+    model = tiny_model("phi3")
+    model.save_pretrained(tmp_path / "m")
+    spec = parse_spec("longrope:factor=4,long_factor=[1,2,3,4],original_max_position_embeddings=32")
+    plan = plan_export(str(tmp_path / "m"), spec)
+    cfg = export_config(json.loads((tmp_path / "m" / "config.json").read_text()), plan)
+    assert plan.original_len == 32 == cfg["original_max_position_embeddings"] == cfg["rope_parameters"][
+        "original_max_position_embeddings"] and cfg["max_position_embeddings"] == 128
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "config.json").write_text(json.dumps(cfg))
+    stock = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tmp_path / "x"), dtype=torch.float32)
+    stock.load_state_dict(model.state_dict())
+    lm = wrap_model(model)
+    apply_spec(lm, spec)
+    ids = torch.randint(3, 96, (1, 128), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        for n in (20, 48, 128):  # short factors, the band between the two lengths, long factors
+            assert (lm.model(ids[:, :n]).logits - stock.eval()(ids[:, :n]).logits).abs().max() < 1e-5, n

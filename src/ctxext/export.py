@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import CtxextError
 from .scaling import Spec, check_fits, config_rope_fields, legacy_rope_fields, parse_spec
+from .scaling.spec import effective_shape
 
 VERIFY_TOKENS = 1000
 
@@ -44,15 +45,19 @@ def plan_export(model: str, spec: Spec | str) -> ExportPlan:
                               "have no field for ALiBi slopes, so the checkpoint would silently use the original ones")
         return ExportPlan(model, spec, {}, int(info.trained_len), int(info.trained_len))
     rope_parameters, max_pos = config_rope_fields(spec, info.config)
-    return ExportPlan(model, spec, rope_parameters, max_pos, info.rope_shape.original_len)
+    return ExportPlan(model, spec, rope_parameters, max_pos, effective_shape(spec, info.rope_shape).original_len)
 
 
 def export_config(config: dict[str, Any], plan: ExportPlan) -> dict[str, Any]:
-    """The source config with the rope fields replaced, in both schemas."""
+    """The source config with the rope fields replaced, in both schemas. A rope that names its original length
+    also gets it at the top level: transformers 4.5x reads longrope's short/long switch only there, and 5.x
+    prefers a top-level value (Phi3 configs carry one) over rope_parameters for yarn, llama3 and longrope."""
     cfg = {k: v for k, v in config.items() if k not in ("rope_scaling", "rope_parameters", "rope_theta")}
     if plan.rope_parameters:
         cfg["rope_parameters"] = plan.rope_parameters
         cfg.update(legacy_rope_fields(plan.rope_parameters))
+        if "original_max_position_embeddings" in plan.rope_parameters:
+            cfg["original_max_position_embeddings"] = plan.rope_parameters["original_max_position_embeddings"]
     cfg["max_position_embeddings"] = plan.max_position_embeddings
     return cfg
 
@@ -68,13 +73,15 @@ def _sample_ids(tokenizer, n_tokens: int) -> list[int]:
     return ids
 
 
-def max_logit_diff(a, b, ids: list[int]) -> float:
-    """Max |logits_a − logits_b| over a sequence (full logits are fine at verification length)."""
+def max_logit_diff(a, b, ids: list[int], start: int = 0) -> float:
+    """Max |logits_a − logits_b| over a sequence placed at positions start, start+1, … (full logits are fine at
+    verification length)."""
     import torch
 
     x = torch.tensor([ids])
+    pos = torch.arange(start, start + len(ids))[None]
     with torch.inference_mode():
-        return float((a(x).logits - b(x).logits).abs().max())
+        return float((a(x, position_ids=pos).logits - b(x, position_ids=pos).logits).abs().max())
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -115,13 +122,19 @@ def export_loaded(lm: Any, plan: ExportPlan, out: str | Path, verify_tokens: int
 
         ids = _sample_ids(lm.tokenizer, min(verify_tokens, plan.max_position_embeddings))
         stock = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, local_files_only=True).eval()
-        diff = max_logit_diff(lm.model, stock, ids) if ids else float("nan")
+        # twice: from position 0, and ending at the last position the config admits, where length-dependent
+        # ropes (longrope's long factors) switch and any frequency difference is largest
+        far = plan.max_position_embeddings - len(ids)
+        diffs = [max_logit_diff(lm.model, stock, ids, start) for start in ([0, far] if far > 0 else [0])] if ids \
+            else [float("nan")]
+        diff = max(diffs)
         results = {
             "meta": {"ctxext": __version__, **versions(), "model": plan.model, "spec": plan.spec.text,
                      "resolved": plan.spec.to_dict()},
             "rope_parameters": plan.rope_parameters, "max_position_embeddings": plan.max_position_embeddings,
             "original_max_position_embeddings": plan.original_len,
-            "verification": {"tokens": len(ids), "max_abs_logit_diff": diff, "passed": bool(diff < 1e-4)},
+            "verification": {"tokens": len(ids), "positions_from": [0, far] if far > 0 else [0],
+                             "max_abs_logit_diff": diff, "passed": bool(diff < 1e-4)},
         }
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(plan, results))
@@ -154,7 +167,8 @@ Exported by ctxext {results['meta']['ctxext']} from `{plan.model}` with the scal
 
 ## Verified
 Loaded back with stock `AutoModelForCausalLM.from_pretrained` (no ctxext code), the checkpoint gives the same
-logits as ctxext's in-memory model: max |diff| = {v['max_abs_logit_diff']:.3g} over {v['tokens']} tokens
+logits as ctxext's in-memory model: max |diff| = {v['max_abs_logit_diff']:.3g} over {v['tokens']} tokens placed from
+position{'s' if len(v['positions_from']) > 1 else ''} {' and '.join(map(str, v['positions_from']))}
 ({'passed' if v['passed'] else 'FAILED'}, threshold 1e-4).
 
 ## Provenance
