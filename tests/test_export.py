@@ -73,6 +73,8 @@ def test_smollm2_export_matches_stock_load(tmp_path, which):
 @pytest.mark.parametrize("spec,rope_type,max_pos", [
     ("yarn:factor=4", "yarn", 1024), ("linear:factor=4", "linear", 256), ("dynamic-ntk:factor=4", "dynamic", 256),
     ("llama3:factor=4", "llama3", 1024), ("abf:base=500000", "default", 256), ("ntk-by-parts:factor=4", "longrope", 1024),
+    # length-dependent: the long factors (float32-rounded as stock does) run in the far half of the verification
+    ("longrope:factor=4,long_factor=[" + ",".join(f"{1 + 3 * i / 15:.3f}" for i in range(16)) + "]", "longrope", 1024),
 ])
 def test_tiny_export_writes_both_schemas(tmp_path, spec, rope_type, max_pos):
     res = export("tiny-rope", spec, tmp_path / "out", verify_tokens=200)

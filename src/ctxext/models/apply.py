@@ -56,7 +56,7 @@ def _rope_installer(lm: LoadedModel, spec: Spec) -> Installer | None:
     device = current.inv_freq.device
     plan = None
     if spec.entry.length_dependent:
-        plan = make_plan(spec, shape)
+        plan = make_plan(spec, shape, lambda t, f: stock_freqs(lm.model.config, spec, f, seq_len=t))
         model_type = lm.info.config.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES or len(attention_modules(lm.model)) != lm.info.n_layers:
             raise CtxextError(f"'{spec.method}' patches attention, which ctxext supports for "

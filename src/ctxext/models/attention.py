@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import types
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -166,8 +166,8 @@ class PositionPlan:
     and implement `attend`. Frequencies are resolved once per bucket from ctxext.scaling and kept per device.
     """
 
-    def __init__(self, spec: Spec, shape: RopeShape):
-        self.spec, self.shape = spec, shape
+    def __init__(self, spec: Spec, shape: RopeShape, adjust: Callable[[int, Any], Any] | None = None):
+        self.spec, self.shape, self.adjust = spec, shape, adjust
         eff = effective_shape(spec, shape)
         self.L = eff.original_len
         self.base_inv_freq = eff.theta()  # positions < n̂ (LongRoPE start tokens) keep these
@@ -179,7 +179,8 @@ class PositionPlan:
 
     def resolved(self, bucket: int):
         if bucket not in self._np:
-            self._np[bucket] = resolve_rope(self.spec, self.shape, bucket)
+            freqs = resolve_rope(self.spec, self.shape, bucket)
+            self._np[bucket] = freqs if self.adjust is None else self.adjust(bucket, freqs)
         return self._np[bucket]
 
     def freqs(self, bucket: int, device: torch.device | str) -> TorchFreqs:
@@ -256,12 +257,13 @@ PLANS: dict[str, type[PositionPlan]] = {
 }
 
 
-def make_plan(spec: Spec, shape: RopeShape) -> PositionPlan:
-    """The plan for a length-dependent method, checked against the model's RoPE shape."""
+def make_plan(spec: Spec, shape: RopeShape, adjust: Callable[[int, Any], Any] | None = None) -> PositionPlan:
+    """The plan for a length-dependent method, checked against the model's RoPE shape. `adjust(length, freqs)`
+    may replace the frequencies resolved for a length (by stock transformers' float32 rounding of them)."""
     if spec.method not in PLANS:
         raise CtxextError(f"'{spec.method}' is length-dependent but has no attention plan in ctxext.models; "
                           f"plans exist for {', '.join(PLANS)}")
-    plan = PLANS[spec.method](spec, shape)
+    plan = PLANS[spec.method](spec, shape, adjust)
     plan.check()
     return plan
 

@@ -26,11 +26,13 @@ from ..scaling import RopeFreqs, Spec, config_rope_fields
 AGREE_RTOL = 1e-6
 
 
-def stock_freqs(config: Any, spec: Spec, freqs: RopeFreqs) -> RopeFreqs:
-    """`freqs` (ctxext's for `spec` on a model with this PretrainedConfig) with transformers' inv_freq and attention
-    factor for the exported config; `freqs` itself when no stock function computes them (length-dependent methods;
-    a default-type rope, already computed the same way) or they disagree beyond AGREE_RTOL."""
-    stock = _stock(config, spec)
+def stock_freqs(config: Any, spec: Spec, freqs: RopeFreqs, seq_len: int | None = None) -> RopeFreqs:
+    """`freqs` (ctxext's for `spec` at length `seq_len` on a model with this PretrainedConfig) with transformers'
+    inv_freq and attention factor for the exported config; `freqs` itself when no stock function computes them
+    (dynamic methods, whose stock form differs from ctxext's per-position one; a default-type rope, already computed
+    the same way) or they disagree beyond AGREE_RTOL. longrope's stock function takes the length: short factors
+    up to the original length, long ones past it."""
+    stock = _stock(config, spec, seq_len)
     if stock is None:
         return freqs
     inv_freq, factor = stock
@@ -40,8 +42,8 @@ def stock_freqs(config: Any, spec: Spec, freqs: RopeFreqs) -> RopeFreqs:
     return replace(freqs, inv_freq=inv_freq, attention_factor=factor)
 
 
-def _stock(config: Any, spec: Spec) -> tuple[np.ndarray, float] | None:
-    if spec.entry.length_dependent:
+def _stock(config: Any, spec: Spec, seq_len: int | None) -> tuple[np.ndarray, float] | None:
+    if spec.entry.length_dependent and spec.method != "longrope":
         return None
     try:
         rope_parameters, max_pos = config_rope_fields(spec, config.to_dict())
@@ -56,7 +58,7 @@ def _stock(config: Any, spec: Spec) -> tuple[np.ndarray, float] | None:
     cfg.rope_parameters = dict(rope_parameters)
     cfg.max_position_embeddings = max_pos
     try:
-        inv_freq, factor = fn(cfg, "cpu")
+        inv_freq, factor = fn(cfg, "cpu", seq_len)
     except (KeyError, TypeError, ValueError, AttributeError):  # a config layout this transformers does not read
         return None
     return inv_freq.detach().double().numpy(), float(factor)
