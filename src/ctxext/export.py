@@ -159,7 +159,7 @@ Exported by ctxext {results['meta']['ctxext']} from `{plan.model}` with the scal
 - trained context (original_max_position_embeddings): {plan.original_len}
 - max_position_embeddings written: {plan.max_position_embeddings}
 - rope (transformers >= 5 `rope_parameters`; the same values are written as `rope_theta` + `rope_scaling`
-  for transformers 4.4x-4.5x):
+  for transformers 4.x; yarn needs >= 4.56, earlier releases take its ramp from max_position_embeddings):
 
 ```json
 {rp}

@@ -1,7 +1,9 @@
 """Hugging Face rope configs: read a model's RoPE shape, write a spec as stock rope fields.
 
 Two schemas exist: transformers ≥ 5 reads `rope_parameters` (with rope_theta inside); 4.4x–4.5x read
-top-level `rope_theta` + `rope_scaling`. Export writes both so every version loads the same frequencies.
+top-level `rope_theta` + `rope_scaling`. Export writes both; tests load exports with 5.x and with 4.57.1 and get
+ctxext's logits bit for bit. One exception by design: transformers before 4.56 computes YaRN's ramp from
+`max_position_embeddings`, which ctxext writes as the extended length (DESIGN.md), so yarn exports need ≥ 4.56.
 """
 
 from __future__ import annotations
