@@ -50,9 +50,16 @@ def head_rows(vocab_size: int) -> int:
 
 
 def logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
-    """fp32 logits for a few positions (hidden: (n, H))."""
-    out = model.get_output_embeddings()(hidden).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    """fp32 logits for a few positions (hidden: (n, H)), with what the model's own forward applies after its LM
+    head: Granite's division by logits_scaling, Cohere's multiplication by logit_scale, Gemma2's soft-capping."""
+    cfg = model.config
+    out = model.get_output_embeddings()(hidden)
+    if getattr(cfg, "logits_scaling", None):
+        out = out / cfg.logits_scaling
+    if getattr(cfg, "logit_scale", None):
+        out = out * cfg.logit_scale
+    out = out.float()
+    cap = getattr(cfg, "final_logit_softcapping", None)
     if cap:
         out = torch.tanh(out / cap) * cap
     return out
