@@ -14,6 +14,7 @@ from ctxext.models.attention import PositionPlan, patch_attention
 from ctxext.models.rope import cos_sin
 from ctxext.models.tiny import WINDOW, tiny_model
 from ctxext.scaling import hf_rope_fields, parse_spec
+from ctxext.scaling import RopeShape
 from ctxext.scaling.attention import SelfExtendParams, self_extend_reach
 from tiny_ids import ids_for
 
@@ -134,6 +135,11 @@ def test_apply_time_refusals_and_reach():
         apply_spec(wrap_model(tiny_model("bloom")), parse_spec(SPEC))
     assert self_extend_reach(8192, SelfExtendParams(group=4, window=2048)) == 26624
     assert self_extend_reach(64, SelfExtendParams(group=G, window=W)) == 208
+    # a window that G does not divide: the last query's grouped position decides (before: 20 480 claimed)
+    plan = se.SelfExtendPlan(parse_spec("self-extend:group=3,window=2048"), RopeShape(64, 1e5, 8192))
+    n = self_extend_reach(8192, plan.spec.params)
+    assert n == 20478
+    assert int(plan.grouped_query_pos(torch.tensor(n - 1))) == 8191 < int(plan.grouped_query_pos(torch.tensor(n)))
 
 
 def test_export_refuses_in_one_line(tmp_path, capsys):

@@ -166,8 +166,9 @@ class PositionPlan:
     and implement `attend`. Frequencies are resolved once per bucket from ctxext.scaling and kept per device.
     """
 
-    def __init__(self, spec: Spec, shape: RopeShape, adjust: Callable[[int, Any], Any] | None = None):
-        self.spec, self.shape, self.adjust = spec, shape, adjust
+    def __init__(self, spec: Spec, shape: RopeShape):
+        self.spec, self.shape = spec, shape
+        self.adjust: Callable[[int, Any], Any] | None = None  # set by make_plan
         eff = effective_shape(spec, shape)
         self.L = eff.original_len
         self.base_inv_freq = eff.theta()  # positions < n̂ (LongRoPE start tokens) keep these
@@ -263,7 +264,8 @@ def make_plan(spec: Spec, shape: RopeShape, adjust: Callable[[int, Any], Any] | 
     if spec.method not in PLANS:
         raise CtxextError(f"'{spec.method}' is length-dependent but has no attention plan in ctxext.models; "
                           f"plans exist for {', '.join(PLANS)}")
-    plan = PLANS[spec.method](spec, shape, adjust)
+    plan = PLANS[spec.method](spec, shape)
+    plan.adjust = adjust
     plan.check()
     return plan
 

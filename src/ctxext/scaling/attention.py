@@ -50,8 +50,9 @@ class StreamingParams(Params):
 
 
 def self_extend_reach(original_len: int, p: SelfExtendParams) -> int:
-    """Longest sequence whose grouped positions stay inside the trained length: (L − W)·G + W."""
-    return (original_len - p.window) * p.group + p.window
+    """Longest sequence whose grouped positions stay inside the trained length: the last query's grouped position
+    (N − 1)//G + W − W//G must be ≤ L − 1, so N = G·(L − W + W//G); (L − W)·G + W when G divides W."""
+    return p.group * (original_len - p.window + p.window // p.group)
 
 
 def _no_export_self_extend(shape: RopeShape, p: SelfExtendParams) -> str:
