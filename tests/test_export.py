@@ -206,3 +206,18 @@ def test_an_original_length_override_survives_export_on_phi3(tmp_path):
     with torch.inference_mode():
         for n in (20, 48, 128):  # short factors, the band between the two lengths, long factors
             assert (lm.model(ids[:, :n]).logits - stock.eval()(ids[:, :n]).logits).abs().max() < 1e-5, n
+
+
+@pytest.mark.parametrize("spec,needle", [("yarn:factor=2", "Missing required keys"),
+                                         ("linear:factor=2", "must be one of ['longrope'], got linear")])
+def test_a_config_the_model_class_rejects_is_refused_before_weights(tmp_path, no_weights, spec, needle):
+    """transformers 5's Phi3Config takes only default and longrope ropes: export says so from the config alone
+    (before: the weights were written and the stock load failed afterwards)."""
+    from ctxext.models.tiny import tiny_model
+
+    tiny_model("phi3").save_pretrained(tmp_path / "m")
+    with pytest.raises(CtxextError) as e:
+        plan_export(str(tmp_path / "m"), spec)
+    assert f"cannot export '{spec}': stock transformers rejects it for phi3" in str(e.value) and needle in str(e.value)
+    assert "\n" not in str(e.value)
+    assert plan_export(str(tmp_path / "m"), "longrope:factor=2,long_factor=[1,2,3,4]").max_position_embeddings == 128

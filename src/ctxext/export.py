@@ -45,7 +45,23 @@ def plan_export(model: str, spec: Spec | str) -> ExportPlan:
                               "have no field for ALiBi slopes, so the checkpoint would silently use the original ones")
         return ExportPlan(model, spec, {}, int(info.trained_len), int(info.trained_len))
     rope_parameters, max_pos = config_rope_fields(spec, info.config)
-    return ExportPlan(model, spec, rope_parameters, max_pos, effective_shape(spec, info.rope_shape).original_len)
+    plan = ExportPlan(model, spec, rope_parameters, max_pos, effective_shape(spec, info.rope_shape).original_len)
+    _check_stock_config(export_config(info.config, plan), spec)
+    return plan
+
+
+def _check_stock_config(cfg: dict[str, Any], spec: Spec) -> None:
+    """Refuse, before weights, a config the model's own config class rejects (Phi3 takes only default and longrope
+    ropes in transformers 5)."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.for_model(**cfg)
+    except Exception as e:  # config classes raise KeyError, ValueError or huggingface_hub's validation error
+        cause = e.__cause__ or e
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0].strip("'\"")
+        raise CtxextError(f"cannot export '{spec.text}': stock transformers rejects it for "
+                          f"{cfg.get('model_type', 'this model')}: {first}") from None
 
 
 def export_config(config: dict[str, Any], plan: ExportPlan) -> dict[str, Any]:
