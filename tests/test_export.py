@@ -221,3 +221,25 @@ def test_a_config_the_model_class_rejects_is_refused_before_weights(tmp_path, no
     assert f"cannot export '{spec}': stock transformers rejects it for phi3" in str(e.value) and needle in str(e.value)
     assert "\n" not in str(e.value)
     assert plan_export(str(tmp_path / "m"), "longrope:factor=2,long_factor=[1,2,3,4]").max_position_embeddings == 128
+
+
+def test_float32_rounding_far_out_still_takes_the_stock_vector():
+    """YaRN with truncate=false at s = 32 (d = 128, b = 1e4, L = 4096): transformers' float32 ramp differs from
+    ctxext's float64 one by up to 1.9e-6 relative, which AGREE_RTOL must accept (at 1e-6 ctxext kept its own
+    vector and the export was not bit for bit); a different formula (yarn's factor changed) is still refused."""
+    import dataclasses
+
+    import transformers as tf
+
+    from ctxext.models.stock_rope import stock_freqs
+    from ctxext.scaling import RopeShape, resolve_rope
+
+    cfg = tf.LlamaConfig(hidden_size=512, num_attention_heads=4, num_key_value_heads=4, head_dim=128, vocab_size=10,
+                         intermediate_size=8, num_hidden_layers=1, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e4})
+    spec = parse_spec("yarn:factor=32,truncate=false")
+    ours = resolve_rope(spec, RopeShape(128, 1e4, 4096))
+    got = stock_freqs(cfg, spec, ours)
+    assert got is not ours and 1e-6 < np.max(np.abs(got.inv_freq / ours.inv_freq - 1)) < 1e-5
+    other = dataclasses.replace(ours, inv_freq=ours.inv_freq * 1.001)
+    assert stock_freqs(cfg, spec, other) is other

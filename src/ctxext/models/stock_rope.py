@@ -8,8 +8,9 @@ export's 1e-4 check) after a LoRA run had sharpened the logits; with transformer
 
 So when a stock config expresses a static spec, the model ctxext evaluates and trains uses transformers' own
 rounding of the frequencies, and the exported checkpoint runs bit for bit what was measured. The vector is used
-only when it agrees with ctxext's to rtol 1e-6 (the reference tests hold that across methods, dims and bases);
-otherwise ctxext's own stays, and export's logit check reports the difference.
+only when it agrees with ctxext's to rtol 1e-5 (float32 rounding reaches 1.9e-6 for YaRN's un-truncated ramp at
+s = 32, d = 128; a different formula differs by far more); otherwise ctxext's own stays, and export's logit check
+reports the difference.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from ..errors import CtxextError
 from ..scaling import RopeFreqs, Spec, config_rope_fields
 
-AGREE_RTOL = 1e-6
+AGREE_RTOL = 1e-5
 
 
 def stock_freqs(config: Any, spec: Spec, freqs: RopeFreqs, seq_len: int | None = None) -> RopeFreqs:
