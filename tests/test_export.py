@@ -177,12 +177,9 @@ def test_stock_frequencies_that_disagree_are_not_used(monkeypatch):
     assert stock_freqs(lm.model.config, parse_spec("dynamic-ntk:factor=4"), ours) is ours  # length-dependent
 
 
-def test_an_original_length_override_survives_export_on_phi3(tmp_path):
-    """Phi3 configs carry original_max_position_embeddings at the top level, which transformers 5.x prefers over
-    rope_parameters (and 4.5x reads longrope's switch only there): export writes the spec's override there too,
-    so stock longrope switches where ctxext does (before: at the source's 64 instead of 32, so lengths 33-64
-    ran the short factors in the stock model)."""
-    import torch
+def phi3_gap(tmp_path, spec_text: str, lengths: tuple[int, ...]) -> tuple[dict, list[float]]:
+    """Export `spec_text` for a tiny saved Phi3 (config only, no tokenizer); -> (the exported config, max |logit
+    diff| between ctxext's in-memory model and a stock Phi3 built from that config, per length)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from ctxext.export import export_config
@@ -191,36 +188,48 @@ def test_an_original_length_override_survives_export_on_phi3(tmp_path):
 
     model = tiny_model("phi3")
     model.save_pretrained(tmp_path / "m")
-    spec = parse_spec("longrope:factor=4,long_factor=[1,2,3,4],original_max_position_embeddings=32")
+    spec = parse_spec(spec_text)
     plan = plan_export(str(tmp_path / "m"), spec)
     cfg = export_config(json.loads((tmp_path / "m" / "config.json").read_text()), plan)
-    assert plan.original_len == 32 == cfg["original_max_position_embeddings"] == cfg["rope_parameters"][
-        "original_max_position_embeddings"] and cfg["max_position_embeddings"] == 128
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "config.json").write_text(json.dumps(cfg))
-    stock = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tmp_path / "x"), dtype=torch.float32)
+    stock = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tmp_path / "x"), dtype=torch.float32).eval()
     stock.load_state_dict(model.state_dict())
-    lm = wrap_model(model)
-    apply_spec(lm, spec)
-    ids = torch.randint(3, 96, (1, 128), generator=torch.Generator().manual_seed(0))
+    apply_spec(wrap_model(model), spec)
+    ids = torch.randint(3, 96, (1, max(lengths)), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        for n in (20, 48, 128):  # short factors, the band between the two lengths, long factors
-            assert (lm.model(ids[:, :n]).logits - stock.eval()(ids[:, :n]).logits).abs().max() < 1e-5, n
+        return cfg, [float((model(ids[:, :n]).logits - stock(ids[:, :n]).logits).abs().max()) for n in lengths]
 
 
-@pytest.mark.parametrize("spec,needle", [("yarn:factor=2", "Missing required keys"),
-                                         ("linear:factor=2", "must be one of ['longrope'], got linear")])
-def test_a_config_the_model_class_rejects_is_refused_before_weights(tmp_path, no_weights, spec, needle):
-    """transformers 5's Phi3Config takes only default and longrope ropes: export says so from the config alone
-    (before: the weights were written and the stock load failed afterwards)."""
+def test_an_original_length_override_survives_export_on_phi3(tmp_path):
+    """Phi3 configs carry original_max_position_embeddings at the top level, which transformers 5.x prefers over
+    rope_parameters (and 4.5x reads longrope's switch only there): export writes the spec's override there too,
+    so stock longrope switches where ctxext does (before: at the source's 64 instead of 32, so lengths 33-64
+    ran the short factors in the stock model)."""
+    cfg, gaps = phi3_gap(tmp_path, "longrope:factor=4,long_factor=[1,2,3,4],original_max_position_embeddings=32",
+                         (20, 48, 128))  # short factors, the band between the two lengths, long factors
+    assert cfg["original_max_position_embeddings"] == 32 == cfg["rope_parameters"]["original_max_position_embeddings"]
+    assert cfg["max_position_embeddings"] == 128 and max(gaps) < 1e-5, gaps
+
+
+@pytest.mark.parametrize("spec", ["yarn:factor=2", "linear:factor=2", "llama3:factor=2"])
+def test_phi3_exports_static_methods_as_explicit_longrope_factors(tmp_path, spec):
+    """transformers 5's Phi3Config takes only default and longrope ropes: a static method is written as its
+    per-pair factors (short = long) with its attention factor, and the stock model runs what ctxext runs (before:
+    the weights were written with rope_type yarn/linear/llama3 and the stock load failed)."""
+    cfg, gaps = phi3_gap(tmp_path, spec, (40, 128))
+    rp = cfg["rope_parameters"]
+    assert rp["rope_type"] == "longrope" and rp["short_factor"] == rp["long_factor"] and max(gaps) < 1e-5, gaps
+
+
+def test_a_config_the_model_class_rejects_is_refused_before_weights(tmp_path, no_weights):
     from ctxext.models.tiny import tiny_model
 
     tiny_model("phi3").save_pretrained(tmp_path / "m")
     with pytest.raises(CtxextError) as e:
-        plan_export(str(tmp_path / "m"), spec)
-    assert f"cannot export '{spec}': stock transformers rejects it for phi3" in str(e.value) and needle in str(e.value)
-    assert "\n" not in str(e.value)
-    assert plan_export(str(tmp_path / "m"), "longrope:factor=2,long_factor=[1,2,3,4]").max_position_embeddings == 128
+        plan_export(str(tmp_path / "m"), "dynamic-ntk:factor=2")
+    assert str(e.value) == ("cannot export 'dynamic-ntk:factor=2': no stock rope config expresses it for this model, "
+                            "whose config takes only default and longrope ropes")
 
 
 def test_float32_rounding_far_out_still_takes_the_stock_vector():

@@ -45,18 +45,27 @@ def rope_shape_from_config(cfg: dict[str, Any]) -> RopeShape:
     return RopeShape(int(head_dim * partial), float(base), int(original))
 
 
-def hf_rope_fields(spec: Spec, shape: RopeShape) -> tuple[dict[str, Any], int]:
+# Model types whose transformers config class takes only default and longrope ropes (5.x validates it).
+LONGROPE_ONLY = ("phi3", "phi4_multimodal")
+
+
+def hf_rope_fields(spec: Spec, shape: RopeShape, longrope_only: bool = False) -> tuple[dict[str, Any], int]:
     """(rope_parameters, max_position_embeddings) for a spec, or a CtxextError saying why no stock
-    config can express it. Static methods without a named rope_type are written as explicit longrope factors."""
+    config can express it. Static methods without a named rope_type are written as explicit longrope factors, and
+    so is every static method when the model's config takes no other type (`longrope_only`: Phi3)."""
     check_fits(spec, "rope")
     entry = spec.entry
     eff = effective_shape(spec, shape)
     out = entry.hf(eff, spec.params) if entry.hf else None
     if isinstance(out, str):
         raise CtxextError(f"cannot export '{spec.text}': {out}")
+    if longrope_only and out is not None and out[0].get("rope_type", "default") not in ("default", "longrope"):
+        out = None
     if out is None:
         if entry.length_dependent:
-            raise CtxextError(f"cannot export '{spec.text}': no stock rope config expresses it")
+            raise CtxextError(f"cannot export '{spec.text}': no stock rope config expresses it"
+                              + (" for this model, whose config takes only default and longrope ropes"
+                                 if longrope_only else ""))
         freqs = resolve_rope(spec, shape)
         factors = [float(x) for x in eff.theta() / freqs.inv_freq]
         s = max(1.0, max(factors))
@@ -70,7 +79,8 @@ def hf_rope_fields(spec: Spec, shape: RopeShape) -> tuple[dict[str, Any], int]:
 def config_rope_fields(spec: Spec, config: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """hf_rope_fields for a model config: the spec's fields plus what the config's own rope_parameters carry
     that the spec does not set (Phi-style partial_rotary_factor lives there in transformers 5.x)."""
-    rope_parameters, max_pos = hf_rope_fields(spec, rope_shape_from_config(config))
+    rope_parameters, max_pos = hf_rope_fields(spec, rope_shape_from_config(config),
+                                              longrope_only=config.get("model_type") in LONGROPE_ONLY)
     kept = config.get("rope_parameters") or {}
     if isinstance(kept, dict) and "partial_rotary_factor" in kept:
         rope_parameters = {**rope_parameters, "partial_rotary_factor": kept["partial_rotary_factor"]}
