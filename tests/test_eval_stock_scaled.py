@@ -47,3 +47,26 @@ def test_short_length_perplexity_is_its_own_forward(exported, tmp_path):
 
     alone, beside = ppl_at_200([200], "alone"), ppl_at_200([200, 512], "beside")
     assert alone and alone == pytest.approx(beside, rel=1e-6)
+
+
+def test_stock_dynamic_runs_each_forward_as_a_fresh_model(exported):
+    """transformers' dynamic NTK keeps the frequencies of the longest forward so far: after a 1,024-token forward a
+    600-token one ran with the 1,024-token base. Under `default` each forward now runs as in a fresh model."""
+    import torch
+
+    from ctxext.models import apply_spec, load_model
+
+    ids = torch.randint(3, 2000, (1, 1024), generator=torch.Generator().manual_seed(0))
+    fresh = load_model(str(exported["dynamic"]))
+    with torch.inference_mode():
+        want = fresh.model(ids[:, :600]).logits
+        lm = load_model(str(exported["dynamic"]))
+        apply_spec(lm, parse_spec("default"))
+        lm.model(ids)
+        got = lm.model(ids[:, :600]).logits
+        assert torch.equal(got, want)
+        apply_spec(lm, parse_spec("yarn:factor=2"))  # the hook goes with the spec
+        apply_spec(lm, parse_spec("default"))
+        assert torch.equal(lm.model(ids[:, :600]).logits, want)
+        fresh.model(ids)
+        assert not torch.allclose(fresh.model(ids[:, :600]).logits, want)  # what stock does without the reset

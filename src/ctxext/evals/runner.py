@@ -101,8 +101,8 @@ def same_freqs_of(spec: Any, info: Any) -> Callable[[int, int], bool]:
     causal dynamic ones (a token's frequencies depend on its own position only); for longrope only when a and b
     are on the same side of the original length (short vs long factors). `default` is the checkpoint as loaded,
     whose own config may scale by length (Phi-3-128k, or a longrope / dynamic export): stock longrope switches
-    like ctxext's; stock dynamic recomputes for the longest forward so far and resets only below the window, so
-    forwards agree only when both are shorter than the window."""
+    like ctxext's; stock dynamic NTK rescales the whole forward for its own length past the window (ctxext resets
+    its state before each forward), so forwards agree only when both are shorter than the window."""
     if info.encoding != "rope":
         return lambda a, b: True
     if spec.method == "default":

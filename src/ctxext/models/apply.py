@@ -7,7 +7,8 @@ module's forward replaced by ctxext's pre-RoPE-cache attention with a position p
 ALiBi (BLOOM): the model's bias uses the spec's slopes (`ctxext.models.alibi`).
 
 `default` restores the model exactly as loaded (original modules and forwards, kept for undo). For a checkpoint
-whose config already scales RoPE (e.g. a LongRoPE model), that is the checkpoint's own RoPE; other specs are
+whose config already scales RoPE (e.g. a LongRoPE model), that is the checkpoint's own RoPE (stock dynamic NTK
+is reset before every forward, so no result depends on an earlier, longer forward); other specs are
 computed from its RopeShape (base and original length read from the config). Every refusal (a method that does
 not fit the encoding, factors of the wrong length, an unsupported architecture) happens before the model changes.
 """
@@ -43,9 +44,31 @@ def find_rotary(model: nn.Module) -> tuple[nn.Module, str, nn.Module]:
     return model.get_submodule(parent_name), attr, module
 
 
+def _stock_dynamic_reset(lm: LoadedModel) -> Installer | None:
+    """`default` on a checkpoint whose config asks for stock dynamic NTK: transformers keeps the frequencies of the
+    longest forward so far (and resets only below the window), so a forward's logits would depend on the forwards
+    before it. The module is reset before each forward: every forward runs as in a freshly loaded model."""
+    from ..scaling.hf import config_rope_type
+
+    if config_rope_type(lm.info.config) != "dynamic":
+        return None
+    rotary = find_rotary(lm.model)[2]
+    if not all(hasattr(rotary, a) for a in ("original_inv_freq", "original_max_seq_len", "max_seq_len_cached")):
+        return None
+
+    def reset(module: nn.Module, args: tuple) -> None:
+        module.register_buffer("inv_freq", module.original_inv_freq.to(module.inv_freq.device), persistent=False)
+        module.max_seq_len_cached = module.original_max_seq_len
+
+    def install() -> Callable[[], None]:
+        return rotary.register_forward_pre_hook(reset).remove
+
+    return install
+
+
 def _rope_installer(lm: LoadedModel, spec: Spec) -> Installer | None:
     if spec.method == "default":
-        return None
+        return _stock_dynamic_reset(lm)
     shape = lm.info.rope_shape
     freqs = resolve_rope(spec, shape)  # validates the spec against this shape (e.g. longrope factor count)
     parent, attr, current = find_rotary(lm.model)
