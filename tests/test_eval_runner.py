@@ -99,6 +99,7 @@ def test_answers_files_hold_every_trial(full_run):
                 assert [(r["depth"], r["trial"]) for r in rows] == [(d, t) for d in (0.0, 0.5, 1.0) for t in (0, 1)]
                 for r in rows:
                     assert len(r["target"]) in (5, 7) and r["target"].isdigit() and isinstance(r["answer"], str)
+                    assert L * 3 // 4 < r["prompt_tokens"] < L and r["needle_at"] < r["prompt_tokens"]
                     got = re.search(r"\d+", r["answer"])
                     assert r["correct"] == (got is not None and got.group() == r["target"])
                 for d in (0.0, 0.5, 1.0):

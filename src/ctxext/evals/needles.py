@@ -78,6 +78,7 @@ def run_probes(ctx: TaskContext, task: str, cells: list[Cell], build: Builder
             decoded += res.generated > 0
             left[cell] -= 1
             rows[cell].append({"trial": trial_of[i], "depth": cell[1], "needle_at": probes[i].at,
+                               "prompt_tokens": len(probes[i].prompt(base)),  # NIAH cuts at a sentence start
                                "target": probes[i].target, "answer": ctx.tokenizer.decode(list(res.tokens)),
                                "correct": bool(res.correct), "greedy_steps": res.generated})
             if left[cell] == 0:
