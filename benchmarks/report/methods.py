@@ -265,7 +265,8 @@ def methods_table(res: dict, source: str, expected: list[str] | None = None) -> 
             if r["length"] > trained:
                 got, total = past.get(r["scaling"], (0, 0))
                 past[r["scaling"]] = (got + round(r["value"] * r["n"]), total + r["n"])
-        lines += ["", f"needle in a haystack (heatmap below): {len({r['scaling'] for r in nh})} specs at "
+        n_specs = len({r["scaling"] for r in nh})
+        lines += ["", f"needle in a haystack (heatmap below): {n_specs} spec{'s' if n_specs > 1 else ''} at "
                   f"{', '.join(f'{x:,}' for x in sorted({r['length'] for r in nh}))} tokens, depths "
                   f"{', '.join(f'{x:g}' for x in sorted({r['depth'] for r in nh}))}, {'/'.join(map(str, n))} "
                   "trial(s) per cell (a needle sentence in the book's own text; trials differ in the key only, "
