@@ -52,7 +52,10 @@ def _stock_dynamic_reset(lm: LoadedModel) -> Installer | None:
 
     if config_rope_type(lm.info.config) != "dynamic":
         return None
-    rotary = find_rotary(lm.model)[2]
+    try:
+        rotary = find_rotary(lm.model)[2]
+    except CtxextError:  # not one rotary module: leave the model exactly as loaded
+        return None
     if not all(hasattr(rotary, a) for a in ("original_inv_freq", "original_max_seq_len", "max_seq_len_cached")):
         return None
 
