@@ -141,15 +141,14 @@ def export_loaded(lm: Any, plan: ExportPlan, out: str | Path, verify_tokens: int
         # twice: from position 0, and ending at the last position the config admits, where length-dependent
         # ropes (longrope's long factors) switch and any frequency difference is largest
         far = plan.max_position_embeddings - len(ids)
-        diffs = [max_logit_diff(lm.model, stock, ids, start) for start in ([0, far] if far > 0 else [0])] if ids \
-            else [float("nan")]
-        diff = max(diffs)
+        starts = [0, far] if far > 0 else [0]
+        diff = max(max_logit_diff(lm.model, stock, ids, start) for start in starts) if ids else float("nan")
         results = {
             "meta": {"ctxext": __version__, **versions(), "model": plan.model, "spec": plan.spec.text,
                      "resolved": plan.spec.to_dict()},
             "rope_parameters": plan.rope_parameters, "max_position_embeddings": plan.max_position_embeddings,
             "original_max_position_embeddings": plan.original_len,
-            "verification": {"tokens": len(ids), "positions_from": [0, far] if far > 0 else [0],
+            "verification": {"tokens": len(ids), "positions_from": starts,
                              "max_abs_logit_diff": diff, "passed": bool(diff < 1e-4)},
         }
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
