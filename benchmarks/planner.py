@@ -52,7 +52,7 @@ PASSKEY_TRIALS, PASSKEY_OK = 12, 0.8
 
 def curve(lm, spec_text: str, length: int, windows: int, cache: Path) -> np.ndarray:
     """Mean per-position NLL over `windows` non-overlapping windows of the held-out book (cached on disk)."""
-    from ctxext.data import load_documents
+    from ctxext.data import load_documents, special_prefix
     from ctxext.evals.reach import window_nll
     from ctxext.fixtures import HELD_OUT_BOOK, books_dir
     from ctxext.models.apply import apply_spec
@@ -66,7 +66,7 @@ def curve(lm, spec_text: str, length: int, windows: int, cache: Path) -> np.ndar
     if len(doc.tokens) < length * windows:
         raise SystemExit(f"{doc.name}: {len(doc.tokens)} tokens, need {length * windows}")
     apply_spec(lm, parse_spec(spec_text))
-    nll = window_nll(lm.model, doc.tokens, length, windows)
+    nll = window_nll(lm.model, doc.tokens, length, windows, special_prefix(lm.tokenizer))
     cache.mkdir(parents=True, exist_ok=True)
     np.save(path, nll.astype(np.float32))
     return nll

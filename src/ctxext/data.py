@@ -164,6 +164,19 @@ def load_documents(paths: Iterable[str | Path], tokenizer: Any, field: str = "te
     return docs
 
 
+def special_prefix(tokenizer: Any) -> np.ndarray:
+    """The tokens the tokenizer puts before any text: BOS for Llama-style tokenizers, nothing for GPT-2 style
+    (SmolLM2, the fixtures). Models trained with BOS at position 0 score text without it much worse (and use it
+    as their attention sink), so every place that starts a sequence puts these first."""
+    return np.asarray(tokenizer("", add_special_tokens=True)["input_ids"], dtype=np.int64)
+
+
+def lead(prefix: np.ndarray, tokens: np.ndarray, length: int | None = None) -> np.ndarray:
+    """`prefix` then `tokens`, cut to `length` tokens (int64); `tokens` itself when the prefix is empty."""
+    out = np.concatenate([prefix, np.asarray(tokens, dtype=np.int64)]) if len(prefix) else tokens
+    return out if length is None else out[:length]
+
+
 def documents_at_least(docs: list[Document], n_tokens: int) -> tuple[list[Document], list[Document]]:
     """(documents with >= n_tokens tokens, the ones too short) — callers say which were skipped."""
     long = [d for d in docs if len(d) >= n_tokens]

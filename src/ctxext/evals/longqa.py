@@ -37,10 +37,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ..data import special_prefix
 from ..errors import CtxextError
 from . import qa_metrics
 from .files import atomic_write, slug
-from .needles import encode, special_prefix
+from .needles import encode
 from .scoring import eos_ids, extend, hidden_states, logits, new_cache
 from .tasks import Cell, Settings, Task, TaskContext, register
 

@@ -11,7 +11,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .needles import check_total, encode, haystack_stream, key_rng, random_number, room, special_prefix
+from ..data import special_prefix
+from .needles import check_total, encode, haystack_stream, key_rng, random_number, room
 from .scoring import Probe, Scorer
 from .tasks import Cell, Settings, Task, TaskContext, register
 

@@ -27,11 +27,6 @@ def encode(tokenizer: Any, text: str) -> np.ndarray:
     return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
 
 
-def special_prefix(tokenizer: Any) -> np.ndarray:
-    """The tokens the tokenizer puts before any text (BOS for Llama-style tokenizers, nothing for GPT-2 style)."""
-    return np.asarray(tokenizer("", add_special_tokens=True)["input_ids"], dtype=np.int64)
-
-
 def key_rng(seed: int, task: str, length: int, depth: float | None, trial: int) -> np.random.Generator:
     """A generator that depends only on the cell and trial, so a resumed or reordered run draws the same keys."""
     tag = sum(ord(c) * 31 ** i for i, c in enumerate(task)) % 2**31

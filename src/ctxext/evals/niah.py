@@ -10,8 +10,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..data import special_prefix
 from .needles import (check_total, depth_cost, encode, haystack_stream, key_rng, random_number, room, run_probes,
-                      sentence_starts, special_prefix)
+                      sentence_starts)
 from .scoring import Probe
 from .tasks import Cell, Settings, Task, TaskContext, register
 

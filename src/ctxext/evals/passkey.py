@@ -14,7 +14,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .needles import depth_cost, encode, key_rng, random_number, room, run_probes, special_prefix
+from ..data import special_prefix
+from .needles import depth_cost, encode, key_rng, random_number, room, run_probes
 from .scoring import Probe
 from .tasks import Cell, Settings, Task, TaskContext, register
 

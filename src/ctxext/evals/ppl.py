@@ -2,7 +2,9 @@
 (METHODS.md): `window` scores one window of the first L tokens of each document (token p is predicted from
 the p tokens before it, so the curve shows what position does); `sliding` moves an L-token window with a
 stride over the first 2L tokens and scores each token once, with at least L − stride tokens of context
-(PI / YaRN's protocol). Documents shorter than L are skipped and said so.
+(PI / YaRN's protocol). Each document starts with the tokenizer's start tokens (BOS for Llama-style
+tokenizers, none for SmolLM2 or the fixtures), as the model saw documents in training. Documents shorter than L
+are skipped and said so.
 
 Records: metric `ppl` (window) / `ppl_sliding`, one per bucket [start, end) of token positions plus one
 overall (bucket null); n = documents. The mean loss per position is saved in DIR/curves/ for plots and fit.
@@ -15,7 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..data import Document, documents_at_least
+from ..data import Document, documents_at_least, lead, special_prefix
 from ..errors import CtxextError
 from .files import curve_path, save_array
 from .scoring import token_nll
@@ -63,8 +65,14 @@ def bucket_records(ctx: TaskContext, metric: str, length: int, sums: np.ndarray,
     return recs
 
 
-def _usable(ctx: TaskContext, length: int) -> list[Document]:
-    docs, short = documents_at_least(ctx.docs or [], length)
+def read_as_model(ctx: TaskContext) -> list[Document]:
+    """The documents as the model reads them: the tokenizer's start tokens (BOS) first."""
+    prefix = special_prefix(ctx.tokenizer)
+    return [Document(d.name, lead(prefix, d.tokens)) for d in ctx.docs or []]
+
+
+def _usable(ctx: TaskContext, all_docs: list[Document], length: int) -> list[Document]:
+    docs, short = documents_at_least(all_docs, length)
     if short:
         names = ", ".join(f"{d.name} ({len(d)})" for d in short[:3]) + (" …" if len(short) > 3 else "")
         ctx.log(f"ppl @ {length}: skipped {len(short)} document(s) shorter than {length} tokens: {names}")
@@ -74,8 +82,9 @@ def _usable(ctx: TaskContext, length: int) -> list[Document]:
 def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
     s = ctx.settings
     windows: dict[str, np.ndarray] = {}  # document -> NLL of its first tokens (longest window computed so far)
+    all_docs = read_as_model(ctx)
     for length in sorted({L for L, _ in cells}, reverse=True):  # longest first: shorter windows are slices
-        docs = _usable(ctx, length)
+        docs = _usable(ctx, all_docs, length)
         recs: list[dict[str, Any]] = []
         if s.protocol in ("window", "both"):
             sums, counts = np.zeros(length), np.zeros(length)

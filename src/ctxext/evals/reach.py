@@ -50,23 +50,28 @@ def measure_break(lm: Any, data: list[str], length: int, trained: int, windows: 
     """Break point of `lm` as loaded (no scaling applied here), trained on `trained` tokens: NLL per position
     averaged over `windows` consecutive windows of `length` tokens of the first document under `data` that holds
     them all; returns it with the document's name."""
-    from ..data import load_documents
+    from ..data import load_documents, special_prefix
 
-    need = length * windows
+    prefix = special_prefix(lm.tokenizer)
+    need = (length - len(prefix)) * windows
     docs = load_documents(data, lm.tokenizer)
     doc = next((d for d in docs if len(d.tokens) >= need), None)
     if doc is None:
         longest = max((len(d.tokens) for d in docs), default=0)
         raise CtxextError(f"no document under {', '.join(data)} has {need:,} tokens ({windows} x {length:,}; "
                           f"longest: {longest:,}); give a longer text, fewer windows or a shorter length")
-    return ppl_break(window_nll(lm.model, doc.tokens, length, windows), trained), doc.name
+    return ppl_break(window_nll(lm.model, doc.tokens, length, windows, prefix), trained), doc.name
 
 
-def window_nll(model: Any, tokens: Any, length: int, windows: int) -> np.ndarray:
-    """Per-position NLL averaged over `windows` consecutive windows of `length` tokens from the start of `tokens`."""
+def window_nll(model: Any, tokens: Any, length: int, windows: int, prefix: Any = ()) -> np.ndarray:
+    """Per-position NLL averaged over `windows` windows of `length` tokens: each is `prefix` (the tokenizer's
+    start tokens) then the next consecutive piece of `tokens` from its start."""
     import torch
 
+    from ..data import lead
     from .scoring import token_nll
 
+    prefix = np.asarray(prefix, dtype=np.int64)
+    n = length - len(prefix)
     with torch.inference_mode():
-        return np.mean([token_nll(model, tokens[w * length:(w + 1) * length]) for w in range(windows)], axis=0)
+        return np.mean([token_nll(model, lead(prefix, tokens[w * n:(w + 1) * n])) for w in range(windows)], axis=0)

@@ -1,7 +1,7 @@
 """Streaming perplexity: read one long text once, in chunks, through the cached model; perplexity per segment.
 
-The --data documents are joined into one token stream (blank line between documents) and its first `length`
-tokens are fed STREAM_CHUNK tokens per call through one DynamicCache, the way a server streams: each token is
+The --data documents are joined into one token stream (blank line between documents; the tokenizer's start
+tokens, BOS where it has one, before the first) and its first `length` tokens are fed STREAM_CHUNK tokens per call through one DynamicCache, the way a server streams: each token is
 scored once, predicted from everything the cache still holds (the decoder body runs per chunk; the LM head per
 chunk of rows, so full-vocabulary logits never exist for the stream). With `streaming:sinks=S,window=W` the cache
 holds at most S + W + chunk keys after each call (S + W + 2 chunks while one is appended) whatever the length:
@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ..data import lead, special_prefix
 from .files import curve_path, save_array
 from .needles import check_total, haystack_stream
 from .scoring import hidden_states, new_cache, nll_of_hidden
@@ -72,7 +73,7 @@ def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[s
         if n < length:
             ctx.log(f"stream-ppl @ {length:,}: '{ctx.spec.text}' keeps every key (no eviction), so its stream stops "
                     f"at {n:,} tokens ({FULL_CAP_FACTOR}× the trained length {ctx.lm.info.trained_len:,})")
-        tokens = haystack_stream(ctx, "stream-ppl", length)[:n]
+        tokens = lead(special_prefix(ctx.tokenizer), haystack_stream(ctx, "stream-ppl", length), n)
         nll, most = stream_nll(ctx.model, tokens,
                                on_chunk=lambda new, past: ctx.tick(ctx.cost.flops(new, past, scored=new)))
         save_array(curve_path(ctx.out, "stream-ppl", ctx.spec.text, length), np.concatenate([[np.nan], nll]))

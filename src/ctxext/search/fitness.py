@@ -9,7 +9,8 @@ with `apply_spec`; weights are never reloaded).
   its own needle-ppl favours PI-like factors that ruin perplexity, and a geometric mean of the two still trades
   one for the other; the max does not.)
 - `ppl`: perplexity of the first `length` tokens of each *passage* — the documents cut into consecutive pieces of
-  the target length, taken round-robin over documents — exp(mean token NLL) as the `ppl` task's overall record.
+  the target length, taken round-robin over documents, each led by the tokenizer's start tokens (BOS where it
+  has one) as the `ppl` task leads each document — exp(mean token NLL) as the `ppl` task's overall record.
   When every document is one passage (e.g. JSONL with one target-length text per line) the value equals
   `ctxext eval --task ppl --samples N` on that data.
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import Document
+from ..data import Document, lead
 from ..errors import CtxextError
 from ..scaling import Spec, get_method
 from .space import Candidate
@@ -44,17 +45,22 @@ def candidate_spec(c: Candidate, scale: float, original_len: int, text: str | No
     return Spec("longrope", params, text or f"search:{c.key()}", original_len)
 
 
-def passages(docs: list[Document], length: int) -> list[np.ndarray]:
-    """Consecutive `length`-token pieces of every document, interleaved document by document (the first few
-    passages cover several documents)."""
-    per_doc = [[d.tokens[i:i + length] for i in range(0, len(d) - length + 1, length)] for d in docs]
+NO_PREFIX = np.zeros(0, dtype=np.int64)
+
+
+def passages(docs: list[Document], length: int, prefix: np.ndarray = NO_PREFIX) -> list[np.ndarray]:
+    """`length`-token passages: `prefix` (the tokenizer's start tokens) then consecutive pieces of every document,
+    interleaved document by document (the first few passages cover several documents)."""
+    n = length - len(prefix)
+    per_doc = [[lead(prefix, d.tokens[i:i + n]) for i in range(0, len(d) - n + 1, n)] for d in docs]
     out: list[np.ndarray] = []
     for k in range(max((len(p) for p in per_doc), default=0)):
         out += [p[k] for p in per_doc if k < len(p)]
     return out
 
 
-def check_data(docs: list[Document], target: int, fitness: str, samples: int) -> None:
+def check_data(docs: list[Document], target: int, fitness: str, samples: int,
+               prefix: np.ndarray = NO_PREFIX) -> None:
     """One-line errors when the search data cannot serve a fitness at the target length."""
     total = sum(len(d) for d in docs)
     longest = max((len(d) for d in docs), default=0)
@@ -65,7 +71,7 @@ def check_data(docs: list[Document], target: int, fitness: str, samples: int) ->
         if longest < target:
             raise CtxextError(f"search data is shorter than the target: the longest document has {longest} tokens, "
                               f"the target is {target}; give longer documents (--data) or a shorter --target")
-        n = len(passages(docs, target))
+        n = len(passages(docs, target, prefix))
         if n < samples:
             raise CtxextError(f"search data gives {n} passage(s) of {target} tokens, fewer than --samples {samples}; "
                               "give more text or fewer samples")
@@ -178,7 +184,9 @@ class Evaluator:
         from ..evals.scoring import token_nll
 
         if length not in self._passages:
-            self._passages[length] = passages(self.docs, length)
+            from ..data import special_prefix
+
+            self._passages[length] = passages(self.docs, length, special_prefix(self.lm.tokenizer))
         chosen = self._passages[length][:samples]
         if len(chosen) < samples:
             raise CtxextError(f"search data gives {len(chosen)} passage(s) of {length} tokens, fewer than {samples}")

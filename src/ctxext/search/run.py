@@ -29,7 +29,7 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     results dict written to out/results.json. `device`: where a model loaded by name runs (auto: the GPU when
     one is visible)."""
     from .. import runinfo
-    from ..data import data_files, load_documents
+    from ..data import data_files, load_documents, special_prefix
     from ..evals.scoring import device_of
     from ..models import load_model, model_info, resolve_device
     from ..theory import critical_dim
@@ -62,7 +62,8 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     if lm.tokenizer is None:
         raise CtxextError(f"{name} has no tokenizer files; ctxext search needs one")
     docs = load_documents(data, lm.tokenizer)
-    check_data(docs, config.target, config.fitness, config.samples)
+    prefix = special_prefix(lm.tokenizer)
+    check_data(docs, config.target, config.fitness, config.samples, prefix)
 
     scale = config.target / shape.original_len
     c = critical_dim(shape.rotary_dim, shape.base, shape.original_len) // 2
@@ -70,7 +71,7 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     guard, guard_cost = None, 0.0
     if config.short_tolerance is not None:
         wide = make_space(shape.n_pairs, scale, c, shape.original_len, search_attention=config.search_attention)
-        check_data(docs, shape.original_len, "ppl", config.samples)
+        check_data(docs, shape.original_len, "ppl", config.samples, prefix)
         guard = attention_cap(out, lambda m: ev.short_ppl(m, config.samples), wide.attention_range[1],
                               config.short_tolerance, resume)
         guard_cost = len(guard["probes"]) * ev.ppl_cost(shape.original_len, config.samples)

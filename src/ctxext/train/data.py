@@ -1,7 +1,7 @@
 """Training data: documents packed into rows of N tokens, with document boundaries respected.
 
 Packing. Every document (ctxext.data: a text file, or a JSONL line) is tokenised once and cached per tokenizer,
-then followed by EOS; the documents are concatenated in a fixed order and cut into rows of exactly N tokens
+led by the tokenizer's start tokens (BOS for Llama-style tokenizers, none for GPT-2 style) and followed by EOS; the documents are concatenated in a fixed order and cut into rows of exactly N tokens
 (the last partial row is dropped). A long book fills many rows; a row may hold the end of one document and
 the start of the next. At such a boundary
 
@@ -75,10 +75,11 @@ def pack(docs: Sequence[np.ndarray], seq_len: int, eos_id: int | None) -> Packed
 
 def load_rows(paths: Iterable[str], tokenizer: Any, seq_len: int) -> PackedRows:
     """Tokenise (cached by ctxext.data) and pack the documents under `paths`."""
-    from ..data import load_documents
+    from ..data import lead, load_documents, special_prefix
 
     docs = load_documents(list(paths), tokenizer)
-    return pack([d.tokens for d in docs], seq_len, tokenizer.eos_token_id)
+    prefix = special_prefix(tokenizer)
+    return pack([lead(prefix, d.tokens) for d in docs], seq_len, tokenizer.eos_token_id)
 
 
 def model_inputs(ids: np.ndarray, starts: np.ndarray, row_len: int | None = None,

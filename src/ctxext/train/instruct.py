@@ -48,7 +48,8 @@ class InstructRows(PackedRows):
 def encode_example(tokenizer: Any, context: str, question: str, answer: str) -> tuple[np.ndarray, int]:
     """(token ids of prompt + answer + EOS, number of prompt tokens)."""
     from ..evals.longqa import QUESTION
-    from ..evals.needles import encode, special_prefix
+    from ..data import special_prefix
+    from ..evals.needles import encode
 
     prompt = np.concatenate([special_prefix(tokenizer), encode(tokenizer, context),
                              encode(tokenizer, QUESTION.format(question=question.strip()))])
