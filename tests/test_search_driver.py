@@ -94,3 +94,31 @@ def test_guard_bisects_the_attention_cap():
     assert ppl(g["cap"]) <= g["limit"] < ppl(g["cap"] + 0.01)
     assert g["baseline"] == 20.0 and len(g["probes"]) == 9
     assert bisect_cap(lambda m: 20.0, 1.25)["cap"] == 1.25  # no cost: the whole range
+
+
+def test_first_generation_must_fit_after_guard_and_reference():
+    """`check` sees only --population; the guard (up to 9 in-window ppl runs) and the reference (fitness both: every
+    rung) are spent first, and what is left must still measure every first-generation member at full length."""
+    cfg = SearchConfig(target=512, budget=4, population=4, samples=2)
+    cfg.check(256)  # budget >= population: passes the early check
+    with pytest.raises(CtxextError) as e:
+        cfg.check_first_generation(3.8713, 0.0, 1.0)
+    assert str(e.value) == ("--budget 4 cannot measure the first generation: the in-window guard spent 3.87 full-length "
+                            "evaluations and the reference 0, and the 4 members need 4 more (1 each); raise --budget to "
+                            "at least 7.88 (--resume keeps the guard's measurements)")
+    both = SearchConfig(target=512, budget=7, population=4, samples=2, fitness="both")
+    with pytest.raises(CtxextError, match=r"guard spent 1\.81 .* reference 1\.33, and the 4 members need 4 more "
+                                          r"\(1 each\); raise --budget to at least 7\.14 "):
+        both.check_first_generation(1.8129, 1.3268, 1.0)
+    SearchConfig(target=512, budget=7.14, population=4).check_first_generation(1.8129, 1.3268, 1.0)  # the least works
+    SearchConfig(target=512, budget=7, population=4).check_first_generation(1.5, 1.5, 1.0)  # exactly enough
+
+
+def test_no_full_evaluation_is_an_error_not_an_assert(tmp_path):
+    """A caller that skips check_first_generation and leaves less than one full evaluation gets a CtxextError."""
+    space, cfg, rungs, seeds, evaluate, cost, calls = setup(tmp_path, budget=8.0)
+    search = Search(space, cfg, rungs, seeds, evaluate, cost, tmp_path, spent=7.5)
+    with pytest.raises(CtxextError, match=r"--budget 8 left no full-length evaluation: 7\.5 was spent before the "
+                                          r"search and one costs 1; raise --budget"):
+        search.run()
+    assert calls == []

@@ -24,8 +24,9 @@ from ctxext.search import Candidate, Evaluator, candidate_spec, make_space, seed
 
 MODEL = "tiny-rope"
 BOOK = str(book_path(HELD_OUT_BOOK))
-# a small search: target 512 (2× the 256 window), rungs 384×1 then 512×2, 4 members, budget 7 full evaluations
-SMALL = ["--model", MODEL, "--target", "512", "--samples", "2", "--population", "4", "--budget", "7",
+# a small search: target 512 (2× the 256 window), rungs 384×1 then 512×2, 4 members, budget 11 full evaluations
+# (the in-window guard takes ~3.4 of them for fitness ppl, the first generation 4 + 4 × 0.33, a generation the rest)
+SMALL = ["--model", MODEL, "--target", "512", "--samples", "2", "--population", "4", "--budget", "11",
          "--rung", "384:1", "--rung", "512:2", "--no-progress"]
 
 torch.set_num_threads(1)
@@ -114,7 +115,8 @@ def test_search_outputs_and_best_json_is_a_spec(parts_jsonl, tmp_path, capsys):
             "guard.json", "search.json"} <= {p.name for p in out.iterdir()}
     res = json.loads((out / "results.json").read_text())
     hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
-    assert len(hist) == res["evaluations"] and res["spent"] <= 7 + 1e-9
+    assert len(hist) == res["evaluations"] and res["spent"] <= 11 + 1e-9
+    assert len(res["seeds"]) == 4 and res["generations"] >= 1  # every seed measured, then children
     assert hist[-1]["cost_total"] == pytest.approx(res["spent"])
     assert res["best"]["fitness"] == min(h["fitness"] for h in hist if h["rung"] == 1)
     assert res["best"]["fitness"] <= min(res["seeds"].values())
@@ -180,7 +182,7 @@ def test_resuming_a_finished_search_measures_nothing(parts_jsonl, tmp_path, caps
     """--resume on a search that ended replays history, reuses the guard and the reference (exact yarn) and gives
     the same results; before, the reference was measured again (one more full evaluation, ~30 min at 64k on a CPU)."""
     out = tmp_path / "s"
-    args = [*SMALL, "--data", str(parts_jsonl), "--out", str(out), "--fitness", "ppl", "--budget", "5"]
+    args = [*SMALL, "--data", str(parts_jsonl), "--out", str(out), "--fitness", "ppl", "--budget", "8"]
     assert run_cli(args, capsys)[0] == 0
     first = json.loads((out / "results.json").read_text())
     assert json.loads((out / "references.json").read_text())["parts"]["512x2"] == {"ppl": first["reference"]["fitness"]}
@@ -193,3 +195,48 @@ def test_resuming_a_finished_search_measures_nothing(parts_jsonl, tmp_path, caps
     again = json.loads((out / "results.json").read_text())
     assert calls == [] and again["replayed"] == first["evaluations"]
     assert again["reference"] == first["reference"] and again["best"]["fitness"] == first["best"]["fitness"]
+
+
+def test_budget_must_cover_guard_reference_and_first_generation(lm, parts_jsonl, tmp_path, capsys, monkeypatch):
+    """The guard and the reference are spent before the first generation: a budget they leave too small for it is a
+    one-line error with the figures (before: an AssertionError, or a search that never measured part of its initial
+    population and returned the first seed); --resume with the least budget it names then works."""
+    docs = load_documents([parts_jsonl], lm.tokenizer)
+    out = tmp_path / "n"  # the reported case: fitness needle-ppl, default rungs, budget = population
+    code, err = run_cli(["--model", MODEL, "--target", "512", "--samples", "2", "--population", "4", "--budget", "4",
+                         "--data", str(parts_jsonl), "--out", str(out), "--no-progress"], capsys)
+    guard = len(json.loads((out / "guard.json").read_text())["probes"]) * \
+        Evaluator(lm, docs, "needle-ppl", 512, 2).ppl_cost(256, 2)
+    assert 1 < guard < 4  # 2 to 9 in-window ppl runs at 256 tokens
+    least = np.ceil((guard + 4) * 100 - 1e-7) / 100
+    assert code == 2 and last(err) == (
+        f"ctxext: error: --budget 4 cannot measure the first generation: the in-window guard spent {guard:.3g} "
+        f"full-length evaluations and the reference 0, and the 4 members need 4 more (1 each); raise --budget to at "
+        f"least {least:g} (--resume keeps the guard's measurements)")
+    assert err.count("ctxext: error") == 1 and "Traceback" not in err and not (out / "history.jsonl").exists()
+
+    out = tmp_path / "b"  # fitness both: the reference (yarn:factor=2 at 384×1 and 512×2) is in the budget too
+    ev = Evaluator(lm, docs, "both", 512, 2)
+    args = [*SMALL, "--data", str(parts_jsonl), "--out", str(out), "--fitness", "both"]
+    code, err = run_cli([*args, "--budget", "7"], capsys)
+    guard = len(json.loads((out / "guard.json").read_text())["probes"]) * ev.ppl_cost(256, 2)
+    ref = ev.cost(384, 1) + ev.cost(512, 2)
+    least = np.ceil((guard + ref + 4) * 100 - 1e-7) / 100
+    assert 7 < least < 8  # the old check (budget >= population) let 7 through
+    assert code == 2 and last(err) == (
+        f"ctxext: error: --budget 7 cannot measure the first generation: the in-window guard spent {guard:.3g} "
+        f"full-length evaluations and the reference {ref:.3g}, and the 4 members need 4 more (1 each); raise --budget "
+        f"to at least {least:g} (--resume keeps the guard's measurements)")
+    assert not (out / "references.json").exists()  # refused before the reference was measured
+
+    calls = []
+    real = Evaluator.short_ppl
+    monkeypatch.setattr(Evaluator, "short_ppl", lambda self, *a, **k: calls.append(a) or real(self, *a, **k))
+    code, err = run_cli([*args, "--budget", f"{least:g}", "--resume"], capsys)
+    assert code == 0, err
+    assert calls == []  # the guard measured by the refused run is reused
+    res = json.loads((out / "results.json").read_text())
+    hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert len({h["key"] for h in hist if h["rung"] == 1 and h["generation"] == 0}) == 4  # all measured at full
+    assert len(res["seeds"]) == 4 and res["spent"] <= least + 1e-9
+    assert res["guard_cost"] == pytest.approx(guard) and res["reference_cost"] == pytest.approx(ref)

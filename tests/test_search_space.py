@@ -8,7 +8,7 @@ import pytest
 from ctxext.errors import CtxextError
 from ctxext.scaling import RopeShape, factors_of, parse_spec
 from ctxext.search import Candidate, crossover, initial_population, make_space, mutate, project, seed_candidates
-from ctxext.search.space import ntk_like, snap
+from ctxext.search.space import grid_ceil, ntk_like, snap
 from ctxext.theory import critical_dim
 
 TINY = RopeShape(32, 1e4, 256)  # the tiny-rope fixture's shape
@@ -115,3 +115,42 @@ def test_candidate_key_is_stable():
     c = Candidate((1.0, 2.5), 1.1)
     assert c.key() == Candidate((1.0, 2.5), 1.1).key() != Candidate((1.0, 2.51), 1.1).key()
     assert Candidate.from_dict(c.to_dict()) == c
+
+
+def test_grid_ceil_keeps_grid_values_and_rounds_others_up():
+    assert [grid_ceil(x) for x in (1.07, 1.15, 2.0, 2.01, 4.0, 8.0)] == [1.07, 1.15, 2.0, 2.01, 4.0, 8.0]
+    assert [grid_ceil(x) for x in (12000 / 8192, 1.0001, 3.001, 10 / 3)] == [1.47, 1.01, 3.01, 3.34]
+
+
+@pytest.mark.parametrize("shape,target", [(SMOL, 12000), (SMOL, 20000), (SMOL, 8200), (TINY, 600), (TINY, 1025),
+                                          (TINY, 750), (TINY, 854)])  # s nearest the grid step below it, then above
+def test_off_grid_scale_keeps_pairs_at_or_above_critical_at_least_s(shape, target):
+    """s = 12000/8192 = 1.4648 is off the grid: the lower bound is 1.47 (rounded up), not 1.46 (nearest), so no pair
+    at or above the critical pair interpolates less than s, and the seeds' real critical pair is the critical pair."""
+    s = target / shape.original_len
+    assert grid_ceil(s) != s  # off the grid
+    for kw in ({}, {"search_critical": False}):
+        sp = space_of(shape, target, **kw)
+        c = sp.critical_pair
+        lo, hi = np.asarray(sp.lo), np.asarray(sp.hi)
+        assert np.all(lo[c:] >= s) and lo[c] == grid_ceil(s) and np.all(hi >= lo) and hi[-1] == snap(2 * s)
+        seeds = seed_candidates(sp, shape)
+        assert all(sp.is_valid(x) for x in seeds.values())
+        assert sp.real_critical_pair(seeds["longrope2"]) == c  # s from c on, NTK-like (below s) under it
+        assert sp.real_critical_pair(seeds["pi"]) in (0, c)  # s everywhere: snapped below c, >= s from c on
+        assert np.all(np.asarray(seeds["pi"].factors)[c:] >= s)
+        rng = np.random.default_rng(0)
+        x = seeds["yarn"]
+        for _ in range(200):
+            x = mutate(sp, x, rng)
+            assert np.all(np.asarray(x.factors)[c:] >= s) and sp.real_critical_pair(x) <= c
+
+
+def test_space_for_grid_scale_is_unchanged():
+    """s on the grid (every committed benchmark: s = 2, 4, 8) keeps lo = s exactly from the critical pair."""
+    for shape, target in ((TINY, 512), (TINY, 1024), (TINY, 2048), (SMOL, 16384), (SMOL, 32768), (SMOL, 65536)):
+        s = target / shape.original_len
+        sp = space_of(shape, target)
+        c = sp.critical_pair
+        assert sp.lo == (1.0,) * c + (s,) * (shape.n_pairs - c) and sp.hi == (2 * s,) * shape.n_pairs
+        assert sp.real_critical_pair(seed_candidates(sp, shape)["longrope2"]) == c

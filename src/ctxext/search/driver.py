@@ -19,7 +19,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -75,6 +75,20 @@ class SearchConfig:
             raise CtxextError(f"--short-tolerance must be >= 0, got {self.short_tolerance:g}")
         if self.eta < 2:
             raise CtxextError(f"eta must be >= 2, got {self.eta}")
+
+    def check_first_generation(self, guard_cost: float, reference_cost: float, full_cost: float) -> None:
+        """`check` can only see --population; once the in-window guard and the reference have spent their part, the
+        rest must still cover a full-length evaluation of every first-generation member, or part of the initial
+        population is never measured (the search would return the first seed, or nothing at all)."""
+        spent = guard_cost + reference_cost
+        need = self.population * full_cost
+        if spent + need > self.budget + 1e-9:  # the tolerance Search.score allows
+            least = math.ceil((spent + need) * 100 - 1e-7) / 100  # rounded up to 0.01: the value shown is enough
+            raise CtxextError(
+                f"--budget {self.budget:g} cannot measure the first generation: the in-window guard spent "
+                f"{guard_cost:.3g} full-length evaluations and the reference {reference_cost:.3g}, and the "
+                f"{self.population} members need {need:.3g} more ({full_cost:.3g} each); raise --budget to at least "
+                f"{least:g} (--resume keeps the guard's measurements)")
 
     def resolved_rungs(self, trained_len: int) -> tuple[Rung, ...]:
         """Default proxies: half the target (still past the window) with half the samples, then the full rung."""
@@ -222,7 +236,7 @@ class Search:
         pop = [self._member(c, origin) for origin, c in init]
         stopped = "budget"
         try:
-            for r in reversed(range(len(self.rungs))):  # full rung first: budget >= population covers it
+            for r in reversed(range(len(self.rungs))):  # full rung first: check_first_generation covers it
                 for m in pop:  # the first generation is scored on every rung (the proxies' reference values)
                     self.score(m, r)
             while True:
@@ -249,7 +263,10 @@ class Search:
         seeds = {seeds_by_key[k]: self.full(m) for k, m in self.members.items()
                  if k in seeds_by_key and top in m.scores}
         parts = {seeds_by_key[k]: m.parts[top] for k, m in self.members.items() if k in seeds_by_key and top in m.parts}
-        assert self.best is not None, "budget >= population guarantees full evaluations"
+        if self.best is None:  # only when the caller skipped check_first_generation
+            raise CtxextError(f"--budget {cfg.budget:g} left no full-length evaluation: {self.spent:.3g} was spent "
+                              f"before the search and one costs {self._cost(*astuple(self.rungs[top])):.3g}; "
+                              "raise --budget")
         return Outcome(self.best, self.spent, self.evaluations, self.replayed, self.generation, self.curve, seeds,
                        parts, sorted(pop, key=self.full), stopped)
 

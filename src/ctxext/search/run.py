@@ -77,6 +77,7 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
         guard_cost = len(guard["probes"]) * ev.ppl_cost(shape.original_len, config.samples)
     # the reference (exact yarn:factor=s): for fitness both each rung's values are relative to it (in the budget);
     # for every fitness the search is compared with it at the target. Measured once, kept for resume
+    config.check_first_generation(guard_cost, reference_cost(ev, rungs), ev.cost(config.target, config.samples))
     ref_cost = load_references(out, ev, rungs, resume)
     space = make_space(shape.n_pairs, scale, c, shape.original_len, search_critical=config.search_critical,
                        search_attention=config.search_attention, start_tokens=config.start_tokens,
@@ -203,12 +204,15 @@ def load_references(out: Path, ev: Evaluator, rungs: tuple[Rung, ...], resume: b
             ev.reference.update(old["parts"])
     if ev.fitness != "both":
         return 0.0
-    cost = 0.0
     for r in rungs:
         ev.reference_parts(r.length, r.samples)
-        cost += ev.cost(r.length, r.samples)
     save_references(out, ev)
-    return cost
+    return reference_cost(ev, rungs)
+
+
+def reference_cost(ev: Evaluator, rungs: tuple[Rung, ...]) -> float:
+    """What load_references counts in the budget, known before it measures anything."""
+    return sum(ev.cost(r.length, r.samples) for r in rungs) if ev.fitness == "both" else 0.0
 
 
 def save_references(out: Path, ev: Evaluator) -> None:

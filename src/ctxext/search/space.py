@@ -7,10 +7,12 @@ in [s, 2s]; the *real* critical dimension may lie below the theoretical one, so 
 
 Here a candidate is a factor vector on the grid plus the attention factor m and n̂ start tokens. Validity:
 non-decreasing, and lo_i <= f_i <= hi_i with per-pair bounds that are themselves non-decreasing
-(lo = 1 below the critical pair c, s from c on; hi = 2s). Because lo and hi are non-decreasing, clipping a
-non-decreasing vector into [lo, hi] and rounding it to the grid keep it non-decreasing, so every operator below
-ends with `project` and never produces an invalid child. With `search_critical` off the pairs below c are
-pinned (lo = hi) to the NTK-like curve, as in LongRoPE2 with a fixed critical dimension.
+(lo = 1 below the critical pair c, s from c on; hi = 2s). On the grid "s" is s rounded up (`grid_ceil`): a pair at
+or above c never interpolates less than s when s is off the grid (12000/8192 = 1.4648 -> 1.47, not 1.46). Because
+lo and hi are non-decreasing, clipping a non-decreasing vector into [lo, hi] and rounding it to the grid keep it
+non-decreasing, so every operator below ends with `project` and never produces an invalid child. With
+`search_critical` off the pairs below c are pinned (lo = hi) to the NTK-like curve, as in LongRoPE2 with a fixed
+critical dimension.
 
 Everything here is a pure function of numpy vectors and a `numpy.random.Generator`.
 """
@@ -86,14 +88,20 @@ class Space:
                 and (a0 - 1e-12 <= c.attention_factor <= a1 + 1e-12))
 
     def real_critical_pair(self, c: Candidate) -> int:
-        """The first pair interpolated by at least s (LongRoPE2's real critical dimension / 2)."""
-        at = np.nonzero(c.as_array() >= self.scale - 1e-9)[0]
+        """The first pair interpolated by at least s, i.e. by the space's lower bound grid_ceil(s) (LongRoPE2's real
+        critical dimension / 2)."""
+        at = np.nonzero(c.as_array() >= grid_ceil(self.scale) - 1e-9)[0]
         return int(at[0]) if at.size else self.n_pairs
 
 
 def snap(f: np.ndarray) -> np.ndarray:
     """Round to the 0.01 grid (a monotone map: keeps a vector non-decreasing)."""
     return np.round(np.round(np.asarray(f, dtype=np.float64) / GRID) * GRID, 6)  # 6: print 2.8, not 2.8000000000000003
+
+
+def grid_ceil(x: float) -> float:
+    """The smallest grid value >= x; a value already on the grid stays (the 1e-9 absorbs 1.15/0.01 = 114.999…)."""
+    return float(np.round(math.ceil(x / GRID - 1e-9) * GRID, 6))
 
 
 def longrope_attention(scale: float, original_len: int) -> float:
@@ -118,8 +126,9 @@ def make_space(n_pairs: int, scale: float, critical_pair: int, original_len: int
     if scale <= 1:
         raise CtxextError(f"search space: the scale must be > 1, got {scale:g}")
     c = min(max(critical_pair, 0), n_pairs)
-    top = float(snap(2 * scale))
-    lo = np.where(np.arange(n_pairs) >= c, float(snap(scale)), 1.0)
+    floor = grid_ceil(scale)  # pairs >= c: at least s, also when s is off the grid
+    top = max(float(snap(2 * scale)), floor)
+    lo = np.where(np.arange(n_pairs) >= c, floor, 1.0)
     hi = np.full(n_pairs, top)
     if not search_critical:
         pinned = snap(ntk_like(n_pairs, scale, c))
