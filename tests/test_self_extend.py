@@ -67,6 +67,40 @@ def test_inside_the_window_the_logits_are_the_models_own(arch):
         assert (got - model(long_ids).logits).abs().max().item() < 1e-5
 
 
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+
+@pytest.mark.parametrize("rope", [LLAMA3_ROPE, {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                                "original_max_position_embeddings": 128}])
+def test_a_checkpoint_that_scales_its_own_rope_keeps_it(rope):
+    """Llama 3.1-style checkpoints (llama3 bands) and yarn configs: self-extend and streaming move positions and keep
+    the checkpoint's own frequencies and attention factor, so inside their windows the logits are the model's; the
+    neighbour window may reach past the original length, up to the length the checkpoint was made for (512)."""
+    model = tiny_model("llama", rope_parameters=rope, max_position_embeddings=512)
+    lm = wrap_model(model)
+    ids = ids_for(190)
+    with torch.inference_mode():
+        before = model(ids).logits
+        for spec in ("self-extend:group=4,window=200", "streaming:sinks=4,window=400"):
+            apply_spec(lm, parse_spec(spec))
+            assert torch.equal(model(ids).logits, before), spec
+        apply_spec(lm, parse_spec("self-extend:group=4,window=100"))
+        assert (model(ids).logits - before).abs().max().item() > 1e-3  # past W the grouped positions do change it
+    with pytest.raises(CtxextError, match="window=600 must be smaller than the trained length 512"):
+        apply_spec(lm, parse_spec("self-extend:group=4,window=600"))
+
+
+def test_a_checkpoint_whose_own_rope_changes_with_length_is_refused():
+    model = tiny_model("llama", rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0},
+                       max_position_embeddings=256)
+    lm = wrap_model(model)
+    for spec in ("self-extend:group=4,window=64", "streaming:sinks=4,window=64"):
+        with pytest.raises(CtxextError, match="own RoPE, but this checkpoint's \\('dynamic'\\) changes with the length"):
+            apply_spec(lm, parse_spec(spec))
+    assert lm.spec is None or lm.spec.method == "default"
+
+
 @pytest.mark.parametrize("block_elements,fused", [(se.BLOCK_ELEMENTS, True), (4 * 32 * N, True), (4 * 32 * N, False)])
 def test_matches_the_naive_formula_past_the_window(monkeypatch, block_elements, fused):
     """One block or 32-query blocks; PyTorch's fused CPU kernel or the eager log-sum-exp path."""

@@ -101,6 +101,11 @@ def test_refusals_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "cannot export 'streaming:sinks=4,window=24'" in err
     assert not (tmp_path / "out").exists()
+    # a model whose own attention slides (Mistral v0.1) evicts keys itself, sinks included: refused at apply
+    windowed = wrap_model(tiny_model("mistral", sliding_window=48))
+    with pytest.raises(CtxextError, match="sliding-window attention \\(sliding_window=48\\) is not supported"):
+        apply_spec(windowed, parse_spec(SPEC))
+    assert windowed.spec is None
 
 
 @pytest.mark.parametrize("text", [SPEC, "default"])

@@ -1,6 +1,7 @@
 """Per-document causal SDPA for packed training rows: the same logits and gradients as transformers' block mask."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -101,3 +102,28 @@ def test_fallback_with_gradients_builds_the_mask_once_and_matches_sdpa(monkeypat
     assert torch.equal(l_ref, l_docs)
     with torch.no_grad():  # without gradients the builder returns transformers' own tensor
         assert torch.equal(docs(**batch).logits, l_ref.detach())
+
+
+def test_dynamic_ntk_trains_past_the_window_on_the_lazy_mask(tmp_path):
+    """Past the window the dynamic plan attends block by block with slices of the mask; a training forward hands it
+    ctxext's lazy document mask, which it builds (it crashed on it before): the losses equal the eager attention's.
+    (dynamic-ntk is the one length-dependent spec training takes: the others cannot be exported.)"""
+    spec = "dynamic-ntk:factor=2"
+    from ctxext.fixtures import TRAIN_BOOKS, books_dir
+    from ctxext.train import TrainConfig, train
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        losses = {}
+        for attn in ("sdpa", "eager"):
+            cfg = TrainConfig(model="tiny-rope", scaling=spec, data=(str(books_dir() / TRAIN_BOOKS[2]),), seq_len=512,
+                              steps=2, lr=1e-3, warmup=1, evaluate=False, grad_checkpointing=False, attn=attn,
+                              out=str(tmp_path / attn), batch_tokens=1024)
+            train(cfg, progress=False)
+            hist = json.loads((tmp_path / attn / "results.json").read_text())["training"]["history"]
+            losses[attn] = [h["loss"] for h in hist]
+    finally:
+        torch.set_num_threads(n)
+    assert len(losses["sdpa"]) == 2
+    np.testing.assert_allclose(losses["sdpa"], losses["eager"], rtol=1e-5)

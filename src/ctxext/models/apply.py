@@ -15,18 +15,20 @@ not fit the encoding, factors of the wrong length, an unsupported architecture) 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 from torch import nn
 
 from ..errors import CtxextError
 from ..scaling import Spec, check_fits, resolve_alibi, resolve_rope
+from ..scaling.attention import POSITION_METHODS
 from ..scaling.spec import effective_shape
 from .alibi import alibi_base_model, patch_alibi
-from .attention import SUPPORTED_MODEL_TYPES, attention_modules, make_plan, patch_attention
+from .attention import SUPPORTED_MODEL_TYPES, attention_modules, make_plan, patch_attention, sliding_window
 from .load import LoadedModel
 from .rope import ScaledRotary
-from .stock_rope import stock_freqs
+from .stock_rope import checkpoint_freqs, own_window, stock_freqs
 
 Installer = Callable[[], Callable[[], None]]  # installs a patch, returns its undo
 
@@ -82,7 +84,17 @@ def _rope_installer(lm: LoadedModel, spec: Spec) -> Installer | None:
     device = current.inv_freq.device
     plan = None
     if spec.entry.length_dependent:
-        plan = make_plan(spec, shape, lambda t, f: stock_freqs(lm.model.config, spec, f, seq_len=t))
+        if spec.method == "streaming":
+            windowed = sorted({w for w in map(sliding_window, attention_modules(lm.model)) if w is not None})
+            if windowed:
+                raise CtxextError(f"streaming on a model with sliding-window attention (sliding_window="
+                                  f"{windowed[0]}) is not supported: its cache drops old keys itself, sinks included")
+        if spec.method in POSITION_METHODS:  # the checkpoint's own rope (Llama 3.1's llama3 bands, a yarn config)
+            own = checkpoint_freqs(lm.model.config, spec.method)
+            plan = make_plan(spec, shape if own is None else replace(shape, original_len=own_window(lm.info.config)),
+                             None if own is None else lambda t, f: own)
+        else:
+            plan = make_plan(spec, shape, lambda t, f: stock_freqs(lm.model.config, spec, f, seq_len=t))
         model_type = lm.info.config.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES or len(attention_modules(lm.model)) != lm.info.n_layers:
             raise CtxextError(f"'{spec.method}' patches attention, which ctxext supports for "

@@ -86,6 +86,12 @@ class AttnCall:
     memo: dict[Any, Any] = field(default_factory=dict)
     cache: Any = None
 
+    def dense_mask(self) -> torch.Tensor | None:
+        """The layer's mask as a tensor. Training forwards get ctxext's lazy document mask (built once, shared by
+        the layers, only when a plan needs it: the plain kernel path never does)."""
+        m = self.mask
+        return m.build() if hasattr(m, "build") else m
+
     def table(self, f: TorchFreqs, pos: torch.Tensor, share: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin half tables (`rope.half_tables`) for positions `pos` under `f`; with `share`, kept for the other
         layers of this forward (within MEMO_ELEMENTS; past it, recomputed per layer)."""
@@ -128,13 +134,14 @@ class AttnCall:
         m, T, K = self.module, self.query.shape[-2], self.key.shape[-2]
         tq = query.shape[-2]
         causal = False
-        if self.mask is None and K - T + q_start == 0 and k_end == tq:  # square block from slot 0: plain causal
+        layer_mask = self.dense_mask()
+        if layer_mask is None and K - T + q_start == 0 and k_end == tq:  # square block from slot 0: plain causal
             mask, causal = None, True
-        elif self.mask is None:
+        elif layer_mask is None:
             qi = torch.arange(tq, device=query.device) + (K - T + q_start)
             mask = torch.arange(k_end, device=query.device)[None, :] <= qi[:, None]
-        elif self.mask.dim() == 4:
-            mask = self.mask[..., q_start:q_start + tq, :k_end]
+        elif layer_mask.dim() == 4:
+            mask = layer_mask[..., q_start:q_start + tq, :k_end]
         else:
             raise CtxextError("dynamic methods past the window need a 4D attention mask; "
                               f"load the model with attn='sdpa' or attn='eager' (got "

@@ -38,14 +38,15 @@ def allowed_of(call: AttnCall, q0: int, q1: int, k0: int, k1: int) -> torch.Tens
     """(B, q1−q0, k1−k0) bool: which keys [k0, k1) queries [q0, q1) may attend to — the layer's 4D HF mask
     (padding, causality) or, without one, causal by cache slot."""
     T, K = call.query.shape[-2], call.key.shape[-2]
-    if call.mask is None:
+    layer_mask = call.dense_mask()
+    if layer_mask is None:
         qi = torch.arange(q0, q1, device=call.query.device) + (K - T)
         kj = torch.arange(k0, k1, device=call.query.device)
         return (kj[None, :] <= qi[:, None])[None].expand(call.query.shape[0], -1, -1)
-    if call.mask.dim() != 4:
+    if layer_mask.dim() != 4:
         raise CtxextError("attention plans that merge logits need a 4D attention mask; load the model with "
                           f"attn='sdpa' or attn='eager' (got '{call.module.config._attn_implementation}')")
-    m = call.mask[:, 0, q0:q1, k0:k1]  # heads share the mask in transformers
+    m = layer_mask[:, 0, q0:q1, k0:k1]  # heads share the mask in transformers
     if m.dtype != torch.bool:  # additive float mask: 0 keeps, large negative drops
         m = m > torch.finfo(m.dtype).min / 2
     return m.expand(call.query.shape[0], -1, -1)

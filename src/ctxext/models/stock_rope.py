@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import CtxextError
 from ..scaling import RopeFreqs, Spec, config_rope_fields
+from ..scaling.hf import config_rope_type
 
 AGREE_RTOL = 1e-5
 
@@ -63,3 +64,38 @@ def _stock(config: Any, spec: Spec, seq_len: int | None) -> tuple[np.ndarray, fl
     except (KeyError, TypeError, ValueError, AttributeError):  # a config layout this transformers does not read
         return None
     return inv_freq.detach().double().numpy(), float(factor)
+
+
+OWN_LENGTH_DEPENDENT = ("dynamic", "longrope")  # own ropes whose frequencies change with the length
+
+
+def checkpoint_freqs(config: Any, method: str) -> RopeFreqs | None:
+    """The checkpoint's own RoPE, for methods that move positions and keep the model's frequencies (self-extend,
+    streaming): None for a default-type rope (b^(−2i/d), which ctxext computes itself); transformers' inv_freq and
+    attention factor when the config scales it (llama3 as in Llama 3.1/3.2, yarn, linear); a one-line refusal when
+    the own rope changes with the length (dynamic, longrope), which a position plan cannot keep."""
+    rope_type = config_rope_type(config.to_dict())
+    if rope_type == "default":
+        return None
+    if rope_type in OWN_LENGTH_DEPENDENT:
+        raise CtxextError(f"{method} keeps the model's own RoPE, but this checkpoint's ('{rope_type}') changes with "
+                          "the length; ctxext cannot combine the two")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    fn = ROPE_INIT_FUNCTIONS.get(rope_type)
+    try:
+        inv_freq, factor = fn(config, "cpu")  # type: ignore[misc]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CtxextError(f"{method}: cannot compute this checkpoint's own '{rope_type}' RoPE ({e})") from None
+    return RopeFreqs(inv_freq.detach().double().numpy(), float(factor))
+
+
+def own_window(cfg: dict[str, Any]) -> int:
+    """The length a checkpoint whose config scales its RoPE was made for: its max_position_embeddings, or the
+    original length × factor where that is longer (some yarn configs keep the original max_position_embeddings)."""
+    from ..scaling.hf import rope_parameters_of
+
+    rp = rope_parameters_of(cfg)
+    original = rp.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings")
+    scaled = int(round(original * float(rp.get("factor", 1.0)))) if original else 0
+    return max(int(cfg["max_position_embeddings"]), scaled)

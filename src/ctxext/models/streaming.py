@@ -73,8 +73,9 @@ class StreamingPlan(PositionPlan):
         idx = call.module.layer_idx
         layer = call.cache.layers[idx] if hasattr(call.cache, "layers") else None
         if layer is None or type(layer).__name__ != "DynamicLayer":
-            raise CtxextError(f"streaming evicts from the KV cache, which ctxext supports for a DynamicCache, not "
-                              f"{type(call.cache).__name__}")
+            what = type(call.cache).__name__ if layer is None else f"a {type(layer).__name__} in a {type(call.cache).__name__}"
+            raise CtxextError(f"streaming evicts from the KV cache, which ctxext supports for a DynamicCache's "
+                              f"full-attention layers (DynamicLayer), not {what}")
         layer.keys, layer.values = call.key, call.value
         store = call.cache.__dict__.get(POSITIONS_ATTR, {})
         if idx in store:
@@ -87,7 +88,7 @@ class StreamingPlan(PositionPlan):
             raise CtxextError("streaming assigns positions by cache slot: call the model without position_ids or "
                               "padding (HF generate past the window is not supported; feed chunks with a "
                               "DynamicCache, or use the stream-ppl task)")
-        m = call.mask
+        m = call.dense_mask()
         if m is not None and m.dim() == 4:  # the last query row of a causal mask keeps every key unless padded
             last = m[:, 0, -1, :K]
             ok = last if last.dtype == torch.bool else last > torch.finfo(last.dtype).min / 2

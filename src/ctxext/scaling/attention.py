@@ -65,8 +65,13 @@ def _no_export_streaming(shape: RopeShape, p: StreamingParams) -> str:
             "express; a written checkpoint would silently run full attention")
 
 
+POSITION_METHODS = ("self-extend", "streaming")  # methods that move positions and keep the model's frequencies
+
+
 def model_rope(shape: RopeShape, p: Params, seq_len: int | None = None) -> RopeFreqs:
-    return RopeFreqs(shape.theta())  # the model's own frequencies: these methods move positions, not frequencies
+    """The model's default frequencies; a checkpoint whose config scales its RoPE (llama3, yarn ...) gets its own
+    in place of these when the spec is applied (ctxext.models.stock_rope.checkpoint_freqs)."""
+    return RopeFreqs(shape.theta())
 
 
 # length_dependent: these methods need a position plan in the attention layers (ctxext.models.attention.PLANS);

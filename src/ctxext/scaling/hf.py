@@ -24,6 +24,11 @@ def _rope_parameters(cfg: dict[str, Any]) -> dict[str, Any]:
     return rp if isinstance(rp, dict) else {}
 
 
+def rope_parameters_of(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A model config's (as a dict) rope fields in either schema: rope_parameters (5.x) over rope_scaling (4.x)."""
+    return {**(cfg.get("rope_scaling") or {}), **_rope_parameters(cfg)}
+
+
 def config_rope_type(cfg: dict[str, Any]) -> str:
     """The rope type a model config (as a dict) asks stock transformers for, in either schema: 'default',
     'linear', 'yarn', 'longrope', 'dynamic', ..."""
