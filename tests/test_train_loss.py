@@ -53,6 +53,35 @@ def test_packed_documents_are_independent():
     assert float(packed) == pytest.approx(sum(float(t) for t, _ in alone), rel=1e-5)
 
 
+def test_flash_attention_gets_the_rows_of_a_forward_as_one_packed_row(monkeypatch):
+    """Flash kernels split packed documents at position restarts only in a batch of one row (transformers'
+    _flash_attention_forward), so LossModel hands them a forward's B rows as one row of B·T tokens: the decoder
+    sees (1, 130) and 4 documents over 2 rows still score as each alone (shown on SDPA, which has no flash here)."""
+    import ctxext.train.loss as loss_mod
+    from ctxext.train.loss import splits_packed_rows_alone
+
+    assert splits_packed_rows_alone(type("C", (), {"_attn_implementation": "flash_attention_2"})())
+    assert not splits_packed_rows_alone(type("C", (), {"_attn_implementation": "sdpa"})())
+    model = tiny_model("llama").eval()
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(3, 96, n) for n in (30, 33, 20, 43)]
+    rows = pack(docs, seq_len=65, eos_id=2)
+    assert rows.n_rows == 2 and rows.starts.sum() == 4
+    loss = LossModel(model, chunk=16)
+    shapes = []
+    model.model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                          with_kwargs=True)
+    got = {}
+    with torch.no_grad():
+        alone = sum(float(loss(**model_inputs(np.append(d, 2)[None], np.eye(1, len(d) + 1, dtype=bool)))[0])
+                    for d in docs)
+        for flash in (True, False):
+            monkeypatch.setattr(loss_mod, "splits_packed_rows_alone", lambda config, f=flash: f)
+            got[flash] = float(loss(**model_inputs(rows.ids, rows.starts))[0])
+    assert shapes[-2:] == [(1, 130), (2, 65)]
+    assert got[True] == pytest.approx(alone, rel=1e-5) and got[False] == pytest.approx(alone, rel=1e-5)
+
+
 def test_model_inputs_positions_and_labels():
     ids = np.arange(10, dtype=np.int32)[None]
     starts = np.zeros((1, 10), dtype=bool)

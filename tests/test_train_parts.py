@@ -14,7 +14,7 @@ from ctxext.train.config import TrainConfig
 from ctxext.train.data import RowOrder, is_short_step, pack
 from ctxext.train.lora import add_lora, count_trainable, merge_lora
 from ctxext.train.memory import GIB, MemoryEstimate, check_fits, estimate
-from ctxext.train.optim import lr_factor
+from ctxext.train.optim import lr_factor, warmup_warning
 from ctxext.train.setup import lora_params, mixed_window_spec
 
 
@@ -53,6 +53,15 @@ def test_schedule_warmup_then_decay():
     assert lr_factor(100, 100, 10, "cosine", 0.1) == pytest.approx(0.1)
     assert lr_factor(55, 100, 10, "linear", 0.0) == pytest.approx(0.5)
     assert lr_factor(99, 100, 0, "constant", 0.1) == 1.0
+    # Hugging Face's cosine schedule: min_ratio is reached at step == total, one step after the last one runs
+    assert lr_factor(99, 100, 10, "cosine", 0.1) > 0.1
+
+
+def test_warmup_covering_the_run_is_named():
+    assert warmup_warning(100, 10, 2e-5) is None
+    assert warmup_warning(6, 6, 1e-3) == ("--warmup 6 is not below --steps 6: the lr rises to 0.001 (--lr 0.001) "
+                                          "at the last step and never decays")
+    assert "rises to 0.0005 (--lr 0.001)" in warmup_warning(5, 10, 1e-3)
 
 
 def test_memory_estimate_terms():

@@ -49,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--micro-batch", type=int, default=1, help="sequences per forward pass (default 1)")
     p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help=f"linear warm-up steps (default {DEFAULT_WARMUP})")
     p.add_argument("--schedule", default="cosine", choices=("cosine", "linear", "constant"),
-                   help="decay after warm-up, to --min-lr-ratio × lr by the last step (default cosine)")
+                   help="decay after warm-up towards --min-lr-ratio × lr, reached one step after the last "
+                        "(as Hugging Face's schedules; default cosine)")
     p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr (default 0.1)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay on matrices (default 0)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 = off (default 1.0)")

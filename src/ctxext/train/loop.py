@@ -34,7 +34,7 @@ from .evaluate import evaluate, headline
 from .loss import LossModel
 from .malloc import tune_malloc
 from .memory import GIB, check_fits
-from .optim import make_optimizer, make_scheduler, param_groups
+from .optim import make_optimizer, make_scheduler, param_groups, warmup_warning
 from .report import write_reports
 from .setup import build_model, plan_run
 
@@ -95,7 +95,8 @@ class StopFlag:
 
 
 def _check_out(out: Path, cfg: TrainConfig, progress: dict[str, Any] | None) -> None:
-    if cfg.resume:  # without a checkpoint --resume starts from step 0 (the same command serves every restart)
+    """Refuse an --out that would be overwritten, and a --resume that cannot continue what --out holds."""
+    if cfg.resume:  # without a complete checkpoint --resume starts from step 0 (one command serves every restart)
         if progress is None:
             return
         before = progress.get("config", {})
@@ -105,7 +106,7 @@ def _check_out(out: Path, cfg: TrainConfig, progress: dict[str, Any] | None) -> 
             raise CtxextError(f"cannot --resume {out}: its checkpoint was written with other settings "
                               f"({'; '.join(diff)}); use the same settings or another --out")
         return
-    if (out / ckpt.CKPT_DIR).exists():
+    if ckpt.find(out) is not None:
         raise CtxextError(f"{out} holds a checkpoint; pass --resume to continue it, or choose another --out")
     if out.exists() and any(out.iterdir()):
         raise CtxextError(f"--out {out} exists and is not empty; choose another folder")
@@ -170,6 +171,10 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
     malloc_threshold = tune_malloc() if not device.startswith("cuda") else None  # before the weights are loaded
     plan = plan_run(cfg, min(cfg.micro_batch, per_rank), acc.mixed_precision == "bf16", world if sharded else 1,
                     malloc_tuned=malloc_threshold is not None)
+    L = plan.export.original_len
+    if cfg.mixed_window and cfg.seq_len % L:
+        raise CtxextError(f"--mixed-window cuts rows into the original window: --seq-len {cfg.seq_len} must be a "
+                          f"multiple of {L}")
     data_files(cfg.data or cfg.instruct)
     if cfg.eval_data:
         data_files(cfg.eval_data)
@@ -182,6 +187,12 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
     say(f"peak memory estimate per process ({micro_desc}): {plan.memory.describe()}")
     if cfg.check_memory:
         check_fits(plan.memory, device, f"training {cfg.model} at {micro_desc}")
+    if (warning := warmup_warning(cfg.steps, cfg.warmup, cfg.peak_lr)) is not None:
+        say(f"warning: {warning}")
+    if cfg.resume and prev is None:  # a save is complete once its progress.json exists: none finished yet
+        broken = [p.name for p in ckpt.partial(out)]
+        say(f"--resume: no complete checkpoint in {out}" + (f" (unfinished: {', '.join(broken)})" if broken else "")
+            + ", starting from step 0")
 
     torch.manual_seed(cfg.seed)
     lm = build_model(cfg, plan.spec)
@@ -192,10 +203,6 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             rows = load_instruct(cfg.instruct, lm.tokenizer, cfg.seq_len, cfg.prompt_loss)
         else:
             rows = load_rows(cfg.data, lm.tokenizer, cfg.seq_len)
-    L = plan.export.original_len
-    if cfg.mixed_window and cfg.seq_len % L:
-        raise CtxextError(f"--mixed-window cuts rows into the original window: --seq-len {cfg.seq_len} must be a "
-                          f"multiple of {L}")
     model, opt = acc.prepare(LossModel(lm.model, cfg.loss_chunk),
                              make_optimizer(param_groups(lm.model, cfg.weight_decay), cfg.peak_lr))
     sched = make_scheduler(opt.optimizer if hasattr(opt, "optimizer") else opt, cfg.steps, cfg.warmup,
@@ -211,11 +218,14 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
     history: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
     train_peak: list[int] = []  # peak memory of the steps (set-up, data and evaluation excluded)
-    step, elapsed = 0, 0.0
+    step, rows_done, elapsed = 0, 0, 0.0  # rows_done: position in the row order (rows per step vary with world)
     if prev is not None:
+        where = ckpt.find(out)
         state = ckpt.load(out, acc, model, opt, sched)
         step, history, evals, elapsed = state["step"], state["history"], state["evals"], state["seconds"]
-        say(f"resumed from step {step} ({out / ckpt.CKPT_DIR})")
+        rows_done = state.get("rows_consumed", step * rows_per_step)  # older checkpoints: the same world
+        say(f"resumed from step {step}, row {rows_done:,} of the data order, from {where}"
+            + ("" if where.name == ckpt.CKPT_DIR else " (left by a save that was cut off)"))
 
     host = _Host(acc, model, lm, cfg, plan.spec)
     meta = {"versions": runinfo.versions(), "machine": runinfo.machine(), "command": cfg.command_line,
@@ -232,7 +242,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
     def summary() -> dict[str, Any]:
         timed = history[1:] if len(history) > 1 else history  # the first step pays warm-up costs
         secs = sum(h["step_seconds"] for h in timed)
-        return {"steps_done": step, "steps": cfg.steps, "tokens": step * rows_per_step * cfg.seq_len,
+        return {"steps_done": step, "steps": cfg.steps, "tokens": rows_done * cfg.seq_len,
                 "final_loss": history[-1]["loss"] if history else None,
                 "tokens_per_second": (sum(h["step_tokens"] for h in timed) / secs) if secs else None,
                 "train_seconds": round(elapsed, 2),
@@ -241,7 +251,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
                 "final": str(out / FINAL_DIR) if (out / FINAL_DIR / "config.json").is_file() else None}
 
     def progress_state() -> dict[str, Any]:
-        return {"step": step, "rows_consumed": step * rows_per_step, "seconds": elapsed, "history": history,
+        return {"step": step, "rows_consumed": rows_done, "seconds": elapsed, "history": history,
                 "evals": evals, "config": cfg.to_dict()}
 
     def run_eval_at(s: int) -> None:
@@ -264,7 +274,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
         while step < cfg.steps:
             t0 = time.perf_counter()
             short = cfg.mixed_window and is_short_step(step, cfg.short_fraction)
-            idx = order.rows(step * rows_per_step, rows_per_step)[rank * per_rank:(rank + 1) * per_rank]
+            idx = order.rows(rows_done, rows_per_step)[rank * per_rank:(rank + 1) * per_rank]
             batch = model_inputs(rows.ids[idx], rows.starts[idx], L if short else None,
                                  getattr(rows, "targets", None)[idx] if cfg.instruct else None)
             lr = sched.get_last_lr()[0]
@@ -274,10 +284,11 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             if not math.isfinite(loss):
                 raise CtxextError(f"the loss became {loss} at step {step + 1}; lower --lr (now {cfg.peak_lr:g})")
             step += 1
+            rows_done += rows_per_step
             dt_step = time.perf_counter() - t0
             elapsed += dt_step
             tokens = rows_per_step * cfg.seq_len
-            rec = {"step": step, "loss": loss, "lr": lr, "tokens": step * tokens, "step_tokens": tokens,
+            rec = {"step": step, "loss": loss, "lr": lr, "tokens": rows_done * cfg.seq_len, "step_tokens": tokens,
                    "step_seconds": round(dt_step, 4), "short": short}
             history.append(rec)
             bar.update(1)

@@ -35,7 +35,14 @@ class LossModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor):
         body = getattr(self.lm, self.lm.base_model_prefix)
-        hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state  # (B, T, H)
+        B, T = input_ids.shape
+        if B > 1 and splits_packed_rows_alone(self.lm.config):
+            # flash kernels split packed documents at position restarts (varlen) only in a batch of one row; with
+            # more rows they run causal over each whole row, across document boundaries. Every row starts at
+            # position 0 and its last label is ignored, so one row of B·T tokens is the same computation.
+            input_ids, position_ids = input_ids.reshape(1, B * T), position_ids.reshape(1, B * T)
+        hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        hidden = hidden.reshape(B, T, -1)  # (B, T, H)
         head = self.lm.get_output_embeddings()
         cap = getattr(self.lm.config, "final_logit_softcapping", None)
         total = hidden.new_zeros((), dtype=torch.float32)
@@ -46,6 +53,11 @@ class LossModel(nn.Module):
             else:
                 total = total + _chunk_loss(head, h, y, cap)
         return total, (labels != IGNORE).sum()
+
+
+def splits_packed_rows_alone(config: Any) -> bool:
+    """Does this attention split packed documents (varlen) only in a batch of one row? The flash kernels do."""
+    return "flash" in str(getattr(config, "_attn_implementation", ""))
 
 
 def _chunk_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, cap: Any) -> torch.Tensor:

@@ -1,0 +1,290 @@
+"""Checkpoints survive a process killed mid-save, --resume says what it continues (or refuses), the DeepSpeed
+branch keeps the lr schedule, and the data position survives a change in the number of processes."""
+
+import json
+import os
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from accelerate.utils import DistributedType
+
+from ctxext.errors import CtxextError
+from ctxext.fixtures import TRAIN_BOOKS, books_dir
+from ctxext.train import TrainConfig, checkpoint as ckpt, loop
+from ctxext.train.optim import make_scheduler
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def small(tmp_path: Path, **kw) -> TrainConfig:
+    """test_train_run's tiny-rope run: 2 rows of 512 tokens per step."""
+    base = dict(model="tiny-rope", scaling="yarn:factor=2", data=(str(books_dir() / TRAIN_BOOKS[2]),), seq_len=512,
+                steps=6, lr=1e-3, batch_tokens=1024, warmup=2, evaluate=False, grad_checkpointing=False,
+                out=str(tmp_path / "run"))
+    return TrainConfig(**{**base, **kw})
+
+
+class StubAccelerator:
+    """One process; `save_state` / `load_state` stand in for DeepSpeed's engine checkpoint."""
+
+    is_main_process, process_index, num_processes = True, 0, 1
+
+    def __init__(self, kind=DistributedType.NO):
+        self.distributed_type = kind
+        self.loaded: list[str] = []
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, path):
+        Path(path).mkdir(parents=True)
+        (Path(path) / "engine.txt").write_text("weights and optimizer")
+
+    def load_state(self, path):
+        assert (Path(path) / "engine.txt").is_file()
+        self.loaded.append(path)
+
+
+def _parts(steps_taken=0):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = make_scheduler(opt, 10, 2, "cosine", 0.1)
+    for _ in range(steps_taken):
+        model(torch.ones(1, 4)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+    return model, opt, sched
+
+
+class Killed(Exception):
+    """The process dying at this point."""
+
+
+def _save_killed_at(monkeypatch, n, *args):
+    """Run `ckpt.save`, dying just before its n-th rename or delete; -> whether it died."""
+    calls = {"n": 0}
+    real_replace, real_rmtree = os.replace, ckpt.shutil.rmtree
+
+    def counted(real):
+        def f(*a, **kw):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise Killed
+            return real(*a, **kw)
+        return f
+
+    monkeypatch.setattr(ckpt.os, "replace", counted(real_replace))
+    monkeypatch.setattr(ckpt.shutil, "rmtree", counted(real_rmtree))
+    try:
+        ckpt.save(*args)
+        died = False
+    except Killed:
+        died = True
+    monkeypatch.setattr(ckpt.os, "replace", real_replace)
+    monkeypatch.setattr(ckpt.shutil, "rmtree", real_rmtree)
+    return died
+
+
+def test_a_save_killed_anywhere_leaves_a_complete_checkpoint(tmp_path, monkeypatch):
+    acc = StubAccelerator()
+    model, opt, sched = _parts(1)
+    weights = {1: model.weight.detach().clone()}
+    n = 0
+    while True:
+        n += 1
+        out = tmp_path / f"kill-{n}"
+        ckpt.save(out, acc, model, opt, sched, {"step": 1})
+        model.weight.data += 1  # what step 2 would have changed
+        weights[2] = model.weight.detach().clone()
+        died = _save_killed_at(monkeypatch, n, out, acc, model, opt, sched, {"step": 2})
+        found = ckpt.find(out)
+        assert found is not None, f"no complete checkpoint after a kill at operation {n}"
+        step = ckpt.read_progress(out)["step"]
+        fresh, fresh_opt, fresh_sched = _parts()
+        assert ckpt.load(out, acc, fresh, fresh_opt, fresh_sched)["step"] == step
+        torch.testing.assert_close(fresh.weight, weights[step], rtol=0, atol=0)
+        assert fresh_sched.last_epoch == 1  # the schedule is restored too (both saves are at scheduler step 1)
+        ckpt.save(out, acc, model, opt, sched, {"step": 3})  # the next save tidies up what the killed one left
+        assert sorted(p.name for p in out.iterdir()) == ["checkpoint"]
+        assert ckpt.read_progress(out)["step"] == 3
+        model.weight.data.copy_(weights[1])
+        if not died:
+            break
+    assert n >= 4  # the kill points covered: before / after each rename and delete of the save
+
+
+def test_progress_json_is_written_last(tmp_path, monkeypatch):
+    """A finished .checkpoint.tmp is recognised by its progress.json: nothing may be written after it."""
+    acc = StubAccelerator()
+    model, opt, sched = _parts(1)
+    written = []
+    real_save = torch.save
+
+    def spy(obj, f, *a, **kw):
+        written.append(Path(f).name)
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(ckpt.torch, "save", spy)
+    real_replace = os.replace
+    monkeypatch.setattr(ckpt.os, "replace", lambda a, b: (written.append(Path(b).name), real_replace(a, b)))
+    ckpt.save(tmp_path, acc, model, opt, sched, {"step": 1})
+    assert written[:3] == ["state.pt", "rng-0.pt", "progress.json"]
+
+
+def test_deepspeed_branch_saves_and_restores_the_scheduler(tmp_path):
+    acc = StubAccelerator(DistributedType.DEEPSPEED)
+    model, opt, sched = _parts(5)
+    where = ckpt.save(tmp_path, acc, model, opt, sched, {"step": 5})
+    assert (where / "scheduler.pt").is_file() and (where / "deepspeed" / "engine.txt").is_file()
+    _, opt2, sched2 = _parts()
+    assert ckpt.load(tmp_path, acc, model, opt2, sched2)["step"] == 5
+    assert acc.loaded == [str(where / "deepspeed")]
+    assert sched2.last_epoch == 5 and sched2.get_last_lr() == pytest.approx(sched.get_last_lr(), rel=1e-12)
+    sched.step()
+    sched2.step()
+    assert sched2.get_last_lr() == pytest.approx(sched.get_last_lr(), rel=1e-12)
+
+    (where / "scheduler.pt").unlink()  # a DeepSpeed checkpoint from before scheduler.pt: advanced to its step
+    _, opt3, sched3 = _parts()
+    ckpt.load(tmp_path, acc, model, opt3, sched3)
+    assert sched3.last_epoch == 5
+
+
+def test_plain_checkpoint_layout_is_unchanged(tmp_path):
+    model, opt, sched = _parts(1)
+    where = ckpt.save(tmp_path, StubAccelerator(), model, opt, sched, {"step": 1})
+    assert sorted(p.name for p in where.iterdir()) == ["progress.json", "rng-0.pt", "state.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    def refuse(*a, **kw):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(loop, "build_model", refuse)
+    monkeypatch.setattr(loop, "load_rows", refuse)
+
+
+def test_resume_without_a_complete_checkpoint_starts_at_step_0_and_says_so(tmp_path, no_weights, capsys):
+    """One command serves every restart: a run killed before (or during) its first save resumes from step 0."""
+    out = tmp_path / "run"
+    (out / ".checkpoint.tmp").mkdir(parents=True)  # the first save, killed before its progress.json
+    (out / ".checkpoint.tmp" / "state.pt").write_bytes(b"")
+    (out / "spec.json").write_text("{}")
+    with pytest.raises(AssertionError, match="weights were loaded"):
+        loop.train(small(tmp_path, resume=True), progress=False)
+    assert f"--resume: no complete checkpoint in {out} (unfinished: .checkpoint.tmp), starting from step 0" \
+        in capsys.readouterr().err
+
+
+def test_mixed_window_length_refused_before_weights(tmp_path, no_weights):
+    with pytest.raises(CtxextError, match="--seq-len 640 must be a multiple of 256"):
+        loop.train(small(tmp_path, mixed_window=True, seq_len=640, batch_tokens=1280), progress=False)
+
+
+def test_warmup_covering_the_run_is_said_before_weights(tmp_path, no_weights, capsys):
+    with pytest.raises(AssertionError, match="weights were loaded"):  # a warning, not a refusal
+        loop.train(small(tmp_path, steps=4, warmup=6), progress=False)
+    assert "warning: --warmup 6 is not below --steps 4: the lr rises to 0.000667 (--lr 0.001) at the last step " \
+           "and never decays" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_between_the_renames(tmp_path, monkeypatch, capsys):
+    cfg = dict(steps=6, save_every=2)
+    real_replace, renames = os.replace, {"n": 0}
+
+    def dying(a, b):
+        if Path(b).name == "checkpoint":
+            renames["n"] += 1
+            if renames["n"] == 2:  # the save at step 4, with the new checkpoint finished and the old moved aside
+                raise Killed
+        return real_replace(a, b)
+
+    monkeypatch.setattr(ckpt.os, "replace", dying)
+    with pytest.raises(Killed):
+        loop.train(small(tmp_path, **cfg), progress=False)
+    monkeypatch.setattr(ckpt.os, "replace", real_replace)
+    out = tmp_path / "run"
+    assert not (out / "checkpoint").exists() and ckpt.read_progress(out)["step"] == 4
+    capsys.readouterr()
+    ran = []
+    loop.train(small(tmp_path, resume=True, **cfg), on_step=lambda r: ran.append(r["step"]), progress=False)
+    assert ran == [5, 6]
+    assert f"resumed from step 4, row 8 of the data order, from {out / '.checkpoint.tmp'}" in capsys.readouterr().err
+    assert [h["step"] for h in json.loads((out / "results.json").read_text())["training"]["history"]] == \
+        [1, 2, 3, 4, 5, 6]
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint"]
+
+
+@pytest.mark.slow
+def test_resume_continues_the_data_order_where_the_other_world_left_it(tmp_path, monkeypatch):
+    """Without --batch-tokens a step takes one row per process: 2 steps on 2 processes consume 4 rows. Resumed on
+    one process, the next rows are 4 and 5 (not 2 and 3), and the tokens count the rows really consumed."""
+    cfg = dict(batch_tokens=None, steps=4)
+
+    def stop_at_2(rec):
+        if rec["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(small(tmp_path, **cfg), on_step=stop_at_2, progress=False)
+    f = tmp_path / "run" / "checkpoint" / "progress.json"
+    progress = json.loads(f.read_text())
+    assert progress["rows_consumed"] == 2
+    f.write_text(json.dumps({**progress, "rows_consumed": 4}))  # as a run on 2 processes would have written
+
+    starts = []
+
+    class Recording(loop.RowOrder):
+        def rows(self, start, n):
+            starts.append((start, n))
+            return super().rows(start, n)
+
+    monkeypatch.setattr(loop, "RowOrder", Recording)
+    res = loop.train(small(tmp_path, resume=True, **cfg), progress=False)
+    assert starts == [(4, 1), (5, 1)]
+    assert res["tokens"] == 6 * 512
+    t = json.loads((tmp_path / "run" / "results.json").read_text())["training"]
+    assert [h["tokens"] for h in t["history"]] == [512, 1024, 5 * 512, 6 * 512]
+    assert json.loads(f.read_text())["rows_consumed"] == 6
+
+
+@pytest.mark.slow
+def test_resume_on_two_processes_continues_the_rows_of_one(tmp_path):
+    """The real case behind the test above: 3 steps on one process (rows 0-2), resumed under accelerate launch on
+    two (DDP on CPU), which take rows 3-8 in their 3 steps."""
+    import subprocess
+    import sys
+
+    cfg = small(tmp_path, scaling="linear:factor=2", batch_tokens=None)
+
+    def stop_at_3(rec):
+        if rec["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, on_step=stop_at_3, progress=False)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "1",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(root / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+         "-m", "ctxext.cli", "train", "--model", cfg.model, "--scaling", cfg.scaling, "--data", cfg.data[0],
+         "--seq-len", "512", "--steps", "6", "--lr", "1e-3", "--warmup", "2", "--no-eval", "--no-progress",
+         "--no-grad-checkpointing", "--out", cfg.out, "--resume"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from step 3, row 3 of the data order" in proc.stderr
+    progress = json.loads((tmp_path / "run" / "checkpoint" / "progress.json").read_text())
+    assert progress["step"] == 6 and progress["rows_consumed"] == 3 + 3 * 2
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["meta"]["processes"] == 2 and res["training"]["summary"]["tokens"] == 9 * 512
+    assert [h["tokens"] for h in res["training"]["history"]] == [512 * r for r in (1, 2, 3, 5, 7, 9)]
