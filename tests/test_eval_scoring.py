@@ -296,3 +296,25 @@ def test_token_nll_applies_the_models_own_logit_scaling(family, extra):
     model = tf.AutoModelForCausalLM.from_config(cfg).eval()
     ids = torch.randint(0, 96, (40,), generator=torch.Generator().manual_seed(1)).numpy()
     np.testing.assert_allclose(token_nll(model, ids), reference_nll(model, ids), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 4096, 64])
+def test_sliding_window_models_score_as_without_prefix_reuse(tiny, window):
+    """Mistral v0.1 / Phi-3-mini set a sliding window: the shared-prefix path (no fused branches for them) and the
+    greedy fallback crop caches past the window; they give what independent forwards give."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, sliding_window=window,
+                        max_position_embeddings=4096, attn_implementation="sdpa")
+    model = MistralForCausalLM(cfg).eval()
+    base = np.arange(100, 500)
+    probes = [Probe(at, np.array([5, 6, 7]), np.array([8, 9]), np.array([221, 17, 18]), "12")
+              for at in (150, 200, 200, 300)]
+    with torch.inference_mode(), fast_attention(model):
+        shared = Scorer(model, tiny.tokenizer, MAX_NEW).score(base, probes, reuse=True)
+        alone = Scorer(model, tiny.tokenizer, MAX_NEW).score(base, probes, reuse=False)
+    for a, b in zip(shared, alone):
+        np.testing.assert_allclose(a.nll, b.nll, rtol=1e-4, atol=1e-5)
+        assert (a.correct, a.tokens) == (b.correct, b.tokens)

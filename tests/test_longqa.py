@@ -221,3 +221,13 @@ def test_estimate_counts_the_examples_the_files_hold(tmp_path, qa_file, capsys):
               "--samples", n, "--out", str(tmp_path / n), "--no-progress", "--dry-run"])
         lines[n] = [x for x in capsys.readouterr().err.splitlines() if x.strip().startswith("longqa")]
     assert len(lines["4"]) == 1 and lines["4"] == lines["1000"], lines
+
+
+def test_jsonl_with_unicode_line_separators_inside_strings(tmp_path):
+    """JSON allows U+2028 / U+2029 / U+0085 unescaped in strings (synth-qa writes them so); they are not line ends."""
+    rows = [{"context": "first line\u2028second\u2029third\x85end", "question": "q?", "answers": ["a"]},
+            {"context": "plain", "question": "r?", "answers": ["b"]}]
+    p = tmp_path / "qa.jsonl"
+    p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    got = read_examples([p])
+    assert [e.context for e in got] == [rows[0]["context"], "plain"]

@@ -71,6 +71,12 @@ def data_files(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
+def jsonl_lines(path: str | Path) -> list[str]:
+    """A JSONL file's lines, split at newlines only: str.splitlines also splits at U+2028, U+2029 and U+0085,
+    which JSON allows unescaped inside strings (and synth-qa writes them so)."""
+    return [line.rstrip("\r") for line in Path(path).read_text(encoding="utf-8").split("\n")]
+
+
 def _jsonl_texts(path: Path, field: str) -> list[tuple[str, str]]:
     out = []
     with path.open(encoding="utf-8") as f:

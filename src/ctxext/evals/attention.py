@@ -171,11 +171,15 @@ def fast_attention(model: Any) -> Iterator[None]:
 
 
 def fused_branches(model: Any) -> bool:
-    """Can `model` run a BranchCache now: the mask-free attention is active, on CPU, and no ctxext attention
-    patch (length-dependent RoPE plans, Self-Extend, streaming) replaces the layers' forward."""
+    """Can `model` run a BranchCache now: the mask-free attention is active, on CPU, no ctxext attention patch
+    (length-dependent RoPE plans, Self-Extend, streaming) replaces the layers' forward, and no layer slides its
+    window (those attend through the mask, which a branch cache cannot give them)."""
+    from .scoring import has_sliding_window
+
     return (getattr(model.config, "_attn_implementation", None) == NAME
             and next(model.parameters()).device.type == "cpu"
-            and not any(hasattr(m, "_ctxext_plan") for m in model.modules()))
+            and not any(hasattr(m, "_ctxext_plan") for m in model.modules())
+            and not has_sliding_window(model))
 
 
 def _branch_classes() -> tuple[type, type]:

@@ -37,7 +37,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..data import special_prefix
+from ..data import jsonl_lines, special_prefix
 from ..errors import CtxextError
 from . import qa_metrics
 from .files import atomic_write, slug
@@ -143,7 +143,7 @@ def read_examples(paths: list[str | Path]) -> list[QAExample]:
         if p.is_dir() or p.suffix.lower() != ".jsonl":
             raise CtxextError(f"longqa reads .jsonl files of context/question/answers; got {p}")
         try:
-            lines = p.read_text(encoding="utf-8").splitlines()
+            lines = jsonl_lines(p)
         except OSError as e:
             raise CtxextError(f"cannot read {p}: {e.strerror}") from None
         for i, line in enumerate(lines, 1):

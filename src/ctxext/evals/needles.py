@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ..data import jsonl_lines
 from ..errors import CtxextError
 from .files import atomic_write, slug
 from .scoring import Probe, Scorer
@@ -94,7 +95,7 @@ def write_answers(ctx: TaskContext, task: str, length: int, depth: float | None,
     OUT/answers/<task>-<spec>-<length>.jsonl, replacing that depth's earlier rows (a resumed run rewrites none of the
     cells it skips)."""
     path = answers_path(ctx.out, task, ctx.spec.text, length)
-    old = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    old = [json.loads(x) for x in jsonl_lines(path) if x.strip()] if path.is_file() else []
     keep = [r for r in old if r.get("depth") != depth]
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in sorted(keep + rows, key=lambda r: (r["depth"], r["trial"]))))
 
@@ -112,18 +113,29 @@ def depth_cost(mc: Any, length: int, depths: list[float], trials: int, s: Settin
 
 def sentence_starts(tokenizer: Any, ids: np.ndarray) -> np.ndarray:
     """Indices i (0 < i < len) where a sentence has just ended before ids[i] (so a needle sentence inserted at i
-    sits between two sentences), plus 0 and len(ids)."""
+    sits between two sentences), plus 0 and len(ids). Latin terminators (. ! ?) count when whitespace follows;
+    CJK ones (。！？ and full-width ．) always, as CJK text puts no space after them."""
     import re
 
     end = re.compile(r"[.!?][\"'”’)\]]*$")
     end_ws = re.compile(r"[.!?][\"'”’)\]]*\s+$")
+    end_cjk = re.compile(r"[。！？．][\"'”’)\]」』）]*\s*$")
     uniq = np.unique(ids)
     texts = {int(t): tokenizer.decode([int(t)]) for t in uniq}
     ends = {t for t, s in texts.items() if end.search(s)}
-    ends_ws = {t for t, s in texts.items() if end_ws.search(s)}
+    ends_ws = {t for t, s in texts.items() if end_ws.search(s) or end_cjk.search(s)}
     starts_ws = {t for t, s in texts.items() if s[:1].isspace()}
     prev, nxt = ids[:-1], ids[1:]
     ok = np.isin(prev, list(ends_ws)) | (np.isin(prev, list(ends)) & np.isin(nxt, list(starts_ws)))
+    # byte-level vocabularies split many CJK characters (！？ in SmolLM2's) over tokens that decode to U+FFFD
+    # alone: such a token ends a terminator when it decodes, with the two before it, to text that ends in one
+    partial = [t for t, s in texts.items() if "\ufffd" in s]
+    tails: dict[tuple[int, ...], bool] = {}
+    for i in np.nonzero(np.isin(prev, partial))[0] if partial else ():
+        key = tuple(int(x) for x in ids[max(0, i - 2):i + 1])
+        if key not in tails:
+            tails[key] = bool(end_cjk.search(tokenizer.decode(list(key))))
+        ok[i] |= tails[key]
     return np.concatenate([[0], np.nonzero(ok)[0] + 1, [len(ids)]]).astype(np.int64)
 
 

@@ -1,5 +1,6 @@
 """Needle in a haystack: real book text from --data as the haystack, a needle sentence "The special magic
-number is N." (N: 7 digits) placed at depth d of the haystack, snapped to the nearest sentence end, and the
+number is N." (N: 7 digits) placed at depth d of the haystack, snapped to the nearest sentence end (when one is
+within `snap_tolerance`; text with none there keeps the exact depth, said in the log), and the
 question at the end; a grid of lengths × depths, drawn as the usual heatmap. Verdicts as in passkey (first
 integer of greedy decoding equals N, teacher-forced). Records: metric `accuracy` per (length, depth), n = trials.
 """
@@ -33,14 +34,32 @@ def build(ctx: TaskContext, length: int, cells: list[Cell]) -> tuple[np.ndarray,
     n_hay = room("niah", length, len(head), [Probe(0, n, question, a, k) for _, n, a, k in pieces])
     hay = haystack_stream(ctx, "niah", length)[:n_hay]
     starts = sentence_starts(tok, hay)
-    hay = hay[:starts[-2]] if len(starts) > 2 else hay  # end the haystack after its last whole sentence
+    tol = snap_tolerance(n_hay)
+    if len(starts) > 2 and n_hay - starts[-2] <= tol:  # end the haystack after its last whole sentence
+        hay = hay[:starts[-2]]
     starts = starts[starts <= len(hay)]
     base = np.concatenate([head, hay])
+    loose: set[float] = set()
 
     def at(depth: float) -> int:
-        return len(head) + int(starts[np.argmin(np.abs(starts - depth * len(hay)))])
+        want = depth * len(hay)
+        near = int(starts[np.argmin(np.abs(starts - want))])
+        if abs(near - want) <= tol:
+            return len(head) + near
+        loose.add(depth)  # no sentence end near the depth: the needle goes at the depth itself
+        return len(head) + int(round(want))
 
-    return base, [Probe(at(cell[1]), n, question, a, k) for cell, n, a, k in pieces], [p[0] for p in pieces]
+    probes = [Probe(at(cell[1]), n, question, a, k) for cell, n, a, k in pieces]
+    if loose:
+        ctx.log(f"niah @ {length:,}: no sentence end within {tol:.0f} tokens of depth(s) "
+                f"{', '.join(f'{d:g}' for d in sorted(loose))}; the needle sits there mid-text")
+    return base, probes, [p[0] for p in pieces]
+
+
+def snap_tolerance(n_hay: int) -> float:
+    """How far (tokens) a needle may move to the nearest sentence start: 2 % of the haystack plus 32 tokens
+    (a sentence or two of book text at any length; text without sentence ends keeps its depth)."""
+    return 32 + 0.02 * n_hay
 
 
 def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:

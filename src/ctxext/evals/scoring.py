@@ -115,9 +115,18 @@ def token_nll(model: Any, ids: Any) -> np.ndarray:
 
 
 def new_cache(model: Any) -> Any:
+    """A DynamicCache for `model`. Models with sliding-window layers (Mistral v0.1, Phi-3-mini) get full layers
+    instead of transformers' sliding ones, which cannot be cropped once the window is reached (the prefix reuse
+    and the greedy fallback crop); the layers' masks still apply the window, so the logits are the same."""
     from transformers import DynamicCache
 
-    return DynamicCache(config=model.config)
+    return DynamicCache() if has_sliding_window(model) else DynamicCache(config=model.config)
+
+
+def has_sliding_window(model: Any) -> bool:
+    from ..models.attention import attention_modules, sliding_window
+
+    return any(sliding_window(m) is not None for m in attention_modules(model))
 
 
 def crop(cache: Any, length: int) -> None:

@@ -42,6 +42,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..data import jsonl_lines
 from ..errors import CtxextError
 from ..evals.files import atomic_write
 from ..evals.needles import sentence_starts
@@ -219,11 +220,11 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
         if diff:
             raise CtxextError(f"cannot resume {out}: it was run with other settings ({'; '.join(diff)}); "
                               "use another --out")
-        for line in log_path.read_text().splitlines() if log_path.exists() else []:
+        for line in jsonl_lines(log_path) if log_path.exists() else []:
             if line.strip():
                 r = json.loads(line)
                 done[r["chunk_id"]] = r
-        kept_ids = {json.loads(x)["id"] for x in out.read_text().splitlines() if x.strip()} if out.exists() else set()
+        kept_ids = {json.loads(x)["id"] for x in jsonl_lines(out) if x.strip()} if out.exists() else set()
         for cid in kept_ids - set(done):  # written to the output but not to the log (interrupted in between)
             done[cid] = {"chunk_id": cid, "reason": None}
     out.parent.mkdir(parents=True, exist_ok=True)
