@@ -295,6 +295,9 @@ def test_bad_input_fails_with_one_clear_line(cli, tmp_path, book):
         (["--task", "passkey", "--lengths", "256", "--scaling", "yarn:factr=2"], r"did you mean 'factor'"),
         (["--task", "passkey", "--lengths", "256", "--scaling", "ntk-alibi:factor=2"], "does not fit"),
         (["--task", "passkey", "--lengths", "256", "--device", "gpu"], "unknown device 'gpu'; accepted: auto, cpu"),
+        (["--task", "passkey", "--lengths", "256", "--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["--task", "passkey", "--lengths", "256", "--depths", "0.5", "--max-new-tokens", "3"],
+         r"--max-new-tokens 3 is too small: this tokenizer writes the answer in \d+ tokens; use at least \d+"),
     ]
     if not torch.cuda.is_available():
         cases.append((["--task", "passkey", "--lengths", "256", "--device", "cuda"], "no CUDA GPU"))
@@ -356,3 +359,14 @@ def test_summary_rows_are_the_specs_each_task_measured():
     assert "| `yarn:factor=2` | 30.00 |" in ppl_part and "| `default` | 90.00 |" in ppl_part
     assert "streaming" not in ppl_part.split("## ppl")[1]
     assert "| `streaming:sinks=4,window=60` | 31.00 |" in stream_part and "yarn" not in stream_part
+
+
+def test_needle_ppl_ignores_the_decoding_budget_and_bf16_passkey_runs(tmp_path, book):
+    """needle-ppl decodes nothing, so --max-new-tokens does not bound it; passkey's shared-prefix path keeps a
+    bf16 model's activations in bf16 (its merged attention came back fp32 and crashed the next projection)."""
+    res = run_eval("tiny-rope", ["default"], ["needle-ppl"], [256], samples=1, data=[book], out=tmp_path / "n",
+                   progress=False, max_new_tokens=1)
+    assert res["records"][0]["value"] > 1
+    res = run_eval("tiny-rope", ["default"], ["passkey"], [200], depths=[0.2, 0.5], samples=2, out=tmp_path / "b",
+                   progress=False, dtype="bfloat16")
+    assert {r["n"] for r in res["records"] if r["metric"] == "accuracy"} == {2}

@@ -231,3 +231,39 @@ def test_jsonl_with_unicode_line_separators_inside_strings(tmp_path):
     p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     got = read_examples([p])
     assert [e.context for e in got] == [rows[0]["context"], "plain"]
+
+
+LONGROPE2 = "longrope:factor=2,long_factor=[" + ",".join(f"{1 + i / 15:.3f}" for i in range(16)) + "]"
+
+
+def test_longrope_prompts_are_encoded_in_one_forward(tmp_path, qa_file, monkeypatch):
+    """A prompt encoded in chunks would run its first chunk with longrope's short factors (a chunk shorter than the
+    window) and the rest with its long ones, unlike one forward; where a chunk's length and the prompt's see
+    different frequencies the prompt goes in one forward, elsewhere in chunks."""
+    import ctxext.evals.longqa as longqa
+    from ctxext.evals.scoring import extend, logits, new_cache
+    from ctxext.models import apply_spec, load_model
+    from ctxext.scaling import parse_spec
+
+    monkeypatch.setattr(longqa, "PREFILL_CHUNK", 128)  # stands in for 2,048 with tiny-rope's 256-token window
+    seen = []
+    real = longqa.greedy_answer
+
+    def spy(*a, whole=False, **kw):
+        seen.append(whole)
+        return real(*a, whole=whole, **kw)
+
+    monkeypatch.setattr(longqa, "greedy_answer", spy)
+    for n, (spec, whole) in enumerate(((LONGROPE2, True), ("yarn:factor=2", False))):
+        seen.clear()
+        assert main(["eval", "--model", "tiny-rope", "--scaling", spec, "--task", "longqa", "--data", str(qa_file),
+                     "--lengths", "400", "--samples", "2", "--out", str(tmp_path / str(n)), "--no-progress"]) == 0
+        assert seen == [whole, whole]
+    lm = load_model("tiny-rope")
+    apply_spec(lm, parse_spec(LONGROPE2))
+    ids = np.arange(300, 700) % 2000 + 3
+    with torch.inference_mode():
+        full = lm.model(torch.as_tensor(ids)[None]).logits[0, -1]
+        for chunk, same in ((400, True), (128, False)):
+            h = extend(lm.model, new_cache(lm.model), ids, keep=1, chunk=chunk)
+            assert ((logits(lm.model, h[-1:])[0] - full).abs().max().item() < 1e-4) == same

@@ -1,6 +1,7 @@
 """Training parts that need no training run: packing, row order, schedule, memory estimate, mixed-window spec,
 LoRA, configuration errors."""
 
+import importlib.util
 import math
 
 import numpy as np
@@ -153,5 +154,8 @@ def test_config_errors_name_the_option():
         TrainConfig(**base, schedule="step")
     with pytest.raises(CtxextError, match="not divisible by the 3 processes"):
         TrainConfig(**base, batch_tokens=4096).rows_per_step(3)
+    if importlib.util.find_spec("flash_attn") is None:  # this machine: the refusal instead of an ImportError
+        with pytest.raises(CtxextError, match="--attn flash_attention_2 needs the flash-attn package"):
+            TrainConfig(**base, attn="flash_attention_2")
     assert TrainConfig(**base).peak_lr == 2e-5 and TrainConfig(**base, lora=True).peak_lr == 2e-4
     assert math.isclose(TrainConfig(**base, lr=1e-3).peak_lr, 1e-3)

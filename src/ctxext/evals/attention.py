@@ -50,12 +50,13 @@ def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | Non
 
 
 def merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Softmax attention over the union of disjoint key sets, from each set's (output, log-sum-exp): exact."""
+    """Softmax attention over the union of disjoint key sets, from each set's (output, log-sum-exp): exact. The
+    result keeps the outputs' dtype (the log-sum-exps are fp32; a bf16 model's next projection needs bf16)."""
     if len(parts) == 1:
         return parts[0][0]
     if len(parts) == 2:  # the common case (prefix | own keys): out1 + (out0 - out1) * p0, p0 = sigmoid(lse0 - lse1)
         (o0, l0), (o1, l1) = parts
-        return torch.addcmul(o1, o0 - o1, torch.sigmoid(l0 - l1)[..., None])
+        return torch.addcmul(o1, o0 - o1, torch.sigmoid(l0 - l1)[..., None]).to(o1.dtype)
     m = parts[0][1]
     for _, lse in parts[1:]:
         m = torch.maximum(m, lse)
@@ -64,7 +65,7 @@ def merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         w = torch.exp(lse - m)[..., None]
         num = out * w if num is None else num.addcmul_(out, w)
         den = w if den is None else den + w
-    return num / den
+    return (num / den).to(parts[0][0].dtype)
 
 
 def _causal_parts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

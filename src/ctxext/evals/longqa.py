@@ -42,7 +42,7 @@ from ..errors import CtxextError
 from . import qa_metrics
 from .files import atomic_write, slug
 from .needles import encode
-from .scoring import eos_ids, extend, hidden_states, logits, new_cache
+from .scoring import PREFILL_CHUNK, eos_ids, extend, hidden_states, logits, new_cache
 from .tasks import Cell, Settings, Task, TaskContext, register
 
 QUESTION = "\n\nQuestion: {question}\nAnswer:"
@@ -185,12 +185,14 @@ def build_prompt(tokenizer: Any, context: str | np.ndarray, question: str, lengt
 
 @torch.inference_mode()
 def greedy_answer(model: Any, tokenizer: Any, prompt: np.ndarray, max_new_tokens: int,
-                  eos: frozenset[int] | None = None) -> tuple[str, int]:
+                  eos: frozenset[int] | None = None, whole: bool = False) -> tuple[str, int]:
     """(answer text, tokens decoded): greedy, stopping at EOS, at a newline once the answer has text, or after
-    max_new_tokens. The prompt is encoded in chunks into a KV cache; logits only for the last position."""
+    max_new_tokens. The prompt is encoded in chunks into a KV cache (`whole`: in one forward, for a method whose
+    frequencies differ between the first chunk's length and the prompt's, e.g. longrope); logits only for the
+    last position."""
     eos = eos_ids(model, tokenizer) if eos is None else eos
     cache = new_cache(model)
-    h = extend(model, cache, prompt, keep=1)
+    h = extend(model, cache, prompt, keep=1, chunk=max(len(prompt), 1) if whole else PREFILL_CHUNK)
     out: list[int] = []
     text = ""
     while len(out) < max_new_tokens:
@@ -226,7 +228,8 @@ def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[s
             if ex.context not in context_ids:
                 context_ids[ex.context] = encode(tok, ex.context)
             prompt = build_prompt(tok, context_ids[ex.context], ex.question, length - s.max_new_tokens)
-            pred, steps = greedy_answer(ctx.model, tok, prompt, s.max_new_tokens, eos)
+            pred, steps = greedy_answer(ctx.model, tok, prompt, s.max_new_tokens, eos,
+                                        whole=not ctx.same_freqs(PREFILL_CHUNK, len(prompt)))
             sc = qa_metrics.score(pred, ex.answers)
             for k in sums:
                 sums[k] += sc[k]

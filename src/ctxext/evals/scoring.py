@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..errors import CtxextError
 from .attention import branch, branch_cache, fused_branches
 
 LOGITS_BYTES = 128 * 2**20  # at most this much fp32 logits at once
@@ -269,9 +270,10 @@ class Scorer:
         probe covers the haystack piece it added to the shared cache and its own tokens after the needle, which
         follow that piece: `cost.flops(tokens, attended)` is the work done for it."""
         base = np.asarray(base)
-        for pr in probes:
-            if len(pr.answer) + 1 > self.max_new_tokens:
-                raise ValueError(f"answer of {len(pr.answer)} tokens needs max_new_tokens > {len(pr.answer)}")
+        for pr in probes:  # a verdict reads the answer and the token after it (probes without one only score NLL)
+            if pr.target is not None and len(pr.answer) + 1 > self.max_new_tokens:
+                raise CtxextError(f"--max-new-tokens {self.max_new_tokens} is too small: this tokenizer writes the "
+                                  f"answer in {len(pr.answer)} tokens; use at least {len(pr.answer) + 1}")
         fused = reuse and fused_branches(self.model)
         order = sorted(range(len(probes)), key=lambda j: probes[j].at)
         fulls = {i: np.concatenate([probes[i].prompt(base), probes[i].answer]).astype(np.int64) for i in order}

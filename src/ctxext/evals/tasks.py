@@ -33,6 +33,8 @@ class Settings:
         if self.protocol not in PROTOCOLS:
             raise CtxextError(f"unknown ppl protocol '{self.protocol}'{did_you_mean(self.protocol, list(PROTOCOLS))}; "
                               f"accepted: {', '.join(PROTOCOLS)}")
+        if self.seed < 0:
+            raise CtxextError(f"--seed must be >= 0, got {self.seed}")
         for name in ("samples", "stride", "bucket", "max_new_tokens"):
             v = getattr(self, name)
             if v is not None and v < 1:

@@ -76,6 +76,8 @@ class TrainConfig:
         need(self.loss_chunk >= 1, f"--loss-chunk must be >= 1, got {self.loss_chunk}")
         need(self.eval_every >= 0, f"--eval-every must be >= 0, got {self.eval_every}")
         need(self.save_every >= 1, f"--save-every must be >= 1, got {self.save_every}")
+        need(self.attn != "flash_attention_2" or _has_flash_attn(),
+             "--attn flash_attention_2 needs the flash-attn package (and a CUDA GPU); it is not installed")
         need(bool(self.data) != bool(self.instruct),
              "give --data (text files, folders or .jsonl documents) or --instruct (QA .jsonl), exactly one")
         need(not (self.instruct and self.mixed_window), "--mixed-window cannot be used with --instruct")
@@ -101,3 +103,9 @@ class TrainConfig:
     RESUME_KEYS = ("model", "scaling", "data", "seq_len", "steps", "lr", "batch_tokens", "warmup", "schedule",
                    "min_lr_ratio", "weight_decay", "lora", "lora_rank", "lora_alpha", "lora_targets",
                    "mixed_window", "short_fraction", "seed", "instruct", "prompt_loss")
+
+
+def _has_flash_attn() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
