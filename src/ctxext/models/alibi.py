@@ -23,7 +23,20 @@ from torch import nn
 
 from ..errors import CtxextError
 
-ALIBI_MODEL_TYPES = ("bloom",)
+ALIBI_MODEL_TYPES = ("bloom",)  # the model types whose slopes patch_alibi can set
+
+# model type -> whether a config of that type turns ALiBi on (read from the config, not assumed from the name)
+ALIBI_IN_CONFIG: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "bloom": lambda cfg: True,
+    "falcon": lambda cfg: bool(cfg.get("alibi", False)),  # falcon-rw-*: true; falcon-7b/40b: rotary
+    "mpt": lambda cfg: bool((cfg.get("attn_config") or {}).get("alibi", True)),  # MptAttentionConfig's default
+}
+
+
+def uses_alibi(cfg: dict[str, Any]) -> bool:
+    """Whether a config (as a dict) says its model adds ALiBi biases."""
+    check = ALIBI_IN_CONFIG.get(cfg.get("model_type", ""))
+    return check is not None and check(cfg)
 
 
 def alibi_base_model(model: nn.Module) -> nn.Module:
