@@ -138,6 +138,17 @@ def test_unbounded_reach_is_capped_and_flagged():
     assert predicted_reach(parse_spec("default"), RopeShape(128, 500, 4096)).capped  # small-base regime
 
 
+def test_a_smaller_base_plans_as_a_model_trained_with_it():
+    """plan(base=B < trained) used the trained base's critical dimension: default's reach came out at 547 tokens,
+    below the 4,096 trained; with B's own critical dimension it agrees with predicted_reach on that shape."""
+    small = plan(LLAMA2, 16384, base=500)
+    default = next(r for r in small.recommendations if r.method == "default")
+    assert default.reach_capped and small.critical_dim == critical_dim(128, 500, 4096)
+    assert predicted_reach(parse_spec("default"), RopeShape(128, 500, 4096)).capped
+    big = plan(LLAMA2, 16384, base=5e5)  # a larger base keeps the trained critical dimension (METHODS.md)
+    assert big.critical_dim == critical_dim(128, 1e4, 4096) == 92
+
+
 def test_bad_inputs():
     with pytest.raises(CtxextError, match="base > 1"):
         critical_dim(64, 1.0, 4096)

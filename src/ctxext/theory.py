@@ -385,11 +385,13 @@ ATTENTION_NOTES: dict[str, Callable[[_Ctx], str]] = {"self-extend": _self_extend
 def plan(shape: RopeShape, target: int, base: float | None = None) -> Plan:
     """Predict reach and recommend parameters per RoPE method for extending `shape` to `target` tokens.
 
-    `base`: plan for the model with its rope base changed to B (e.g. after ABF tuning); the critical
-    dimension stays the one learned with the trained base.
+    `base`: plan for the model with its rope base changed to B (e.g. after ABF tuning). A larger B keeps the
+    critical dimension learned with the trained base (METHODS.md); a smaller one lets more dimensions see a full
+    period within the trained length, so its own critical dimension counts (down to the small-base regime, where
+    every dimension does and no limit is predicted), as `predicted_reach` on a model trained with B says.
     """
     check_target(target, shape.original_len)
-    d_extra = critical_dim(shape.rotary_dim, shape.base, shape.original_len)
+    d_extra = critical_dim(shape.rotary_dim, min(shape.base, base or shape.base), shape.original_len)
     planned = shape if base is None else RopeShape(shape.rotary_dim, float(base), shape.original_len)
     _check_base(planned.base)
     ctx = _Ctx(planned, target, d_extra, predicted_reach(parse_spec("default"), planned, d_extra).tokens, shape.base)
