@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,26 @@ import torch
 from ctxext.errors import CtxextError
 from ctxext.export import export, plan_export
 from ctxext.scaling import parse_spec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY_ROPE_TOKENIZER = ("tokenizer.json", "tokenizer_config.json")
+
+
+def tiny_checkpoint(path, arch: str, edit=None, **overrides):
+    """A tiny random model saved with tiny-rope's tokenizer (vocab 2048); `edit` rewrites its config.json dict."""
+    import shutil
+
+    from ctxext.fixtures import __file__ as fixtures_init
+    from ctxext.models.tiny import tiny_model
+
+    tiny_model(arch, vocab_size=2048, **overrides).save_pretrained(path)
+    for f in TINY_ROPE_TOKENIZER:
+        shutil.copy(Path(fixtures_init).parent / "tiny-rope" / f, path / f)
+    if edit is not None:
+        cfg = json.loads((path / "config.json").read_text())
+        edit(cfg)
+        (path / "config.json").write_text(json.dumps(cfg))
+    return path
 
 # A process that has never imported ctxext: the "stock transformers" side of the contract.
 STOCK = textwrap.dedent("""
@@ -114,6 +135,11 @@ def no_weights(monkeypatch):
     ("tiny-alibi", "alibi-interp:factor=4", "no field for ALiBi slopes"),
     ("tiny-rope", "yarm:factor=2", "did you mean 'yarn'"),
     ("/nonexistent/model-dir", "yarn:factor=2", "/nonexistent/model-dir"),
+    # before: accepted, then OverflowError or an absurd max_position_embeddings after the weights had loaded
+    ("tiny-rope", "ntk:factor=1e30", "factor must be <= 2147483647"),
+    ("tiny-rope", "ntk:factor=1e9", "implies max_position_embeddings 2.56e+11, over the 2147483647"),
+    ("tiny-rope", "ntk-by-parts:factor=1e9", "implies max_position_embeddings 2.56e+11"),
+    ("tiny-rope", "yarn:factor=1e400", "not a finite number"),
 ])
 def test_refusals_come_before_weights(tmp_path, no_weights, model, spec, needle):
     with pytest.raises(CtxextError, match=None) as e:
@@ -212,14 +238,128 @@ def test_an_original_length_override_survives_export_on_phi3(tmp_path):
     assert cfg["max_position_embeddings"] == 128 and max(gaps) < 1e-5, gaps
 
 
-@pytest.mark.parametrize("spec", ["yarn:factor=2", "linear:factor=2", "llama3:factor=2"])
-def test_phi3_exports_static_methods_as_explicit_longrope_factors(tmp_path, spec):
+def test_phi3_exports_static_methods_as_explicit_longrope_factors(tmp_path):
     """transformers 5's Phi3Config takes only default and longrope ropes: a static method is written as its
     per-pair factors (short = long) with its attention factor, and the stock model runs what ctxext runs (before:
-    the weights were written with rope_type yarn/linear/llama3 and the stock load failed)."""
-    cfg, gaps = phi3_gap(tmp_path, spec, (40, 128))
+    the weights were written with rope_type linear and the stock load failed). linear keeps its own
+    max_position_embeddings, the original length, so 4.x's derived attention factor is its 1."""
+    cfg, gaps = phi3_gap(tmp_path, "linear:factor=2", (40, 128))
     rp = cfg["rope_parameters"]
     assert rp["rope_type"] == "longrope" and rp["short_factor"] == rp["long_factor"] and max(gaps) < 1e-5, gaps
+    assert cfg["max_position_embeddings"] == 64 == cfg["original_max_position_embeddings"]
+
+
+@pytest.mark.parametrize("spec,rotary", [("longrope:factor=4,long_factor=[1,2,3,4]", 0.5),
+                                         ("linear:factor=2", 0.5), ("abf:base=500000", 1.0)])
+def test_phi3_writes_the_legacy_rope_scaling_transformers4_accepts(tmp_path, spec, rotary):
+    """transformers 4.x's Phi3Config takes rope_scaling with exactly type, short_factor and long_factor, and reads
+    partial_rotary_factor and original_max_position_embeddings only at the top level (before: rope_scaling had 7
+    keys, including partial_rotary_factor, and 4.57.1 refused to load the export)."""
+    from ctxext.export import export_config
+
+    m = tiny_checkpoint(tmp_path / "m", "phi3", rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                  "partial_rotary_factor": rotary})
+    plan = plan_export(str(m), spec)
+    cfg = export_config(json.loads((m / "config.json").read_text()), plan)
+    assert cfg["partial_rotary_factor"] == rotary == cfg["rope_parameters"]["partial_rotary_factor"]
+    assert cfg["original_max_position_embeddings"] == 64
+    if spec.startswith("abf"):
+        assert cfg["rope_scaling"] is None and cfg["rope_theta"] == 500000
+    else:
+        rp = cfg["rope_parameters"]
+        assert cfg["rope_scaling"] == {"type": "longrope", "short_factor": rp["short_factor"],
+                                       "long_factor": rp["long_factor"]}
+
+
+@pytest.mark.parametrize("spec,derived,own", [
+    ("yarn:factor=2", "128/64 -> 1.08012", "1.06931"),
+    ("llama3:factor=2", "128/64 -> 1.08012", "is 1;"),
+    ("longrope:factor=3.3,long_factor=[1,2,3,4]", "211/64 -> 1.13439", "1.13449"),
+])
+def test_phi3_refuses_an_attention_factor_transformers4_cannot_derive(tmp_path, no_weights, spec, derived, own):
+    """4.x's Phi3 takes no attention factor: it derives sqrt(1 + ln s / ln L) from s = max_position_embeddings / L.
+    A spec whose own factor differs would load into a different model there: refused before weights."""
+    m = tiny_checkpoint(tmp_path / "m", "phi3")
+    with pytest.raises(CtxextError) as e:
+        export(str(m), spec, tmp_path / "out")
+    msg = str(e.value)
+    assert "\n" not in msg and f"cannot export '{spec}' for phi3" in msg and derived in msg and own in msg, msg
+
+
+def _legacy_llama3(cfg):
+    cfg.pop("rope_parameters")
+    cfg.update(rope_theta=500000.0, max_position_embeddings=256, rope_scaling={
+        "rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64})
+
+
+def _legacy_linear(cfg):
+    cfg.pop("rope_parameters")
+    cfg.update(rope_theta=10000.0, rope_scaling={"type": "linear", "factor": 4.0})
+
+
+def _yarn_v5(cfg):
+    cfg.update(max_position_embeddings=256, rope_parameters={
+        "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64})
+
+
+SCALED_SOURCES = {"llama3-legacy": (_legacy_llama3, "llama3", 256), "linear-legacy": (_legacy_linear, "linear", 64),
+                  "yarn-v5": (_yarn_v5, "yarn", 256)}
+
+
+@pytest.mark.parametrize("source", list(SCALED_SOURCES))
+def test_default_keeps_a_checkpoints_own_scaled_rope(tmp_path, source):
+    """`default` is the model as loaded: a checkpoint whose config already scales RoPE (llama3, linear, yarn; either
+    schema) is written with its own rope and max_position_embeddings (before: rope_type default and the original
+    length, a different model; the check reported a logit difference of 1.9-2.8 after writing)."""
+    edit, rope_type, max_pos = SCALED_SOURCES[source]
+    m = tiny_checkpoint(tmp_path / "m", "llama", edit)
+    res = export(str(m), "default", tmp_path / "out", verify_tokens=40)
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["rope_parameters"]["rope_type"] == rope_type == cfg["rope_scaling"]["type"]
+    assert cfg["rope_parameters"]["factor"] == 4.0 and cfg["max_position_embeddings"] == max_pos
+    assert res["verification"]["passed"] and res["verification"]["max_abs_logit_diff"] == 0.0, res["verification"]
+
+
+def test_out_in_a_missing_folder_is_created_and_staged_beside_it(tmp_path, monkeypatch):
+    """Before: the staging folder fell back to the system temp dir and os.replace into the missing parent failed
+    after the weights had loaded (or crossed file systems)."""
+    import tempfile
+
+    made = []
+    real = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(k.get("dir")) or real(*a, **k))
+    out = tmp_path / "new" / "deeper" / "out"
+    res = export("tiny-rope", "yarn:factor=2", out, verify_tokens=20)
+    assert res["verification"]["passed"] and (out / "model.safetensors").is_file()
+    assert made == [out.parent] and [p.name for p in out.parent.iterdir()] == ["out"]
+
+
+def test_refuses_an_out_under_a_file(tmp_path, no_weights):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CtxextError, match="cannot create its parent folder"):
+        export("tiny-rope", "yarn:factor=2", tmp_path / "file" / "out")
+
+
+def test_refuses_a_model_folder_without_tokenizer_before_weights(tmp_path, no_weights):
+    from ctxext.models.tiny import tiny_model
+
+    tiny_model("llama").save_pretrained(tmp_path / "m")
+    with pytest.raises(CtxextError) as e:
+        export(str(tmp_path / "m"), "yarn:factor=2", tmp_path / "out")
+    assert "has no tokenizer" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("n", ["0", "-5"])
+def test_cli_refuses_verify_tokens_below_one(tmp_path, no_weights, capsys, n):
+    from ctxext.cli import main
+
+    rc = main(["export", "--model", "tiny-rope", "--scaling", "yarn:factor=2", "--out", str(tmp_path / "out"),
+               "--verify-tokens", n])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == f"ctxext: error: --verify-tokens must be >= 1 (the stock-load check needs tokens), got {n}"
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_config_the_model_class_rejects_is_refused_before_weights(tmp_path, no_weights):

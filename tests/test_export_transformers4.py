@@ -17,6 +17,7 @@ import torch
 from ctxext.export import export
 from ctxext.models import apply_spec, load_model
 from ctxext.scaling import parse_spec
+from test_export import _legacy_llama3, _yarn_v5, tiny_checkpoint  # tiny models; sources that scale their own RoPE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 T4 = Path(sys.prefix) / "transformers4"
@@ -38,6 +39,27 @@ print(json.dumps({"version": transformers.__version__, "diffs": out}))
 """
 
 
+def run_stock4(tmp_path, todo: dict[str, list[int]]) -> dict[str, dict[str, float]]:
+    """Load each folder of `todo` with transformers 4.57.1 (a subprocess) -> max |logit diff| to its ours_<n>.npy."""
+    env = {**os.environ, "PYTHONPATH": str(T4)}
+    run = subprocess.run([sys.executable, "-c", STOCK4, str(tmp_path / "ids.npy"), json.dumps(todo)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    res = json.loads(run.stdout.strip().splitlines()[-1])
+    assert res["version"] == "4.57.1"
+    return res["diffs"]
+
+
+def save_ours(lm, d: Path, ids: torch.Tensor, short: int = 200) -> list[int]:
+    """ctxext's logits in the window and as far as the exported config admits (longrope's long factors)."""
+    max_pos = json.loads((d / "config.json").read_text())["max_position_embeddings"]
+    lengths = sorted({min(short, max_pos), max_pos})
+    with torch.inference_mode():
+        for n in lengths:
+            np.save(d / f"ours_{n}.npy", lm.model(ids[:, :n]).logits.numpy())
+    return lengths
+
+
 def test_transformers4_runs_exports_as_ctxext_does(tmp_path):
     assert (T4 / "transformers").is_dir(), f"{T4} is missing: scripts/setup.sh installs transformers 4.57.1 there"
     lm = load_model("tiny-rope")
@@ -48,17 +70,46 @@ def test_transformers4_runs_exports_as_ctxext_does(tmp_path):
         d = tmp_path / f"m{i}"
         export("tiny-rope", spec, d, verify_tokens=50)
         apply_spec(lm, parse_spec(spec))
-        max_pos = json.loads((d / "config.json").read_text())["max_position_embeddings"]
-        lengths = [200, max_pos]  # in the window, and as far as the config admits (longrope's long factors)
-        with torch.inference_mode():
-            for n in lengths:
-                np.save(d / f"ours_{n}.npy", lm.model(ids[:, :n]).logits.numpy())
-        todo[str(d)] = lengths
-    env = {**os.environ, "PYTHONPATH": str(T4)}
-    run = subprocess.run([sys.executable, "-c", STOCK4, str(tmp_path / "ids.npy"), json.dumps(todo)], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    res = json.loads(run.stdout.strip().splitlines()[-1])
-    assert res["version"] == "4.57.1"
-    diffs = {spec: res["diffs"][str(tmp_path / f"m{i}")] for i, spec in enumerate(SPECS)}
+        todo[str(d)] = save_ours(lm, d, ids)
+    res = run_stock4(tmp_path, todo)
+    diffs = {spec: res[str(tmp_path / f"m{i}")] for i, spec in enumerate(SPECS)}
     assert all(v == 0.0 for d in diffs.values() for v in d.values()), diffs
+
+
+def _phi3(rotary: float):
+    return "phi3", None, {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                              "partial_rotary_factor": rotary}}
+
+
+def _ramp(n: int) -> str:
+    return "[" + ",".join(f"{1 + 3 * i / (n - 1):.3f}" for i in range(n)) + "]"
+
+
+# (source, spec): Phi-3 (full rotary, 8 pairs) and Phi-4-mini style (partial, 4 pairs) with each rope kind a 4.x
+# Phi3 config takes; checkpoints whose config already scales RoPE exported as `default`.
+SOURCES = {"phi3-full": _phi3(1.0), "phi3-partial": _phi3(0.5), "llama3-legacy": ("llama", _legacy_llama3, {}),
+           "yarn-v5": ("llama", _yarn_v5, {})}
+CASES = [("phi3-full", "longrope:factor=4,long_factor=" + _ramp(8)), ("phi3-full", "linear:factor=4"),
+         ("phi3-full", "abf:base=500000"), ("phi3-partial", "longrope:factor=4,long_factor=" + _ramp(4)),
+         ("phi3-partial", "linear:factor=2"), ("phi3-partial", "default"),
+         ("llama3-legacy", "default"), ("yarn-v5", "default")]
+
+
+def test_transformers4_loads_phi3_and_scaled_default_exports(tmp_path):
+    """Before: 4.57.1's Phi3Config refused the 7-key rope_scaling of every Phi3 export that scales RoPE, and ran
+    partial-rotary exports with full rotary (it reads partial_rotary_factor only at the top level); `default` on a
+    llama3 or yarn checkpoint was written unscaled."""
+    ids = torch.randint(3, 2000, (1, 256), generator=torch.Generator().manual_seed(0))
+    np.save(tmp_path / "ids.npy", ids.numpy())
+    todo = {}
+    for name, (arch, edit, overrides) in SOURCES.items():
+        src = tiny_checkpoint(tmp_path / name, arch, edit, **overrides)
+        lm = load_model(str(src))
+        for i, spec in enumerate(s for n, s in CASES if n == name):
+            d = tmp_path / f"{name}-{i}"
+            res = export(str(src), spec, d, verify_tokens=40)
+            assert res["verification"]["max_abs_logit_diff"] == 0.0, (name, spec, res["verification"])
+            apply_spec(lm, parse_spec(spec))
+            todo[str(d)] = save_ours(lm, d, ids, short=40)
+    res = run_stock4(tmp_path, todo)
+    assert all(v == 0.0 for d in res.values() for v in d.values()), res

@@ -85,3 +85,20 @@ def test_original_length_override():
     b = resolve_rope(parse_spec("yarn:factor=2"), RopeShape(64, 1e5, 4096))
     assert (a.inv_freq == b.inv_freq).all()
     fails("yarn:factor=2,original_max_position_embeddings=-3", "must be > 0")
+
+
+def test_non_finite_and_overflowing_numbers(tmp_path):
+    """Before: inf/nan and 1e30-sized numbers parsed, then overflowed (OverflowError, an absurd
+    max_position_embeddings) only once a model was loaded, or escaped as OverflowError for integer keys."""
+    fails("yarn:factor=inf", "factor='inf' is not a finite number")
+    fails("yarn:factor=1e400", "is not a finite number")
+    fails("linear:factor=nan", "is not a finite number")
+    fails("longrope:factor=2,long_factor=[1,nan,3]", "long_factor='[1,nan,3]' is not a finite number")
+    fails("longrope:factor=2,start_tokens=inf,long_factor=[1,2]", "start_tokens='inf' is not a finite number")
+    fails("yarn:factor=2,original_max_position_embeddings=inf", "is not a finite number")
+    fails("ntk:factor=1e30", "factor must be <= 2147483647", "1e+30")
+    fails("yarn:factor=2,original_max_position_embeddings=1e30", "original_max_position_embeddings must be <= 2147483647")
+    path = tmp_path / "inf.json"
+    path.write_text('{"method": "linear", "params": {"factor": Infinity}}')
+    fails(str(path), "factor=inf is not a finite number")
+    assert parse_spec("ntk:factor=2147483647").params.factor == 2147483647

@@ -71,7 +71,7 @@ def export_config(config: dict[str, Any], plan: ExportPlan) -> dict[str, Any]:
     cfg = {k: v for k, v in config.items() if k not in ("rope_scaling", "rope_parameters", "rope_theta")}
     if plan.rope_parameters:
         cfg["rope_parameters"] = plan.rope_parameters
-        cfg.update(legacy_rope_fields(plan.rope_parameters))
+        cfg.update(legacy_rope_fields(plan.rope_parameters, cfg.get("model_type")))
         if "original_max_position_embeddings" in plan.rope_parameters:
             cfg["original_max_position_embeddings"] = plan.rope_parameters["original_max_position_embeddings"]
     cfg["max_position_embeddings"] = plan.max_position_embeddings
@@ -101,8 +101,35 @@ def max_logit_diff(a, b, ids: list[int], start: int = 0) -> float:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that cannot be written; create its parent, where the checkpoint is staged (same file
+    system, so the final rename is atomic)."""
+    if out.exists() and not out.is_dir():
+        raise CtxextError(f"--out {out} is a file; choose a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise CtxextError(f"--out {out} exists and is not empty; choose another folder or pass --overwrite")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CtxextError(f"--out {out}: cannot create its parent folder ({e.strerror or e})") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise CtxextError(f"--out {out}: its parent folder {out.parent} is not writable")
+
+
+def _check_verify_tokens(verify_tokens: int) -> None:
+    if not verify_tokens >= 1:
+        raise CtxextError(f"--verify-tokens must be >= 1 (the stock-load check needs tokens), got {verify_tokens}")
+
+
+def _check_tokenizer(model: str) -> None:
+    """The checkpoint ships the source's tokenizer and the stock-load check needs token ids: refuse a model folder
+    without one before any weights load (a GGUF file always carries its tokenizer)."""
+    from .models.load import TOKENIZER_FILES
+    from .models.names import resolve_source
+
+    src = resolve_source(model)
+    if src.kind == "hf" and not any((src.path / f).is_file() for f in TOKENIZER_FILES):
+        raise CtxextError(f"cannot export {model}: the folder has no tokenizer (none of {', '.join(TOKENIZER_FILES)}), "
+                          "which the checkpoint ships and the stock-load check needs; copy the model's tokenizer files in")
 
 
 def export(model: str, spec: Spec | str, out: str | Path, verify_tokens: int = VERIFY_TOKENS,
@@ -110,7 +137,9 @@ def export(model: str, spec: Spec | str, out: str | Path, verify_tokens: int = V
     """Export `model` scaled by `spec` into `out`; return the results written to out/results.json."""
     from .models import apply_spec, load_model
 
+    _check_verify_tokens(verify_tokens)
     plan = plan_export(model, spec)  # every refusal happens here, before weights
+    _check_tokenizer(model)
     _check_out(Path(out), overwrite)
     lm = load_model(model)
     apply_spec(lm, plan.spec)
@@ -128,8 +157,12 @@ def export_loaded(lm: Any, plan: ExportPlan, out: str | Path, verify_tokens: int
     from .runinfo import versions
 
     out = Path(out)
+    _check_verify_tokens(verify_tokens)
+    if lm.tokenizer is None:
+        raise CtxextError(f"cannot export {plan.model}: it has no tokenizer, which the checkpoint ships and the "
+                          "stock-load check needs")
     _check_out(out, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
     try:
         lm.model.save_pretrained(tmp, safe_serialization=True)
         lm.tokenizer.save_pretrained(tmp)

@@ -9,7 +9,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="HF directory, .gguf file, or built-in name (smollm2-135m, tiny-rope, ...)")
     p.add_argument("--scaling", required=True, help="SPEC: name:key=value,... or a ctxext JSON file (e.g. runs/search/best.json)")
     p.add_argument("--out", required=True, help="folder to write the checkpoint into")
-    p.add_argument("--verify-tokens", type=int, default=1000, help="tokens of book text for the stock-load logit check")
+    p.add_argument("--verify-tokens", type=int, default=1000, help="tokens of book text for the stock-load logit check (>= 1)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
 

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..errors import CtxextError
 from .base import RopeShape
-from .spec import Spec, check_fits, effective_shape, resolve_rope
+from .longrope import longrope_attention_factor
+from .spec import MAX_POSITIONS, Spec, check_fits, effective_shape, resolve_rope
 
 
 def _rope_parameters(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -50,22 +51,25 @@ def rope_shape_from_config(cfg: dict[str, Any]) -> RopeShape:
     return RopeShape(int(head_dim * partial), float(base), int(original))
 
 
-# Model types whose transformers config class takes only default and longrope ropes (5.x validates it).
+# Model types whose transformers config class takes only default and longrope ropes (5.x validates it), and whose
+# 4.x config takes rope_scaling as exactly {type, short_factor, long_factor} with the rest at the top level.
 LONGROPE_ONLY = ("phi3", "phi4_multimodal")
 
 
 def hf_rope_fields(spec: Spec, shape: RopeShape, longrope_only: bool = False) -> tuple[dict[str, Any], int]:
     """(rope_parameters, max_position_embeddings) for a spec, or a CtxextError saying why no stock
     config can express it. Static methods without a named rope_type are written as explicit longrope factors, and
-    so is every static method when the model's config takes no other type (`longrope_only`: Phi3)."""
+    so is every static method when the model's config takes no other type (`longrope_only`: Phi3); those keep the
+    method's own max_position_embeddings (linear: the original length)."""
     check_fits(spec, "rope")
     entry = spec.entry
     eff = effective_shape(spec, shape)
     out = entry.hf(eff, spec.params) if entry.hf else None
     if isinstance(out, str):
         raise CtxextError(f"cannot export '{spec.text}': {out}")
+    own_max = None
     if longrope_only and out is not None and out[0].get("rope_type", "default") not in ("default", "longrope"):
-        out = None
+        out, own_max = None, out[1]
     if out is None:
         if entry.length_dependent:
             raise CtxextError(f"cannot export '{spec.text}': no stock rope config expresses it"
@@ -76,27 +80,74 @@ def hf_rope_fields(spec: Spec, shape: RopeShape, longrope_only: bool = False) ->
         s = max(1.0, max(factors))
         out = ({"rope_type": "longrope", "rope_theta": eff.base, "factor": s,
                 "original_max_position_embeddings": eff.original_len, "attention_factor": freqs.attention_factor,
-                "short_factor": factors, "long_factor": factors}, round(eff.original_len * s))
+                "short_factor": factors, "long_factor": factors}, eff.original_len * s if own_max is None else own_max)
     rope_parameters, max_pos = out
-    return rope_parameters, int(max_pos)
+    if not max_pos <= MAX_POSITIONS:  # also inf and nan
+        raise CtxextError(f"cannot export '{spec.text}': it implies max_position_embeddings {max_pos:.3g}, over "
+                          f"the {MAX_POSITIONS} (2**31 - 1) positions ctxext accepts")
+    return rope_parameters, int(round(max_pos))
+
+
+def own_rope_fields(config: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """A model config's own rope (either schema, as rope_parameters) and max_position_embeddings: what `default`,
+    the model as loaded, exports."""
+    rope_parameters = {k: v for k, v in rope_parameters_of(config).items() if k != "type" and v is not None}
+    rope_parameters["rope_type"] = config_rope_type(config)
+    rope_parameters.setdefault("rope_theta", rope_shape_from_config(config).base)
+    return rope_parameters, int(config["max_position_embeddings"])
 
 
 def config_rope_fields(spec: Spec, config: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """hf_rope_fields for a model config: the spec's fields plus what the config's own rope_parameters carry
-    that the spec does not set (Phi-style partial_rotary_factor lives there in transformers 5.x)."""
-    rope_parameters, max_pos = hf_rope_fields(spec, rope_shape_from_config(config),
-                                              longrope_only=config.get("model_type") in LONGROPE_ONLY)
+    that the spec does not set (Phi-style partial_rotary_factor lives there in transformers 5.x). `default` keeps
+    the config's own rope and max_position_embeddings (a llama3, linear or yarn checkpoint stays one)."""
+    longrope_only = config.get("model_type") in LONGROPE_ONLY
+    if spec.method == "default":
+        check_fits(spec, "rope")
+        rope_parameters, max_pos = own_rope_fields(config)
+    else:
+        rope_parameters, max_pos = hf_rope_fields(spec, rope_shape_from_config(config), longrope_only)
     kept = config.get("rope_parameters") or {}
     if isinstance(kept, dict) and "partial_rotary_factor" in kept:
         rope_parameters = {**rope_parameters, "partial_rotary_factor": kept["partial_rotary_factor"]}
+    if longrope_only:
+        _check_legacy_longrope(spec, config, rope_parameters, max_pos)
     return rope_parameters, max_pos
 
 
-def legacy_rope_fields(rope_parameters: dict[str, Any]) -> dict[str, Any]:
-    """The same rope as transformers 4.x fields: top-level rope_theta and rope_scaling (None for default)."""
+def _check_legacy_longrope(spec: Spec, config: dict[str, Any], rope_parameters: dict[str, Any], max_pos: int) -> None:
+    """transformers 4.x's Phi3 config takes no attention factor: its longrope derives sqrt(1 + ln s / ln L) from
+    s = max_position_embeddings / L (L: the top-level original length). Refuse a longrope whose own factor
+    differs after float32 rounding (what scales cos and sin), since 4.x would run a different model."""
+    want = rope_parameters.get("attention_factor")
+    if rope_parameters.get("rope_type") != "longrope" or want is None:
+        return
+    original = int(rope_parameters.get("original_max_position_embeddings")
+                   or config.get("original_max_position_embeddings") or max_pos)
+    derived = longrope_attention_factor(max_pos / original, original)
+    if np.float32(derived) != np.float32(want):
+        raise CtxextError(
+            f"cannot export '{spec.text}' for {config.get('model_type')}: transformers 4.x derives the attention "
+            f"factor from max_position_embeddings / original length ({max_pos}/{original} -> {derived:.6g}), and this "
+            f"spec's is {float(want):.6g}; export one with that factor (default, abf, ntk, linear, or longrope "
+            "whose factor times the original length is a whole number)")
+
+
+def legacy_rope_fields(rope_parameters: dict[str, Any], model_type: str | None = None) -> dict[str, Any]:
+    """The same rope as transformers 4.x fields: top-level rope_theta and rope_scaling (None for default), and
+    partial_rotary_factor at the top level, the only place 4.x reads it. For LONGROPE_ONLY models rope_scaling is
+    exactly {type, short_factor, long_factor}, all 4.x's Phi3 config accepts (the original length goes at the top
+    level; the attention factor is derived, see _check_legacy_longrope)."""
     rest = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
-    scaling = None if rest.get("rope_type", "default") == "default" else {**rest, "type": rest["rope_type"]}
-    return {"rope_theta": rope_parameters["rope_theta"], "rope_scaling": scaling}
+    rope_type = rest.get("rope_type", "default")
+    if rope_type == "default":
+        scaling = None
+    elif model_type in LONGROPE_ONLY:
+        scaling = {"type": rope_type, "short_factor": rest.get("short_factor"), "long_factor": rest.get("long_factor")}
+    else:
+        scaling = {**rest, "type": rope_type}
+    top = {"partial_rotary_factor": rest["partial_rotary_factor"]} if "partial_rotary_factor" in rest else {}
+    return {"rope_theta": rope_parameters["rope_theta"], "rope_scaling": scaling, **top}
 
 
 def factors_of(spec: Spec, shape: RopeShape, seq_len: int | None = None) -> np.ndarray:

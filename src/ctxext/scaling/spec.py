@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,9 @@ from .base import Method, Params, RopeFreqs, RopeShape, get_method
 
 # Keys every RoPE method accepts besides its own: override the trained length read from the model.
 COMMON_KEYS = ("original_max_position_embeddings",)
+# The most positions a spec may reach (factor, original length, an exported max_position_embeddings): int32
+# position indices, far past any context a model is run at, and far below where float or int64 arithmetic breaks.
+MAX_POSITIONS = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -58,9 +62,42 @@ def _split_top(text: str) -> list[str]:
     return [p for p in (x.strip() for x in parts) if p]
 
 
+def _numbers(value: Any) -> list[float]:
+    """The numbers a raw spec value (CLI string, JSON number or list) holds; what does not parse is left to the
+    type check."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _numbers(v)]
+    out = []
+    for tok in str(value).strip().strip("[]").replace(";", " ").replace(",", " ").split():
+        try:
+            out.append(float(tok))
+        except ValueError:
+            pass
+    return out
+
+
+def _check_numbers(method: str, values: dict[str, Any]) -> None:
+    """Refuse inf/nan (and literals beyond float range, such as 1e400) before any arithmetic sees them."""
+    for key, value in values.items():
+        bad = next((x for x in _numbers(value) if not math.isfinite(x)), None)
+        if bad is not None:
+            raise CtxextError(f"{method}: {key}={value!r} is not a finite number")
+
+
+def _check_positions(method: str, key: str, value: float) -> None:
+    if value > MAX_POSITIONS:
+        raise CtxextError(f"{method}: {key} must be <= {MAX_POSITIONS} (2**31 - 1, the most positions ctxext "
+                          f"accepts), got {value:g}")
+
+
 def _from_values(method: str, values: dict[str, Any], text: str, meta: dict | None = None) -> Spec:
     entry = get_method(method)
     values = dict(values)
+    _check_numbers(method, values)
     original = values.pop("original_max_position_embeddings", None)
     if original is not None:
         if "rope" not in entry.encodings:
@@ -71,7 +108,11 @@ def _from_values(method: str, values: dict[str, Any], text: str, meta: dict | No
             raise CtxextError(f"{method}: original_max_position_embeddings={original!r} is not an integer") from None
         if original <= 0:
             raise CtxextError(f"{method}: original_max_position_embeddings must be > 0, got {original}")
+        _check_positions(method, "original_max_position_embeddings", original)
     params = entry.make_params(values)
+    factor = getattr(params, "factor", None)
+    if isinstance(factor, (int, float)):  # a context-extension factor past this reaches no model's length
+        _check_positions(method, "factor", factor)
     return Spec(method, params, text, original, meta or {})
 
 
