@@ -4,11 +4,13 @@
 # and /tmp with it). Every call runs this same script; it keeps the part it was given and runs the benchmark once
 # the weights are whole. Here:
 #   python benchmarks/gpu_carry.py pack && python benchmarks/gpu_carry.py split
-# then with the device tool, back to back:
-#   run(carry=[".gpu_w/manifest.json", ".gpu_w/1"], command="bash benchmarks/gpu_methods.sh")   # ... then 2, 3, 4
-#   run(carry=[".gpu", ".gpu_w/manifest.json", ".gpu_w/5"], command="bash benchmarks/gpu_methods.sh")
-# (.gpu, 22.7 MiB, rides with the small last part: on 2026-12-04 the 38.4 MiB tree gave parts of 23.2 MiB, the
-# fifth 0.8 MiB; the call that completes the file needs .gpu, earlier ones need only their part). The last call runs
+# then with the device tool, back to back, one call per part (split prints how many, N: it sizes the parts to what
+# the working tree leaves of a call's carry, so N moves with the tree):
+#   run(carry=[".gpu_w/manifest.json", ".gpu_w/1"], command="bash benchmarks/gpu_methods.sh")   # ... up to N-1
+#   run(carry=[".gpu", ".gpu_w/manifest.json", ".gpu_w/N"], command="bash benchmarks/gpu_methods.sh")
+# (.gpu rides with the last part, the smallest: the call that completes the file needs .gpu, earlier ones need only
+# their part; when the last part and .gpu do not fit one call, carry .gpu and the manifest alone in one more, since
+# the parts already kept on the machine complete the file). The last call runs
 # benchmarks/methods.py --factor F for F in $FACTORS (bfloat16, flash attention) into /tmp/gpu-methods/methods_xF/
 # (resumable: a later call continues it), packed as $OUT/methods_xF.tgz (at most 8 files come back, 2 folders
 # down); unpack them into benchmarks/results/ and regenerate the README. CPU rehearsal (a small run, no GPU):

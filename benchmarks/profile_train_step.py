@@ -59,8 +59,10 @@ def main() -> None:
     if not walls:
         sys.exit(f"no step was profiled: give --steps > {args.warmup} to ctxext train")
     ka = prof.key_averages()
-    # kernels only (as the table's own total): an op's self device time is its kernels' again
-    dev_us = sum(e.self_device_time_total for e in ka if e.device_type == DeviceType.CUDA) if cuda else 0
+    # kernels only, as the table's own "Self CUDA time total": an op's self device time is its kernels' again, and a
+    # user annotation's device-side range (record_function, the optimizer step) spans kernels counted already
+    dev_us = sum(e.self_device_time_total for e in ka if e.device_type == DeviceType.CUDA
+                 and not getattr(e, "is_user_annotation", False)) if cuda else 0
     launches = sum(e.count for e in ka if e.key in LAUNCHES)
     lines = [f"{len(walls)} optimizer steps profiled: wall {sum(walls) / len(walls):.4f} s each"
              + (f", device busy {dev_us / 1e6 / len(walls):.4f} s each (sum of kernel self times), "

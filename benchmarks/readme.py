@@ -4,9 +4,16 @@
 
 Each table lives between `<!-- BEGIN name -->` and `<!-- END name -->` in README.md and is rebuilt by a module of
 benchmarks/report/ from:
-  methods  benchmarks/results/methods/results.json (else methods_quick/, else smollm2_16k/): ppl per bucket, passkey
-  planner  benchmarks/results/planner.json
-  speed    benchmarks/results/eval_speed.json, train_speed-cpu.json and train_memory-cpu.json
+  results-model  the model_info.path the method runs below record (which weights `smollm2-135m` is)
+  methods-scope  benchmarks/results/methods_x<F>/results.json (records per spec, task, length and depth; meta.timings,
+           seconds per cell) and search_*/summary.json (a search at that length): what the 4x / 8x runs hold, what a
+           cell took, and what of benchmarks/methods.py's grid is missing
+  methods  benchmarks/results/methods/results.json (else methods_quick/, else smollm2_16k/): ppl per bucket, passkey;
+           methods_niah/ (the needle seeds pooled), methods_x<F>/ and the *_quick/ runs beside them
+  planner  benchmarks/results/planner.json (its machine, and rows_kept_from's for the rows an earlier run measured)
+  speed    benchmarks/results/eval_speed.json, train_speed-cpu.json, train_memory-cpu.json and their --quick files
+           (eval_speed_quick.json, train_speed-cpu-quick.json); per lent GPU, train_speed-nvidia-*.json (and its
+           -3steps first run), eval_speed-nvidia-*.json and eval-nvidia-*.json; gpu_logs/profile_train_step-*.txt
   attention  benchmarks/results/attention_methods_{passkey,stream,alibi*}.json (Self-Extend, streaming, ALiBi family;
            their *_quick.json beside them give the --quick ordering note)
   train    benchmarks/results/train_tiny*/summary.json (tiny-rope extended 4x by `ctxext train`, one row per run)
@@ -26,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the report package, 
 from report import attention, methods, planner, registry, search, speed, train  # noqa: E402
 from report.common import ROOT  # noqa: E402
 
-SECTIONS = {"methods": methods.methods_section, "planner": planner.planner_section, "speed": speed.speed_section,
+SECTIONS = {"results-model": methods.results_model_section, "methods-scope": methods.scope_section,
+            "methods": methods.methods_section, "planner": planner.planner_section, "speed": speed.speed_section,
             "attention": attention.attention_section, "train": train.train_section,
             "search": search.search_section, "registry": registry.registry_section}
 

@@ -30,13 +30,19 @@ def _selfextend_lines(pk: dict) -> list[str]:
     return lines
 
 
+def _stopped(r: dict) -> str:
+    """', stopped at N tokens' for a stream run that scored fewer tokens than its length (cut short), else ''."""
+    length = r.get("length")
+    return f", stopped at {r['tokens_scored']:,.0f} tokens" if length and r["tokens_scored"] < length else ""
+
+
 def _stream_lines(st: dict) -> list[str]:
     lines = [f"Streaming perplexity on {st['model']} over {st['book']}, {st['segment_tokens']:,}-token segments "
              f"(`benchmarks/attention_methods.py stream`; {machine_text(st.get('machine'))}):", "",
              "| run | tokens scored | ppl | worst segment / in-window | cache tokens | peak RSS |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, r in st["runs"].items():
-        lines.append(f"| `{name}` | {r['tokens_scored']:,.0f} | {fmt_num(r['ppl_overall'])} | "
+        lines.append(f"| `{name}`{_stopped(r)} | {r['tokens_scored']:,.0f} | {fmt_num(r['ppl_overall'])} | "
                      f"{r['max_segment_over_in_window']:.2f}× | {r['max_cache_tokens']:,.0f} | "
                      f"{r['peak_rss_mb'] / 1024:.2f} GB |")
     return lines
@@ -90,6 +96,18 @@ def _stream_worst(st: dict) -> dict[str, float]:
     return {r["spec"]: r["max_segment_over_in_window"] for r in st["runs"].values() if r["length"] == longest}
 
 
+def _stream_scored(st: dict, specs: dict) -> str:
+    """The tokens each of `specs` scored at the run's longest stream: 'N tokens each', or per spec when they differ
+    (a run cut short says where it stopped)."""
+    longest = max(r["length"] for r in st["runs"].values())
+    runs = {r["spec"]: r for r in st["runs"].values() if r["length"] == longest and r["spec"] in specs}
+    scored = {s: r.get("tokens_scored", longest) for s, r in runs.items()}
+    if len(set(scored.values())) == 1:
+        return f"{next(iter(scored.values())):,.0f} tokens each"
+    return ", ".join(f"`{s}` " + (f"stopped at {n:,.0f}" if n < longest else f"over {n:,.0f} tokens")
+                     for s, n in scored.items())
+
+
 def _quick_orders(name: str, full: dict, quick: dict) -> list[tuple[str, str, str]]:
     """(what, quick order, full order over the quick run's specs) for one attention_methods part."""
     if name == "passkey":
@@ -97,9 +115,11 @@ def _quick_orders(name: str, full: dict, quick: dict) -> list[tuple[str, str, st
         return [(f"passkey at {quick['length']:,}",
                  *(ranked({s: d["specs"][s]["accuracy"] for s in specs if s in d["specs"]}, True)
                    for d in (quick, full)))]
-    if name == "stream":
+    if name == "stream":  # the two runs' lengths differ, and a run cut short scored fewer tokens: both are said
         q, f = _stream_worst(quick), _stream_worst(full)
-        return [("streaming worst segment / in-window", ranked(q, False), ranked({s: f[s] for s in q if s in f}, False))]
+        what = (f"streaming worst segment / in-window (quick: {_stream_scored(quick, q)}; "
+                f"full: {_stream_scored(full, q)})")
+        return [(what, ranked(q, False), ranked({s: f[s] for s in q if s in f}, False))]
     specs = [s for s in quick["specs"] if s in full["specs"]]
     x = f"ALiBi {quick['length'] // quick['window']}×"
     return [(f"{x} last-quarter ppl", *(ranked({s: d["specs"][s]["ppl_last_quarter"] for s in specs}, False)

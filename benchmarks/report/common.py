@@ -56,3 +56,25 @@ def order_note(intro: str, rows: list[tuple[str, str, str]], ref: str, noise: st
     cells = "; ".join(f"{w}: {q}" + (f" ({ref}: the same)" if q == f else f" ({ref}: {f})") for w, q, f in rows)
     same = "yes" if all(q == f for _, q, f in rows) else "**no**"
     return f"{intro} {cells}. Same order: {same}" + (f" ({noise})." if noise else ".")
+
+
+def and_list(items: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def machines_text(groups: list[tuple[str, dict | None]], rest: str = "") -> str:
+    """Each distinct machine with what ran on it: groups are (what, machine) pairs, those of one machine joined. One
+    machine: just it. With `rest`, the machine that ran the most groups (when several) comes last as "<rest> on
+    ..." instead of listing them."""
+    by: dict[str, list[str]] = {}
+    for what, m in groups:
+        by.setdefault(machine_text(m), []).append(what)
+    if len(by) <= 1:
+        return next(iter(by), machine_text(None))
+    items = list(by.items())
+    if rest:
+        big = max(items, key=lambda kv: len(kv[1]))
+        if len(big[1]) > 1:
+            items = [kv for kv in items if kv is not big] + [(big[0], [rest])]
+    return ", ".join(f"{and_list(whats)} on {m}" for m, whats in items)

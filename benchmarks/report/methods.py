@@ -12,6 +12,23 @@ from . import common
 from .common import ROOT, fmt_num, load_json, machine_text
 
 
+def model_label(res: dict) -> tuple[str, str]:
+    """(the model's name, how its weights were stored and run) from the path a run records in
+    config.model_info.path: a GGUF file such as SmolLM2-135M-Instruct.Q4_1.gguf gives ("SmolLM2-135M-Instruct",
+    "Q4_1 GGUF: 4-bit weights dequantized to fp32"): ctxext converts a GGUF once into fp32 safetensors
+    (ctxext.models.names.convert_gguf). A run that did not record a path: ("the model", "")."""
+    path = res["meta"]["config"].get("model_info", {}).get("path")
+    if not path:
+        return "the model", ""
+    name = Path(path).name
+    m = re.fullmatch(r"(.+?)\.((?:I?Q)(\d+)\w*)\.gguf", name, re.I)
+    if m:
+        return m[1], f"{m[2]} GGUF: {m[3]}-bit weights dequantized to fp32"
+    if name.lower().endswith(".gguf"):
+        return name[:-5], "GGUF, converted to fp32"
+    return name, ""
+
+
 def _label(spec: str) -> str:
     # a searched spec is a best.json path; name the method and keep the path visible
     return f"longrope, searched (`{spec}`)" if spec.endswith(".json") else f"`{spec}`"
@@ -239,7 +256,8 @@ def methods_table(res: dict, source: str, expected: list[str] | None = None) -> 
         row += [f"{pk[d]:.0%}" if d in pk else "–" for d in depths]
         rows.append(row)
     dtype = res["meta"]["config"].get("dtype", "float32")
-    lines = [f"SmolLM2-135M (trained {trained:,} tokens) at {length:,} tokens, held-out book "
+    name, how = model_label(res)
+    lines = [f"{name} ({how + '; ' if how else ''}trained {trained:,} tokens) at {length:,} tokens, held-out book "
              f"(`{source}`; {machine_text(res['meta'].get('machine'))}" + (f"; {dtype}" if dtype != "float32" else "")
              + "):", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -349,3 +367,218 @@ def methods_section() -> str:
                      "passkey the trials correct over every depth; best first at the largest factor.\n\n"
                      + glance_table(runs) + f"\n\n![far-end perplexity by factor]({ACROSS_PNG.relative_to(ROOT)})")
     return "\n\n".join(parts) or "(no method results yet: run `python benchmarks/methods.py`)"
+
+
+def results_model_section() -> str:
+    """One sentence for the results' intro: which weights `smollm2-135m` is, from the path every method run records
+    (config.model_info.path)."""
+    paths = list(dict.fromkeys(p for _, res in method_runs().values()
+                               if (p := res["meta"]["config"].get("model_info", {}).get("path"))))
+    if not paths:
+        return "(no method results yet: run `python benchmarks/methods.py`)"
+    said, quantized = [], False
+    for path in paths:
+        name, how = model_label({"meta": {"config": {"model_info": {"path": path}}}})
+        quantized |= "dequantized" in how
+        said.append(f"{name} as the installed package `{Path(path).parent.name}` holds it, `{Path(path).name}`"
+                    + (f" ({how}, once, into a cached safetensors folder)" if how else ""))
+    from .speed import gpu_devices  # GPU speed runs use a random model of the same shape (gpu_carry.py init)
+
+    speed = [load_json(common.RES / f"train_speed-{gpu}.json") for gpu in gpu_devices()]
+    random = any(s and "random" in Path(s["meta"]["model"]).name for s in speed)
+    return ("`smollm2-135m`, the SmolLM2 of every table below"
+            + (" (the random-weight GPU speed rows aside)" if random else "") + ", is " + common.and_list(said)
+            + (": the scores are the quantized model's, not those of the original unquantized weights." if quantized
+               else "."))
+
+
+def _short(spec: str) -> str:
+    return "the searched longrope" if spec.endswith(".json") else f"`{spec}`"
+
+
+def _specs_text(specs: list[str]) -> str:
+    return common.and_list([_short(s) for s in specs])
+
+
+def _depths_text(depths: tuple[float, ...]) -> str:
+    if not depths:
+        return "none yet"
+    return common.and_list([f"{d:g}" for d in depths]) + (" only" if len(depths) == 1 else "")
+
+
+def _range(lo: float, hi: float) -> str:
+    """'3.2–23.5 min' (the unit once when both share it)."""
+    from ctxext.evals.cost import fmt_seconds
+
+    a, b = fmt_seconds(lo), fmt_seconds(hi)
+    return f"{a.rsplit(' ', 1)[0]}–{b}" if a.rsplit(" ", 1)[1] == b.rsplit(" ", 1)[1] else f"{a}–{b}"
+
+
+def _spread(cells: list[dict], total: int) -> str:
+    """Per-cell wall time of some timed cells (meta.timings entries): the range, how many of the `total` cells were
+    timed, and which spec is the slow end, beside the slowest cell of every other spec."""
+    from ctxext.evals.cost import fmt_seconds
+
+    if not cells:
+        return ""
+    secs = sorted(c["seconds"] for c in cells)
+    out = (f"{_range(secs[0], secs[-1])} a cell" if len(secs) > 1 else f"{fmt_seconds(secs[0])} a cell")
+    if len(cells) < total:
+        out += f" ({len(cells)} of {total} timed)"
+    slow = max(cells, key=lambda c: c["seconds"])
+    others = [c["seconds"] for c in cells if c["scaling"] != slow["scaling"]]
+    if others:
+        at = f" (d={slow['depth']:g})" if slow.get("depth") is not None else ""
+        out += (f", the slow end {_short(slow['scaling'])} at {fmt_seconds(slow['seconds'])}{at}, every other spec at "
+                f"most {fmt_seconds(max(others))}")
+    return out
+
+
+def _trials(n: list[int]) -> str:
+    return f"{'/'.join(map(str, n))} trial{'' if n == [1] else 's'} per cell"
+
+
+def _grid() -> Any:
+    """benchmarks/methods.py, for its method grid (NIAH, picked, specs_for, STREAMING)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import methods
+
+    return methods
+
+
+def _factor_scope(factor: int, name: str, res: dict) -> tuple[str, list[str]]:
+    """What one larger factor's run holds (a few sentences: per task, which specs and depths, what a cell took; the
+    needle heatmap's specs, lengths and time), and what of the benchmark's grid it lacks."""
+    from ctxext.evals.cost import fmt_seconds
+
+    grid, recs, timings = _grid(), res["records"], res["meta"].get("timings", [])
+    length = factor * res["meta"]["config"]["model_info"]["trained_len"]
+    expected = expected_specs(factor)
+    streaming = lambda s: _method(s) == "streaming"  # noqa: E731  (no passkey: it cannot retrieve past its window)
+    specs = expected + [s for s in dict.fromkeys(r["scaling"] for r in recs) if s not in expected]
+    family = list(dict.fromkeys(_method(s) for s in specs))
+    specs.sort(key=lambda s: family.index(_method(s)))  # the table's order: a spec added later beside its method
+    k = f"{length // 1024}k"
+    out, missing = [], []
+    # perplexity (streaming's is its stream)
+    ppl = [s for s in specs if any(r["scaling"] == s and r["task"] in ("ppl", "stream-ppl") and r["length"] == length
+                                   for r in recs)]
+    text = (f"Perplexity: every spec ({len(ppl)}{', streaming included' if any(map(streaming, ppl)) else ''})"
+            if len(ppl) == len(specs) else f"Perplexity: {len(ppl)} of {len(specs)} specs")
+    cells = [t for t in timings if t["task"] in ("ppl", "stream-ppl") and t["length"] == length]
+    out.append(text + (f", {spread}" if (spread := _spread(cells, len(ppl))) else "") + ".")
+    if absent := [s for s in expected if s not in ppl]:
+        missing.append(f"perplexity for {_specs_text(absent)}")
+    # passkey: the depths each spec that can retrieve has, grouped
+    pk = [r for r in recs if r["task"] == "passkey" and r["metric"] == "accuracy" and r["length"] == length
+          and r["depth"] is not None]
+    if pk:
+        grid_depths = tuple(sorted({r["depth"] for r in pk}))
+        retrieving = [s for s in specs if not streaming(s)]
+        have = {s: tuple(sorted({r["depth"] for r in pk if r["scaling"] == s})) for s in retrieving}
+        groups: dict[tuple, list[str]] = {}
+        for s in retrieving:
+            groups.setdefault(have[s], []).append(s)
+        most = max(groups, key=lambda d: (len(groups[d]), len(d)))
+        if not most:  # most specs have no passkey yet: name those that have, by depths
+            text = "Passkey: " + "; ".join(
+                f"depth{'s' if len(d) > 1 else ''} {_depths_text(d).removesuffix(' only')} for {_specs_text(ss)}"
+                for d, ss in groups.items() if d) + f"; none yet for the other {len(groups[most])} specs that can retrieve"
+        else:
+            text = (f"Passkey: depth{'s' if len(most) > 1 else ''} {_depths_text(most).removesuffix(' only')} for "
+                    f"every spec that can retrieve")
+            if len(groups) == 1:
+                text += f" ({len(retrieving)}; streaming cannot)"
+            else:
+                text += " except " + "; ".join(f"{_specs_text(ss)} ({_depths_text(d)})" for d, ss in groups.items()
+                                               if d != most)
+        text += ", " + _trials(sorted({r["n"] for r in pk}))
+        cells = [t for t in timings if t["task"] == "passkey" and t["length"] == length]
+        out.append(text + (f", {spread}" if (spread := _spread(cells, len(pk))) else "") + ".")
+        lacking: dict[tuple, list[str]] = {}
+        for s in expected:
+            if not streaming(s) and (gap := tuple(d for d in grid_depths if d not in have[s])):
+                lacking.setdefault(gap, []).append(s)
+        missing += [f"passkey at {_depths_text(gap).removesuffix(' only')} for {_specs_text(ss)}"
+                    for gap, ss in lacking.items()]
+    # the needle heatmap: which specs, over which lengths, and what it took
+    nh = [r for r in recs if r["task"] == "niah" and r["metric"] == "accuracy"]
+    heat = [s for s in specs if any(r["scaling"] == s for r in nh)]
+    if nh:
+        lengths = sorted({r["length"] for r in nh})
+        text = (f"Needle heatmap: {lengths[0]:,}–{lengths[-1]:,} tokens ({len(lengths)} lengths × "
+                f"{len({r['depth'] for r in nh})} depths, {_trials(sorted({r['n'] for r in nh}))}) for "
+                + _specs_text(heat) + (" only" if len(heat) == 1 else ""))
+        if beside := [s for s in specs if s not in heat and _method(s) in {_method(h) for h in heat}]:
+            text += f", not {_specs_text(beside)}"  # the same method at another setting has none
+        cells = [t for t in timings if t["task"] == "niah" and t["length"] in lengths]
+        if cells:
+            text += (f"; {fmt_seconds(sum(c['seconds'] for c in cells))} in all"
+                     + (f" ({len(cells)} of its {len(nh)} cells timed)" if len(cells) < len(nh) else ""))
+        out.append(text + ".")
+    if absent := [s for s in grid.picked(expected, grid.NIAH) if s not in heat]:
+        missing.append(f"the needle heatmap for {_specs_text(absent)}")
+    total = sum(t["seconds"] for t in timings)
+    head = (f"**At {k}** (`{name}`, on the machine its table names"
+            + (f"; {fmt_seconds(total)} of timed cells in all" if total else "") + ").")
+    return " ".join([head, *out]), [f"at {k} " + m for m in missing]
+
+
+def _search_for(length: int) -> tuple[str, dict] | None:
+    """The search run at `length` (search_*/summary.json whose target it is), if any."""
+    return next(((p.parent.name, r) for p, r in common.full_runs("search_*/summary.json")
+                 if r and r["search"]["config"]["target"] == length), None)
+
+
+def scope_section() -> str:
+    """The 4x/8x runs in a paragraph: which tasks and depths each has for which specs, what a cell took, the needle
+    heatmap's specs, lengths and time, the search of each length (or that there is none), and what of the benchmark's
+    grid is left for a GPU. Rebuilt from the results, so it follows the cells as they are added."""
+    from ctxext.evals.cost import fmt_seconds
+
+    runs = {f: v for f, v in method_runs().items() if f > 2}
+    if not runs:
+        return "(no 4× or 8× method results yet: run `python benchmarks/methods.py --factor 4`)"
+    trained = {f: res["meta"]["config"]["model_info"]["trained_len"] for f, (_, res) in runs.items()}
+    lens = {f: f * trained[f] for f in runs}
+    searches = []
+    for f, (_, res) in runs.items():
+        L, k = lens[f], f"{lens[f] // 1024}k"
+        found = _search_for(L)
+        if found:
+            name, r = found
+            s = r["search"]
+            origin = s["best"]["origin"]
+            origin = f"the {origin.split(':', 1)[1]} seed," if origin.startswith("seed:") else f"`{origin}`,"
+            cap = (s.get("guard") or {}).get("cap")
+            m = s["best"]["attention_factor"]
+            gens = s["generations"]
+            searches.append(
+                f"at {k}, `{name}` (`search_smollm2.py --target {L}`): {s['evaluations']} evaluations in {gens} "
+                f"generation{'' if gens == 1 else 's'}"
+                + (f" ({fmt_seconds(s['evaluation_seconds'])} of evaluation)" if s.get("evaluation_seconds") else "")
+                + f"; its best is {origin}"
+                + (f" at the guard's attention factor {m:.3f}" if cap is not None and abs(cap - m) < 5e-4
+                   else f" at attention factor {m:.3f}"))
+        else:
+            ppl = sorted(t["seconds"] for t in res["meta"].get("timings", []) if t["task"] == "ppl"
+                         and t["length"] == L)
+            searches.append(f"none at {k}" + (f", where one perplexity evaluation of the method table took "
+                                              f"{fmt_seconds(ppl[len(ppl) // 2])} (median of {len(ppl)})" if ppl else ""))
+    factors = sorted(runs)
+    intro = (f"`benchmarks/methods.py --factor F` runs the 2× table's methods at F× the trained length: "
+             + common.and_list([f"{lens[f]:,} tokens for {f}×" for f in factors])
+             + " (each method's factor scaled, abf at the planner's critical base for that length, self-extend groups "
+             "that reach it, and the factors of a search at that length where one ran); their tables follow the 2× one. "
+             "Searches: " + "; ".join(searches) + ".")
+    sentences, missing = [intro], []
+    for f in factors:
+        text, gaps = _factor_scope(f, *runs[f])
+        sentences.append(text)
+        missing += gaps
+    if any(r["n"] == 1 for _, res in runs.values() for r in res["records"] if r["task"] in ("passkey", "niah")):
+        missing.insert(0, "more than one trial per passkey and needle cell")
+    missing += [f"a search at {lens[f] // 1024}k" for f in factors if not _search_for(lens[f])]
+    if missing:
+        sentences.append("Not measured yet, for a GPU: " + "; ".join(missing) + ".")
+    return "\n\n".join(sentences)

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from . import common
-from .common import load_json, machine_text
+from .common import load_json, machines_text
 
 
 def _status(row: dict) -> str:
     """'ok', 'censored' or 'fails in window' (rows written before the passkey criterion have no status)."""
     return row.get("status", "censored" if row["censored"] else "ok")
+
+
+def planner_machines(d: dict) -> str:
+    """Where the rows were measured: the run's machine, and for the models whose rows were kept from an earlier run
+    (`benchmarks/planner.py --only`), that run's."""
+    kept = d.get("rows_kept_from") or {}
+    models = list(dict.fromkeys(r["model"] for r in d["rows"]))
+    return machines_text([(f"{m} rows", kept.get("machine") if m in kept.get("models", []) else d.get("machine"))
+                          for m in models])
 
 
 def planner_section() -> str:
@@ -19,7 +28,7 @@ def planner_section() -> str:
     lines = [f"Predicted reach (`ctxext plan`) vs measured: `ppl2x`, the first position where perplexity exceeds 2× "
              f"the configuration's own in-window value (buckets of L/8), and `passkey80`, the first length past the "
              f"window where greedy passkey accuracy falls below 80 % (tiny-rope, 12 depths per length, lengths "
-             f"256–2,048 by 128; {machine_text(d.get('machine'))}). "
+             f"256–2,048 by 128; {planner_machines(d)}). "
              f"**{d['within_25pct']} of {d['counted']}** measured configurations within ±25 %.", ""]
     if d.get("calibrated_counted"):
         lines += [f"Calibrated (what `ctxext plan --calibrate` gives: each prediction times its model's measured / "

@@ -137,7 +137,17 @@ def train_memory_lines(tm: dict) -> list[str]:
     return lines
 
 
-GPU = "nvidia-h200"  # the lent device's results (benchmarks/gpu_run.sh): train_speed-<GPU>*.json, eval-<GPU>.json
+GPU_FILES = ("train_speed-", "eval_speed-", "eval-")  # what a lent GPU's run writes (benchmarks/gpu_run.sh)
+
+
+def gpu_devices() -> list[str]:
+    """The lent GPUs that have results: the <gpu> of train_speed-<gpu>.json (and its -3steps first run),
+    eval_speed-<gpu>.json and eval-<gpu>.json, e.g. nvidia-h200 or nvidia-h100-80gb-hbm3."""
+    found = set()
+    for prefix in GPU_FILES:
+        for f in common.RES.glob(f"{prefix}nvidia-*.json"):
+            found.add(re.sub(r"-(\d+steps|quick)$", "", f.stem[len(prefix):]))
+    return sorted(found)
 
 
 def profile_figures(text: str) -> dict[str, float]:
@@ -152,34 +162,20 @@ def profile_figures(text: str) -> dict[str, float]:
     return {"steps": n, "wall": float(wall), "device": device / n, "launches": launches / n}
 
 
-def gpu_speed_lines() -> list[str]:
-    """The GPU training table, the same lengths from the lease's shorter first run (how far 2 timed steps wander),
-    and what the eval path took there."""
-    tr = load_json(common.RES / f"train_speed-{GPU}.json")
-    if not tr:
-        return []
-    lines = train_speed_lines(tr)
-    first = load_json(common.RES / f"train_speed-{GPU}-3steps.json")
-    if first:
+def gpu_speed_lines(gpu: str) -> list[str]:
+    """One lent GPU's results: its training table, the same lengths from the lease's shorter first run (how far 2
+    timed steps wander), and what the eval path took there."""
+    tr = load_json(common.RES / f"train_speed-{gpu}.json")
+    lines = train_speed_lines(tr) if tr else []
+    first = load_json(common.RES / f"train_speed-{gpu}-3steps.json")
+    if tr and first:
         ours = {r["length"]: r for r in first["runs"] if not r["extra"] and "tokens_per_second" in r}
         lines += ["", f"The same lease's first run ({first['meta']['steps']} steps, so 2 timed; "
-                  f"`train_speed-{GPU}-3steps.json`) gave ctxext " + ", ".join(
+                  f"`train_speed-{gpu}-3steps.json`) gave ctxext " + ", ".join(
                       f"{r['tokens_per_second']:,.0f} tokens/s at {L:,} (steps {', '.join(f'{x:.2f}' for x in r['step_seconds'])} s)"
                       for L, r in sorted(ours.items())) + ": with 2 timed steps one slow step skews the figure, hence the "
                   f"{tr['meta']['steps']}-step run above."]
-    profiles = sorted((int(f.stem.rsplit("-", 1)[1]), profile_figures(f.read_text()))
-                      for f in (common.RES / "gpu_logs").glob("profile_train_step-*.txt"))
-    if profiles:
-        lines += ["", "Where a ctxext step's time goes (`benchmarks/profile_train_step.py`, torch.profiler over "
-                  f"{profiles[0][1]['steps']:.0f} steps, `gpu_logs/profile_train_step-*.txt`): " + "; ".join(
-                      f"at {L:,} the GPU is busy {p['device']:.3f} s of a {p['wall']:.3f} s step "
-                      f"({p['device'] / p['wall']:.0%}, {p['launches']:,.0f} kernel launches a step)"
-                      for L, p in profiles)
-                  + ". The profiler slows the host, so its wall times are above the table's: a short row's step is "
-                  "bound by launching kernels (checkpointed layers and LM-head chunks launch each again in the "
-                  "backward), a long row's by the GPU, where ctxext's cost over the naive loop is the recomputation "
-                  "that buys its memory (the naive loop with transformers' checkpointing runs at about the same speed)."]
-    es = load_json(common.RES / f"eval_speed-{GPU}.json")
+    es = load_json(common.RES / f"eval_speed-{gpu}.json")
     if es and "ppl" in es:
         o, n = es["ppl"]["ours"], es["ppl"]["naive"]
         lines += ["", f"Eval, `ppl` at {es['length']:,} tokens on the GPU (`benchmarks/eval_speed.py --device cuda`, fp32 "
@@ -187,15 +183,33 @@ def gpu_speed_lines() -> list[str]:
                   f"{o['device_peak_mb'] / 1024:.2f} GiB; naive loop {n['tokens_per_s']:,.0f} tokens/s, "
                   f"{n['device_peak_mb'] / 1024:.2f} GiB; ratio **{o['tokens_per_s'] / n['tokens_per_s']:.2f}×** "
                   f"tokens/s, **{o['device_peak_mb'] / n['device_peak_mb']:.2f}×** memory."]
-    ev = load_json(common.RES / f"eval-{GPU}.json")
+    ev = load_json(common.RES / f"eval-{gpu}.json")
     if ev:
         cells = [t for t in ev["meta"]["timings"] if t["seconds"] > 0.1]  # a prefix scored inside a longer forward costs ~0
-        lines += ["", "`ctxext eval --device cuda` on the same model (fp32 weights, the default dtype; "
-                  f"`eval-{GPU}.json`): " + "; ".join(
+        model = "the same model" if tr else f"`{ev['meta']['config']['model']}`"
+        lines += ["", f"`ctxext eval --device cuda` on {model} (fp32 weights, the default dtype; "
+                  f"`eval-{gpu}.json`): " + "; ".join(
                       f"{t['task']} at {t['length']:,} tokens {t['seconds']:.1f} s (estimate {t['estimated_seconds']:.1f} s)"
                       for t in sorted(cells, key=lambda t: (t["task"] != "ppl", t["length"])))
-                  + ". Random weights: only the times mean anything."]
-    return lines
+                  + (". Random weights: only the times mean anything." if "random" in Path(
+                      ev["meta"]["config"]["model"]).name else ".")]
+    return [""] + lines if lines else []
+
+
+def profile_lines() -> list[str]:
+    """Where a ctxext training step's time goes on the GPU (benchmarks/profile_train_step.py logs, one per length)."""
+    profiles = sorted((int(f.stem.rsplit("-", 1)[1]), profile_figures(f.read_text()))
+                      for f in (common.RES / "gpu_logs").glob("profile_train_step-*.txt"))
+    if not profiles:
+        return []
+    return ["Where a ctxext step's time goes (`benchmarks/profile_train_step.py`, torch.profiler over "
+            f"{profiles[0][1]['steps']:.0f} steps, `gpu_logs/profile_train_step-*.txt`): " + "; ".join(
+                f"at {L:,} the GPU is busy {p['device']:.3f} s of a {p['wall']:.3f} s step "
+                f"({p['device'] / p['wall']:.0%}, {p['launches']:,.0f} kernel launches a step)" for L, p in profiles)
+            + ". The profiler slows the host, so its wall times are above the GPU training table's: a short row's step "
+            "is bound by launching kernels (checkpointed layers and LM-head chunks launch each again in the backward), "
+            "a long row's by the GPU, where ctxext's cost over the naive loop is the recomputation that buys its memory "
+            "(the naive loop with transformers' checkpointing runs at about the same speed)."]
 
 
 def speed_section() -> str:
@@ -234,6 +248,8 @@ def speed_section() -> str:
     tm = load_json(common.RES / "train_memory-cpu.json")
     if tm:
         lines += [""] + train_memory_lines(tm)
-    if gpu := gpu_speed_lines():
-        lines += [""] + gpu
+    for gpu in gpu_devices():
+        lines += gpu_speed_lines(gpu)
+    if prof := profile_lines():
+        lines += [""] + prof
     return "\n".join(lines) or "(no speed results yet)"

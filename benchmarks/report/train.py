@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import common
-from .common import full_runs, load_json, machine_text, order_note, pct, ranked
+from .common import full_runs, load_json, machines_text, order_note, pct, ranked
 
 
 def _train_data(meta: dict) -> str:
@@ -18,13 +18,14 @@ def _train_data(meta: dict) -> str:
 
 
 def train_section() -> str:
-    lines = []
-    for path, res in full_runs("train_tiny*/summary.json"):
+    lines, done = [], list(full_runs("train_tiny*/summary.json"))
+    for path, res in done:
         runs = res["runs"]
         if not lines:
             first = next(iter(runs.values()))
+            where = machines_text([(f"`{p.parent.name}`", r["meta"].get("machine")) for p, r in done], "the other runs")
             lines += [f"`ctxext train` on the {res['meta']['model']} fixture, 256 → {res['meta']['target']:,} tokens, "
-                      f"{first['steps']} steps per run ({machine_text(res['meta'].get('machine'))}; in-window perplexity "
+                      f"{first['steps']} steps per run ({where}; in-window perplexity "
                       f"{first['in_window_ppl']:.2f}). Bars: last-quarter ppl within 1.10× of in-window, passkey ≥ 90 %.",
                       "", "| results | data | spec | ppl last quarter, before → after | / in-window | passkey at "
                       "1,024, before → after |", "|---|---|---|---|---:|---|"]
