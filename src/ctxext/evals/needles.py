@@ -111,10 +111,14 @@ def depth_cost(mc: Any, length: int, depths: list[float], trials: int, s: Settin
     return total / len(d), mc.peak_branches(length) if s.reuse_prefix else mc.peak_cached(length, plain=True)
 
 
+CJK_CLOSERS = "」』）”’\"')]】〕"
+
+
 def sentence_starts(tokenizer: Any, ids: np.ndarray) -> np.ndarray:
     """Indices i (0 < i < len) where a sentence has just ended before ids[i] (so a needle sentence inserted at i
     sits between two sentences), plus 0 and len(ids). Latin terminators (. ! ?) count when whitespace follows;
-    CJK ones (。！？ and full-width ．) always, as CJK text puts no space after them."""
+    CJK ones (。！？ and full-width ．) when no closing quote or bracket follows, as CJK text puts no space after
+    them."""
     import re
 
     end = re.compile(r"[.!?][\"'”’)\]]*$")
@@ -123,19 +127,37 @@ def sentence_starts(tokenizer: Any, ids: np.ndarray) -> np.ndarray:
     uniq = np.unique(ids)
     texts = {int(t): tokenizer.decode([int(t)]) for t in uniq}
     ends = {t for t, s in texts.items() if end.search(s)}
-    ends_ws = {t for t, s in texts.items() if end_ws.search(s) or end_cjk.search(s)}
+    ends_ws = {t for t, s in texts.items() if end_ws.search(s)}
     starts_ws = {t for t, s in texts.items() if s[:1].isspace()}
     prev, nxt = ids[:-1], ids[1:]
     ok = np.isin(prev, list(ends_ws)) | (np.isin(prev, list(ends)) & np.isin(nxt, list(starts_ws)))
-    # byte-level vocabularies split many CJK characters (！？ in SmolLM2's) over tokens that decode to U+FFFD
-    # alone: such a token ends a terminator when it decodes, with the two before it, to text that ends in one
+    # CJK: a token that ends in a terminator, or (byte-level vocabularies split many CJK characters, ！？ in
+    # SmolLM2's, over tokens that decode to U+FFFD alone) one that does with the two before it
+    cjk = np.isin(prev, [t for t, s in texts.items() if end_cjk.search(s) and t not in ends_ws])
     partial = [t for t, s in texts.items() if "\ufffd" in s]
-    tails: dict[tuple[int, ...], bool] = {}
+    decoded: dict[tuple[int, ...], str] = {}
+
+    def text(a: int, b: int) -> str:
+        key = tuple(int(x) for x in ids[max(0, a):b])
+        if key not in decoded:
+            decoded[key] = tokenizer.decode(list(key))
+        return decoded[key]
+
     for i in np.nonzero(np.isin(prev, partial))[0] if partial else ():
-        key = tuple(int(x) for x in ids[max(0, i - 2):i + 1])
-        if key not in tails:
-            tails[key] = bool(end_cjk.search(tokenizer.decode(list(key))))
-        ok[i] |= tails[key]
+        cjk[i] |= bool(end_cjk.search(text(i - 2, i + 1)))
+    def closes(a: int) -> bool:  # does the text from token a on start with a closing quote or bracket?
+        first = text(a, a + 3)[:1]
+        return bool(first) and first in CJK_CLOSERS
+
+    for i in np.nonzero(cjk)[0]:  # 「…。」: the sentence ends after the closers, which later tokens may carry
+        if not closes(i + 1):
+            ok[i] = True
+            continue
+        for j in range(i + 1, min(i + 4, len(prev))):
+            run = text(i + 1, j + 1)
+            if run and "\ufffd" not in run and all(c in CJK_CLOSERS for c in run) and not closes(j + 1):
+                ok[j] = True
+                break
     return np.concatenate([[0], np.nonzero(ok)[0] + 1, [len(ids)]]).astype(np.int64)
 
 

@@ -125,9 +125,14 @@ def new_cache(model: Any) -> Any:
 
 
 def has_sliding_window(model: Any) -> bool:
-    from ..models.attention import attention_modules, sliding_window
+    """Does any attention layer slide its window? Read once per model (it runs on every cached forward)."""
+    known = model.__dict__.get("_ctxext_sliding")
+    if known is None:
+        from ..models.attention import attention_modules, sliding_window
 
-    return any(sliding_window(m) is not None for m in attention_modules(model))
+        known = any(sliding_window(m) is not None for m in attention_modules(model))
+        model.__dict__["_ctxext_sliding"] = known
+    return known
 
 
 def crop(cache: Any, length: int) -> None:

@@ -68,7 +68,7 @@ def check_data(docs: list[Document], target: int, fitness: str, samples: int,
         raise CtxextError(f"search data holds {total} tokens in all, fewer than the target {target}; "
                           "give more text (--data) or a shorter --target")
     if fitness in ("ppl", "both"):
-        if longest < target:
+        if longest < target - len(prefix):  # a passage is the prefix (BOS) + target − len(prefix) document tokens
             raise CtxextError(f"search data is shorter than the target: the longest document has {longest} tokens, "
                               f"the target is {target}; give longer documents (--data) or a shorter --target")
         n = len(passages(docs, target, prefix))

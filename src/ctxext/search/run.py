@@ -69,6 +69,8 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     c = critical_dim(shape.rotary_dim, shape.base, shape.original_len) // 2
     ev = Evaluator(lm, docs, config.fitness, config.target, config.samples, config.seed, scratch=out)
     guard, guard_cost = None, 0.0
+    full_cost = ev.cost(config.target, config.samples)
+    config.check_first_generation(0.0, reference_cost(ev, rungs), full_cost)  # clearly short: before the guard runs
     if config.short_tolerance is not None:
         wide = make_space(shape.n_pairs, scale, c, shape.original_len, search_attention=config.search_attention)
         check_data(docs, shape.original_len, "ppl", config.samples, prefix)
@@ -77,7 +79,7 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
         guard_cost = len(guard["probes"]) * ev.ppl_cost(shape.original_len, config.samples)
     # the reference (exact yarn:factor=s): for fitness both each rung's values are relative to it (in the budget);
     # for every fitness the search is compared with it at the target. Measured once, kept for resume
-    config.check_first_generation(guard_cost, reference_cost(ev, rungs), ev.cost(config.target, config.samples))
+    config.check_first_generation(guard_cost, reference_cost(ev, rungs), full_cost)
     ref_cost = load_references(out, ev, rungs, resume)
     space = make_space(shape.n_pairs, scale, c, shape.original_len, search_critical=config.search_critical,
                        search_attention=config.search_attention, start_tokens=config.start_tokens,

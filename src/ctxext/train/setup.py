@@ -75,6 +75,10 @@ def plan_run(cfg: TrainConfig, rows_per_forward: int, bf16: bool, shards: int, m
     if cfg.mixed_window:
         spec = mixed_window_spec(spec, info.rope_shape, cfg.seq_len)
     export = plan_export(cfg.model, spec)  # a spec no stock config can express is refused before training
+    if cfg.attn == "flash_attention_2" and spec.entry.length_dependent:
+        # its attention plan runs its own SDPA without a mask under flash: packed documents would see each other
+        raise CtxextError(f"'{spec.method}' trains with --attn sdpa or eager, not flash_attention_2 (its attention "
+                          "plan cannot keep packed documents apart without the layer's mask)")
     c = info.config
     extra = info.vocab_size * info.hidden_size + (2 * info.n_layers + 1) * info.hidden_size  # embeddings, norms
     n_trainable = lora_params(c, cfg.lora_targets, cfg.lora_rank) + extra if cfg.lora else info.n_params
