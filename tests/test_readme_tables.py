@@ -173,7 +173,8 @@ def test_train_section_one_row_per_run_with_its_data(tmp_path, monkeypatch):
     import json
 
     run = {"spec": "yarn:factor=4", "steps": 200, "in_window_ppl": 64.0, "last_quarter_vs_in_window": 0.99,
-           "before": {"ppl_last_quarter": 91.0, "passkey": 0.04}, "after": {"ppl_last_quarter": 63.4, "passkey": 0.8}}
+           "before": {"ppl_last_quarter": 91.0, "passkey": 0.04}, "after": {"ppl_last_quarter": 63.4, "passkey": 0.8},
+           "acceptance": {"ppl_within_10pct": True, "passkey_ge_90pct": False}}
     args = {"pretrain_mix": 0.25, "mix_min_len": 512, "lr": 2e-3, "batch_tokens": 8192}
     (tmp_path / "train_tiny_x").mkdir()
     (tmp_path / "train_tiny_x" / "summary.json").write_text(json.dumps(
@@ -665,9 +666,9 @@ def test_search_section_notes_each_quick_search_beside_its_full_one(tmp_path, mo
         rows = {"default": {"ppl@8192": 25.0, "ppl@16384": 300.0, "needle-ppl@16384": 900.0},
                 "yarn:factor=2": {"ppl@8192": 25.6, "ppl@16384": 28.3, "needle-ppl@16384": 16.9},
                 "searched": {"ppl@8192": 25.2, "ppl@16384": searched_ppl, "needle-ppl@16384": 17.5}}
-        return {"search": {"config": {"model": "smollm2-135m", "target": 16384, "fitness": "ppl", "budget": budget},
-                           "spent": budget, "best": {"attention_factor": 1.03}},
-                "heldout": {"ppl_documents": 1, "needle_trials": trials, "rows": rows}}
+        return {"search": {"config": {"model": "smollm2-135m", "target": 16384, "fitness": "ppl", "budget": budget,
+                                      "short_tolerance": 0.01}, "spent": budget, "best": {"attention_factor": 1.03}},
+                "heldout": {"book": "pg84.txt", "ppl_documents": 1, "needle_trials": trials, "rows": rows}}
 
     for name, res in (("search_smollm2_16k", summary(14.5, 2, 28.1)), ("search_smollm2_16k_quick", summary(4, 1, 28.5))):
         (tmp_path / name).mkdir()
@@ -684,8 +685,8 @@ def test_search_section_keeps_a_search_run_without_its_held_out_evaluation(tmp_p
     """A --skip-eval search (measured in a method table instead) keeps a row with its budget and attention factor,
     dashes where held-out figures would be, and a note with its search-data scores."""
     monkeypatch.setattr(report.common, "RES", tmp_path)
-    res = {"search": {"config": {"model": "smollm2-135m", "target": 32768, "fitness": "ppl", "budget": 8.5},
-                      "spent": 8.43, "evaluations": 9, "generations": 1,
+    res = {"search": {"config": {"model": "smollm2-135m", "target": 32768, "fitness": "ppl", "budget": 8.5,
+                                 "short_tolerance": 0.01}, "spent": 8.43, "evaluations": 9, "generations": 1,
                       "best": {"attention_factor": 1.051, "fitness": 24.316, "origin": "crossover@1"}, "seeds": {"yarn": 24.9, "pi": 80.0},
                       "reference": {"spec": "yarn:factor=4", "fitness": 25.004}}, "skip_eval": True}
     (tmp_path / "search_smollm2_32k").mkdir()
@@ -750,7 +751,9 @@ def test_planner_header_names_the_machine_of_the_rows_kept_from_an_earlier_run(t
     row = {"config": "c", "criterion": "ppl2x", "predicted": 100.0, "measured": 110.0, "censored": False,
            "within_25pct": True, "measured_over_predicted": 1.1, "spec": "yarn:factor=2"}
     d = {"machine": {"cpu_count": 2, "processor": "x86_64", "platform": "new"}, "within_25pct": 2, "counted": 2,
-         "rows": [{**row, "model": "tiny-rope"}, {**row, "model": "smollm2-135m"}],
+         "rows": [{**row, "model": "tiny-rope"}, {**row, "model": "smollm2-135m"},
+                  {**row, "model": "tiny-rope", "criterion": "passkey80", "trials": 12,
+                   "accuracy_by_length": {str(n): 1.0 for n in range(256, 2049, 128)}}],
          "rows_kept_from": {"date": "then", "machine": {"cpu_count": 2, "processor": "x86_64", "platform": "old"},
                             "models": ["tiny-rope"]}}
     (tmp_path / "planner.json").write_text(json.dumps(d))
@@ -765,7 +768,8 @@ def test_planner_header_names_the_machine_of_the_rows_kept_from_an_earlier_run(t
 def test_train_header_names_each_machine_with_its_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(report.common, "RES", tmp_path)
     run = {"spec": "yarn:factor=4", "steps": 200, "in_window_ppl": 64.0, "last_quarter_vs_in_window": 0.99,
-           "before": {"ppl_last_quarter": 91.0, "passkey": 0.04}, "after": {"ppl_last_quarter": 63.4, "passkey": 0.8}}
+           "before": {"ppl_last_quarter": 91.0, "passkey": 0.04}, "after": {"ppl_last_quarter": 63.4, "passkey": 0.8},
+           "acceptance": {"ppl_within_10pct": True, "passkey_ge_90pct": False}}
     for name, platform in (("train_tiny", "A"), ("train_tiny_mix", "A"), ("train_tiny_seed1", "B")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text(json.dumps({"meta": {
@@ -863,3 +867,120 @@ def test_scope_paragraph_follows_the_cells_of_each_larger_factor(tmp_path, monke
                           f"`{se[1]}` and the searched longrope; at 64k perplexity for `ntk:factor=8`, ")
     assert gpu.endswith("at 64k the needle heatmap for `default`, `yarn:factor=8`, `self-extend:group=16,window=2048` "
                         "and `self-extend:group=32,window=4096`; a search at 64k.")
+
+
+def test_planner_text_reads_passkey_trials_and_lengths_from_the_rows(tmp_path, monkeypatch):
+    """The passkey setup the planner section states (depths per length, the length grid, what one miss is worth,
+    where "fails in window" is judged) comes from the passkey80 rows, not from constants."""
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    grid = range(512, 4097, 256)
+    pk = {"model": "tiny-x", "criterion": "passkey80", "censored": False, "trials": 10}
+    rows = [{**pk, "config": "tiny-x yarn:factor=4", "spec": "yarn:factor=4", "predicted": 2000.0, "measured": 1024.0,
+             "status": "ok", "measured_over_predicted": 0.512, "within_25pct": False,
+             "accuracy_by_length": {str(n): (1.0 if n < 1024 else 0.7 if n == 1024 else 0.0) for n in grid}},
+            {**pk, "config": "tiny-x linear:factor=4", "spec": "linear:factor=4", "predicted": 2000.0,
+             "measured": 512.0, "censored": True, "status": "fails in window", "measured_over_predicted": 0.256,
+             "within_25pct": False, "accuracy_by_length": {str(n): 0.0 for n in grid}}]
+    d = {"within_25pct": 0, "counted": 1, "rows": rows}
+
+    def section(data):
+        (tmp_path / "planner.json").write_text(json.dumps(data))
+        return report.planner.planner_section()
+
+    text = section(d)
+    assert "(tiny-x, 10 depths per length, lengths 512–4,096 by 256; machine not recorded)" in text
+    # accuracy listed up to one grid step past the measured length (256 here, not 128), then "0 % beyond"
+    assert "(accuracy by length: 512: 100 %, 768: 100 %, 1,024: 70 %, 1,280: 0 %; 0 % beyond)" in text
+    assert "with 10 trials per length one miss moves a point by 10 %." in text
+    assert "passkey is already below 80 % at 512 tokens, inside the trained window" in text
+    for r in rows:
+        r["trials"] = 20
+    assert "20 depths per length" in section(d) and "one miss moves a point by 5 %." in section(d)
+    # missing or disagreeing fields: a clear error, not a default
+    rows[1]["trials"] = 12
+    with pytest.raises(ValueError, match="disagree"):
+        section(d)
+    del rows[1]["trials"]
+    with pytest.raises(ValueError, match="without trials"):
+        section(d)
+    with pytest.raises(ValueError, match="no passkey80 rows"):
+        section({**d, "rows": [{**rows[0], "criterion": "ppl2x"}]})
+
+
+def _train_summary(target, runs, acceptance):
+    return {"meta": {"model": "tiny-rope", "target": target, "args": {}},
+            "runs": {name: {"spec": spec, "steps": 200, "in_window_ppl": 64.0, "last_quarter_vs_in_window": 0.99,
+                            "before": {"ppl_last_quarter": 91.0, "passkey": 0.04},
+                            "after": {"ppl_last_quarter": 63.4, "passkey": 0.8}, "acceptance": acceptance}
+                     for name, spec in runs.items()}}
+
+
+def test_train_header_reads_window_target_and_bars_from_the_summaries(tmp_path, monkeypatch):
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    (tmp_path / "train_tiny").mkdir()
+
+    def section(summary):
+        (tmp_path / "train_tiny" / "summary.json").write_text(json.dumps(summary))
+        return report.train.train_section()
+
+    bars = {"ppl_within_5pct": True, "passkey_ge_80pct": True, "untrained_passkey_lower": True}
+    text = section(_train_summary(2048, {"linear": "linear:factor=4", "abf": "abf:base=99"}, bars))
+    head = text.splitlines()[0]
+    assert head.startswith("`ctxext train` on the tiny-rope fixture, 512 → 2,048 tokens, 200 steps per run")
+    assert head.endswith("Bars: last-quarter ppl within 1.05× of in-window, passkey ≥ 80 %.")
+    assert "| passkey at 2,048, before → after |" in text
+    # a run without its acceptance flags, runs judged by different bars, no factor spec to read the window from
+    with pytest.raises(ValueError, match="no single acceptance flag"):
+        section(_train_summary(2048, {"linear": "linear:factor=4"}, {"passkey_ge_80pct": True}))
+    mixed = _train_summary(2048, {"linear": "linear:factor=4"}, bars)
+    mixed["runs"]["yarn"] = {**mixed["runs"]["linear"], "spec": "yarn:factor=4",
+                             "acceptance": {"ppl_within_10pct": True, "passkey_ge_80pct": True}}
+    with pytest.raises(ValueError, match="different ppl acceptance bars"):
+        section(mixed)
+    with pytest.raises(ValueError, match="trained window"):
+        section(_train_summary(2048, {"abf": "abf:base=99"}, bars))
+
+
+def test_search_intro_reads_the_held_out_book_and_the_guard_from_the_searches(tmp_path, monkeypatch):
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+
+    def write(name, tol, book="pg100.txt", heldout=True):
+        rows = {"default": {"ppl@256": 65.0, "ppl@1024": 138.7, "needle-ppl@1024": 2096.9},
+                "yarn:factor=4": {"ppl@256": 85.3, "ppl@1024": 87.9, "needle-ppl@1024": 146.3},
+                "searched": {"ppl@256": 65.4, "ppl@1024": 70.7, "needle-ppl@1024": 150.0}}
+        cfg = {"model": "tiny-rope", "target": 1024, "fitness": "both", "budget": 30, "short_tolerance": tol}
+        res = {"search": {"config": {k: v for k, v in cfg.items() if v is not None}, "spent": 29.0,
+                          "best": {"attention_factor": 1.02}},
+               "heldout": {"book": book, "ppl_documents": 4, "needle_trials": 8, "rows": rows}}
+        if not book:
+            del res["heldout"]["book"]
+        if not heldout:
+            res = {**res, "heldout": None, "skip_eval": True}
+            res["search"].update(reference={"spec": "yarn:factor=4", "fitness": 25.0}, evaluations=3, generations=1,
+                                 seeds={"yarn": 24.9})
+            res["search"]["best"].update(fitness=24.3, origin="seed")
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "summary.json").write_text(json.dumps(res))
+
+    write("search_a", 0.02)
+    head = report.search.search_section().splitlines()[0]
+    assert "both measured afterwards on pg100, a book the search did not see." in head
+    assert "within +2 % on the search data, the search's guard" in head
+    # searches guarded differently: each named with its guard
+    write("search_b", 0.005, book="pg84.txt")
+    head = report.search.search_section().splitlines()[0]
+    assert "on pg100 and pg84, books the search did not see." in head
+    assert "within +0.5 % (`search_b`), +2 % (the others) on" in head
+    write("search_a", 0.005)
+    assert "within +0.5 % on" in report.search.search_section()
+    # missing fields: a clear error
+    write("search_b", None)
+    with pytest.raises(ValueError, match="short_tolerance"):
+        report.search.search_section()
+    write("search_b", 0.01, book="")
+    with pytest.raises(ValueError, match="records no book"):
+        report.search.search_section()
+    # no held-out evaluation yet anywhere: no book is named
+    write("search_a", 0.01, heldout=False)
+    write("search_b", 0.01, heldout=False)
+    assert "both measured afterwards on a held-out book the search did not see." in report.search.search_section()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import PurePath
 
 from . import common
-from .common import full_runs, load_json, order_note, ranked
+from .common import and_list, full_runs, load_json, order_note, ranked
 
 
 def search_lines(name: str, res: dict) -> list[str]:
@@ -39,16 +40,46 @@ def search_lines(name: str, res: dict) -> list[str]:
     return out
 
 
+def heldout_books(runs: list) -> str:
+    """The held-out book(s) the searches were measured on, from each heldout.book ('pg84.txt' -> 'pg84'); a clear
+    error when a held-out evaluation does not name its book. With none evaluated yet, no book is named."""
+    books = []
+    for path, res in runs:
+        if ho := res.get("heldout"):
+            if not ho.get("book"):
+                raise ValueError(f"{path}: heldout records no book (the search section names the held-out book)")
+            books.append(PurePath(ho["book"]).stem)
+    books = list(dict.fromkeys(books))
+    return (f"{books[0]}, a book" if len(books) == 1 else f"{and_list(books)}, books" if books else "a held-out "
+            "book") + " the search did not see"
+
+
+def guard_tolerance(runs: list) -> str:
+    """The searches' in-window guard, '+1 %', from each search's config.short_tolerance (a clear error when one lacks
+    it); searches guarded differently are named with theirs: '+0.5 % (search_tiny_rope), +1 % (the others)'."""
+    by_tol: dict[float, list[str]] = {}
+    for path, res in runs:
+        if (tol := res["search"]["config"].get("short_tolerance")) is None:
+            raise ValueError(f"{path}: search.config records no short_tolerance (the in-window guard)")
+        by_tol.setdefault(tol, []).append(path.parent.name)
+    if len(by_tol) == 1:
+        return f"+{100 * next(iter(by_tol)):g} %"
+    common = max(by_tol, key=lambda t: len(by_tol[t]))
+    named = [f"+{100 * t:g} % ({', '.join(f'`{n}`' for n in names)})" for t, names in sorted(by_tol.items())
+             if t != common]
+    return ", ".join(named) + f", +{100 * common:g} % (the others)"
+
+
 def search_section() -> str:
-    lines, notes = [], []
-    for path, res in full_runs("search_*/summary.json"):
+    lines, notes, runs = [], [], list(full_runs("search_*/summary.json"))
+    for path, res in runs:
         if not lines:
             lines += ["`ctxext search` (no fine-tuning) against YaRN at the same factor, both measured afterwards on "
-                      "pg84, a book the search did not see. Budget in full-length-evaluation equivalents; held-out "
+                      f"{heldout_books(runs)}. Budget in full-length-evaluation equivalents; held-out "
                       "samples = ppl documents / needle trials (few on SmolLM2: a 16k forward takes minutes on the "
                       "CPU). m = attention factor (YaRN: 0.1·ln s + 1; searched: at most what keeps ppl inside the trained window "
-                      "within +1 % on the search data, the search's guard). In-window = ppl at the trained length vs "
-                      "default RoPE on the held-out book.", "",
+                      f"within {guard_tolerance(runs)} on the search data, the search's guard). In-window = ppl at "
+                      "the trained length vs default RoPE on the held-out book.", "",
                       "| results | model, window → target | fitness | budget spent | held-out samples | spec | m | "
                       "in-window | ppl @ target | needle-ppl @ target |", "|---|---|---|---|---|---|---:|---:|---:|---:|"]
         lines += search_lines(path.parent.name, res)

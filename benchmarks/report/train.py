@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from . import common
 from .common import full_runs, load_json, machines_text, order_note, pct, ranked
 
@@ -17,6 +19,55 @@ def _train_data(meta: dict) -> str:
     return f"{data}; lr {args.get('lr', 1e-3):g}, {args.get('batch_tokens', 4096):,} tok/step"
 
 
+def _one(values: dict[str, object], what: str) -> object:
+    """The one value every run records for `what` (values: run -> value); a clear error when they differ, since the
+    section's header states one for all rows."""
+    if len(set(values.values())) != 1:
+        raise ValueError(f"train_tiny*/summary.json: the runs record different {what}: "
+                         + "; ".join(f"{k}: {v}" for k, v in values.items()))
+    return next(iter(values.values()))
+
+
+def train_target(done: list) -> int:
+    """The length every run extended to, its meta.target: also where train_tiny.py measures passkey (its seq_len)."""
+    return _one({str(p.parent.name): res["meta"]["target"] for p, res in done}, "targets")
+
+
+def train_window(done: list) -> int:
+    """The fixture's trained window. summary.json records the target and each run's spec, not the window:
+    train_tiny.py sets linear's and yarn's factor to target / window, so it is read back as target / factor (a
+    clear error when no run has such a spec, or they disagree)."""
+    windows = {}
+    for p, res in done:
+        for name, r in res["runs"].items():
+            if m := re.fullmatch(r"(?:linear|yarn):factor=([0-9.]+)", r["spec"]):
+                windows[f"{p.parent.name}/{name}"] = round(res["meta"]["target"] / float(m.group(1)))
+    if not windows:
+        raise ValueError("train_tiny*/summary.json: no linear:factor= / yarn:factor= run to read the trained window "
+                         "(target / factor) from")
+    return _one(windows, "trained windows (target / factor)")
+
+
+# the acceptance flags train_tiny.py records per run, named by their bar: ppl_within_<N>pct, passkey_ge_<N>pct
+_BARS = {"ppl": re.compile(r"ppl_within_(\d+)pct"), "passkey": re.compile(r"passkey_ge_(\d+)pct")}
+
+
+def acceptance_bars(done: list) -> str:
+    """The bars the runs were judged by, read from the names of their recorded acceptance flags (a clear error when
+    a run records none, or the runs were judged by different bars)."""
+    bars = {what: {} for what in _BARS}
+    for p, res in done:
+        for name, r in res["runs"].items():
+            for what, pat in _BARS.items():
+                hits = [int(m.group(1)) for k in r.get("acceptance") or {} if (m := pat.fullmatch(k))]
+                if len(hits) != 1:
+                    raise ValueError(f"{p}: run {name} records no single acceptance flag {pat.pattern} (its "
+                                     f"acceptance: {r.get('acceptance')})")
+                bars[what][f"{p.parent.name}/{name}"] = hits[0]
+    ppl, passkey = (_one(bars[w], f"{w} acceptance bars") for w in ("ppl", "passkey"))
+    return f"last-quarter ppl within {1 + ppl / 100:.2f}× of in-window, passkey ≥ {passkey} %"
+
+
 def train_section() -> str:
     lines, done = [], list(full_runs("train_tiny*/summary.json"))
     for path, res in done:
@@ -24,11 +75,12 @@ def train_section() -> str:
         if not lines:
             first = next(iter(runs.values()))
             where = machines_text([(f"`{p.parent.name}`", r["meta"].get("machine")) for p, r in done], "the other runs")
-            lines += [f"`ctxext train` on the {res['meta']['model']} fixture, 256 → {res['meta']['target']:,} tokens, "
-                      f"{first['steps']} steps per run ({where}; in-window perplexity "
-                      f"{first['in_window_ppl']:.2f}). Bars: last-quarter ppl within 1.10× of in-window, passkey ≥ 90 %.",
+            target = train_target(done)
+            lines += [f"`ctxext train` on the {res['meta']['model']} fixture, {train_window(done):,} → {target:,} "
+                      f"tokens, {first['steps']} steps per run ({where}; in-window perplexity "
+                      f"{first['in_window_ppl']:.2f}). Bars: {acceptance_bars(done)}.",
                       "", "| results | data | spec | ppl last quarter, before → after | / in-window | passkey at "
-                      "1,024, before → after |", "|---|---|---|---|---:|---|"]
+                      f"{target:,}, before → after |", "|---|---|---|---|---:|---|"]
         for name, r in runs.items():
             b, a = r["before"], r["after"]
             lines.append(f"| `{path.parent.name}` | {_train_data(res['meta'])} | `{r['spec']}` | "
