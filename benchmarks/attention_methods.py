@@ -69,11 +69,12 @@ QUICK_DEPTHS = (0.1, 0.5, 0.9)
 def write(part: str, report: dict, quick: bool = False) -> Path:
     from ctxext.runinfo import machine, versions
 
+    from ctxext.evals.files import atomic_write
+
     part += "_quick" if quick else ""
     report = {"part": part, "versions": versions(), "machine": machine(), "quick": quick, **report}
     out = HERE / "results" / f"attention_methods_{part}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write(out, json.dumps(report, indent=1) + "\n")
     print(f"wrote {out}")
     return out
 
@@ -204,7 +205,9 @@ def stream_child(args: argparse.Namespace) -> None:
                                            f"{args.length} tokens)")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     summary = {"records": res["records"], "peak_rss_bytes": rss, "seconds": time.perf_counter() - t}
-    (out / "child.json").write_text(json.dumps(summary) + "\n")
+    from ctxext.evals.files import atomic_write
+
+    atomic_write(out / "child.json", json.dumps(summary) + "\n")  # its presence means done (_child reuses it)
 
 
 def _child(spec: str, length: int, bucket: int, reuse: bool) -> dict:

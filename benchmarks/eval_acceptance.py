@@ -37,6 +37,7 @@ def ratios(records: list[dict], spec: str) -> dict:
 
 def main() -> None:
     from ctxext.evals import run_eval
+    from ctxext.evals.files import atomic_write
     from ctxext.fixtures import HELD_OUT_BOOK, books_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,7 +53,7 @@ def main() -> None:
     d, y = report["specs"]["default"]["ratio"], report["specs"]["yarn:factor=2"]["ratio"]
     report["checks"] = {"default_last4k_over_0_8k_gt_10": d > 10, "yarn2_last4k_over_0_8k_within_1.5": y <= 1.5}
     out = HERE / "results" / "eval_acceptance.json"
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write(out, json.dumps(report, indent=1) + "\n")
     print(f"default: last-4k ppl / 0-8k mean = {d:.1f}; yarn:factor=2: {y:.2f}; checks {report['checks']}; wrote {out}")
 
 

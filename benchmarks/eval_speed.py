@@ -2,7 +2,7 @@
 passkey depth grid. Not a test: it measures, prints, and writes benchmarks/results/eval_speed.json.
 
     python benchmarks/eval_speed.py [--quick] [--model smollm2-135m] [--length 16384] [--reuse-length 2048]
-                                    [--depths 0,0.1,...,1] [--trials 5] [--rounds 3] [--repeats 1] [--out benchmarks/results/eval_speed.json]
+                                    [--depths 0,0.1,...,1] [--trials 5] [--rounds 3] [--repeats 3] [--out benchmarks/results/eval_speed.json]
 
 Each measurement runs in a fresh subprocess, so its peak resident memory (VmHWM of /proc/self/status) is its
 own: `process_peak` includes loading the model, `forward_peak` is reset (clear_refs 5) just before the timed
@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # --quick replaces these defaults (an option given on the command line is kept)
-QUICK = {"length": 4096, "reuse_length": 1024, "depths": "0,0.5,1", "trials": 2, "rounds": 2,
+QUICK = {"length": 4096, "reuse_length": 1024, "depths": "0,0.5,1", "trials": 2, "rounds": 2, "repeats": 1,
          "out": str(HERE / "results" / "eval_speed_quick.json")}
 
 
@@ -173,6 +173,11 @@ def spawn(name: str, args) -> dict:
     return res
 
 
+def run_meta(report: dict) -> dict:
+    """What a part records of the run that measured it: a later run with --skip keeps it beside its own."""
+    return {k: report[k] for k in ("date", "fp32_matmul_gflops", "machine", "versions")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -181,7 +186,8 @@ def main() -> None:
     ap.add_argument("--depths", default=",".join(f"{d / 10:g}" for d in range(11)))
     ap.add_argument("--trials", type=int, default=5, help="passkey trials per depth in the reuse benchmark (the task default)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating reuse/independent rounds (best of each)")
-    ap.add_argument("--repeats", type=int, default=1, help="ours/naive pairs (best of each is reported)")
+    ap.add_argument("--repeats", type=int, default=3, help="ours/naive pairs, alternating which runs first (best of "
+                    "each is reported)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: ppl, reuse")
     ap.add_argument("--device", default="cpu", help="cuda: the ppl part on a GPU (peak memory is then the "
                     "device's, torch.cuda.max_memory_allocated; the reuse grid stays a CPU measurement)")
@@ -228,16 +234,16 @@ def main() -> None:
     report["fp32_matmul_gflops"] = rate["fp32_matmul_flops"] / 1e9
     if "ppl" not in skip:
         ours, naive = [], []
-        for _ in range(args.repeats):
-            ours.append(spawn("ours", args))
-            naive.append(spawn("naive", args))
+        for i in range(args.repeats):  # alternate the order: neither side always gets the quieter slot
+            for side in (("ours", "naive") if i % 2 == 0 else ("naive", "ours")):
+                (ours if side == "ours" else naive).append(spawn(side, args))
         best_o = min(ours, key=lambda r: r["seconds"])
         best_n = min(naive, key=lambda r: r["seconds"])
         flops = mc.flops(args.length, scored=args.length)
         for r in (best_o, best_n):
             r["fraction_of_matmul_peak"] = flops / r["seconds"] / rate["fp32_matmul_flops"]
         report["ppl"] = {
-            "date": report["date"], "fp32_matmul_gflops": report["fp32_matmul_gflops"],
+            **run_meta(report),
             "forward_flops": flops, "ours": best_o, "naive": best_n, "all_runs": {"ours": ours, "naive": naive},
             "speedup_vs_naive": best_n["seconds"] / best_o["seconds"],
             "loss_abs_diff": abs(best_o["loss"] - best_n["loss"]),
@@ -247,15 +253,18 @@ def main() -> None:
             report["ppl"].update(memory_limit_mb=None, memory_ok=None,
                                  device_peak_ratio=best_o["device_peak_mb"] / best_n["device_peak_mb"])
     if "reuse" not in skip:
-        report["prefix_reuse"] = {"date": report["date"], **spawn("reuse", args)}
+        report["prefix_reuse"] = {**run_meta(report), **spawn("reuse", args)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.is_file():  # a skipped part keeps its figures from the previous run (each carries its date and matmul rate)
         old = json.loads(out.read_text())
         for part, key in (("ppl", "ppl"), ("reuse", "prefix_reuse")):
-            if part in skip and key in old:
-                report[key] = {"date": old.get("date"), "fp32_matmul_gflops": old.get("fp32_matmul_gflops"), **old[key]}
-    out.write_text(json.dumps(report, indent=1) + "\n")
+            if part in skip and key in old:  # a part written before parts carried their own machine: none is known
+                report[key] = {"date": old.get("date"), "fp32_matmul_gflops": old.get("fp32_matmul_gflops"),
+                               "machine": None, "versions": None, **old[key]}
+    from ctxext.evals.files import atomic_write
+
+    atomic_write(out, json.dumps(report, indent=1) + "\n")
     if "ppl" in report:
         p = report["ppl"]
         print(f"ppl @ {args.length}: ours {p['ours']['tokens_per_s']:.0f} tok/s "

@@ -7,14 +7,19 @@ train / held-out split of the kept examples, longqa EM/F1 on the held-out ones b
 Every stage is a ctxext command run in-process with one torch thread, resumable (synth-qa --resume, eval --resume,
 train --resume); rerunning the script continues where it stopped. Work files (examples with their contexts,
 checkpoints, weights) stay in --work; benchmarks/results/synth_qa/instruct/ gets the summaries and a README.md.
+The split files, the evaluations and the training run live in --work/split-<hash>/, the hash of the held-out and
+training examples (their text) and --max-len; the training run in train-<steps>steps-lr<lr>/ under it and the
+evaluation of its model in after-<steps>steps-lr<lr>/. A rerun with
+the same examples resumes there; one whose split changed (more examples kept, another --examples cut) starts in a
+new folder instead of reusing a model trained, or answers scored, on another split.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -77,8 +82,34 @@ def cut_examples(src: Path, dst: Path, width: int) -> None:
     dst.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
+def split_rows(rows: list[dict], heldout: float) -> tuple[list[int], list[int]]:
+    """(held-out, train) indices of rows: a seeded permutation, at least 3 held out."""
+    n_held = max(3, round(heldout * len(rows)))
+    perm = np.random.default_rng(0).permutation(len(rows))
+    return sorted(perm[:n_held].tolist()), sorted(perm[n_held:].tolist())
+
+
+def jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def split_key(held_text: str, train_text: str, max_len: int) -> str:
+    """A short hash of the held-out and training files' text and the length they are evaluated and trained at:
+    the name of the folder whose evaluations and training belong to exactly this split."""
+    h = hashlib.sha256()
+    for part in (held_text, "\0", train_text, "\0", str(max_len)):
+        h.update(part.encode("utf-8"))
+    return h.hexdigest()[:12]
+
+
+def train_dir_name(steps: int, lr: float) -> str:
+    return f"train-{steps}steps-lr{lr:g}"
+
+
 def main() -> None:
     import torch
+
+    from ctxext.evals.files import atomic_write
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/h8")
@@ -114,41 +145,46 @@ def main() -> None:
                                 "--tries", str(a.tries), "--resume", "--no-progress"])
     synth = json.loads(summary_file.read_text())
     rows = [json.loads(x) for x in qa.read_text().splitlines() if x.strip()]
-    n_held = max(3, round(a.heldout * len(rows)))
-    perm = np.random.default_rng(0).permutation(len(rows))
-    held, train = sorted(perm[:n_held].tolist()), sorted(perm[n_held:].tolist())
-    (work / "heldout.jsonl").write_text("".join(json.dumps(rows[i], ensure_ascii=False) + "\n" for i in held))
-    (work / "train.jsonl").write_text("".join(json.dumps(rows[i], ensure_ascii=False) + "\n" for i in train))
-    ev = ["--task", "longqa", "--data", str(work / "heldout.jsonl"), "--lengths", str(a.max_len),
+    held, train = split_rows(rows, a.heldout)
+    held_text, train_text = jsonl([rows[i] for i in held]), jsonl([rows[i] for i in train])
+    key = split_key(held_text, train_text, a.max_len)
+    split = work / f"split-{key}"  # evaluations and training of this split only: a changed split never resumes them
+    others = sorted(d.name for d in work.glob("split-*") if d.is_dir() and d != split)
+    print(f"split {key}: {len(held)} held out, {len(train)} to train on; work in {split}"
+          + (f" (other splits here, not reused: {', '.join(others)})" if others else ""), flush=True)
+    atomic_write(split / "heldout.jsonl", held_text)
+    atomic_write(split / "train.jsonl", train_text)
+    ev = ["--task", "longqa", "--data", str(split / "heldout.jsonl"), "--lengths", str(a.max_len),
           "--samples", "1000", "--resume", "--no-progress"]
-    secs["eval_before"] = ctxext(["eval", "--model", MODEL, "--scaling", SPEC, *ev, "--out", str(work / "before")])
+    secs["eval_before"] = ctxext(["eval", "--model", MODEL, "--scaling", SPEC, *ev, "--out", str(split / "before")])
     steps = a.epochs * len(train)
-    tr = work / "train"
+    tr = split / train_dir_name(steps, a.lr)
+    after = split / tr.name.replace("train-", "after-", 1)
     if not (tr / "final" / "config.json").is_file():
-        secs["train"] = ctxext(["train", "--model", MODEL, "--scaling", SPEC, "--instruct", str(work / "train.jsonl"),
+        secs["train"] = ctxext(["train", "--model", MODEL, "--scaling", SPEC, "--instruct", str(split / "train.jsonl"),
                                 "--seq-len", str(a.max_len), "--steps", str(steps), "--lora", "--lr", str(a.lr),
                                 "--warmup", "1", "--no-eval", "--save-every", "2", "--resume", "--no-progress",
                                 "--out", str(tr)], ok=(0, 1))  # 1: the export check's tolerance (reported below)
     secs["eval_after"] = ctxext(["eval", "--model", str(tr / "final"), "--scaling", "default", *ev,
-                                 "--out", str(work / "after")])
+                                 "--out", str(after)])
     tres = json.loads((tr / "results.json").read_text())
     result = {
         "model": MODEL, "spec": SPEC, "max_len": a.max_len, "books": BOOKS, "examples": a.examples,
         "synth": {k: synth[k] for k in ("settings", "chunks", "processed", "kept", "rejected", "rejected_total",
                                         "rejected_tries", "tries_total", "front_tokens_skipped")},
-        "split": {"train": [rows[i]["id"] for i in train], "heldout": [rows[i]["id"] for i in held]},
+        "split": {"key": key, "train": [rows[i]["id"] for i in train], "heldout": [rows[i]["id"] for i in held]},
         "train": {"steps": steps, "epochs": a.epochs, "lr": a.lr, "lora": True,
                   "rows": tres["meta"]["rows"], "history": [h["loss"] for h in tres["training"]["history"]],
                   "train_seconds": tres["training"]["summary"]["train_seconds"],
                   "peak_memory_gib": tres["training"]["summary"]["peak_memory_gib"],
                   "export_verification": tres["training"]["summary"].get("export_verification")},
-        "longqa_heldout_before": longqa(work / "before"), "longqa_heldout_after": longqa(work / "after"),
+        "longqa_heldout_before": longqa(split / "before"), "longqa_heldout_after": longqa(after),
         "seconds_this_run": secs, "torch_threads": torch.get_num_threads(),
     }
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    for name in ("before", "after"):
-        for f in (work / name).glob("**/*.jsonl"):
-            shutil.copy(f, out / f"answers_{name}.jsonl")
+    atomic_write(out / "results.json", json.dumps(result, indent=1) + "\n")
+    for name, d in (("before", split / "before"), ("after", after)):
+        for f in d.glob("**/*.jsonl"):
+            atomic_write(out / f"answers_{name}.jsonl", f.read_bytes())
     print(json.dumps({k: result[k] for k in ("longqa_heldout_before", "longqa_heldout_after")}, indent=1))
 
 

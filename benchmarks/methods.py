@@ -92,6 +92,7 @@ def merge_niah(sources: list[Path], out: Path = NIAH_MERGED) -> Path | None:
     """Pool the niah cells of the seed-0 run and every seed run into out/results.json and out/niah_heatmap.png."""
     import json
 
+    from ctxext.evals.files import atomic_write
     from ctxext.evals.plots import heatmap
 
     runs = [json.loads((d / "results.json").read_text()) for d in sources if (d / "results.json").is_file()]
@@ -101,7 +102,7 @@ def merge_niah(sources: list[Path], out: Path = NIAH_MERGED) -> Path | None:
     recs = pool_cells([x for x in sets if x])
     meta = runs[0]["meta"]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(
+    atomic_write(out / "results.json", json.dumps(
         {"meta": {"pooled_from": [str(d.relative_to(ROOT)) for d, x in zip(sources, sets) if x],
                   "seeds": [res["meta"]["seed"] for res, x in zip(runs, sets) if x], "machine": meta.get("machine"),
                   "versions": meta.get("versions"), "config": meta.get("config")}, "records": recs}, indent=1) + "\n")

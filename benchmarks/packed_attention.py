@@ -48,6 +48,7 @@ def main() -> None:
     import torch
 
     from ctxext import runinfo
+    from ctxext.evals.files import atomic_write
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", default="4096,8192")
@@ -60,7 +61,7 @@ def main() -> None:
     rows = [measure(int(L), args.heads, args.head_dim, args.cut, args.repeats) for L in args.lengths.split(",")]
     res = {"meta": {"versions": runinfo.versions(), "machine": runinfo.machine(), "threads": torch.get_num_threads(),
                     "heads": args.heads, "head_dim": args.head_dim, "repeats": args.repeats}, "runs": rows}
-    Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    atomic_write(Path(args.out), json.dumps(res, indent=1) + "\n")
     for r in rows:
         print(f"{r['length']:>6}: causal {r['causal_s']:.2f} s, block mask {r['block_mask_s']:.2f} s "
               f"({r['block_mask_over_causal']:.2f}x), per document {r['per_document_s']:.2f} s "

@@ -15,16 +15,22 @@ accuracy is below 80 %. A configuration already below 80 % at 256 (inside the wi
 ("fails in window") and is not counted; one that holds to 2048 is censored. A SmolLM2 passkey sweep over
 lengths is beyond this CPU's budget.
 
---quick: the tiny-rope fixture only (ppl and passkey rows, about five minutes on one thread). Full: adds
+--quick: the tiny-rope fixture only (ppl and passkey rows, about five minutes on one thread), written to
+planner_quick.json (an --out given with it is kept), so it never replaces the full run's rows. Full: adds
 SmolLM2-135M at 16k tokens (one forward per configuration, ~2 min each on a 2-core CPU), at 32k (~7 min) for
 the configurations that 16k did not break. --only MODEL (--tiny-only: tiny-rope) remeasures that model's rows and
 keeps the other models' rows of the results file (after a fixture change, or to add longer SmolLM2 runs). Curves are
-cached in benchmarks/results/planner_curves/, so an interrupted run resumes.
+cached in benchmarks/results/planner_curves/, so an interrupted run resumes; a curve's file name holds a short hash of
+what it was measured on (the model's config, tokenizer and weights, by content; the held-out book's name and text;
+for passkey curves the lengths, trials and prompt text), so a changed fixture or book is measured again, never read
+from a stale curve.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import re
 import sys
@@ -48,44 +54,101 @@ SMOL = [("smollm2-135m", s, L, 1) for s, L in (
 RATIO_OK = 0.25
 PASSKEY_LENGTHS = tuple(range(256, 2049, 128))
 PASSKEY_TRIALS, PASSKEY_OK = 12, 0.8
+PASSKEY_SEED = 0  # passkey_accuracy's default seed (its keys)
+# what a model's curves depend on in its folder: config, tokenizer and weights (not fixture.json's measurements)
+MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt")
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def short_hash(*parts: object) -> str:
+    return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:10]
+
+
+@functools.lru_cache(maxsize=None)
+def _file_sha(path: str, size: int, mtime_ns: int) -> str:  # keyed by size and mtime: a rewritten file is read again
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha(path: Path) -> str:
+    st = path.stat()
+    return _file_sha(str(path), st.st_size, st.st_mtime_ns)
+
+
+def model_fingerprint(folder: Path) -> str:
+    """A short hash of a model folder's config, tokenizer and weight files by content (hashed once per process)."""
+    files = sorted(f for f in Path(folder).iterdir() if f.is_file()
+                   and (f.name in MODEL_FILES or f.suffix in WEIGHT_SUFFIXES))
+    if not any(f.suffix in WEIGHT_SUFFIXES for f in files):
+        raise SystemExit(f"{folder}: no weights file to key the planner's curve cache on")
+    return short_hash(*(f"{f.name}:{file_sha(f)}" for f in files))
+
+
+def book_fingerprint(book: Path) -> str:
+    return short_hash(Path(book).name, file_sha(Path(book)))
+
+
+def curve_key(model: str, spec_text: str, length: int, windows: int, model_fp: str, book_fp: str) -> str:
+    """The file name (no suffix) of a perplexity curve: what was measured, and a hash of the model and the book."""
+    name = re.sub(r"[^A-Za-z0-9=.]+", "_", f"{model}-{spec_text}-{length}x{windows}")
+    return f"{name}-{short_hash(model_fp, book_fp)}"
+
+
+def passkey_key(model: str, spec_text: str, model_fp: str, lengths=PASSKEY_LENGTHS, trials: int = PASSKEY_TRIALS,
+                seed: int = PASSKEY_SEED) -> str:
+    """The file name (no suffix) of a passkey curve: model, spec, trials, and a hash of the model, the lengths, the
+    seed and the prompt's text (its filler, needle and question)."""
+    from ctxext.fixtures.build import FILLER_SENTENCES, QUESTION, needle
+
+    prompt = short_hash(*FILLER_SENTENCES, QUESTION, needle(12345))
+    return (re.sub(r"[^A-Za-z0-9=.]+", "_", f"passkey-{model}-{spec_text}-x{trials}")
+            + f"-{short_hash(model_fp, tuple(lengths), seed, prompt)}")
+
+
+def lm_fingerprint(lm) -> str:
+    from ctxext.models.names import resolve_model_path
+
+    return model_fingerprint(resolve_model_path(lm.name))
 
 
 def curve(lm, spec_text: str, length: int, windows: int, cache: Path) -> np.ndarray:
     """Mean per-position NLL over `windows` non-overlapping windows of the held-out book (cached on disk)."""
     from ctxext.data import load_documents, special_prefix
+    from ctxext.evals.files import save_array
     from ctxext.evals.reach import window_nll
     from ctxext.fixtures import HELD_OUT_BOOK, books_dir
     from ctxext.models.apply import apply_spec
     from ctxext.scaling import parse_spec
 
-    key = re.sub(r"[^A-Za-z0-9=.]+", "_", f"{lm.name}-{spec_text}-{length}x{windows}")
-    path = cache / f"{key}.npy"
+    book = books_dir() / HELD_OUT_BOOK
+    path = cache / f"{curve_key(lm.name, spec_text, length, windows, lm_fingerprint(lm), book_fingerprint(book))}.npy"
     if path.is_file():
         return np.load(path)
-    doc = load_documents([books_dir() / HELD_OUT_BOOK], lm.tokenizer)[0]
+    doc = load_documents([book], lm.tokenizer)[0]
     if len(doc.tokens) < length * windows:
         raise SystemExit(f"{doc.name}: {len(doc.tokens)} tokens, need {length * windows}")
     apply_spec(lm, parse_spec(spec_text))
     nll = window_nll(lm.model, doc.tokens, length, windows, special_prefix(lm.tokenizer))
-    cache.mkdir(parents=True, exist_ok=True)
-    np.save(path, nll.astype(np.float32))
+    save_array(path, nll)  # float32, written atomically: an interrupted write leaves no half curve to load
     return nll
 
 
 def passkey_curve(lm, spec_text: str, cache: Path) -> dict[int, float]:
     """Greedy passkey accuracy per length (PASSKEY_TRIALS depths each), cached on disk."""
+    from ctxext.evals.files import atomic_write
     from ctxext.fixtures.build import passkey_accuracy
     from ctxext.models.apply import apply_spec
     from ctxext.scaling import parse_spec
 
-    key = re.sub(r"[^A-Za-z0-9=.]+", "_", f"passkey-{lm.name}-{spec_text}-x{PASSKEY_TRIALS}")
-    path = cache / f"{key}.json"
+    path = cache / f"{passkey_key(lm.name, spec_text, lm_fingerprint(lm))}.json"
     if path.is_file():
         return {int(k): v for k, v in json.loads(path.read_text()).items()}
     apply_spec(lm, parse_spec(spec_text))
-    acc = {L: passkey_accuracy(lm.model, lm.tokenizer, L, PASSKEY_TRIALS) for L in PASSKEY_LENGTHS}
-    cache.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(acc))
+    acc = {L: passkey_accuracy(lm.model, lm.tokenizer, L, PASSKEY_TRIALS, seed=PASSKEY_SEED) for L in PASSKEY_LENGTHS}
+    atomic_write(path, json.dumps(acc))
     return acc
 
 
@@ -183,7 +246,7 @@ def tallies(rows: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny-rope only (minutes)")
+    p.add_argument("--quick", action="store_true", help="tiny-rope only (minutes), into planner_quick.json")
     p.add_argument("--out", type=Path, default=RESULTS / "planner.json")
     p.add_argument("--only", choices=("tiny-rope", "smollm2-135m"), default=None,
                    help="remeasure this model's rows only and keep the other models' rows of --out as they are "
@@ -193,13 +256,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="measure nothing: recompute --out's calibrated columns and tallies from its rows")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
-    from ctxext.runinfo import machine, versions
+    from ctxext.evals.files import atomic_write
+    from ctxext.runinfo import machine, override_defaults, versions
+
+    if args.quick:  # its own file: a quick run's tiny-rope rows never replace the full run's
+        override_defaults(p, args, {"out": RESULTS / "planner_quick.json"})
 
     if args.rescore:
         out = json.loads(args.out.read_text())
         out["rows"] = calibrate(out["rows"])
         out.update(tallies(out["rows"]))
-        args.out.write_text(json.dumps(out, indent=1) + "\n")
+        atomic_write(args.out, json.dumps(out, indent=1) + "\n")
         print(f"{out['within_25pct']} of {out['counted']} within ±25 %; calibrated: {out['calibrated_within_25pct']} "
               f"of {out['calibrated_counted']}; {args.out}")
         return 0
@@ -223,8 +290,7 @@ def main(argv: list[str] | None = None) -> int:
            "quick": args.quick, "machine": machine(), "versions": versions(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.time() - t0, 1),
            **tallies(rows), "rows_kept_from": kept_from, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    atomic_write(args.out, json.dumps(out, indent=1) + "\n")
     print(f"{out['within_25pct']} of {out['counted']} uncensored configurations within ±25 % (calibrated by the "
           f"default: {out['calibrated_within_25pct']} of {out['calibrated_counted']}); {args.out}")
     return 0

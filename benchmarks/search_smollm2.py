@@ -65,6 +65,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from ctxext import runinfo
     from ctxext.evals import run_eval
+    from ctxext.evals.files import atomic_write
     from ctxext.fixtures import HELD_OUT_BOOK, book_path
     from ctxext.search import config_from, run_search
 
@@ -89,7 +90,7 @@ def main() -> int:
                           "guard": res["guard"], "curve": res["curve"], "evaluation_seconds": round(search_s, 1),
                           "this_run_seconds": round(run_s, 1), "replayed_this_run": res["replayed"]}}
     summary["skip_eval"] = args.skip_eval  # the README tells a search measured elsewhere from one still evaluating
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     if args.skip_eval:
         return 0
     best = str(search_dir / "best.json")
@@ -115,7 +116,7 @@ def main() -> int:
         f"ppl@{WINDOW} searched <= 1.01 x default":
             rows["searched"][f"ppl@{WINDOW}"] <= 1.01 * rows["default"][f"ppl@{WINDOW}"],
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     m = summary["machine"]
     lines = [f"# ctxext search on SmolLM2-135M: {WINDOW} → {target:,} tokens, no fine-tuning (reduced CPU budget)", "",
              f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}.",
@@ -129,7 +130,7 @@ def main() -> int:
         lines.append(f"| {name} | {r[f'ppl@{WINDOW}']:.4f} | {r[f'ppl@{target}']:.4f} | {r[f'needle-ppl@{target}']:.4f} |")
     lines += ["", "| check | pass |", "|---|---|"] + [f"| {k} | {'yes' if v else 'NO'} |"
                                                      for k, v in summary["checks"].items()]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out / "summary.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -61,6 +61,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from ctxext import runinfo
     from ctxext.evals import run_eval
+    from ctxext.evals.files import atomic_write
     from ctxext.fixtures import book_path
     from ctxext.search import config_from, run_search
 
@@ -119,7 +120,7 @@ def main() -> int:
                     "seconds": round(eval_s, 1)},
         "checks": checks,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     m = summary["machine"]
     lines = ["# ctxext search on tiny-rope: 256 → 1024 tokens, no fine-tuning", "",
              f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}; "
@@ -139,7 +140,7 @@ def main() -> int:
         lines.append(f"| {name} | {r['ppl@256']:.4f} | {r['ppl@1024']:.4f} | {r['needle-ppl@1024']:.4f} |")
     lines += ["", f"In-window change of the searched spec vs default: {100 * summary['heldout']['in_window_change']:+.3f} %.",
               "", "| check | pass |", "|---|---|"] + [f"| {k} | {'yes' if v else 'NO'} |" for k, v in checks.items()]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out / "summary.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if all(checks.values()) else 1
 

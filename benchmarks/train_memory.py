@@ -4,7 +4,7 @@ with glibc's defaults (the baseline, same run), next to ctxext's estimate.
     python benchmarks/train_memory.py                       # SmolLM2-135M, 2k / 4k / 8k, 2 steps each
     python benchmarks/train_memory.py --lengths 16384 --add # one more length, kept beside the others
     python benchmarks/train_memory.py --lengths 16384 --parallel --add  # both variants at once, one core each
-    python benchmarks/train_memory.py --quick               # one step per length
+    python benchmarks/train_memory.py --quick               # 2k only, 2 steps: train_memory-cpu-quick.json
 
 Each length and variant runs `ctxext train` in its own process with a sampler thread reading the resident set
 (RSS, /proc/self/statm) every few milliseconds, and marks on the phases of each optimizer step: the forward
@@ -18,12 +18,16 @@ The estimate (ctxext.train.memory) is compared with the highest RSS of any step:
 current code estimates for the run (rewritten on every write; `--reestimate` does only that), `estimate_at_run_gib`
 what the run itself printed.
 
-Writes benchmarks/results/train_memory-cpu.json and prints a table.
+Writes benchmarks/results/train_memory-cpu.json and prints a table. --quick (2 048 tokens, 2 steps, so tokens/s
+still leaves out the first step) writes train_memory-cpu-quick.json instead and never touches the full run's file;
+an --out or --lengths given with it is kept. --add reads, merges and writes the file under a lock
+(.train_memory-cpu.json.lock beside it), so runs of other lengths finishing together keep each other's rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -36,14 +40,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from train_speed import BOOKS  # noqa: E402  (the same training text as the speed benchmark)
+from train_speed import BOOKS, results_lock  # noqa: E402  (the same training text as the speed benchmark)
 
+from ctxext.evals.files import atomic_write  # noqa: E402
 from ctxext.train.malloc import OFF_ENV  # noqa: E402
 
 GIB = 2**30
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PHASES = ("forward", "backward", "optimizer")
 VARIANTS = ("tuned", "glibc")  # ctxext's fixed mmap threshold (ctxext.train.malloc) vs glibc's defaults
+OUT = ROOT / "benchmarks" / "results" / "train_memory-cpu.json"
+# --quick replaces these defaults (an option given on the command line is kept); 2 steps at least, so tokens/s is
+# measured over a step after the first (which pays warm-up)
+QUICK = {"lengths": "2048", "steps": 2, "out": str(OUT.with_name("train_memory-cpu-quick.json"))}
 
 
 def rss() -> int:
@@ -177,17 +186,17 @@ def current_estimate(model: str, scaling: str, length: int, variant: str) -> flo
     return round(plan_run(cfg, 1, False, 1, malloc_tuned=variant == "tuned").memory.total / GIB, 3)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from ctxext import runinfo
-    from ctxext.fixtures import books_dir
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--scaling", default="yarn:factor=8")
     p.add_argument("--lengths", default="2048,4096,8192")
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="one step per length")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_memory-cpu.json"))
+    p.add_argument("--quick", action="store_true",
+                   help="2 048 tokens, 2 steps, into train_memory-cpu-quick.json (the full run's file is left alone)")
+    p.add_argument("--out", default=str(OUT))
     p.add_argument("--variants", default=",".join(VARIANTS), help="tuned and/or glibc")
     p.add_argument("--add", action="store_true",
                    help="keep the rows of the results file (length and variant) that this run does not measure")
@@ -195,9 +204,20 @@ def main() -> None:
     p.add_argument("--reestimate", action="store_true",
                    help="run nothing: rewrite the results file's estimates with the current formula")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.quick:
+        runinfo.override_defaults(p, args, QUICK)
+        args.steps = max(2, args.steps)  # tokens/s over the steps after the first: one step would time the warm-up
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ctxext import runinfo
+    from ctxext.fixtures import books_dir
+
+    args = parse_args(argv)
     books = books_dir()
-    steps = 1 if args.quick else args.steps
+    steps = args.steps
     if args.child:
         print(json.dumps(child(args.child, args.model, args.scaling, steps, books)))
         return
@@ -226,20 +246,22 @@ def main() -> None:
                 "tokens_per_second": round(ours["tokens_per_second"] / base["tokens_per_second"], 3),
                 "side_by_side": bool(args.parallel)}
             print(f"{length:>7} tuned / glibc: peak x{ratio['peak']}, tokens/s x{ratio['tokens_per_second']}")
-    prev = json.loads(out.read_text()) if (args.add or args.reestimate) and out.is_file() else None
-    if prev:  # read now, not at the start: another length may have finished meanwhile
-        rows = prev["runs"] if args.reestimate else merge_runs(rows, prev["runs"])
-    for r in rows:
-        if "error" not in r:
-            r.setdefault("estimate_at_run_gib", round(r["memory_estimate"]["total"] / GIB, 3))  # what the run printed
-            r["estimate_gib"] = current_estimate(args.model, args.scaling, r["length"], r["variant"])
-    rows.sort(key=lambda r: (r["length"], VARIANTS.index(r.get("variant", "tuned"))))
-    meta = {"versions": runinfo.versions(), "machine": runinfo.machine(), "model": args.model,
-            "scaling": args.scaling, "command": " ".join(sys.argv)}
-    if args.reestimate and prev:
-        meta = {**prev["meta"], "reestimated_by": " ".join(sys.argv)}
-    report = {"meta": meta, "runs": rows}
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    merging = args.add or args.reestimate
+    with results_lock(out) if merging else contextlib.nullcontext():
+        # read now, under the lock, not at the start: another length may have finished meanwhile
+        prev = json.loads(out.read_text()) if merging and out.is_file() else None
+        if prev:
+            rows = prev["runs"] if args.reestimate else merge_runs(rows, prev["runs"])
+        for r in rows:
+            if "error" not in r:
+                r.setdefault("estimate_at_run_gib", round(r["memory_estimate"]["total"] / GIB, 3))  # what it printed
+                r["estimate_gib"] = current_estimate(args.model, args.scaling, r["length"], r["variant"])
+        rows.sort(key=lambda r: (r["length"], VARIANTS.index(r.get("variant", "tuned"))))
+        meta = {"versions": runinfo.versions(), "machine": runinfo.machine(), "model": args.model,
+                "scaling": args.scaling, "quick": args.quick, "command": " ".join(sys.argv)}
+        if args.reestimate and prev:
+            meta = {**prev["meta"], "reestimated_by": " ".join(sys.argv)}
+        atomic_write(out, json.dumps({"meta": meta, "runs": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -21,12 +21,16 @@ checkpointing is not counted); it is reported as a fraction of the fp32 matmul r
 and as model FLOPs utilisation against the peak bf16 rate (GPU).
 
 Writes benchmarks/results/train_speed-<device>.json (--quick: train_speed-<device>-quick.json, whose ordering of
-ctxext and the naive loop the README compares with the full run's) and prints a table.
+ctxext and the naive loop the README compares with the full run's) and prints a table. Rows of other lengths and
+variants already in the file are kept; each row's `run` names its entry in `run_meta` (machine, versions, date,
+command, matmul rate of the run that measured it). The top-level `meta` is the latest run's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import subprocess
 import sys
@@ -158,8 +162,44 @@ def results_path(device: str, quick: bool) -> Path:
     return ROOT / "benchmarks" / "results" / f"train_speed-{device_slug(device)}{'-quick' if quick else ''}.json"
 
 
+@contextlib.contextmanager
+def results_lock(path: Path):
+    """Hold an exclusive lock on `path`'s sibling .<name>.lock for a read-merge-write of `path` (two runs that
+    finish together would otherwise each keep only their own rows). The results file itself is replaced by an
+    atomic rename, so the lock lives in its own file."""
+    lock = path.with_name(f".{path.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def merge_results(rows: list[dict], meta: dict, run_id: str, old: dict | None) -> dict:
+    """The results file after this run: its rows, plus the old file's rows of every (length, variant) it did not
+    measure; `run_meta` maps each run id that a row names to where and how that run ran (this run's `meta`).
+    A file written before run_meta existed holds only its last run's meta: it is credited to the latest run id among
+    its rows (that run wrote it, and its rows were still there), flagged `from_legacy_meta`; older runs' rows name
+    a run with no entry."""
+    old = old or {}
+    done = {(r["length"], tuple(r["extra"])) for r in rows}
+    kept = [r for r in old.get("runs", []) if (r["length"], tuple(r["extra"])) not in done]
+    run_meta = dict(old.get("run_meta") or {})
+    if "run_meta" not in old and old.get("meta"):
+        ids = [r["run"] for r in old.get("runs", []) if r.get("run")]
+        if ids:
+            run_meta[max(ids)] = {**old["meta"], "from_legacy_meta": True}
+    run_meta[run_id] = meta
+    merged = sorted(kept + rows, key=lambda r: (r["length"], r["extra"]))
+    named = {r.get("run") for r in merged}
+    return {"meta": meta, "run_meta": {k: v for k, v in sorted(run_meta.items()) if k in named}, "runs": merged}
+
+
 def main() -> None:
     from ctxext import runinfo
+    from ctxext.evals.files import atomic_write
     from ctxext.fixtures import books_dir
     from ctxext.models import model_info
 
@@ -221,16 +261,16 @@ def main() -> None:
             rows.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
     out = Path(args.out) if args.out else results_path(device, args.quick)
-    if out.is_file():  # keep the runs of other lengths / variants measured before
-        done = {(r["length"], tuple(r["extra"])) for r in rows}
-        rows = [r for r in json.loads(out.read_text())["runs"] if (r["length"], tuple(r["extra"])) not in done] + rows
-        rows.sort(key=lambda r: (r["length"], r["extra"]))
-    result = {"meta": {"versions": runinfo.versions(), "machine": runinfo.machine(), "device": device,
-                       "peak_bf16_flops": peak, "fp32_matmul_flops": rate, "model": args.model,
-                       "scaling": args.scaling, "steps": args.steps, "quick": args.quick,
-                       "command": " ".join(sys.argv)}, "runs": rows}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    meta = {"run": run_id, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": runinfo.versions(),
+            "machine": runinfo.machine(), "device": device, "peak_bf16_flops": peak, "fp32_matmul_flops": rate,
+            "model": args.model, "scaling": args.scaling, "steps": args.steps, "quick": args.quick,
+            "command": " ".join(sys.argv)}
+    # keep the runs of other lengths / variants measured before, read now under a lock (only when there is a file
+    # to merge with: a fresh --out, e.g. a lent GPU's $OUT, which brings back few files, gets no lock file beside it)
+    with results_lock(out) if out.is_file() else contextlib.nullcontext():
+        result = merge_results(rows, meta, run_id, json.loads(out.read_text()) if out.is_file() else None)
+        atomic_write(out, json.dumps(result, indent=1) + "\n")
+    rows = result["runs"]
     print(f"\n{args.model} on {device} ({args.steps} steps, tokens/s over steps 2..):")
     print(f"{'length':>8} {'variant':<26} {'tokens/s':>9} {'peak GiB':>9} {'est. GiB':>9} {'MFU/matmul':>10}")
     for r in rows:

@@ -12,6 +12,9 @@ yarn and abf (base raised to the planner's critical base for 1024), 200 steps ea
                                                                # a replicate: other data order and keys
     OMP_NUM_THREADS=1 python benchmarks/train_tiny.py --quick   # 100 steps, 16 windows, 4 trials per depth (~6 min):
                                                                # into train_tiny_quick/, the README compares its order
+    OMP_NUM_THREADS=1 python benchmarks/train_tiny.py --reference-only [--out DIR]
+                                                               # only the same-tokens reference (below), from DIR's
+                                                               # committed held-out windows: seconds, no training
 
 The first trains on the three training books only; --pretrain-mix adds passkey documents like the fixture's own
 pretraining ones (25 % of its sequences) totalling that share of steps x batch tokens, so the continual pretraining
@@ -21,9 +24,14 @@ the books are cycled beside it, so its real share of the data, recorded in summa
 Measured on the held-out book (pg84, never seen by the fixture), cut into --windows documents so that each
 perplexity figure covers many windows:
 - the fixture's perplexity inside its original window (default RoPE, the first 256 tokens of every window);
+- the like-for-like reference: default RoPE (the untrained fixture) on the very tokens the last quarter scores,
+  positions 768-1023 of the same 1024-token windows, each seeing at most the trained window of 256 tokens before
+  it (a sliding context; reference/same-tokens.json). The in-window figure averages positions with almost no
+  context, the last quarter has >= 768 tokens of it, so the two are not the same tokens nor the same context;
 - for each method, before training (the untrained extension, step 0) and after: perplexity of positions
   768-1023 of 1024-token windows ("last quarter") and passkey accuracy at 1024 tokens (5 depths x --trials).
-Acceptance: last-quarter ppl within 10 % of the in-window ppl, passkey >= 90 %, and the untrained extension lower.
+Acceptance (as recorded in summary.json): last-quarter ppl within 10 % of the in-window ppl, passkey >= 90 %, and
+the untrained extension lower. The last-quarter ppl over the same-tokens reference is reported beside it (README).
 
 Writes benchmarks/results/train_tiny/<method>/ (results.json, summary.md, loss-curve.png, the exported config and
 model card; checkpoints and weights are removed) and benchmarks/results/train_tiny/summary.{json,md}.
@@ -114,6 +122,80 @@ def in_window_ppl(model: str, eval_file: str, windows: int, work: Path) -> float
     return next(r["value"] for r in res["records"] if r["task"] == "ppl" and r["bucket"] is None)
 
 
+SAME_TOKENS = "same-tokens.json"  # under <out>/reference/
+
+
+def same_tokens_reference(model: str, eval_file: str, windows: int, work: Path) -> dict[str, Any]:
+    """Default RoPE (the untrained fixture) on the tokens the runs' last-quarter ppl scores: positions
+    [3/4 TARGET, TARGET) of the first TARGET tokens of the same `windows` held-out documents (the training eval's
+    ppl task reads them as documents_at_least(..., TARGET)[:windows], as window_context_ppl does), each token
+    seeing at most the fixture's trained window before it. attention_methods.window_context_ppl does the cutting:
+    windows of the trained length in steps of a quarter of it, each scoring its last quarter (3/4 to all of the
+    window as context). Also the same helper at TARGET = the window: the window's own last quarter, checked
+    against the in-window run's last-quarter buckets (work/in-window/results.json) where present: both read the
+    same documents the same way, or this stops. Writes work/SAME_TOKENS."""
+    import hashlib
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from attention_methods import window_context_ppl
+    from ctxext.evals.files import atomic_write
+    from ctxext.models import model_info
+
+    torch.set_num_threads(1)  # seconds on one core; leaves the other to whatever else runs
+    L, data = model_info(model).trained_len, Path(eval_file)
+    t0 = time.perf_counter()
+    ref = {"model": model, "scaling": "default", "length": TARGET, "positions": [3 * TARGET // 4, TARGET],
+           "context": L, "windows": windows, "ppl": window_context_ppl(model, data, windows, TARGET, L),
+           "window_last_quarter_ppl": window_context_ppl(model, data, windows, L, L),
+           "data": data.name, "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+           "protocol": f"attention_methods.window_context_ppl: {L}-token windows in steps of {L // 4}, each scoring "
+                       f"its last {L // 4} tokens ({3 * L // 4}-{L - 1} tokens of context)",
+           "seconds": None, "command": "benchmarks/train_tiny.py " + " ".join(sys.argv[1:])}
+    ref["seconds"] = round(time.perf_counter() - t0, 1)
+    if (recorded := _in_window_last_quarter(work / "in-window" / "results.json", L)) is not None:
+        if abs(recorded / ref["window_last_quarter_ppl"] - 1) > 1e-4:
+            raise SystemExit(f"the window's last quarter: {ref['window_last_quarter_ppl']:.4f} here, {recorded:.4f} in "
+                             f"{work / 'in-window'}: not the same tokens")
+        ref["window_last_quarter_ppl_in_window_run"] = recorded
+    atomic_write(work / SAME_TOKENS, json.dumps(ref, indent=1) + "\n")
+    return ref
+
+
+def _in_window_last_quarter(results: Path, window: int) -> float | None:
+    """The in-window run's perplexity over positions [3/4 window, window): its buckets there, combined by token
+    count (each bucket's width x its documents); None without the file."""
+    import math
+
+    if not results.is_file():
+        return None
+    recs = [r for r in json.loads(results.read_text())["records"] if r["task"] == "ppl" and r["metric"] == "ppl"
+            and r["bucket"] is not None and r["bucket"][0] >= 3 * window // 4]
+    w = [(r["bucket"][1] - r["bucket"][0]) * r["n"] for r in recs]
+    return math.exp(sum(n * math.log(r["value"]) for n, r in zip(w, recs)) / sum(w)) if recs else None
+
+
+def reference_only(args: argparse.Namespace) -> None:
+    """--reference-only: the same-tokens reference from a finished run's folder (its held-out windows, as many as
+    its summary.json records), written into its reference/; nothing is trained and nothing else is rewritten."""
+    out = Path(args.out)
+    eval_file = out / "held_out_windows.jsonl"
+    if not eval_file.is_file():
+        raise SystemExit(f"{eval_file}: missing; --reference-only reads a finished run's held-out windows")
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    windows = summary.get("meta", {}).get("args", {}).get("windows", args.windows)
+    n = sum(1 for line in eval_file.read_text().splitlines() if line.strip())
+    if n != windows:
+        raise SystemExit(f"{eval_file}: {n} documents, the run records {windows} held-out windows")
+    ref = same_tokens_reference(args.model, str(eval_file), windows, out / "reference")
+    print(json.dumps(ref, indent=1))
+    for name, r in summary.get("runs", {}).items():
+        a = r["after"]["ppl_last_quarter"]
+        print(f"{name}: last quarter {a:.4f} / in-window {r['in_window_ppl']:.4f} = {a / r['in_window_ppl']:.4f}; "
+              f"/ same tokens, {ref['context']}-token context {ref['ppl']:.4f} = {a / ref['ppl']:.4f}")
+
+
 def main() -> None:
     from ctxext.fixtures import TRAIN_BOOKS, books_dir
     from ctxext.train import TrainConfig, train
@@ -142,12 +224,17 @@ def main() -> None:
     p.add_argument("--out", default=None, help=f"default {OUT.relative_to(ROOT)} ({OUT.name}_quick with --quick)")
     p.add_argument("--quick", action="store_true", help=f"{QUICK['steps']} steps, {QUICK['windows']} held-out "
                    f"windows, {QUICK['trials']} passkey trials per depth: minutes, into {OUT.name}_quick/")
+    p.add_argument("--reference-only", action="store_true",
+                   help=f"only default RoPE on the same last-quarter tokens with the trained window as context, from "
+                        f"--out's committed held-out windows, into --out/reference/{SAME_TOKENS} (no training)")
     args = p.parse_args()
     if args.quick:
         vars(args).update(QUICK)
     args.out = args.out or str(OUT.with_name(OUT.name + "_quick") if args.quick else OUT)
     if args.mix_min_len is not None and not 1 <= args.mix_min_len <= TARGET:
         raise SystemExit(f"--mix-min-len must be within [1, {TARGET}]")
+    if args.reference_only:
+        return reference_only(args)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +247,9 @@ def main() -> None:
     eval_file = held_out_windows(out / "held_out_windows.jsonl", args.windows)
     ref = in_window_ppl(args.model, eval_file, args.windows, out / "reference")
     print(f"{args.model}: perplexity inside its window: {ref:.3f}", file=sys.stderr)
+    same = same_tokens_reference(args.model, eval_file, args.windows, out / "reference")
+    print(f"{args.model}: perplexity on the last quarter's tokens, {same['context']}-token context: {same['ppl']:.3f}",
+          file=sys.stderr)
     rows = {}
     for name in args.methods.split(","):
         spec = specs(args.model)[name]
@@ -205,13 +295,15 @@ def main() -> None:
     (out / "summary.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1) + "\n")
     lines = [f"# {args.model}: 256 -> {TARGET} tokens, {args.steps} steps of `ctxext train` per method", "",
              f"In-window perplexity (default RoPE, first 256 tokens of {args.windows} held-out windows): "
-             f"**{ref:.2f}**", "",
-             "| method | spec | ppl last quarter @1024, before -> after | / in-window | passkey @1024, before -> "
-             "after | train s | tok/s |", "|---|---|---|---:|---|---:|---:|"]
+             f"**{ref:.2f}**; on the last quarter's own tokens (positions {same['positions'][0]}-"
+             f"{same['positions'][1] - 1}) with at most {same['context']} tokens of context: **{same['ppl']:.2f}**", "",
+             "| method | spec | ppl last quarter @1024, before -> after | / in-window | / same tokens | passkey "
+             "@1024, before -> after | train s | tok/s |", "|---|---|---|---:|---:|---|---:|---:|"]
     for name, r in rows.items():
         b, a = r["before"], r["after"]
         lines.append(f"| {name} | `{r['spec']}` | {b['ppl_last_quarter']:.2f} -> {a['ppl_last_quarter']:.2f} | "
-                     f"{r['last_quarter_vs_in_window']:.3f} | {b['passkey']:.0%} -> {a['passkey']:.0%} | "
+                     f"{r['last_quarter_vs_in_window']:.3f} | {a['ppl_last_quarter'] / same['ppl']:.3f} | "
+                     f"{b['passkey']:.0%} -> {a['passkey']:.0%} | "
                      f"{r['train_seconds']:.0f} | {r['tokens_per_second']:.0f} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

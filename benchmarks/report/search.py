@@ -6,7 +6,7 @@ import math
 from pathlib import PurePath
 
 from . import common
-from .common import and_list, full_runs, load_json, order_note, ranked
+from .common import and_list, full_runs, load_json, order_note, ranked, rerun_note
 
 
 def search_lines(name: str, res: dict) -> list[str]:
@@ -104,8 +104,11 @@ def search_quick_note(full: dict, quick: dict, name: str = "search_tiny_rope", s
                                   for d in (quick, full)))
             for col in ("ppl", "needle-ppl")]
     c, h = quick["search"]["config"], quick["heldout"]
+    shared = [(v, full["heldout"]["rows"][k][col]) for k, r in h["rows"].items() if k in full["heldout"]["rows"]
+              for col, v in r.items() if col in full["heldout"]["rows"][k]]
     return order_note(f"`--quick` (`{script} --quick`: budget {c['budget']:g}, {h['ppl_documents']} held-out "
-                      f"document(s) / {h['needle_trials']} needle trial(s)) orders them", rows, f"`{name}`")
+                      f"document(s) / {h['needle_trials']} needle trial(s)) orders them", rows, f"`{name}`") + \
+        rerun_note(shared)
 
 
 def skipped_note(name: str, res: dict) -> str:

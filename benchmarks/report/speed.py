@@ -212,6 +212,27 @@ def profile_lines() -> list[str]:
             "(the naive loop with transformers' checkpointing runs at about the same speed)."]
 
 
+def part_machine(ev: dict, key: str) -> str:
+    """The machine and date of the run that measured a part of eval_speed.json: the part's own record (a later
+    run with --skip rewrites the file's top-level machine); parts written before they carried one say so."""
+    part = ev[key]
+    if part.get("machine"):
+        return f"{machine_text(part['machine'])}, {str(part.get('date', '?'))[:10]}"
+    if "machine" in part or part.get("date", ev.get("date")) != ev.get("date"):  # kept from an earlier run
+        return f"measured {str(part.get('date') or '?')[:10]} by an earlier run whose machine the file did not record"
+    return f"{machine_text(ev.get('machine'))}, {str(ev.get('date', '?'))[:10]}"  # the file's own run
+
+
+def pairs_text(ppl: dict) -> str:
+    """How many ctxext / naive pairs the best-of figures come from, and each pair's ratio."""
+    runs = ppl.get("all_runs") or {}
+    ours, naive = runs.get("ours") or [], runs.get("naive") or []
+    if len(ours) < 2:
+        return "; one ctxext / naive pair"
+    ratios = ", ".join(f"{n['seconds'] / o['seconds']:.2f}" for o, n in zip(ours, naive))
+    return f"; best of {len(ours)} pairs, order alternated, pair by pair ctxext speed-up {ratios}"
+
+
 def speed_section() -> str:
     lines = []
     ev, tr = load_json(common.RES / "eval_speed.json"), load_json(common.RES / "train_speed-cpu.json")
@@ -219,8 +240,8 @@ def speed_section() -> str:
     if ev:
         o, n = ev["ppl"]["ours"], ev["ppl"]["naive"]
         rate = ev["ppl"].get("fp32_matmul_gflops", ev["fp32_matmul_gflops"])  # the rate of the run that measured ppl
-        lines += [f"Eval, `ppl` on {ev['model']} at {ev['length']:,} tokens ({machine_text(ev.get('machine'))}; fp32 matmul "
-                  f"measured {rate:.0f} GFLOP/s in the same run):", "",
+        lines += [f"Eval, `ppl` on {ev['model']} at {ev['length']:,} tokens ({part_machine(ev, 'ppl')}; fp32 matmul "
+                  f"measured {rate:.0f} GFLOP/s in the same run{pairs_text(ev['ppl'])}):", "",
                   "| | tokens/s | peak RSS | fraction of matmul rate |", "|---|---:|---:|---:|",
                   f"| ctxext (logits only where scored) | {o['tokens_per_s']:.1f} | {o['process_peak_mb'] / 1024:.2f} GB | "
                   f"{o['fraction_of_matmul_peak']:.2f} |",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from pathlib import Path
 
 from . import common
 from .common import full_runs, load_json, machines_text, order_note, pct, ranked
@@ -68,6 +70,42 @@ def acceptance_bars(done: list) -> str:
     return f"last-quarter ppl within {1 + ppl / 100:.2f}× of in-window, passkey ≥ {passkey} %"
 
 
+SAME_TOKENS = Path("reference") / "same-tokens.json"  # train_tiny.py's same-tokens reference, in a run's folder
+
+
+def same_tokens_reference(folder: Path) -> tuple[dict, str] | None:
+    """(the same-tokens reference for the runs in `folder`, the file it came from): default RoPE on the last
+    quarter's own tokens with the trained window as context (`train_tiny.py --reference-only`). The folder's own
+    reference/same-tokens.json, else train_tiny's when it was measured on the very held-out windows this folder's
+    runs were evaluated on (the same file, by its sha256, and the same number of windows); else None."""
+    summary = load_json(folder / "summary.json") or {}
+    windows = summary.get("meta", {}).get("args", {}).get("windows")
+    data = folder / "held_out_windows.jsonl"
+    for ref_path in (folder / SAME_TOKENS, common.RES / "train_tiny" / SAME_TOKENS):
+        ref = load_json(ref_path)
+        if ref and data.is_file() and ref.get("windows") == windows \
+                and ref.get("data_sha256") == hashlib.sha256(data.read_bytes()).hexdigest():
+            return ref, str(ref_path.relative_to(common.RES))
+    return None
+
+
+def _same_tokens_text(refs: dict[str, tuple[dict, str] | None]) -> str:
+    """What the same-tokens reference is and its value(s), for the section's intro (refs: folder -> reference)."""
+    found = {k: v for k, v in refs.items() if v}
+    if not found:
+        return ("no same-tokens reference recorded (`train_tiny.py --reference-only` measures default RoPE on the "
+                "last quarter's own tokens with the trained window as context)")
+    r = next(iter(found.values()))[0]
+    a, b = r["positions"]
+    values = sorted({(round(v[0]["ppl"], 2), v[1]) for v in found.values()})
+    value = "; ".join(f"{x:.2f} (`{f}`)" for x, f in values)
+    missing = sorted(set(refs) - set(found))
+    return (f"**same tokens, {r['context']:,}-token context** {value}, default RoPE on the very tokens the last "
+            f"quarter scores (positions {a:,}–{b - 1:,} of the same {r['length']:,}-token held-out windows), each "
+            f"seeing at most the {r['context']:,} tokens of the trained window before it (a sliding context)"
+            + (f"; none for {', '.join(f'`{m}`' for m in missing)} (other held-out windows)" if missing else ""))
+
+
 def train_section() -> str:
     lines, done = [], list(full_runs("train_tiny*/summary.json"))
     for path, res in done:
@@ -75,17 +113,26 @@ def train_section() -> str:
         if not lines:
             first = next(iter(runs.values()))
             where = machines_text([(f"`{p.parent.name}`", r["meta"].get("machine")) for p, r in done], "the other runs")
-            target = train_target(done)
-            lines += [f"`ctxext train` on the {res['meta']['model']} fixture, {train_window(done):,} → {target:,} "
-                      f"tokens, {first['steps']} steps per run ({where}; in-window perplexity "
-                      f"{first['in_window_ppl']:.2f}). Bars: {acceptance_bars(done)}.",
-                      "", "| results | data | spec | ppl last quarter, before → after | / in-window | passkey at "
-                      f"{target:,}, before → after |", "|---|---|---|---|---:|---|"]
+            target, window = train_target(done), train_window(done)
+            refs = {p.parent.name: same_tokens_reference(p.parent) for p, _ in done}
+            lines += [f"`ctxext train` on the {res['meta']['model']} fixture, {window:,} → {target:,} "
+                      f"tokens, {first['steps']} steps per run ({where}). Last-quarter ppl after training is shown "
+                      f"over two references: **in-window** {first['in_window_ppl']:.2f}, default RoPE's perplexity "
+                      f"over positions 1–{window - 1:,} of {window:,}-token windows (the bar's reference, as "
+                      f"recorded: other tokens than the last quarter's, with 1–{window - 1:,} tokens of context where "
+                      f"the last quarter has {3 * target // 4:,} or more); and {_same_tokens_text(refs)}. "
+                      f"Bars: {acceptance_bars(done)}.",
+                      "", "| results | data | spec | ppl last quarter, before → after | / in-window | "
+                      f"/ same tokens, {window:,}-token context | passkey at {target:,}, before → after |",
+                      "|---|---|---|---|---:|---:|---|"]
+        ref = refs[path.parent.name]
         for name, r in runs.items():
             b, a = r["before"], r["after"]
+            same = f"{a['ppl_last_quarter'] / ref[0]['ppl']:.3f}" if ref else "–"
             lines.append(f"| `{path.parent.name}` | {_train_data(res['meta'])} | `{r['spec']}` | "
                          f"{b['ppl_last_quarter']:.2f} → {a['ppl_last_quarter']:.2f} | "
-                         f"{r['last_quarter_vs_in_window']:.3f} | {pct(b['passkey'])} → **{pct(a['passkey'])}** |")
+                         f"{r['last_quarter_vs_in_window']:.3f} | {same} | "
+                         f"{pct(b['passkey'])} → **{pct(a['passkey'])}** |")
     full, quick = (load_json(common.RES / n / "summary.json") for n in ("train_tiny", "train_tiny_quick"))
     if lines and full and quick:
         lines += ["", train_quick_note(full, quick, replicates(full))]
