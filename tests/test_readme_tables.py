@@ -308,9 +308,15 @@ def test_train_speed_ratio_only_within_one_run():
     assert "| 16,384 | naive transformers loop | – | stopped at 21.0 GiB resident: does not fit | – | – |" in lines
     assert "| 4,096 | ctxext (gradient checkpointing, chunked loss) | 90.0 | 3.00 GiB | 3.50 GiB | 0.21 |" in lines
     assert "(160 GFLOP/s)" in text
+    # runs without their own details: the file's meta is the last run's (sorted by id), the others' unknown
     assert "Rows from 2 runs: A (4,096 ctxext (gradient checkpointing, chunked loss), 4,096 naive transformers loop, " \
-           "4,096 naive + transformers' checkpointing, 8,192 naive transformers loop, 16,384 naive transformers loop); " \
-           "old (8,192 ctxext (gradient checkpointing, chunked loss))." in text
+           "4,096 naive + transformers' checkpointing, 8,192 naive transformers loop, 16,384 naive transformers loop; " \
+           "machine not recorded); old (8,192 ctxext (gradient checkpointing, chunked loss); 2-core CPU (?))." in text
+    assert "rows from several runs, each one's machine below" in lines[0]
+    run_meta = {"A": {"machine": {"cpu_count": 2, "platform": "p1"}}, "old": {"machine": {"cpu_count": 2,
+                                                                                        "platform": "p1"}}}
+    one = report.speed.train_speed_lines({"meta": meta, "runs": runs, "run_meta": run_meta})
+    assert "rows from several runs" not in one[0] and "machine not recorded" not in "\n".join(one)
 
 
 def test_train_speed_on_a_gpu_reports_mfu_and_cuda_memory():

@@ -65,7 +65,14 @@ def train_speed_lines(tr: dict) -> list[str]:
     model = meta["model"]
     if "random" in Path(model).name:  # the GPU speed model (benchmarks/gpu_carry.py init): say what it is
         model = f"SmolLM2-135M's shape with random weights (`{model}`)"
-    where = machine_text(meta.get("machine")) + (f", {meta['device']}" if meta.get("device", "cpu") != "cpu" else "")
+    runs = sorted({r["run"] for r in tr["runs"] if r.get("run")})
+    # files written before runs kept their own details: the top-level meta is the last run's (each run rewrote it)
+    run_meta = tr.get("run_meta") or ({runs[-1]: meta} if runs else {})
+    known = {machine_text(m.get("machine")) for m in run_meta.values()}
+    if len(runs) > 1 and (len(known) > 1 or len(run_meta) < len(runs)):  # not one recorded machine for every row
+        where = "rows from several runs, each one's machine below"
+    else:
+        where = machine_text(meta.get("machine")) + (f", {meta['device']}" if meta.get("device", "cpu") != "cpu" else "")
     lines = [f"Training {model} (full fine-tuning, `{meta['scaling']}`{', bf16 autocast' if peak else ''}; "
              f"{where}; `benchmarks/train_speed.py`):", "",
              "| length | run | tokens/s | peak memory | ctxext's estimate | "
@@ -85,10 +92,11 @@ def train_speed_lines(tr: dict) -> list[str]:
             if length in ratio:
                 lines.append(f"| {length:,} | **ratio** ctxext / {_variant({'extra': [v]})} (same run) | "
                              f"**{ratio[length][0]:.2f}×** | **{ratio[length][1]:.2f}×** | | |")
-    runs = sorted({r["run"] for r in tr["runs"] if r.get("run")})
     if len(runs) > 1:  # rows merged from several runs: say which, since the machine's speed differs between them
-        said = ["{} ({})".format(run, ", ".join(f"{r['length']:,} {_variant(r)}" for r in tr["runs"]
-                                                if r.get("run") == run)) for run in runs]
+        said = ["{} ({}; {})".format(run, ", ".join(f"{r['length']:,} {_variant(r)}" for r in tr["runs"]
+                                                    if r.get("run") == run),
+                                     machine_text(run_meta[run].get("machine")) if run in run_meta
+                                     else "machine not recorded") for run in runs]
         lines += ["", f"Rows from {len(runs)} runs: " + "; ".join(said) + "."]
     rates = sorted({round(r["fp32_matmul_flops"] / 1e9) for r in tr["runs"] if r.get("fp32_matmul_flops")})
     lines += ["", "tokens/s over the steps after the first; peak memory is "
