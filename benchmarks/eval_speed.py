@@ -259,9 +259,11 @@ def main() -> None:
     if out.is_file():  # a skipped part keeps its figures from the previous run (each carries its date and matmul rate)
         old = json.loads(out.read_text())
         for part, key in (("ppl", "ppl"), ("reuse", "prefix_reuse")):
-            if part in skip and key in old:  # a part written before parts carried their own machine: none is known
+            if part in skip and key in old:  # kept, with the details of the run that measured it
+                own = old[key].get("date", old.get("date")) == old.get("date")  # measured by the file's own run
                 report[key] = {"date": old.get("date"), "fp32_matmul_gflops": old.get("fp32_matmul_gflops"),
-                               "machine": None, "versions": None, **old[key]}
+                               "machine": old.get("machine") if own else None,
+                               "versions": old.get("versions") if own else None, **old[key]}
     from ctxext.evals.files import atomic_write
 
     atomic_write(out, json.dumps(report, indent=1) + "\n")
