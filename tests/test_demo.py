@@ -51,3 +51,15 @@ def test_plan_check_puts_the_measured_break_beside_the_prediction(demo):
             assert float(row.group(1)) == pytest.approx(b.reach / pred, abs=0.01)
         if spec != "default":
             assert int(row.group(2).replace(",", "")) == pytest.approx(pred * tol, abs=3)
+
+
+def test_summary_names_the_versions(demo):
+    md = (demo / "summary.md").read_text()
+    assert re.search(r'versions: \{"ctxext": "[^"]+", "torch": "[^"]+", "transformers": "[^"]+"\}', md), md[-300:]
+
+
+def test_a_ppl_length_inside_the_window_is_refused_before_any_work(tmp_path, capsys):
+    rc = main(["demo", "--model", "tiny-rope", "--out", str(tmp_path / "d"), "--ppl-length", "256"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--ppl-length 256 must be longer than tiny-rope's trained window (256 tokens)" in err
+    assert not (tmp_path / "d" / "plan").exists()

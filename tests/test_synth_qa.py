@@ -310,3 +310,24 @@ def test_smollm2_kept_answers_are_in_their_chunks(tmp_path, book_part):
         for answer in (r["answers"][0], r["long_answer"]):
             assert check.content_words(answer) and not check.missing_words(answer, r["chunk"]), (answer, r["chunk"])
         assert r["verify_logodds"] > 0 and r["question"].endswith("?")
+
+
+def test_resume_counts_a_kept_question_the_log_missed(tmp_path, tiny, scripted, book_part, monkeypatch):
+    """Interrupted after an example reached the output but before its log line: on resume its question still
+    counts against duplicates in its document."""
+    s = SynthSettings(model="tiny-rope", per_doc=8, min_len=512, max_len=1024)
+    part = tmp_path / "part.jsonl"
+    scripted.calls, scripted.fail_after = 0, 4
+    with pytest.raises(KeyboardInterrupt):
+        synthesize([book_part], part, s, progress=False, lm=tiny, log=lambda m: None)
+    log_path = synth_run.side_files(part)[0]
+    log = log_path.read_text().splitlines()
+    last_kept = [json.loads(x) for x in part.read_text().splitlines()][-1]
+    log_path.write_text("".join(x + "\n" for x in log if json.loads(x)["chunk_id"] != last_kept["id"]))
+    seen = []
+    real = synth_run.judge
+    monkeypatch.setattr(synth_run, "judge", lambda gen, chunk, kept, tries=1: seen.append(list(kept))
+                        or real(gen, chunk, kept, tries))
+    scripted.fail_after = None
+    synthesize([book_part], part, s, resume=True, progress=False, lm=tiny, log=lambda m: None)
+    assert seen and last_kept["question"] in seen[0]

@@ -159,3 +159,17 @@ def test_config_errors_name_the_option():
             TrainConfig(**base, attn="flash_attention_2")
     assert TrainConfig(**base).peak_lr == 2e-5 and TrainConfig(**base, lora=True).peak_lr == 2e-4
     assert math.isclose(TrainConfig(**base, lr=1e-3).peak_lr, 1e-3)
+
+
+def test_last_quarter_figure_for_lengths_not_divisible_by_four():
+    """Evaluation buckets are a quarter rounded up, so the last one ends at --seq-len and is found (with L // 4 a
+    1,026-token run got a fifth, 2-token bucket and no last-quarter figure)."""
+    from ctxext.train.evaluate import headline, quarter
+
+    for L in (1024, 1026, 1027):
+        w = quarter(L)
+        edges = list(range(0, L, w)) + [L]
+        assert len(edges) == 5  # four buckets
+        recs = [{"task": "ppl", "metric": "ppl", "value": float(i), "bucket": [a, b]}
+                for i, (a, b) in enumerate(zip(edges[:-1], edges[1:]))]
+        assert headline(recs, L)["ppl_last_quarter"] == 3.0

@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import main as cli_main
+    from ..errors import CtxextError
     from ..evals import run_eval
     from ..fixtures import HELD_OUT_BOOK, books_dir
     from ..models import model_info
@@ -41,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     specs = args.scaling or list(SPECS)
     info = model_info(args.model)
+    if args.ppl_length <= info.trained_len:  # the measured break needs a curve past the window: refuse before any work
+        raise CtxextError(f"--ppl-length {args.ppl_length} must be longer than {args.model}'s trained window "
+                          f"({info.trained_len} tokens): the demo measures where perplexity breaks past it")
     target = 2 * info.trained_len
     print(f"[1/3] plan: {args.model} to {target} tokens", flush=True)
     code = cli_main(["plan", "--model", args.model, "--target", str(target), "--out", str(out / "plan")])
@@ -112,5 +116,6 @@ def summary(out: Path, seconds: float) -> str:
             parts.append(f"![{png.stem}]({plots}/{png.name})\n")
     meta = json.loads((out / "ppl" / "results.json").read_text()).get("meta", {}) if (out / "ppl" / "results.json").is_file() else {}
     if meta:
-        parts.append(f"\nversions: {json.dumps({k: meta[k] for k in ('ctxext', 'torch', 'transformers') if k in meta})}\n")
+        versions = meta.get("versions", {})
+        parts.append(f"\nversions: {json.dumps({k: versions[k] for k in ('ctxext', 'torch', 'transformers') if k in versions})}\n")
     return "\n".join(parts)

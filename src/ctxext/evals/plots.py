@@ -43,10 +43,9 @@ def ppl_curves(out: Path, records: list[dict[str, Any]], metric: str, trained: i
     if not specs:
         return None
     with figure() as (fig, ax):
-        top = 0
+        top, drawn = 0, 0
         for k, s in enumerate(specs):
             L = max(r["length"] for r in recs if r["scaling"] == s)
-            top = max(top, L)
             curve = load_array(curve_path(out, metric, s, L))
             if curve is not None and len(curve) > 2:
                 x, y = _smooth(curve)
@@ -55,9 +54,17 @@ def ppl_curves(out: Path, records: list[dict[str, Any]], metric: str, trained: i
                             key=lambda r: r["bucket"][0])
                 x = np.asarray([(r["bucket"][0] + r["bucket"][1]) / 2 for r in bs])
                 y = np.asarray([r["value"] for r in bs])
+            ok = np.isfinite(y) & (y > 0)  # a run that produced NaN (e.g. fp16 overflow) has nothing to draw
+            if not ok.any():
+                continue
+            x, y = np.asarray(x)[ok], np.asarray(y)[ok]
+            drawn += 1
+            top = max(top, L, int(np.ceil(x.max())))  # the sliding protocol's curve runs to 2L
             overall = next((r["value"] for r in recs if r["scaling"] == s and r["length"] == L and not r["bucket"]), None)
             label = s + (f"  (ppl {overall:.3g} over {tokens_label(L)})" if overall is not None else "")
             ax.plot(x, y, label=label, **line_style(k))
+        if not drawn:
+            return None
         if trained and trained < top:
             ax.axvline(trained, color=GREY, ls="--", lw=1.2)
             ax.text(trained, 0.98, f" trained length {tokens_label(trained)}", transform=ax.get_xaxis_transform(),

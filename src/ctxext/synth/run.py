@@ -224,9 +224,11 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
             if line.strip():
                 r = json.loads(line)
                 done[r["chunk_id"]] = r
-        kept_ids = {json.loads(x)["id"] for x in jsonl_lines(out) if x.strip()} if out.exists() else set()
-        for cid in kept_ids - set(done):  # written to the output but not to the log (interrupted in between)
-            done[cid] = {"chunk_id": cid, "reason": None}
+        kept = {(ex := json.loads(x))["id"]: ex for x in jsonl_lines(out) if x.strip()} if out.exists() else {}
+        for cid in kept.keys() - set(done):  # written to the output but not to the log (interrupted in between):
+            # its question still counts against duplicates in its document (its failed tries are not known)
+            done[cid] = {"chunk_id": cid, "reason": None, "question": kept[cid].get("question"),
+                         "document": kept[cid].get("document", "")}
     out.parent.mkdir(parents=True, exist_ok=True)
 
     if lm is None:

@@ -32,13 +32,19 @@ def evaluate(lm: Any, spec_arg: str, cfg: TrainConfig, out: Path, step: int) -> 
         for task, samples, data in runs:
             res = run_eval(lm, [spec_arg], [task], [cfg.seq_len], depths=PASSKEY_DEPTHS, samples=samples, data=data,
                            out=eval_dir(out, step) / task, resume=True, seed=cfg.seed,
-                           bucket=max(1, cfg.seq_len // 4), progress=False, log=lambda m: None,
+                           bucket=quarter(cfg.seq_len), progress=False, log=lambda m: None,
                            command=f"{cfg.command_line} (evaluation at step {step})")
             records += res["records"]
     finally:
         lm.name = name
         lm.model.train(was_training)
     return records
+
+
+def quarter(seq_len: int) -> int:
+    """Bucket width for four buckets, the last ending at seq_len (rounded up: with seq_len // 4 a length that is
+    not a multiple of 4 got a fifth, short bucket and no last-quarter figure)."""
+    return max(1, -(-seq_len // 4))
 
 
 def headline(records: list[dict[str, Any]], seq_len: int) -> dict[str, float]:
@@ -51,6 +57,6 @@ def headline(records: list[dict[str, Any]], seq_len: int) -> dict[str, float]:
         if r["task"] == "ppl" and r["metric"] == "ppl" and r["value"] is not None:
             if r["bucket"] is None:
                 out["ppl"] = r["value"]
-            elif r["bucket"][1] == seq_len and r["bucket"][0] == seq_len - seq_len // 4:
+            elif r["bucket"] == [3 * quarter(seq_len), seq_len]:
                 out["ppl_last_quarter"] = r["value"]
     return out
