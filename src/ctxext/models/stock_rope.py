@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import CtxextError
 from ..scaling import RopeFreqs, Spec, config_rope_fields
-from ..scaling.hf import config_rope_type
+from ..scaling.hf import config_rope_type, rope_parameters_of
 
 AGREE_RTOL = 1e-5
 
@@ -93,8 +93,6 @@ def checkpoint_freqs(config: Any, method: str) -> RopeFreqs | None:
 def own_window(cfg: dict[str, Any]) -> int:
     """The length a checkpoint whose config scales its RoPE was made for: its max_position_embeddings, or the
     original length × factor where that is longer (some yarn configs keep the original max_position_embeddings)."""
-    from ..scaling.hf import rope_parameters_of
-
     rp = rope_parameters_of(cfg)
     original = rp.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings")
     scaled = int(round(original * float(rp.get("factor", 1.0)))) if original else 0

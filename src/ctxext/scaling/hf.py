@@ -33,20 +33,19 @@ def rope_parameters_of(cfg: dict[str, Any]) -> dict[str, Any]:
 def config_rope_type(cfg: dict[str, Any]) -> str:
     """The rope type a model config (as a dict) asks stock transformers for, in either schema: 'default',
     'linear', 'yarn', 'longrope', 'dynamic', ..."""
-    scaling = cfg.get("rope_scaling") or {}
-    return str(_rope_parameters(cfg).get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default")
+    rp = rope_parameters_of(cfg)
+    return str(rp.get("rope_type") or rp.get("type") or "default")
 
 
 def rope_shape_from_config(cfg: dict[str, Any]) -> RopeShape:
     """RoPE shape of a model config (as a dict), in either schema."""
     rp = _rope_parameters(cfg)
-    scaling = cfg.get("rope_scaling") or {}
     base = rp.get("rope_theta", cfg.get("rope_theta"))
     if base is None:
         raise CtxextError("model config has no rope_theta: is this a RoPE model?")
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     partial = rp.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
-    original = (rp.get("original_max_position_embeddings") or scaling.get("original_max_position_embeddings")
+    original = (rope_parameters_of(cfg).get("original_max_position_embeddings")
                 or cfg.get("original_max_position_embeddings") or cfg["max_position_embeddings"])
     return RopeShape(int(head_dim * partial), float(base), int(original))
 
