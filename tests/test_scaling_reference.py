@@ -91,14 +91,22 @@ def test_llama3(d, base, s, low, high, orig):
     check(ref, got)
 
 
-def test_default_matches_the_llama_rotary_embedding():
+def test_default_is_the_rotary_embeddings_own_vector_bit_for_bit():
+    """θ is computed as the models compute it (torch's float32 pow): a float64 pow rounded to float32 was an ulp
+    off on some pairs for most shapes, and an ulp of a slow pair moved an ntk export's logits by 2e-3 at 16k."""
+    from transformers import Phi3Config
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
 
-    for d, base in itertools.product(HEAD_DIMS, BASES):
+    for d, base in itertools.product(HEAD_DIMS + (80, 256), BASES + (20221.3, 40890.7, 925387.3, 2815042.0)):
         cfg = LlamaConfig(hidden_size=2 * d, num_attention_heads=2, head_dim=d, max_position_embeddings=L,
                           rope_parameters={"rope_type": "default", "rope_theta": base})
         ref = LlamaRotaryEmbedding(cfg).inv_freq.double().numpy()
-        np.testing.assert_allclose(ours("default", d, base)[0], ref, rtol=1e-6)
+        np.testing.assert_array_equal(ours("default", d, base)[0], ref, err_msg=f"d={d} base={base}")
+    for base in (1e4, 40890.7):  # partial rotary: 48 of 96 channels (Phi-3 style)
+        cfg = Phi3Config(hidden_size=192, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=L,
+                         rope_parameters={"rope_type": "default", "rope_theta": base, "partial_rotary_factor": 0.5})
+        np.testing.assert_array_equal(ours("default", 48, base)[0], Phi3RotaryEmbedding(cfg).inv_freq.double().numpy())
 
 
 def test_grid_really_covers_the_issue_list():
