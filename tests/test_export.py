@@ -403,3 +403,28 @@ def test_default_type_exports_are_bit_for_bit_at_head_dim_128(tmp_path, spec):
     res = export(str(src), spec, tmp_path / "out", verify_tokens=200)
     assert res["rope_parameters"]["rope_type"] == "default"
     assert res["verification"]["max_abs_logit_diff"] == 0.0 and res["verification"]["passed"]
+
+
+def test_a_dynamic_export_reports_where_stock_parts_from_ctxext(tmp_path, capsys):
+    """Stock 'dynamic' rescales a whole forward by its longest position, ctxext's dynamic-ntk each query by its own:
+    identical inside the window, apart past it. The export said only 'passed' (it checked the window alone); now it
+    measures a sample placed past the window and says so in results.json, the model card and the CLI."""
+    from ctxext.cli import main
+
+    rc = main(["export", "--model", "tiny-rope", "--scaling", "dynamic-ntk:factor=4", "--out", str(tmp_path / "d"),
+               "--verify-tokens", "120"])
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "d" / "results.json").read_text())
+    v = res["verification"]
+    assert rc == 0 and v["passed"] and v["max_abs_logit_diff"] == 0.0 and v["positions_from"] == [0, 136]
+    past = v["past_window"]
+    assert past["positions_from"] == 256 and past["tokens"] == 120 and not past["same"]
+    assert past["max_abs_logit_diff"] > 0.1
+    assert f"past the window the checkpoint differs from what ctxext measured: max |logit diff| " \
+           f"{past['max_abs_logit_diff']:.3g} from position 256" in out
+    card = (tmp_path / "d" / "README.md").read_text()
+    assert "Past the trained length it does not compute what ctxext measured" in card and "from position 256" in card
+
+    res = export("tiny-rope", "yarn:factor=4", tmp_path / "y", verify_tokens=120)  # static: nothing to part
+    assert "past_window" not in res["verification"]
+    assert "Past the trained length" not in (tmp_path / "y" / "README.md").read_text()

@@ -89,6 +89,21 @@ def _sample_ids(tokenizer, n_tokens: int) -> list[int]:
     return ids
 
 
+# stock rope types that rescale every position by the length of the whole forward (transformers' "dynamic": one NTK
+# base from the largest position id), where ctxext rescales each query by its own position
+STOCK_PER_FORWARD = ("dynamic",)
+
+
+def _past_window(model, stock, ids: list[int], plan: ExportPlan) -> dict[str, Any]:
+    """The same sample placed just past the trained length, where a per-forward stock rope and ctxext's per-position
+    one part: the difference is reported, so nobody takes ctxext's figures past the window for the checkpoint's."""
+    diff = max_logit_diff(model, stock, ids, plan.original_len)
+    return {"positions_from": plan.original_len, "tokens": len(ids), "max_abs_logit_diff": diff,
+            "same": bool(diff < 1e-4),
+            "why": "stock transformers' 'dynamic' rope takes one NTK base from the longest position of each forward "
+                   "(and keeps it for later cached steps); ctxext's dynamic-ntk takes it per query position"}
+
+
 def max_logit_diff(a, b, ids: list[int], start: int = 0) -> float:
     """Max |logits_a − logits_b| over a sequence placed at positions start, start+1, … (full logits are fine at
     verification length)."""
@@ -176,13 +191,16 @@ def export_loaded(lm: Any, plan: ExportPlan, out: str | Path, verify_tokens: int
         far = plan.max_position_embeddings - len(ids)
         starts = [0, far] if far > 0 else [0]
         diff = max(max_logit_diff(lm.model, stock, ids, start) for start in starts) if ids else float("nan")
+        verification = {"tokens": len(ids), "positions_from": starts, "max_abs_logit_diff": diff,
+                        "passed": bool(diff < 1e-4)}
+        if plan.rope_parameters.get("rope_type") in STOCK_PER_FORWARD and ids:
+            verification["past_window"] = _past_window(lm.model, stock, ids, plan)
         results = {
             "meta": {"ctxext": __version__, **versions(), "model": plan.model, "spec": plan.spec.text,
                      "resolved": plan.spec.to_dict()},
             "rope_parameters": plan.rope_parameters, "max_position_embeddings": plan.max_position_embeddings,
             "original_max_position_embeddings": plan.original_len,
-            "verification": {"tokens": len(ids), "positions_from": starts,
-                             "max_abs_logit_diff": diff, "passed": bool(diff < 1e-4)},
+            "verification": verification,
         }
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(plan, results))
@@ -193,6 +211,15 @@ def export_loaded(lm: Any, plan: ExportPlan, out: str | Path, verify_tokens: int
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return results
+
+
+def _past_window_card(past: dict[str, Any] | None) -> str:
+    if past is None:
+        return ""
+    return (f"\nPast the trained length it does not compute what ctxext measured: {past['why']}. The same "
+            f"{past['tokens']} tokens placed from position {past['positions_from']} differ by max |diff| = "
+            f"{past['max_abs_logit_diff']:.3g}, so ctxext's figures for this spec past the window are not this "
+            "checkpoint's; evaluate the checkpoint itself with `ctxext eval --model PATH --scaling default`.\n")
 
 
 def model_card(plan: ExportPlan, results: dict[str, Any]) -> str:
@@ -218,7 +245,7 @@ Loaded back with stock `AutoModelForCausalLM.from_pretrained` (no ctxext code), 
 logits as ctxext's in-memory model: max |diff| = {v['max_abs_logit_diff']:.3g} over {v['tokens']} tokens placed from
 position{'s' if len(v['positions_from']) > 1 else ''} {' and '.join(map(str, v['positions_from']))}
 ({'passed' if v['passed'] else 'FAILED'}, threshold 1e-4).
-
+{_past_window_card(v.get('past_window'))}
 ## Provenance
 {measured or '- no search or training metadata was attached to this spec' + chr(10)}
 ## Use

@@ -23,4 +23,8 @@ def run(args: argparse.Namespace) -> int:
           f"max_position_embeddings={res['max_position_embeddings']}")
     print(f"stock transformers load: max |logit diff| {v['max_abs_logit_diff']:.3g} over {v['tokens']} tokens "
           f"({'ok' if v['passed'] else 'MISMATCH'})")
+    past = v.get("past_window")
+    if past is not None and not past["same"]:
+        print(f"past the window the checkpoint differs from what ctxext measured: max |logit diff| "
+              f"{past['max_abs_logit_diff']:.3g} from position {past['positions_from']} ({past['why']}); see its README.md")
     return 0 if v["passed"] else 1
