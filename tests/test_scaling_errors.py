@@ -37,6 +37,13 @@ def test_factor_below_one_and_bad_numbers():
     fails("yarn:factor", "expected key=value")
 
 
+def test_a_key_given_twice_is_refused():
+    """yarn:factor=2,factor=3 exported factor 3 without a word (the last value won)."""
+    assert fails("yarn:factor=2,factor=3") == "'factor' is given twice in 'yarn:factor=2,factor=3'; give each key once"
+    fails("self-extend:group=4, window=64,window =32", "'window' is given twice")
+    assert parse_spec("yarn:factor=2,beta_fast=16").params.beta_fast == 16
+
+
 def test_base_must_be_positive():
     fails("abf:base=0", "base must be > 0")
     fails("abf:base=-5", "base must be > 0")

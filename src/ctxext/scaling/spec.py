@@ -129,6 +129,8 @@ def parse_spec(text: str) -> Spec:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise CtxextError(f"bad spec item '{item}' in '{text}'; expected key=value")
+        if key.strip() in values:  # last-one-wins would silently drop what the user typed first
+            raise CtxextError(f"'{key.strip()}' is given twice in '{text}'; give each key once")
         values[key.strip()] = value.strip()
     return _from_values(name.strip(), values, text)
 
