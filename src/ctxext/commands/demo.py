@@ -16,12 +16,14 @@ import json
 import time
 from pathlib import Path
 
+from . import out_folder
+
 MODEL = "smollm2-135m"
 SPECS = ("default", "yarn:factor=2", "ntk:factor=2")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    p.add_argument("--out", type=out_folder, default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--model", default=MODEL, help=f"model (default {MODEL})")
     p.add_argument("--scaling", action="append", help=f"specs to compare (default: {', '.join(SPECS)})")
     p.add_argument("--ppl-length", type=int, default=12288, help="perplexity window in tokens (default 12288)")
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import model_info
 
     t0 = time.time()
-    out: Path = args.out
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     specs = args.scaling or list(SPECS)
     info = model_info(args.model)

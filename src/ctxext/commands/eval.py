@@ -17,6 +17,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+from . import out_folder
 
 
 def _csv(kind: str):
@@ -41,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=None,
                    help="documents per length (ppl) or trials per cell (passkey 5, niah 2, needle-ppl 5 by default; ppl 4)")
     p.add_argument("--data", action="append", metavar="PATH", help="text file, folder or .jsonl; repeat for several")
-    p.add_argument("--out", required=True, help="folder for results.json, summary.md and plots")
+    p.add_argument("--out", required=True, type=out_folder, help="folder for results.json, summary.md and plots")
     p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished cells")
     p.add_argument("--protocol", default="window", choices=("window", "sliding", "both"),
                    help="ppl: one window of the first L tokens, a sliding window, or both (default window)")

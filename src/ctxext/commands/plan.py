@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CtxextError
+from . import out_folder
 
 
 def _positive_int(text: str) -> int:
@@ -63,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "curve is noisy: use several); default 1")
     p.add_argument("--device", default="auto", help="for --calibrate: auto, cpu, cuda or cuda:<i>")
     p.add_argument("--json", action="store_true", help="print the plan as JSON to stdout")
-    p.add_argument("--out", type=Path, metavar="DIR", help="also write results.json, summary.md and plan.png here")
+    p.add_argument("--out", type=out_folder, metavar="DIR", help="also write results.json, summary.md and plan.png here")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_text(data))
     if args.out:
-        write_outputs(args.out, data, p, info, args)
+        write_outputs(Path(args.out), data, p, info, args)
     return 0
 
 

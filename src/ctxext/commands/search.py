@@ -18,6 +18,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+from . import out_folder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, type=int, help="target context length in tokens (> the trained window)")
     p.add_argument("--data", action="append", required=True, metavar="PATH",
                    help="text file, folder or .jsonl the fitness is measured on; repeat for several")
-    p.add_argument("--out", required=True, help="folder for best.json, history.jsonl, summary.md and plots")
+    p.add_argument("--out", required=True, type=out_folder, help="folder for best.json, history.jsonl, summary.md and plots")
     p.add_argument("--fitness", default="needle-ppl", choices=("needle-ppl", "ppl", "both"),
                    help="needle-driven perplexity (LongRoPE2, default), plain perplexity at the target, or both: "
                         "max of the two relative to yarn:factor=s (< 1: better than YaRN on both)")

@@ -20,6 +20,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+from . import out_folder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "LLaMA 2 Long finding)")
     p.add_argument("--seq-len", type=int, required=True, help="training sequence length in tokens (the target window)")
     p.add_argument("--steps", type=int, required=True, help="optimizer steps")
-    p.add_argument("--out", required=True, help="folder for checkpoints, results.json, summary.md, plots and final/")
+    p.add_argument("--out", required=True, type=out_folder, help="folder for checkpoints, results.json, summary.md, plots and final/")
     p.add_argument("--lr", type=float, default=None,
                    help=f"peak learning rate (default {DEFAULT_LR:g}, with --lora {DEFAULT_LORA_LR:g}: PI / YaRN)")
     p.add_argument("--batch-tokens", type=int, default=None,
