@@ -178,6 +178,17 @@ def test_resume_refuses_other_settings(parts_jsonl, tmp_path, capsys):
     assert code == 2 and "cannot resume the search" in err and err.count("\n") == 1
 
 
+def test_an_earlier_search_is_not_thrown_away_without_resume(parts_jsonl, tmp_path, capsys):
+    """Rerunning into a folder that holds a search, without --resume, started over and rewrote its history."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "history.jsonl").write_text('{"fitness": 1.0}\n')
+    code, err = run_cli([*SMALL, "--data", str(parts_jsonl), "--out", str(out)], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"{out} holds an earlier search ({out / 'history.jsonl'}); pass --resume to continue it" in err
+    assert (out / "history.jsonl").read_text() == '{"fitness": 1.0}\n' and not (out / "search.json").exists()
+
+
 def test_resuming_a_finished_search_measures_nothing(parts_jsonl, tmp_path, capsys, monkeypatch):
     """--resume on a search that ended replays history, reuses the guard and the reference (exact yarn) and gives
     the same results; before, the reference was measured again (one more full evaluation, ~30 min at 64k on a CPU)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -306,8 +305,9 @@ def write_state(out: Path, config: SearchConfig, info: dict[str, Any], resume: b
             raise CtxextError(f"cannot resume the search in {out}: {k} was {old.get(k)!r}, now {keys.get(k)!r}; "
                               "use the same settings or a new --out")
     elif not resume and (out / HISTORY).is_file() and (out / HISTORY).stat().st_size > 0:
-        print(f"ctxext search: {out} holds an earlier search; starting over (use --resume to continue it)",
-              file=sys.stderr)
+        # a forgotten --resume must not throw away hours of evaluations (eval refuses the same way)
+        raise CtxextError(f"{out} holds an earlier search ({out / HISTORY}); pass --resume to continue it, or "
+                          "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"resume_keys": keys, "budget": config.budget}, indent=2))
