@@ -309,6 +309,23 @@ def test_bad_input_fails_with_one_clear_line(cli, tmp_path, book):
         assert re_search(match, lines[0]), (args, lines[0])
 
 
+@pytest.mark.parametrize("spec,match", [
+    ("self-extend:group=4,window=1000", "self-extend: window=1000 must be smaller than the trained length 256"),
+    ("streaming:window=300", r"streaming: sinks \+ window = 304 must fit in the trained length 256"),
+])
+def test_windows_past_the_trained_length_fail_before_weights(cli, tmp_path, book, monkeypatch, spec, match):
+    """These were checked when the spec was applied: --dry-run passed them, and a real run loaded the weights and ran
+    the earlier specs' cells before it failed."""
+    import ctxext.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("weights loaded before the spec check"))
+    for dry in (["--dry-run"], []):
+        code, err = cli("--task", "ppl", "--task", "stream-ppl", "--lengths", "1024", "--samples", "1", "--data", book,
+                        "--scaling", "default", "--scaling", spec, *dry)
+        assert code == 2 and re_search(match, err.strip().splitlines()[-1]), err
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
 def re_search(pattern: str, text: str) -> bool:
     import re
 

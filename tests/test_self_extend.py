@@ -9,7 +9,7 @@ import ctxext.models.self_extend as se
 from ctxext.cli import main
 from ctxext.errors import CtxextError
 from ctxext.export import plan_export
-from ctxext.models import apply_spec, wrap_model
+from ctxext.models import apply_spec, check_before_weights, wrap_model
 from ctxext.models.attention import PositionPlan, patch_attention
 from ctxext.models.rope import cos_sin
 from ctxext.models.tiny import WINDOW, tiny_model
@@ -89,6 +89,9 @@ def test_a_checkpoint_that_scales_its_own_rope_keeps_it(rope):
         assert (model(ids).logits - before).abs().max().item() > 1e-3  # past W the grouped positions do change it
     with pytest.raises(CtxextError, match="window=600 must be smaller than the trained length 512"):
         apply_spec(lm, parse_spec("self-extend:group=4,window=600"))
+    check_before_weights(parse_spec("self-extend:group=4,window=400"), lm.info)  # the config's window, not 64/128
+    with pytest.raises(CtxextError, match="window=600 must be smaller than the trained length 512"):
+        check_before_weights(parse_spec("self-extend:group=4,window=600"), lm.info)
 
 
 def test_a_checkpoint_whose_own_rope_changes_with_length_is_refused():

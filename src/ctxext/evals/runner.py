@@ -175,8 +175,8 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
 
     from .. import runinfo
     from ..data import data_files, load_documents
-    from ..models import apply_spec, load_model, model_info, resolve_device
-    from ..scaling import check_fits, parse_spec
+    from ..models import apply_spec, check_before_weights, load_model, model_info, resolve_device
+    from ..scaling import parse_spec
 
     log = log or _err
     task_list = resolve_tasks(tasks)
@@ -188,7 +188,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     lm = None if isinstance(model, str) else model
     info = model_info(model) if lm is None else lm.info
     for s in parsed:
-        check_fits(s, info.encoding)
+        check_before_weights(s, info)
     data = [str(p) for p in (data or [])]
     needs = [t.name for t in task_list if t.needs_data]
     if needs and not data:

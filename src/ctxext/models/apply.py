@@ -21,16 +21,34 @@ from typing import Callable
 from torch import nn
 
 from ..errors import CtxextError
-from ..scaling import Spec, check_fits, resolve_alibi, resolve_rope
+from ..scaling import RopeShape, Spec, check_fits, resolve_alibi, resolve_rope
 from ..scaling.attention import POSITION_METHODS
+from ..scaling.hf import config_rope_type
 from ..scaling.spec import effective_shape
 from .alibi import alibi_base_model, patch_alibi
 from .attention import SUPPORTED_MODEL_TYPES, attention_modules, make_plan, patch_attention, sliding_window
+from .info import ModelInfo
 from .load import LoadedModel
 from .rope import ScaledRotary
 from .stock_rope import checkpoint_freqs, own_window, stock_freqs
 
 Installer = Callable[[], Callable[[], None]]  # installs a patch, returns its undo
+
+
+def position_shape(info: ModelInfo) -> RopeShape:
+    """The shape a position method (self-extend, streaming) keeps: trained length = the checkpoint's own window when
+    its config scales RoPE (Llama 3.1's llama3 bands, a yarn config), else the original length."""
+    if config_rope_type(info.config) == "default":
+        return info.rope_shape
+    return replace(info.rope_shape, original_len=own_window(info.config))
+
+
+def check_before_weights(spec: Spec, info: ModelInfo) -> None:
+    """Everything about `spec` on this model that the config decides: its position encoding and, for position
+    methods, its windows against the trained length (these failed mid-run, after earlier specs' cells)."""
+    check_fits(spec, info.encoding)
+    if spec.method in POSITION_METHODS and info.rope_shape is not None:
+        spec.params.check_trained_len(effective_shape(spec, position_shape(info)).original_len)
 
 
 def find_rotary(model: nn.Module) -> tuple[nn.Module, str, nn.Module]:
@@ -91,8 +109,7 @@ def _rope_installer(lm: LoadedModel, spec: Spec) -> Installer | None:
                                   f"{windowed[0]}) is not supported: its cache drops old keys itself, sinks included")
         if spec.method in POSITION_METHODS:  # the checkpoint's own rope (Llama 3.1's llama3 bands, a yarn config)
             own = checkpoint_freqs(lm.model.config, spec.method)
-            plan = make_plan(spec, shape if own is None else replace(shape, original_len=own_window(lm.info.config)),
-                             None if own is None else lambda t, f: own)
+            plan = make_plan(spec, position_shape(lm.info), None if own is None else lambda t, f: own)
         else:
             plan = make_plan(spec, shape, lambda t, f: stock_freqs(lm.model.config, spec, f, seq_len=t))
         model_type = lm.info.config.get("model_type")

@@ -135,9 +135,7 @@ class SelfExtendPlan(PositionPlan):
 
     def check(self) -> None:
         super().check()
-        if self.window >= self.L:
-            raise CtxextError(f"self-extend: window={self.window} must be smaller than the trained length "
-                              f"{self.L} (neighbour positions beyond it were never trained)")
+        self.spec.params.check_trained_len(self.L)
 
     def grouped_query_pos(self, pos: torch.Tensor) -> torch.Tensor:
         return pos // self.group + self.window - self.window // self.group

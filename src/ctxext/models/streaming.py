@@ -52,9 +52,7 @@ class StreamingPlan(PositionPlan):
 
     def check(self) -> None:
         super().check()
-        if self.sinks + self.window > self.L:
-            raise CtxextError(f"streaming: sinks + window = {self.sinks + self.window} must fit in the trained "
-                              f"length {self.L} (cache slots beyond it were never trained)")
+        self.spec.params.check_trained_len(self.L)
 
     # -------------------------------------------------------------------------------------------- eviction
 

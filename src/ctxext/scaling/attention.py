@@ -36,6 +36,11 @@ class SelfExtendParams(Params):
         _at_least("self-extend", "group", self.group, 1)
         _at_least("self-extend", "window", self.window, 1)
 
+    def check_trained_len(self, trained_len: int) -> None:
+        if self.window >= trained_len:
+            raise CtxextError(f"self-extend: window={self.window} must be smaller than the trained length "
+                              f"{trained_len} (neighbour positions beyond it were never trained)")
+
 
 @dataclass(frozen=True, kw_only=True)
 class StreamingParams(Params):
@@ -47,6 +52,11 @@ class StreamingParams(Params):
     def __post_init__(self) -> None:
         _at_least("streaming", "sinks", self.sinks, 0)
         _at_least("streaming", "window", self.window, 1)
+
+    def check_trained_len(self, trained_len: int) -> None:
+        if self.sinks + self.window > trained_len:
+            raise CtxextError(f"streaming: sinks + window = {self.sinks + self.window} must fit in the trained "
+                              f"length {trained_len} (cache slots beyond it were never trained)")
 
 
 def self_extend_reach(original_len: int, p: SelfExtendParams) -> int:

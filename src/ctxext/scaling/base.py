@@ -71,6 +71,10 @@ class Params:
     def __post_init__(self) -> None:  # subclasses validate, then call super
         pass
 
+    def check_trained_len(self, trained_len: int) -> None:
+        """Refuse values that cannot work on a model trained on `trained_len` tokens (known from its config, so
+        before any weights); most methods take any."""
+
 
 def check_factor(name: str, value: float, minimum: float = 1.0) -> None:
     if not value >= minimum:
