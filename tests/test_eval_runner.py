@@ -339,6 +339,8 @@ def test_skipped_documents_are_reported(tmp_path, book):
     res = run_eval("tiny-rope", ["default"], ["ppl"], [256], samples=3, data=[short, book], out=tmp_path / "k",
                    progress=False, log=lines.append)
     assert any("skipped 1 document(s) shorter than 256 tokens: " in m and "short.txt" in m for m in lines)
+    assert "ppl @ 256: 1 document(s) of at least 256 tokens for the 3 asked (--samples); the figure averages " \
+           "those" in lines
     (overall,) = values(res, bucket=None)
     assert overall["n"] == 1 and math.isfinite(overall["value"])
 

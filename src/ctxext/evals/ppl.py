@@ -76,7 +76,11 @@ def _usable(ctx: TaskContext, all_docs: list[Document], length: int) -> list[Doc
     if short:
         names = ", ".join(f"{d.name} ({len(d)})" for d in short[:3]) + (" …" if len(short) > 3 else "")
         ctx.log(f"ppl @ {length}: skipped {len(short)} document(s) shorter than {length} tokens: {names}")
-    return docs[:ctx.settings.samples_for(TASK)]
+    n = ctx.settings.samples_for(TASK)
+    if 0 < len(docs) < n:  # one book as --data gives one document: the figure is not the average asked for
+        ctx.log(f"ppl @ {length}: {len(docs)} document(s) of at least {length} tokens for the {n} asked "
+                "(--samples); the figure averages those")
+    return docs[:n]
 
 
 def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
