@@ -199,6 +199,21 @@ def test_driver_files_reasons_and_resume(tmp_path, tiny, scripted, book_part):
     assert {k: res2[k] for k in ("processed", "kept", "rejected")} == {k: res[k] for k in ("processed", "kept", "rejected")}
 
 
+def test_nothing_kept_still_writes_the_output_file(tmp_path, tiny, scripted, book_part, monkeypatch):
+    """With every chunk rejected, OUT was never created: the run said 'wrote 0 examples to OUT', a rerun refused
+    because 'OUT already exists', and longqa on it failed with 'data path not found'."""
+    orig = ScriptedGenerator.complete
+    monkeypatch.setattr(ScriptedGenerator, "complete",
+                        lambda self, p, n: "zebra unicorn" if p.endswith("Short answer:") else orig(self, p, n))
+    out = tmp_path / "none.jsonl"
+    res = synthesize([book_part], out, SynthSettings(model="tiny-rope", per_doc=2, min_len=512, max_len=1024),
+                     progress=False, lm=tiny, log=lambda m: None)
+    assert res["kept"] == 0 and res["rejected"] == {"answer not in chunk": 2}
+    assert out.is_file() and out.read_text() == ""
+    with pytest.raises(CtxextError, match="longqa: no examples in"):  # not 'data path not found'
+        read_examples([out])
+
+
 def test_tries_keep_the_first_passing_attempt(tmp_path, tiny, scripted, book_part, monkeypatch):
     """With --tries 2 every chunk rejected on its first try (the scripted 'zebra unicorn' answer) gets a second
     attempt with other worked examples; the checks stay the same and every failed try is counted."""

@@ -293,6 +293,7 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
         return s
 
     summary(False)
+    out.touch()  # with nothing kept it must still exist: "wrote 0 examples to OUT", and a rerun's refusal names it
     todo = [p for p in plan if f"{p[0]}@{p[3]}" not in done]
     bar = progress_bar(total=len(plan), initial=len(plan) - len(todo), disable=not progress, unit="chunk")
     try:
