@@ -76,3 +76,17 @@ def test_branch_peak_covers_the_batch_of_branches():
         assert mc.peak_branches(n) >= mc.peak_cached(n, plain=True)
         assert mc.peak_branches(n) - mc.peak_cached(n, plain=True) <= 1.15 * (BRANCH_BYTES + mc.activations(4096))
     assert mc.peak_branches(2048) >= 1.15 * (mc.weights() + mc.kv_cache(2048) + BRANCH_BYTES)
+
+
+def test_a_curve_that_keeps_falling_like_log_c_is_no_fit():
+    """L = 5 − 0.3·ln c never levels off: least squares runs β to the bottom of its range with α ~ 1e50+ and γ < 0,
+    which the fit task published as a result (α 2.6e222, γ −156 on tiny-rope at 256 tokens)."""
+    from ctxext.evals.fit import no_fit_reason
+
+    c = np.geomspace(16, 256, 40)
+    res = fit_law(c, 5.0 - 0.3 * np.log(c))
+    assert res["beta"] < 0.0102 and res["gamma"] < 0
+    assert no_fit_reason(res).startswith("β ran to the edge of its range 0.01–3.0")
+    assert no_fit_reason(fit_law(c, law(c, 25.4, 0.45, 1.56))) is None
+    assert no_fit_reason(fit_law(c, 2.0 + 1e-4 * c)) is None  # no context benefit is a result (α = 0)
+    assert no_fit_reason({"alpha": 3.0, "beta": 0.5, "gamma": -0.2, "rmse": 0.1}) == "γ = -0.2 < 0, a negative loss floor"

@@ -67,9 +67,13 @@ def test_results_json_is_flat_and_complete(full_run):
             assert all(r["n"] == 2 and r["metric"] == "accuracy" for r in values(res, scaling=spec, task="passkey"))
             assert len(values(res, scaling=spec, task="niah", length=L)) == 3
             assert one(res, scaling=spec, task="needle-ppl", length=L) > 1
-            assert {r["metric"] for r in values(res, scaling=spec, task="fit", length=L)} == {"alpha", "beta", "gamma", "rmse"}
+            # a fit, or nothing where the law does not fit the curve (logged; see evals.fit.no_fit_reason)
+            assert {r["metric"] for r in values(res, scaling=spec, task="fit", length=L)} in (
+                {"alpha", "beta", "gamma", "rmse"}, set())
         buckets = [r["bucket"] for r in values(res, scaling=spec, task="ppl", length=1024) if r["bucket"]]
         assert buckets == [[b, b + 128] for b in range(0, 1024, 128)]  # longest length / 8
+    assert one(res, scaling="default", task="fit", length=1024, metric="gamma") > 0  # the in-window curve fits
+    assert all(r["value"] > 0 for r in values(res, task="fit", metric="gamma"))
 
 
 def test_summary_and_plots(full_run):

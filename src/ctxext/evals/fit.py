@@ -3,7 +3,8 @@ curve: c is the context a token was predicted with (its position), L the mean lo
 
 For a fixed β the law is linear in A = α^β and γ, so a grid over β with closed-form least squares for (A, γ),
 refined by golden-section search on β, finds the global least-squares fit without scipy. A curve that does not
-fall with context (A ≤ 0) is reported with α = 0 (no context benefit): its γ is the mean loss.
+fall with context (A ≤ 0) is reported with α = 0 (no context benefit): its γ is the mean loss. A least-squares
+result at the edge of β's range or with γ < 0 is not a fit of the law: it is logged, not recorded.
 Records: metrics `alpha`, `beta`, `gamma`, `rmse` per (spec, length), n = documents of the curve.
 """
 
@@ -19,6 +20,7 @@ from .tasks import Cell, Settings, Task, TaskContext, register
 
 MIN_CONTEXT = 16  # positions before this are dominated by the document's opening, not by context length
 BINS = 64
+BETA_RANGE = (0.01, 3.0)  # β searched here; a fit at either end is no fit (no_fit_reason)
 
 
 def _solve(c: np.ndarray, y: np.ndarray, w: np.ndarray, beta: float) -> tuple[float, float, float]:
@@ -36,7 +38,7 @@ def fit_law(c: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> dict[s
     """Least-squares α, β, γ of L(c) = (α/c)^β + γ, and the weighted RMSE."""
     c, y = np.asarray(c, dtype=np.float64), np.asarray(y, dtype=np.float64)
     w = np.ones_like(c) if w is None else np.asarray(w, dtype=np.float64)
-    grid = np.linspace(0.01, 3.0, 300)
+    grid = np.linspace(*BETA_RANGE, 300)
     sse = [_solve(c, y, w, b)[2] for b in grid]
     k = int(np.argmin(sse))
     lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
@@ -51,6 +53,21 @@ def fit_law(c: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> dict[s
     a, g, s = _solve(c, y, w, beta)
     alpha = a ** (1 / beta) if a > 0 else 0.0
     return {"alpha": alpha, "beta": beta, "gamma": g, "rmse": math.sqrt(s / w.sum())}
+
+
+def no_fit_reason(res: dict[str, float]) -> str | None:
+    """Why a least-squares result is not a fit of the law, or None. A curve that keeps falling like log(c) drives β
+    to the bottom of its range, α to ~1e222 and γ below zero (a negative loss floor); publishing those as α, β, γ
+    would read as a result."""
+    if res["alpha"] == 0.0:  # no context benefit: β is moot, γ the mean loss
+        return None
+    if res["beta"] <= BETA_RANGE[0] * 1.01 or res["beta"] >= BETA_RANGE[1] * 0.99:
+        return f"β ran to the edge of its range {BETA_RANGE[0]}–{BETA_RANGE[1]} ({res['beta']:.3g})"
+    if not math.isfinite(res["alpha"]):
+        return "α is not finite"
+    if res["gamma"] < 0:
+        return f"γ = {res['gamma']:.3g} < 0, a negative loss floor"
+    return None
 
 
 def law(c: np.ndarray | float, alpha: float, beta: float, gamma: float) -> np.ndarray | float:
@@ -89,6 +106,10 @@ def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[s
             ctx.log(f"fit @ {length}: too few positions to fit")
             continue
         res = fit_law(c, y)  # bins weigh equally: log-spaced, so short and long context count alike
+        reason = no_fit_reason(res)
+        if reason is not None:
+            ctx.log(f"fit @ {length}: the law does not fit the ppl curve of '{ctx.spec.text}' ({reason}); no fit recorded")
+            continue
         yield (length, None), [ctx.record("fit", length, None, k, v, n) for k, v in res.items()]
 
 
