@@ -300,6 +300,8 @@ def test_bad_input_fails_with_one_clear_line(cli, tmp_path, book):
         (["--task", "passkey", "--lengths", "256", "--scaling", "ntk-alibi:factor=2"], "does not fit"),
         (["--task", "passkey", "--lengths", "256", "--device", "gpu"], "unknown device 'gpu'; accepted: auto, cpu"),
         (["--task", "passkey", "--lengths", "256", "--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["--task", "ppl", "--lengths", "256", "--data", book, "--stride", "100"],
+         "--stride acts only with --protocol sliding or both; add one or drop --stride"),
         (["--task", "passkey", "--lengths", "256", "--depths", "0.5", "--max-new-tokens", "3"],
          r"--max-new-tokens 3 is too small: this tokenizer writes the answer in \d+ tokens; use at least \d+"),
     ]

@@ -148,6 +148,13 @@ def test_cli_errors_before_weights(tmp_path, tok, capsys):
         (["--instruct", str(qa), "--data", str(qa)], "exactly one"),
         (["--instruct", str(qa), "--mixed-window"], "--mixed-window cannot be used with --instruct"),
         (["--instruct", str(tmp_path / "none.jsonl")], "not found"),
+        # options that act only with another flag were accepted and did nothing
+        (["--data", str(qa), "--answer-loss-only"], "--answer-loss-only acts only with --instruct; add --instruct or "
+                                                    "drop --answer-loss-only"),
+        (["--data", str(qa), "--short-fraction", "0.3"], "--short-fraction acts only with --mixed-window"),
+        (["--data", str(qa), "--lora-rank", "4"], "--lora-rank acts only with --lora; add --lora or drop --lora-rank"),
+        (["--data", str(qa), "--lora-alpha", "8"], "--lora-alpha acts only with --lora"),
+        (["--data", str(qa), "--lora-targets", "q_proj"], "--lora-targets acts only with --lora"),
     ]:
         capsys.readouterr()
         assert main(common + args + ["--out", str(tmp_path / "o")]) == 2, args
@@ -156,3 +163,22 @@ def test_cli_errors_before_weights(tmp_path, tok, capsys):
     capsys.readouterr()
     assert main(common + ["--instruct", str(qa), "--seq-len", "64", "--out", str(tmp_path / "o2")]) == 2
     assert "more than --seq-len 64; examples are never truncated" in capsys.readouterr().err
+
+
+def test_cli_dependent_options_reach_the_config():
+    """--lora-rank, --lora-alpha, --lora-targets and --short-fraction default to None on the command line (so an
+    orphan can be told from a default) and reach TrainConfig when given with their flag, its defaults otherwise."""
+    from ctxext.cli import build_parser
+    from ctxext.commands.train import config_from_args
+    from ctxext.train import TrainConfig
+
+    base = ["train", "--model", "tiny-rope", "--scaling", "yarn:factor=2", "--seq-len", "512", "--steps", "2",
+            "--data", "x.txt", "--out", "o"]
+    parse = build_parser("train").parse_args
+    cfg = config_from_args(parse(base + ["--lora", "--lora-rank", "4", "--lora-alpha", "8", "--lora-targets",
+                                         "q_proj, v_proj", "--mixed-window", "--short-fraction", "0.3"]))
+    assert (cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.short_fraction) == (4, 8.0, ("q_proj", "v_proj"), 0.3)
+    cfg = config_from_args(parse(base + ["--lora"]))
+    d = TrainConfig(model="m", scaling="s", data=("x",), seq_len=512, steps=1, out="o")
+    assert (cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.short_fraction) == \
+           (d.lora_rank, d.lora_alpha, d.lora_targets, d.short_fraction) == (8, 16.0, ("q_proj", "k_proj", "v_proj", "o_proj"), 0.5)

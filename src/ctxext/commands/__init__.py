@@ -11,6 +11,17 @@ import argparse
 from pathlib import Path
 
 
+def check_dependent(args: argparse.Namespace, rules: tuple[tuple[str, str, str, str], ...]) -> None:
+    """Refuse an option given without the one it acts with (it would be accepted and do nothing). rules: (dest,
+    dest it needs, its flag, the needed flag); an option counts as given when it is not None/False, so such options
+    default to None and the command fills the real default in."""
+    from ..errors import CtxextError
+
+    for dest, needs, flag, needed in rules:
+        if getattr(args, dest) not in (None, False) and not getattr(args, needs):
+            raise CtxextError(f"{flag} acts only with {needed}; add {needed} or drop {flag}")
+
+
 def out_folder(text: str) -> str:
     """argparse type of an --out folder: refused at parse time when it, or a folder above it, is a file (each command
     crashed on it after loading weights, eval after computing its cells)."""

@@ -17,6 +17,8 @@ examples:
 from __future__ import annotations
 
 import argparse
+
+from ..errors import CtxextError
 from . import out_folder
 
 
@@ -46,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished cells")
     p.add_argument("--protocol", default="window", choices=("window", "sliding", "both"),
                    help="ppl: one window of the first L tokens, a sliding window, or both (default window)")
-    p.add_argument("--stride", type=int, default=None, help="sliding-window stride in tokens (default L/2)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="with --protocol sliding or both: sliding-window stride in tokens (default L/2)")
     p.add_argument("--bucket", type=int, default=None, help="ppl bucket width in tokens (default: longest length / 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of pass keys and needles (default 0)")
     p.add_argument("--max-new-tokens", type=int, default=16,
@@ -62,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..evals import run_eval
 
+    if args.stride is not None and args.protocol == "window":  # accepted and ignored before
+        raise CtxextError("--stride acts only with --protocol sliding or both; add one or drop --stride")
     res = run_eval(args.model, args.scaling or ["default"], args.task, args.lengths, depths=args.depths,
                    samples=args.samples, data=args.data, out=args.out, resume=args.resume, seed=args.seed,
                    protocol=args.protocol, stride=args.stride, bucket=args.bucket,

@@ -20,7 +20,7 @@ examples:
 from __future__ import annotations
 
 import argparse
-from . import out_folder
+from . import check_dependent, out_folder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,14 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 = off (default 1.0)")
     p.add_argument("--lora", action="store_true",
                    help="LoRA adapters (peft) + trainable embeddings and norms (LongLoRA); merged on export")
-    p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default 8)")
-    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
-    p.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj",
-                   help="comma-separated module names to adapt (default q_proj,k_proj,v_proj,o_proj)")
+    p.add_argument("--lora-rank", type=int, default=None, help="with --lora: LoRA rank (default 8)")
+    p.add_argument("--lora-alpha", type=float, default=None, help="with --lora: LoRA alpha (default 16)")
+    p.add_argument("--lora-targets", default=None,
+                   help="with --lora: comma-separated module names to adapt (default q_proj,k_proj,v_proj,o_proj)")
     p.add_argument("--mixed-window", action="store_true",
                    help="LongRoPE2 mixed context window: some steps at the original window with the original RoPE, "
                         "the rest at --seq-len with the scaled one; exported as a longrope config")
-    p.add_argument("--short-fraction", type=float, default=0.5,
+    p.add_argument("--short-fraction", type=float, default=None,
                    help="with --mixed-window: share of steps at the original window (default 0.5)")
     p.add_argument("--no-grad-checkpointing", action="store_true",
                    help="keep every layer's activations (faster, much more memory)")
@@ -86,16 +86,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+# options that act only with another flag: (dest, the dest it needs, its flag, the needed flag)
+DEPENDENT = (("answer_loss_only", "instruct", "--answer-loss-only", "--instruct"),
+             ("short_fraction", "mixed_window", "--short-fraction", "--mixed-window"),
+             ("lora_rank", "lora", "--lora-rank", "--lora"), ("lora_alpha", "lora", "--lora-alpha", "--lora"),
+             ("lora_targets", "lora", "--lora-targets", "--lora"))
+
+
 def config_from_args(args: argparse.Namespace):
     from ..train.config import TrainConfig
 
-    return TrainConfig(
+    check_dependent(args, DEPENDENT)
+    given = {k: v for k, v in (("lora_rank", args.lora_rank), ("lora_alpha", args.lora_alpha),
+                                ("short_fraction", args.short_fraction)) if v is not None}
+    if args.lora_targets is not None:
+        given["lora_targets"] = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+    return TrainConfig(**given,
         model=args.model, scaling=args.scaling, data=tuple(args.data or ()), seq_len=args.seq_len, steps=args.steps,
         out=args.out, lr=args.lr, batch_tokens=args.batch_tokens, micro_batch=args.micro_batch, warmup=args.warmup,
         schedule=args.schedule, min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay,
-        grad_clip=args.grad_clip, lora=args.lora, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-        lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
-        mixed_window=args.mixed_window, short_fraction=args.short_fraction,
+        grad_clip=args.grad_clip, lora=args.lora, mixed_window=args.mixed_window,
         grad_checkpointing=not args.no_grad_checkpointing, loss_chunk=args.loss_chunk, attn=args.attn,
         evaluate=not args.no_eval, eval_every=args.eval_every, eval_data=tuple(args.eval_data or ()),
         eval_docs=args.eval_docs, passkey_trials=args.passkey_trials, save_every=args.save_every,
