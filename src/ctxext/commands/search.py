@@ -18,6 +18,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+
 from . import out_folder
 
 

@@ -20,6 +20,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+
 from . import check_dependent, out_folder
 
 
