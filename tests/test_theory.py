@@ -156,6 +156,10 @@ def test_bad_inputs():
         check_target(8192, 8192)
     with pytest.raises(CtxextError):
         plan(SMOL, 4096)
+    # position methods keep the model's frequencies: the default's 2π/θ_c is no prediction for them (it was returned)
+    for text in ("self-extend:group=4,window=2048", "streaming:window=2044"):
+        with pytest.raises(CtxextError, match="wavelength prediction does not apply"):
+            predicted_reach(parse_spec(text), SMOL)
 
 
 # --- planner ---------------------------------------------------------------------------------------------

@@ -84,7 +84,12 @@ class Reach:
 def predicted_reach(spec: Spec, shape: RopeShape, d_extra: int | None = None, cap: int = REACH_CAP) -> Reach:
     """Reach of `spec` on a model of this shape: 2π/θ'_c for the critical pair c = d_extra/2 (d_extra from the
     shape unless given: after a base change the critical dimension learned in pretraining stays).
-    Length-dependent specs: the first t > L with t > 2π/θ'_c(t), found on a ×1.01 grid then bisected."""
+    Length-dependent specs: the first t > L with t > 2π/θ'_c(t), found on a ×1.01 grid then bisected. Position
+    methods (self-extend, streaming) keep the model's frequencies, so no wavelength prediction applies: refused
+    (it returned the default's reach for them, which the demo printed as their prediction)."""
+    if spec.method in ATTENTION_NOTES:
+        raise CtxextError(f"'{spec.method}' moves positions and keeps the model's own frequencies: the planner's "
+                          "wavelength prediction does not apply to it")
     if d_extra is None:
         d_extra = critical_dim(shape.rotary_dim, shape.base, shape.original_len)
     c = d_extra // 2
