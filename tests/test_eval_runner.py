@@ -395,3 +395,21 @@ def test_needle_ppl_ignores_the_decoding_budget_and_bf16_passkey_runs(tmp_path, 
     res = run_eval("tiny-rope", ["default"], ["passkey"], [200], depths=[0.2, 0.5], samples=2, out=tmp_path / "b",
                    progress=False, dtype="bfloat16")
     assert {r["n"] for r in res["records"] if r["metric"] == "accuracy"} == {2}
+
+
+def test_a_loaded_model_is_recorded_in_its_own_dtype(tmp_path, book):
+    """run_eval on a LoadedModel in bfloat16 recorded dtype 'float32' (the argument's default): its results were
+    labelled with the wrong precision and a float32 run resumed into them as if they were its own."""
+    from ctxext.models import load_model
+
+    lm = load_model("tiny-rope", dtype=torch.bfloat16)
+    res = run_eval(lm, ["default"], ["ppl"], [256], samples=1, data=[book], out=tmp_path / "bf", progress=False,
+                   log=lambda m: None)
+    assert res["meta"]["config"]["dtype"] == "bfloat16" and lm.model.dtype == torch.bfloat16
+    with pytest.raises(CtxextError, match="dtype 'float32' applies to a model loaded by name; this model is already "
+                                          "in bfloat16"):
+        run_eval(lm, ["default"], ["ppl"], [256], samples=1, data=[book], out=tmp_path / "bf2", dtype="float32")
+    lm32 = load_model("tiny-rope")
+    with pytest.raises(CtxextError, match="cannot resume"):  # the bf16 cells are not a float32 run's
+        run_eval(lm32, ["default"], ["ppl"], [256], samples=1, data=[book], out=tmp_path / "bf", resume=True,
+                 progress=False, log=lambda m: None)

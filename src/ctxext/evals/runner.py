@@ -161,7 +161,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
              depths: Iterable[float | str] | None = None, samples: int | None = None,
              data: Iterable[str | Path] | None = None, out: str | Path = "runs/eval", resume: bool = False, *,
              seed: int = 0, protocol: str = "window", stride: int | None = None, bucket: int | None = None,
-             reuse_prefix: bool = True, max_new_tokens: int = 16, dtype: str = "float32",
+             reuse_prefix: bool = True, max_new_tokens: int = 16, dtype: str | None = None,
              progress: bool = True, log: Callable[[str], None] | None = None, command: str | None = None,
              dry_run: bool = False, device: str = "auto") -> dict[str, Any]:
     """Run every spec × task × length (× depth) on one model load; -> the results dict written to out/results.json.
@@ -169,7 +169,8 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     `model`: a name for ctxext.models.load_model, or a LoadedModel already in memory. `specs`: spec strings as the
     user wrote them (results are keyed by them). `samples`: documents (ppl) or trials per cell (needle tasks);
     None keeps each task's default. With `resume`, cells already in out/results.json are skipped. `device`: where a
-    model loaded by name runs (auto: the GPU when one is visible); a LoadedModel stays where it is.
+    model loaded by name runs (auto: the GPU when one is visible); a LoadedModel stays where it is. `dtype`: what a
+    model loaded by name is loaded in (default float32); a LoadedModel runs, and is recorded, in its own.
     """
     import torch
 
@@ -197,8 +198,16 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
         data_files(data)  # missing paths fail now, before any weights
     own_data = {t.name: t.read_data(data) for t in task_list if t.read_data is not None}
     streams = any(t.needs_data and t.read_data is None for t in task_list)
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if lm is not None:  # results, resume keys and the estimate must name the precision that really ran
+        own = str(lm.model.dtype).removeprefix("torch.")
+        if dtype is not None and dtype != own:
+            raise CtxextError(f"dtype '{dtype}' applies to a model loaded by name; this model is already in {own}")
+        dtype = own
+        dtypes[own] = lm.model.dtype
+    dtype = dtype or "float32"
     try:
-        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        torch_dtype = dtypes[dtype]
     except KeyError:
         raise CtxextError(f"unknown dtype '{dtype}'; accepted: float32, bfloat16, float16") from None
     out = Path(out)
