@@ -161,3 +161,54 @@ def test_plan_help_imports_nothing_heavy():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "--target" in res.stdout and res.stdout.strip().endswith("[]")
+
+
+def test_a_checkpoint_that_scales_its_own_rope_is_said_to(tmp_path, capsys):
+    """Llama 3.1's config (llama3 bands, factor 8 over 8,192, made for 131,072): the plan printed exactly plain
+    Llama 3's, silent about the scaling `default` keeps; now it states the config's own scaling and its reach by
+    the same rule (transformers' llama3 frequencies; ctxext's own llama3 spec gives the same figure)."""
+    from transformers import LlamaConfig
+
+    from ctxext.scaling import RopeShape, parse_spec
+    from ctxext.theory import predicted_reach
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    cfg = LlamaConfig(vocab_size=128, hidden_size=512, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=4, head_dim=128, max_position_embeddings=131072,
+                      rope_parameters=rope)
+    model = str(_config_dir(tmp_path / "llama31", cfg))
+    assert main(["plan", "--model", model, "--target", "65536", "--json"]) == 0
+    own = json.loads(capsys.readouterr().out)["own_rope"]
+    want = predicted_reach(parse_spec("llama3:factor=8"), RopeShape(128, 500000.0, 8192)).tokens
+    assert own["rope_type"] == "llama3" and own["window"] == 131072
+    assert own["predicted_reach"] == pytest.approx(want, rel=1e-5) and 65_000 < want < 66_500
+    assert main(["plan", "--model", model, "--target", "65536"]) == 0
+    text = capsys.readouterr().out
+    assert ("own rope     this checkpoint's config already scales its RoPE (llama3, made for 131,072 tokens; the "
+            f"target is within it): as shipped by the same rule it reaches ≈ {want:,.0f} tokens") in text
+    assert main(["plan", "--model", str(_config_dir(tmp_path / "plain", LlamaConfig(
+        vocab_size=128, hidden_size=512, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        head_dim=128, max_position_embeddings=8192, rope_parameters={"rope_type": "default", "rope_theta": 5e5}))),
+        "--target", "65536", "--json"]) == 0
+    assert "own_rope" not in json.loads(capsys.readouterr().out)
+
+
+def test_calibration_of_an_own_scaled_checkpoint_predicts_its_own_rope(tmp_path, capsys):
+    """--calibrate measures the model as loaded (with its own scaling) and divided that by the plain RoPE's
+    prediction, mixing two models in the tolerance."""
+    import shutil
+
+    from ctxext.fixtures import fixture_path
+
+    src = tmp_path / "tiny-llama3"
+    shutil.copytree(fixture_path("tiny-rope"), src)
+    cfg = json.loads((src / "config.json").read_text())
+    rope = {"rope_type": "llama3", "rope_theta": cfg.get("rope_theta", 10000.0), "factor": 4.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 256}
+    cfg.update(rope_parameters=rope, rope_scaling={**rope, "type": "llama3"}, max_position_embeddings=1024)
+    (src / "config.json").write_text(json.dumps(cfg))
+    assert main(["plan", "--model", str(src), "--target", "1024", "--calibrate", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["calibration"]["predicted"] == d["own_rope"]["predicted_reach"]
+    assert d["own_rope"]["predicted_reach"] > 1.5 * d["extrapolation_limit"]  # not the plain RoPE's 353

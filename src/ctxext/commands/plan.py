@@ -84,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
 
     head_dim = getattr(info, "head_dim", None) or _head_dim(info.config) or shape.rotary_dim
     data = {"model": getattr(info, "name", args.model), "head_dim": head_dim, **p.to_dict()}
+    if (own := own_rope(info, shape)) is not None:
+        data["own_rope"] = own
     if args.calibrate:
-        add_calibration(data, *calibrate(args, info, shape))
+        add_calibration(data, *calibrate(args, info, shape, own))
     elif args.data or args.calibrate_len or args.calibrate_windows != 1:
         raise CtxextError("--data, --calibrate-len and --calibrate-windows only take effect with --calibrate")
     if args.json:
@@ -98,9 +100,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def calibrate(args: argparse.Namespace, info: Any, shape: Any) -> tuple[Any, dict[str, Any]]:
-    """Measure the default RoPE's break point (the model as trained; --base does not apply) on the given text;
-    -> (the Calibration, its record for results.json)."""
+def calibrate(args: argparse.Namespace, info: Any, shape: Any, own: dict[str, Any] | None = None
+              ) -> tuple[Any, dict[str, Any]]:
+    """Measure the break point of the model as loaded (--base does not apply) on the given text against its
+    prediction: the default RoPE's, or the checkpoint's own scaled RoPE's (`own`, see own_rope), which is what
+    loads; -> (the Calibration, its record for results.json)."""
     from ..evals.cost import ModelCost, fmt_seconds, matmul_rate
     from ..evals.reach import measure_break
     from ..fixtures import HELD_OUT_BOOK, books_dir
@@ -109,6 +113,9 @@ def calibrate(args: argparse.Namespace, info: Any, shape: Any) -> tuple[Any, dic
     from ..scaling import parse_spec
     from ..theory import Calibration, predicted_reach
 
+    if own is not None and own["predicted_reach"] is None:
+        raise CtxextError(f"--calibrate compares the model as loaded with its predicted reach; this checkpoint's own "
+                          f"'{own['rope_type']}' RoPE changes with the length and has none")
     length = args.calibrate_len or 2 * shape.original_len
     if length <= shape.original_len:
         raise CtxextError(f"--calibrate-len {length} must be longer than the trained window ({shape.original_len})")
@@ -121,7 +128,7 @@ def calibrate(args: argparse.Namespace, info: Any, shape: Any) -> tuple[Any, dic
               file=sys.stderr)
     lm = load_model(args.model, device=device)
     brk, doc = measure_break(lm, data, length, shape.original_len, args.calibrate_windows)
-    pred = predicted_reach(parse_spec("default"), shape).tokens
+    pred = predicted_reach(parse_spec("default"), shape).tokens if own is None else own["predicted_reach"]
     cal = Calibration(pred, brk.reach, brk.censored)
     return cal, {"data": doc, "length": length, "windows": args.calibrate_windows, "predicted": pred,
             "measured": brk.reach, "censored": brk.censored, "in_window_ppl": round(brk.in_window_ppl, 3),
@@ -184,7 +191,44 @@ def _facts(d: dict[str, Any]) -> list[str]:
         f"reach        as trained, 2π·b^(d_extra/d) = {d['extrapolation_limit']:,.0f} tokens",
         f"bases for T  critical base {d['critical_base']:,.0f} (tune at T with base ≤ this to reach T); "
         f"training-free base {d['training_free_base']:,.0f}",
-    ] + _calibration_facts(d)
+    ] + _own_rope_facts(d) + _calibration_facts(d)
+
+
+def _own_rope_facts(d: dict[str, Any]) -> list[str]:
+    o = d.get("own_rope")
+    if not o:
+        return []
+    reach = ("no wavelength prediction (its frequencies change with the length)" if o["predicted_reach"] is None
+             else f"by the same rule it reaches ≈ {o['predicted_reach']:,.0f} tokens")
+    within = f"; the target is within it" if d["target"] <= o["window"] else ""
+    return [f"own rope     this checkpoint's config already scales its RoPE ({o['rope_type']}, made for "
+            f"{o['window']:,} tokens{within}): as shipped {reach}. The rows plan from its original RoPE (trained "
+            "L above): `default` is that RoPE, and each method replaces the config's scaling"]
+
+
+def own_rope(info: Any, shape: Any) -> dict[str, Any] | None:
+    """The checkpoint's own RoPE scaling (Llama 3.1's llama3 bands, a yarn or linear config), which the planner's
+    rows do not describe: its type, the length it was made for and its predicted reach (2π/θ_c of its own
+    frequencies; None when they change with the length). None for a plain RoPE config."""
+    import math
+
+    from transformers import AutoConfig
+
+    from ..models.stock_rope import OWN_LENGTH_DEPENDENT, own_window
+    from ..scaling.hf import config_rope_type
+    from ..theory import REACH_CAP, critical_dim
+
+    rope_type = config_rope_type(info.config)
+    if rope_type == "default":
+        return None
+    reach = None
+    if rope_type not in OWN_LENGTH_DEPENDENT:
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        inv_freq, _ = ROPE_INIT_FUNCTIONS[rope_type](AutoConfig.for_model(**info.config), "cpu")
+        c = critical_dim(shape.rotary_dim, shape.base, shape.original_len) // 2
+        reach = float(REACH_CAP) if c >= len(inv_freq) else min(float(REACH_CAP), 2 * math.pi / float(inv_freq[c]))
+    return {"rope_type": rope_type, "window": own_window(info.config), "predicted_reach": reach}
 
 
 def _calibration_facts(d: dict[str, Any]) -> list[str]:
