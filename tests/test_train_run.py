@@ -54,6 +54,7 @@ def test_cli_run_writes_results_and_a_stock_loadable_final_model(tmp_path):
     cfg = json.loads((out / "final" / "config.json").read_text())
     assert cfg["rope_parameters"] == {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
     assert cfg["rope_scaling"]["type"] == "linear"
+    assert cfg["use_cache"] is True  # the source's; training turns it off and wrote that into final/
     assert not any("lora" in k for k in _safetensor_keys(out / "final" / "model.safetensors"))  # merged
 
     # ctxext eval --model DIR/final: the exported checkpoint, with the rope of its own config, scores what the

@@ -402,6 +402,9 @@ class _Host:
             if self.cfg.lora:
                 merge_lora(lm.model)
             lm.model.to("cpu", dtype=torch.float32).eval()
+            # training switched the KV cache off (train.setup); the checkpoint keeps the source's setting, or stock
+            # forwards return no cache and step-by-step decoding goes quadratic
+            lm.model.config.use_cache = lm.info.config.get("use_cache", True)
             meta = {**self.spec.meta, "trained_with": f"ctxext train ({self.cfg.command_line or 'API'})",
                     **{label.format(n=self.cfg.seq_len): figures[k] for k, label in CARD_FIGURES.items()
                        if figures.get(k) is not None}}
