@@ -123,3 +123,14 @@ def test_resume_refuses_other_settings(tmp_path):
         train(small(tmp_path, resume=True), progress=False)
     with pytest.raises(CtxextError, match="holds a checkpoint; pass --resume"):
         train(cfg, progress=False)
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_says_how_to_retry(tmp_path):
+    """A run that stopped early (nan loss, a bad --eval-data) leaves spec.json and eval/ behind; the corrected retry
+    was told '--out exists and is not empty; choose another folder', though --resume starts it over there."""
+    out = tmp_path / "run"
+    (out / "eval" / "step-000000").mkdir(parents=True)
+    (out / "spec.json").write_text("{}")
+    with pytest.raises(CtxextError, match="holds a run that stopped before its first checkpoint; pass --resume to "
+                                          r"start it over there \(from step 0\)"):
+        train(small(tmp_path), progress=False)

@@ -108,6 +108,9 @@ def _check_out(out: Path, cfg: TrainConfig, progress: dict[str, Any] | None) -> 
         return
     if ckpt.find(out) is not None:
         raise CtxextError(f"{out} holds a checkpoint; pass --resume to continue it, or choose another --out")
+    if (out / "spec.json").is_file():  # train's first file: a run that stopped before its first checkpoint
+        raise CtxextError(f"{out} holds a run that stopped before its first checkpoint; pass --resume to start it "
+                          "over there (from step 0), or choose another --out")
     if out.exists() and any(out.iterdir()):
         raise CtxextError(f"--out {out} exists and is not empty; choose another folder")
 
