@@ -413,3 +413,19 @@ def test_a_loaded_model_is_recorded_in_its_own_dtype(tmp_path, book):
     with pytest.raises(CtxextError, match="cannot resume"):  # the bf16 cells are not a float32 run's
         run_eval(lm32, ["default"], ["ppl"], [256], samples=1, data=[book], out=tmp_path / "bf", resume=True,
                  progress=False, log=lambda m: None)
+
+
+def test_one_spec_or_task_may_be_a_string(tmp_path, book):
+    """run_eval("tiny-rope", "yarn:factor=2", "ppl", ...) iterated the strings: "unknown scaling method 'y'"."""
+    res = run_eval("tiny-rope", "yarn:factor=2", "ppl", "256", samples=1, data=[book], out=tmp_path / "s",
+                   progress=False, log=lambda m: None)
+    assert {(r["scaling"], r["task"]) for r in res["records"]} == {("yarn:factor=2", "ppl")}
+
+
+def test_load_model_takes_auto_device():
+    from ctxext.models import load_model
+
+    lm = load_model("tiny-rope", device="auto")
+    assert str(next(lm.model.parameters()).device) == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(CtxextError, match="unknown device 'gpu'"):
+        load_model("tiny-rope", device="gpu")

@@ -180,6 +180,8 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     from ..scaling import parse_spec
 
     log = log or _err
+    specs = [specs] if isinstance(specs, str) else specs  # one spec as a string was split into its characters
+    tasks = [tasks] if isinstance(tasks, str) else tasks
     task_list = resolve_tasks(tasks)
     Ls = parse_lengths(lengths)
     uses_depths = any(t.uses_depths for t in task_list)

@@ -58,7 +58,8 @@ def resolve_device(device: str = "auto") -> str:
 
 def load_model(name: str, dtype: torch.dtype = torch.float32, attn: str = "sdpa", device: str = "cpu") -> LoadedModel:
     """Load a built-in name, HF directory or .gguf file (converted once, then cached) in eval mode on `device`
-    (a resolved one: see resolve_device)."""
+    (auto, cpu, cuda or cuda:<i>; see resolve_device)."""
+    device = resolve_device(device)  # "auto" loaded the weights, then failed in torch's .to("auto")
     offline()
     from transformers import AutoModelForCausalLM
 
