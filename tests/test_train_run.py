@@ -125,6 +125,18 @@ def test_resume_refuses_other_settings(tmp_path):
         train(cfg, progress=False)
 
 
+def test_eval_data_shorter_than_the_sequence_fails_before_any_step(tmp_path, monkeypatch):
+    """It failed after the step-0 passkey evaluation, with ppl's message naming --lengths (train has no such flag)."""
+    import ctxext.train.loop as loop
+
+    short = tmp_path / "short.txt"
+    short.write_text("A few sentences only. Far fewer than the sequence needs. " * 5)
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: pytest.fail("evaluated before the eval data was checked"))
+    with pytest.raises(CtxextError, match=r"--eval-data: no document holds --seq-len 512 tokens \(the longest has "
+                                          r"\d+\); give longer documents or leave --eval-data out"):
+        train(small(tmp_path, evaluate=True, eval_data=(str(short),)), progress=False)
+
+
 def test_a_run_that_failed_before_its_first_checkpoint_says_how_to_retry(tmp_path):
     """A run that stopped early (nan loss, a bad --eval-data) leaves spec.json and eval/ behind; the corrected retry
     was told '--out exists and is not empty; choose another folder', though --resume starts it over there."""

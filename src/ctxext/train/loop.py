@@ -115,6 +115,17 @@ def _check_out(out: Path, cfg: TrainConfig, progress: dict[str, Any] | None) -> 
         raise CtxextError(f"--out {out} exists and is not empty; choose another folder")
 
 
+def _check_eval_data(cfg: TrainConfig, tokenizer: Any) -> None:
+    """The perplexity evaluation scores documents of --seq-len tokens (the tokenizer's start tokens included)."""
+    from ..data import load_documents, special_prefix
+
+    extra = len(special_prefix(tokenizer))
+    longest = max((len(d) + extra for d in load_documents(list(cfg.eval_data), tokenizer)), default=0)
+    if longest < cfg.seq_len:
+        raise CtxextError(f"--eval-data: no document holds --seq-len {cfg.seq_len:,} tokens (the longest has "
+                          f"{longest:,}); give longer documents or leave --eval-data out")
+
+
 def _jsonish(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
@@ -206,6 +217,8 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             rows = load_instruct(cfg.instruct, lm.tokenizer, cfg.seq_len, cfg.prompt_loss)
         else:
             rows = load_rows(cfg.data, lm.tokenizer, cfg.seq_len)
+    if cfg.evaluate and cfg.eval_data:  # before any step or evaluation (it failed after step 0's, naming --lengths)
+        _check_eval_data(cfg, lm.tokenizer)
     model, opt = acc.prepare(LossModel(lm.model, cfg.loss_chunk),
                              make_optimizer(param_groups(lm.model, cfg.weight_decay), cfg.peak_lr))
     sched = make_scheduler(opt.optimizer if hasattr(opt, "optimizer") else opt, cfg.steps, cfg.warmup,
