@@ -73,7 +73,8 @@ def test_memory_estimate_terms():
     assert full.loss == 3 * 1024 * 49152 * 4 + 2 * 16384 * 576 * 4  # one chunk of logits, never 16k × 49k
     assert full.attention == 0  # SDPA trains per document (doc_attention): no T×T mask, no scores
     eager = estimate(grad_checkpointing=True, **{**kw, "attn": "eager"})
-    assert eager.attention == 9 * 16384**2 * 4 * 2 + 16384**2  # the scores and their gradient, plus the packed mask
+    # the probabilities, their gradient and the scores' gradient, plus the packed mask
+    assert eager.attention == 9 * 16384**2 * 4 * 3 + 16384**2
     no_ckpt = estimate(grad_checkpointing=False, **kw)
     # 9H + 4I floats per token and layer: what autograd was measured to keep for SmolLM2 (43.8 KiB/token/layer)
     assert no_ckpt.activations == 31 * 16384 * (9 * 576 + 4 * 1536) * 4

@@ -11,7 +11,7 @@ layers n, heads h, vocab V, activation width a = 2 in bf16, 4 in fp32; sharded =
                  n·B·T·H·a (each layer's input) + the recomputed layer's working set in the backward, k·B·T·(9H +
                  4I)·a with k = 2 (k = 1 on the CPU with ctxext's malloc setting, measured); without checkpointing:
                  (n + 1)·B·T·(9H + 4I)·a
-    attention    B·h·T²·a·2 for the scores when the kernel materialises them (eager), else 0 (flash / memory-
+    attention    B·h·T²·a·3 for the scores when the kernel materialises them (eager), else 0 (flash / memory-
                  efficient SDPA); eager also holds a B·T² boolean mask for rows with a document boundary (SDPA
                  trains per document, doc_attention, and never builds it)
     loss         one chunk of logits and its gradient, 3·B·C·V·4, plus the final hidden state and its gradient
@@ -72,7 +72,9 @@ def estimate(*, n_params: int, n_trainable: int, n_layers: int, hidden: int, int
     bt = rows * seq_len
     layer = bt * (9 * hidden + 4 * intermediate) * a
     acts = n_layers * bt * hidden * a + (1 if tuned else 2) * layer if grad_checkpointing else (n_layers + 1) * layer
-    scores = rows * n_heads * seq_len**2 * a * 2 if attn == "eager" else 0
+    # eager's backward holds three T² tensors at once (the probabilities, their gradient, the scores' gradient): with
+    # two, tiny-rope's peak outgrew the estimate with T (1.02× at 2,048, 1.34× at 6,144); with three 0.93-1.00×
+    scores = rows * n_heads * seq_len**2 * a * 3 if attn == "eager" else 0
     mask = rows * seq_len**2 if attn == "eager" else 0
     loss = 3 * rows * min(loss_chunk, seq_len) * vocab * 4 + 2 * bt * hidden * 4
     retained = int((0.10 if bf16 else 0.0 if tuned else 0.50) * (acts + scores + mask + loss))
