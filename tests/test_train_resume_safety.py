@@ -297,3 +297,27 @@ def test_length_dependent_specs_refuse_flash_attention_before_weights(tmp_path, 
     monkeypatch.setattr(config, "_has_flash_attn", lambda: True)
     with pytest.raises(CtxextError, match="'dynamic-ntk' trains with --attn sdpa or eager, not flash_attention_2"):
         loop.train(small(tmp_path, scaling="dynamic-ntk:factor=4", attn="flash_attention_2"), progress=False)
+
+
+def test_an_evaluation_due_at_a_saved_step_runs_after_resume(tmp_path, monkeypatch):
+    """With --eval-every and --save-every on the same step the checkpoint is written first: a kill during that
+    evaluation resumed past it, and the evaluation at that step was never run (results listed steps 0, 4 of 0, 2,
+    4)."""
+    real, seen = loop.evaluate, []
+
+    def evaluate(lm, spec_arg, cfg, out, step):
+        seen.append(step)
+        if step == 2 and seen.count(2) == 1:
+            raise KeyboardInterrupt  # killed while evaluating step 2, after its checkpoint
+        return real(lm, spec_arg, cfg, out, step)
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    cfg = small(tmp_path, steps=4, evaluate=True, eval_every=2, save_every=2, passkey_trials=1)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, progress=False)
+    assert ckpt.read_progress(Path(cfg.out))["step"] == 2
+    loop.train(small(tmp_path, steps=4, evaluate=True, eval_every=2, save_every=2, passkey_trials=1, resume=True),
+               progress=False)
+    res = json.loads((Path(cfg.out) / "results.json").read_text())
+    assert sorted({int(r["model"].rsplit("@step", 1)[1]) for r in res["records"]}) == [0, 2, 4]
+    assert seen == [0, 2, 2, 4]

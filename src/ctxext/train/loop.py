@@ -279,8 +279,8 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             say(f"evaluation at step {s}: " + ", ".join(f"{k} {v:.4g}" for k, v in headline(records, cfg.seq_len).items()))
             write_reports(out, meta, history, evals, summary())
 
-    if step == 0:
-        run_eval_at(0)
+    if step == 0 or (cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps):
+        run_eval_at(step)  # a checkpoint saved at an evaluation step is written before that evaluation runs
     reset_peak_memory(device)
     order = RowOrder(rows.n_rows, cfg.seed)
     bar = progress_bar(total=cfg.steps, initial=step, disable=not (main and progress), unit="step",
