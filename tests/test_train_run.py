@@ -121,6 +121,10 @@ def test_resume_refuses_other_settings(tmp_path):
                                                                                        "lr": 5e-4}}))
     with pytest.raises(CtxextError, match=r"other settings \(lr 0.0005 -> 0.001\)"):
         train(small(tmp_path, resume=True), progress=False)
+    (out / "checkpoint" / "progress.json").write_text(json.dumps({"step": 1, "config": {**cfg.to_dict(),
+                                                                                       "grad_clip": 0.5}}))
+    with pytest.raises(CtxextError, match=r"other settings \(grad_clip 0.5 -> 1.0\)"):  # was accepted silently
+        train(small(tmp_path, resume=True), progress=False)
     with pytest.raises(CtxextError, match="holds a checkpoint; pass --resume"):
         train(cfg, progress=False)
 

@@ -101,7 +101,7 @@ class TrainConfig:
 
     # fields whose change makes a checkpoint unusable for --resume (the rest may differ, e.g. eval settings)
     RESUME_KEYS = ("model", "scaling", "data", "seq_len", "steps", "lr", "batch_tokens", "warmup", "schedule",
-                   "min_lr_ratio", "weight_decay", "lora", "lora_rank", "lora_alpha", "lora_targets",
+                   "min_lr_ratio", "weight_decay", "grad_clip", "lora", "lora_rank", "lora_alpha", "lora_targets",
                    "mixed_window", "short_fraction", "seed", "instruct", "prompt_loss")
 
 
