@@ -212,3 +212,18 @@ def test_calibration_of_an_own_scaled_checkpoint_predicts_its_own_rope(tmp_path,
     d = json.loads(capsys.readouterr().out)
     assert d["calibration"]["predicted"] == d["own_rope"]["predicted_reach"]
     assert d["own_rope"]["predicted_reach"] > 1.5 * d["extrapolation_limit"]  # not the plain RoPE's 353
+
+
+def test_small_base_text_names_no_missing_pair(tmp_path, capsys):
+    """Base 500 at d = 128, L = 4,096: every pair completes a period; the text said 'pair 64 is the first that never
+    does' (there are 64 pairs, 0-63) and printed the 16.8M cap as the value of 2π·b^(d_extra/d) (≈ 3,142)."""
+    from transformers import LlamaConfig
+
+    model = str(_config_dir(tmp_path / "b500", LlamaConfig(
+        vocab_size=10, hidden_size=256, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=128, max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0})))
+    assert main(["plan", "--model", model, "--target", "8192"]) == 0
+    text = capsys.readouterr().out
+    assert "critical     dim d_extra = 128: every pair completes a full period within L\n" in text
+    assert "reach        as trained, no limit predicted" in text and "pair 64" not in text and "16,777,216 tokens" not in text

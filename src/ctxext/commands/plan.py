@@ -183,11 +183,14 @@ def _short(spec: str, width: int = 34) -> str:
 def _facts(d: dict[str, Any]) -> list[str]:
     L, T, c = d["original_max_position_embeddings"], d["target"], d["critical_pair"]
     base = f"{d['rope_theta']:g}" + (f" (planned with base {d['planned_base']:g})" if d["planned_base"] != d["rope_theta"] else "")
+    every = c >= d["rotary_dim"] // 2  # the small-base regime: there is no pair c, and no limit
     return [
         f"model        {d['model']}: rotary dim {d['rotary_dim']} (head_dim {d['head_dim']}), rope base {base}",
         f"lengths      trained L = {L:,}, target T = {T:,} (s = {d['scale']:.4g})",
-        f"critical     dim d_extra = {d['critical_dim']}: pairs 0-{c - 1} complete a full period within L, "
-        f"pair {c} is the first that never does",
+        f"critical     dim d_extra = {d['critical_dim']}: " + (
+            "every pair completes a full period within L" if every else
+            f"pairs 0-{c - 1} complete a full period within L, pair {c} is the first that never does"),
+        "reach        as trained, no limit predicted (every pair has seen all its phases)" if every else
         f"reach        as trained, 2π·b^(d_extra/d) = {d['extrapolation_limit']:,.0f} tokens",
         f"bases for T  critical base {d['critical_base']:,.0f} (tune at T with base ≤ this to reach T); "
         f"training-free base {d['training_free_base']:,.0f}",
