@@ -154,6 +154,10 @@ def test_bad_inputs():
         critical_dim(64, 1.0, 4096)
     with pytest.raises(CtxextError, match="not longer than the model's trained window"):
         check_target(8192, 8192)
+    # past the cap a capped reach counted as reaching it: 20M and 1.07B got the same dynamic-ntk factor, "≥ T: yes"
+    with pytest.raises(CtxextError, match="--target 20,000,000 is past the 16,777,216 tokens the planner searches"):
+        plan(SMOL, 20_000_000)
+    assert plan(SMOL, 2**24).target == 2**24
     with pytest.raises(CtxextError):
         plan(SMOL, 4096)
     # position methods keep the model's frequencies: the default's 2π/θ_c is no prediction for them (it was returned)

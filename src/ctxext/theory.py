@@ -213,10 +213,14 @@ class Plan:
 
 
 def check_target(target: int, original_len: int) -> None:
-    """A plan extends the window: refuse a target at or below the trained length (one line)."""
+    """A plan extends the window: refuse a target at or below the trained length (one line), and one past
+    REACH_CAP, where reaches are not searched (a capped reach was taken as reaching any target)."""
     if target <= original_len:
         raise CtxextError(f"--target {target} is not longer than the model's trained window "
                           f"({original_len} tokens); give a target > {original_len}")
+    if target > REACH_CAP:
+        raise CtxextError(f"--target {target:,} is past the {REACH_CAP:,} tokens the planner searches reaches up to; "
+                          f"give a target <= {REACH_CAP:,}")
 
 
 def _up(x: float, digits: int = 4) -> float:
