@@ -203,7 +203,7 @@ def _own_rope_facts(d: dict[str, Any]) -> list[str]:
         return []
     reach = ("no wavelength prediction (its frequencies change with the length)" if o["predicted_reach"] is None
              else f"by the same rule it reaches ≈ {o['predicted_reach']:,.0f} tokens")
-    within = f"; the target is within it" if d["target"] <= o["window"] else ""
+    within = "; the target is within it" if d["target"] <= o["window"] else ""
     return [f"own rope     this checkpoint's config already scales its RoPE ({o['rope_type']}, made for "
             f"{o['window']:,} tokens{within}): as shipped {reach}. The rows plan from its original RoPE (trained "
             "L above): `default` is that RoPE, and each method replaces the config's scaling"]
@@ -217,7 +217,7 @@ def own_rope(info: Any, shape: Any) -> dict[str, Any] | None:
 
     from transformers import AutoConfig
 
-    from ..models.stock_rope import OWN_LENGTH_DEPENDENT, own_window
+    from ..models.stock_rope import OWN_LENGTH_DEPENDENT, checkpoint_freqs, own_window
     from ..scaling.hf import config_rope_type
     from ..theory import REACH_CAP, critical_dim
 
@@ -226,9 +226,7 @@ def own_rope(info: Any, shape: Any) -> dict[str, Any] | None:
         return None
     reach = None
     if rope_type not in OWN_LENGTH_DEPENDENT:
-        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-        inv_freq, _ = ROPE_INIT_FUNCTIONS[rope_type](AutoConfig.for_model(**info.config), "cpu")
+        inv_freq = checkpoint_freqs(AutoConfig.for_model(**info.config), "plan").inv_freq
         c = critical_dim(shape.rotary_dim, shape.base, shape.original_len) // 2
         reach = float(REACH_CAP) if c >= len(inv_freq) else min(float(REACH_CAP), 2 * math.pi / float(inv_freq[c]))
     return {"rope_type": rope_type, "window": own_window(info.config), "predicted_reach": reach}
