@@ -174,3 +174,16 @@ def test_last_quarter_figure_for_lengths_not_divisible_by_four():
         recs = [{"task": "ppl", "metric": "ppl", "value": float(i), "bucket": [a, b]}
                 for i, (a, b) in enumerate(zip(edges[:-1], edges[1:]))]
         assert headline(recs, L)["ppl_last_quarter"] == 3.0
+
+
+def test_summary_names_the_export_check_and_a_run_without_evaluation():
+    """summary.md left the export verification out (a dict) and printed an empty table under --no-eval."""
+    from ctxext.train.report import summary_markdown
+
+    meta = {"config": {"model": "tiny-rope", "seq_len": 512}, "spec": "dynamic-ntk:factor=2", "command": "ctxext train"}
+    v = {"tokens": 200, "max_abs_logit_diff": 0.0, "passed": True,
+         "past_window": {"same": False, "max_abs_logit_diff": 2.5, "why": "per forward vs per position"}}
+    text = summary_markdown(meta, [], [], {"final_loss": 3.2, "export_verification": v}, [])
+    assert ("- final/ loaded by stock transformers: max |logit diff| 0 over 200 tokens (passed); past the window 2.5 "
+            "(per forward vs per position)") in text
+    assert "## Evaluation at the training length\n\nnone (--no-eval)" in text and "| step | passkey" not in text

@@ -58,8 +58,17 @@ def summary_markdown(meta: dict[str, Any], history: list[dict[str, Any]], evals:
     lines = [f"# ctxext train: {c['model']} with `{meta['spec']}` at {c['seq_len']:,} tokens", "",
              f"`{meta.get('command') or ''}`", ""]
     lines += [f"- {k.replace('_', ' ')}: {_fmt(v)}" for k, v in summary.items() if not isinstance(v, (dict, list))]
-    lines += ["", "## Evaluation at the training length", "",
-              "| step | passkey accuracy | ppl | ppl, last quarter |", "|---:|---:|---:|---:|"]
+    if v := summary.get("export_verification"):  # a dict, so the line above left it out
+        past = v.get("past_window")
+        lines.append(f"- final/ loaded by stock transformers: max |logit diff| {v['max_abs_logit_diff']:.3g} over "
+                     f"{v['tokens']} tokens ({'passed' if v['passed'] else 'FAILED'})" + (
+                         "" if not past or past["same"] else
+                         f"; past the window {past['max_abs_logit_diff']:.3g} ({past['why']})"))
+    lines += ["", "## Evaluation at the training length", ""]
+    if not evals:
+        lines.append("none (--no-eval)")
+    else:
+        lines += ["| step | passkey accuracy | ppl | ppl, last quarter |", "|---:|---:|---:|---:|"]
     for e in evals:
         h = headline(e["records"], c["seq_len"])
         lines.append(f"| {e['step']} | {_fmt(h.get('passkey'))} | {_fmt(h.get('ppl'))} | "
