@@ -321,3 +321,13 @@ def test_an_evaluation_due_at_a_saved_step_runs_after_resume(tmp_path, monkeypat
     res = json.loads((Path(cfg.out) / "results.json").read_text())
     assert sorted({int(r["model"].rsplit("@step", 1)[1]) for r in res["records"]}) == [0, 2, 4]
     assert seen == [0, 2, 2, 4]
+
+
+def test_resuming_a_finished_run_keeps_its_measured_peak(tmp_path):
+    """--resume on a run that had finished ran no step, and its summary's peak_memory_gib became the idle process's
+    (0.412 -> 0.366 GiB in the review); the checkpoint now carries the peak of the steps."""
+    cfg = small(tmp_path, steps=2)
+    first = loop.train(cfg, progress=False)["peak_memory_gib"]
+    assert ckpt.read_progress(Path(cfg.out))["peak_bytes"] > 0
+    again = loop.train(small(tmp_path, steps=2, resume=True), progress=False)["peak_memory_gib"]
+    assert again >= first

@@ -239,6 +239,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
         where = ckpt.find(out)
         state = ckpt.load(out, acc, model, opt, sched)
         step, history, evals, elapsed = state["step"], state["history"], state["evals"], state["seconds"]
+        train_peak += [state["peak_bytes"]] if state.get("peak_bytes") else []  # a resumed process may run no step
         rows_done = state.get("rows_consumed", step * rows_per_step)  # older checkpoints: the same world
         say(f"resumed from step {step}, row {rows_done:,} of the data order, from {where}"
             + ("" if where.name == ckpt.CKPT_DIR else " (left by a save that was cut off)"))
@@ -262,13 +263,14 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
                 "final_loss": history[-1]["loss"] if history else None,
                 "tokens_per_second": (sum(h["step_tokens"] for h in timed) / secs) if secs else None,
                 "train_seconds": round(elapsed, 2),
-                "peak_memory_gib": round(train_peak[0] / GIB, 3) if train_peak else None,
+                "peak_memory_gib": round(max(train_peak) / GIB, 3) if train_peak else None,
                 "memory_estimate_gib": round(plan.memory.total / GIB, 3),
                 "final": str(out / FINAL_DIR) if (out / FINAL_DIR / "config.json").is_file() else None}
 
     def progress_state() -> dict[str, Any]:
         return {"step": step, "rows_consumed": rows_done, "seconds": elapsed, "history": history,
-                "evals": evals, "config": cfg.to_dict()}
+                "evals": evals, "config": cfg.to_dict(),
+                "peak_bytes": max([*train_peak, peak_memory(device)])}  # this process's steps and earlier ones
 
     def run_eval_at(s: int) -> None:
         if not cfg.evaluate or any(e["step"] == s for e in evals):
