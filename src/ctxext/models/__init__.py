@@ -20,5 +20,5 @@ from .info import ModelInfo, model_info
 from .load import LoadedModel, load_model, resolve_device, wrap_model
 from .names import BUILTINS, resolve_model_path
 
-__all__ = ["BUILTINS", "LoadedModel", "ModelInfo", "apply_spec", "check_before_weights", "load_model", "model_info", "resolve_device",
-           "resolve_model_path", "wrap_model"]
+__all__ = ["BUILTINS", "LoadedModel", "ModelInfo", "apply_spec", "check_before_weights", "load_model", "model_info",
+           "resolve_device", "resolve_model_path", "wrap_model"]

@@ -201,7 +201,8 @@ class PositionPlan:
         raise NotImplementedError
 
     def check(self) -> None:
-        """Raise CtxextError at apply time if the spec cannot work with this plan."""
+        """Raise CtxextError at apply time if the spec cannot work with this plan (or this trained length)."""
+        self.spec.params.check_trained_len(self.L)
         self.resolved(self.bucket(1))
         self.resolved(self.bucket(self.L + 1))
 

@@ -133,10 +133,6 @@ class SelfExtendPlan(PositionPlan):
     def bucket(self, t: int) -> int:
         return self.L  # one frequency set (the model's own) at every length
 
-    def check(self) -> None:
-        super().check()
-        self.spec.params.check_trained_len(self.L)
-
     def grouped_query_pos(self, pos: torch.Tensor) -> torch.Tensor:
         return pos // self.group + self.window - self.window // self.group
 

@@ -50,10 +50,6 @@ class StreamingPlan(PositionPlan):
     def freqs(self, bucket: int, device):
         return super().freqs(self.L, device)
 
-    def check(self) -> None:
-        super().check()
-        self.spec.params.check_trained_len(self.L)
-
     # -------------------------------------------------------------------------------------------- eviction
 
     def evict(self, call: AttnCall) -> None:
