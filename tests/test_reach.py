@@ -80,3 +80,22 @@ def test_plan_calibrate_refusals_are_one_line(extra, message, tmp_path, capsys):
     assert main(["plan", "--model", "tiny-rope", "--target", "1024", *extra]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert re.search(message, err[-1]) and "Traceback" not in "\n".join(err)  # one line closes it, no trace
+
+
+def test_plan_calibrate_averages_enough_windows_by_default(tmp_path, capsys):
+    # one 512-token window of the held-out book is its title page and contents list: the break read 257 (0.73)
+    assert main(["plan", "--model", "tiny-rope", "--target", "1024", "--calibrate", "--json", "--device", "cpu"]) == 0
+    c = json.loads(capsys.readouterr().out)["calibration"]
+    assert (c["length"], c["windows"]) == (512, 16)
+    assert abs(c["tolerance"] - 1) <= 0.1 and not c["censored"]
+    # a text holding fewer windows than the default gives as many as it holds; an explicit count it lacks is refused
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+    part = tmp_path / "part.txt"
+    part.write_text((books_dir() / HELD_OUT_BOOK).read_text()[:12000])
+    assert main(["plan", "--model", "tiny-rope", "--target", "1024", "--calibrate", "--data", str(part), "--json",
+                 "--device", "cpu"]) == 0
+    c = json.loads(capsys.readouterr().out)["calibration"]
+    assert 1 <= c["windows"] < 16
+    assert main(["plan", "--model", "tiny-rope", "--target", "1024", "--calibrate", "--data", str(part),
+                 "--calibrate-windows", "16", "--device", "cpu"]) != 0
+    assert "no document under" in capsys.readouterr().err

@@ -8,7 +8,7 @@ results.json, summary.md and plan.png.
 --calibrate loads the weights once: it measures where default RoPE's perplexity first passes 2x its in-window
 value on a text (ctxext.evals.reach) and carries every predicted reach by measured / predicted of that default.
 The critical pair's limit is where extrapolation starts to fail; how far past it perplexity holds is a property of
-the model (SmolLM2-135M holds to ~1.3x, the tiny fixture breaks at it), and one forward of the default shows it.
+the model (SmolLM2-135M holds to ~1.3x, the tiny fixture breaks at it), and a forward of the default shows it.
 """
 
 from __future__ import annotations
@@ -53,15 +53,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the trained length read from the config")
     p.add_argument("--calibrate", action="store_true",
                    help="load the weights and measure where default RoPE's perplexity first passes 2x its in-window "
-                        "value on --data (one forward of --calibrate-len tokens); every predicted reach is then also "
+                        "value on --data (forwards of --calibrate-len tokens, see --calibrate-windows); every predicted reach is then also "
                         "given carried by measured / predicted of that default")
     p.add_argument("--data", action="append", metavar="PATH",
                    help="text for --calibrate (file, folder or .jsonl; repeatable); default: the held-out book")
     p.add_argument("--calibrate-len", type=_positive_int, metavar="N",
                    help="tokens measured by --calibrate (default: twice the trained length)")
-    p.add_argument("--calibrate-windows", type=_positive_int, default=1, metavar="W",
-                   help="average --calibrate's curve over W consecutive windows of the text (a small model's "
-                        "curve is noisy: use several); default 1")
+    p.add_argument("--calibrate-windows", type=_positive_int, metavar="W",
+                   help="average --calibrate's curve over W consecutive windows of the text; default: enough to "
+                        "score 16,384 tokens (at most 16, as many as the text holds), so one window for SmolLM2 and "
+                        "several for a small model, whose single window is noisy")
     p.add_argument("--device", default="auto", help="for --calibrate: auto, cpu, cuda or cuda:<i>")
     p.add_argument("--json", action="store_true", help="print the plan as JSON to stdout")
     p.add_argument("--out", type=out_folder, metavar="DIR", help="also write results.json, summary.md and plan.png here")
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         data["own_rope"] = own
     if args.calibrate:
         add_calibration(data, *calibrate(args, info, shape, own))
-    elif args.data or args.calibrate_len or args.calibrate_windows != 1:
+    elif args.data or args.calibrate_len or args.calibrate_windows is not None:
         raise CtxextError("--data, --calibrate-len and --calibrate-windows only take effect with --calibrate")
     if args.json:
         json.dump(data, sys.stdout, indent=2)
@@ -106,7 +107,7 @@ def calibrate(args: argparse.Namespace, info: Any, shape: Any, own: dict[str, An
     prediction: the default RoPE's, or the checkpoint's own scaled RoPE's (`own`, see own_rope), which is what
     loads; -> (the Calibration, its record for results.json)."""
     from ..evals.cost import ModelCost, fmt_seconds, matmul_rate
-    from ..evals.reach import measure_break
+    from ..evals.reach import auto_windows, measure_break
     from ..fixtures import HELD_OUT_BOOK, books_dir
     from ..models import load_model
     from ..models.load import resolve_device
@@ -122,15 +123,15 @@ def calibrate(args: argparse.Namespace, info: Any, shape: Any, own: dict[str, An
     data = [str(x) for x in (args.data or [books_dir() / HELD_OUT_BOOK])]
     device = resolve_device(args.device)
     if device == "cpu":
-        w = args.calibrate_windows
+        w = args.calibrate_windows or auto_windows(length)
         est = w * ModelCost.of(info).flops(length) / matmul_rate()
         print(f"calibrating: {w} forward(s) of {length:,} tokens with default RoPE (about {fmt_seconds(est)} here)",
               file=sys.stderr)
     lm = load_model(args.model, device=device)
-    brk, doc = measure_break(lm, data, length, shape.original_len, args.calibrate_windows)
+    brk, doc, windows = measure_break(lm, data, length, shape.original_len, args.calibrate_windows)
     pred = predicted_reach(parse_spec("default"), shape).tokens if own is None else own["predicted_reach"]
     cal = Calibration(pred, brk.reach, brk.censored)
-    return cal, {"data": doc, "length": length, "windows": args.calibrate_windows, "predicted": pred,
+    return cal, {"data": doc, "length": length, "windows": windows, "predicted": pred,
             "measured": brk.reach, "censored": brk.censored, "in_window_ppl": round(brk.in_window_ppl, 3),
             "tolerance": round(cal.tolerance, 4)}
 

@@ -16,6 +16,11 @@ import numpy as np
 from ..errors import CtxextError
 
 BREAK_RATIO = 2.0
+# --calibrate's default: windows enough to score this many tokens, at most MAX_WINDOWS. One window of a small
+# model's curve is noisy, and its in-window part is the text's opening (title page, contents list): one 512-token
+# window put tiny-rope's break at 257 (tolerance 0.73), sixteen at 353 (0.999). SmolLM2's 16k is one window.
+CALIBRATE_TOKENS = 16384
+MAX_WINDOWS = 16
 
 
 @dataclass(frozen=True)
@@ -46,21 +51,30 @@ def ppl_break(nll: np.ndarray, trained: int) -> PplBreak:
     return PplBreak(float(n * b), True, ref, len(nll) + 1)
 
 
-def measure_break(lm: Any, data: list[str], length: int, trained: int, windows: int = 1) -> tuple[PplBreak, str]:
+def auto_windows(length: int) -> int:
+    """How many windows of `length` tokens --calibrate averages by default."""
+    return min(MAX_WINDOWS, max(1, -(-CALIBRATE_TOKENS // length)))
+
+
+def measure_break(lm: Any, data: list[str], length: int, trained: int,
+                  windows: int | None = None) -> tuple[PplBreak, str, int]:
     """Break point of `lm` as loaded (no scaling applied here), trained on `trained` tokens: NLL per position
     averaged over `windows` consecutive windows of `length` tokens of the first document under `data` that holds
-    them all; returns it with the document's name."""
+    them all; -> (the break, the document's name, windows used). `windows` None: auto_windows(length), or as many
+    as the first document holding one window has."""
     from ..data import load_documents, special_prefix
 
     prefix = special_prefix(lm.tokenizer)
-    need = (length - len(prefix)) * windows
+    n = length - len(prefix)
+    need = n * (windows or 1)
     docs = load_documents(data, lm.tokenizer)
     doc = next((d for d in docs if len(d.tokens) >= need), None)
     if doc is None:
         longest = max((len(d.tokens) for d in docs), default=0)
-        raise CtxextError(f"no document under {', '.join(data)} has {need:,} tokens ({windows} x {length:,}; "
+        raise CtxextError(f"no document under {', '.join(data)} has {need:,} tokens ({windows or 1} x {length:,}; "
                           f"longest: {longest:,}); give a longer text, fewer windows or a shorter length")
-    return ppl_break(window_nll(lm.model, doc.tokens, length, windows, prefix), trained), doc.name
+    used = windows or min(auto_windows(length), len(doc.tokens) // n)
+    return ppl_break(window_nll(lm.model, doc.tokens, length, used, prefix), trained), doc.name, used
 
 
 def window_nll(model: Any, tokens: Any, length: int, windows: int, prefix: Any = ()) -> np.ndarray:
