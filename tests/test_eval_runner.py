@@ -429,3 +429,30 @@ def test_load_model_takes_auto_device():
     assert str(next(lm.model.parameters()).device) == ("cuda:0" if torch.cuda.is_available() else "cpu")
     with pytest.raises(CtxextError, match="unknown device 'gpu'"):
         load_model("tiny-rope", device="gpu")
+
+
+def test_needle_ppl_scores_the_numbers_tokens_only(tmp_path, book, monkeypatch):
+    """The fixtures' (and SmolLM2's) tokenizer splits " 1234567" into " " and seven digits: the space was scored
+    as an eighth answer token, an easy one that pulled the figure down. It is the question's last token now."""
+    from transformers import AutoTokenizer
+
+    from ctxext.evals import needle_ppl
+    from ctxext.evals.scoring import Scorer
+    from ctxext.models.names import resolve_model_path
+
+    seen = []
+    real = Scorer.score
+
+    def spy(self, base, probes, **kw):
+        seen.extend(probes)
+        return real(self, base, probes, **kw)
+
+    monkeypatch.setattr(Scorer, "score", spy)
+    res = run_eval("tiny-rope", ["default"], ["needle-ppl"], [256], samples=2, data=[book], out=tmp_path / "n",
+                   progress=False)
+    assert len(seen) == 2
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("tiny-rope"))
+    for p in seen:
+        assert len(p.answer) == needle_ppl.DIGITS and tok.decode(p.answer.tolist()).isdigit()
+        assert tok.decode(p.tail.tolist()).endswith("mentioned in the provided text is ")
+    assert res["records"][0]["n"] == 2 and res["records"][0]["value"] > 1

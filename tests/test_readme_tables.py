@@ -724,6 +724,23 @@ def test_search_section_notes_each_quick_search_beside_its_full_one(tmp_path, mo
     assert text.endswith("Same order: **no**.") and "search_tiny.py --quick" not in text
 
 
+def test_search_section_names_the_searches_whose_needle_ppl_scored_the_space(tmp_path, monkeypatch):
+    """needle-ppl scored the space before the number until 2026-12-07: committed searches measured so say it."""
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    rows = {k: {"ppl@256": 65.0, "ppl@1024": 90.0, "needle-ppl@1024": 150.0} for k in ("default", "yarn:factor=4",
+                                                                                     "searched")}
+    for name, created in (("search_a", "2026-12-01T11:57:29+00:00"), ("search_b", "2026-12-07T15:00:00+00:00")):
+        res = {"search": {"config": {"model": "tiny-rope", "target": 1024, "fitness": "both", "budget": 30,
+                                     "short_tolerance": 0.005}, "spent": 30, "best": {"attention_factor": 1.1}},
+               "heldout": {"book": "pg84.txt", "ppl_documents": 4, "needle_trials": 4, "rows": rows}}
+        (tmp_path / name / "eval-needle").mkdir(parents=True)
+        (tmp_path / name / "summary.json").write_text(json.dumps(res))
+        (tmp_path / name / "eval-needle" / "results.json").write_text(json.dumps({"meta": {"created": created}}))
+    text = report.search.search_section()
+    assert "needle-ppl in `search_a` (search fitness and held-out column) also scored the space" in text
+    assert "`search_b`" not in text.split("needle-ppl in")[1]
+
+
 def test_search_section_keeps_a_search_run_without_its_held_out_evaluation(tmp_path, monkeypatch):
     """A --skip-eval search (measured in a method table instead) keeps a row with its budget and attention factor,
     dashes where held-out figures would be, and a note with its search-data scores."""

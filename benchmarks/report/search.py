@@ -85,6 +85,10 @@ def search_section() -> str:
         lines += search_lines(path.parent.name, res)
         if res.get("skip_eval") and not res.get("heldout"):
             notes.append(skipped_note(path.parent.name, res))
+    if (old := space_scored(runs)):
+        notes.append(f"needle-ppl in {and_list([f'`{n}`' for n in old])} (search fitness and held-out column) also "
+                     "scored the space before the number (ctxext before 2026-12-07; an easy eighth answer token, so "
+                     "lower figures); needle-ppl now scores the number's tokens only.")
     for note in notes:  # after the table, which they would otherwise cut
         lines += ["", note]
     for name, script in QUICK_OF:
@@ -92,6 +96,19 @@ def search_section() -> str:
         if lines and full and quick and quick.get("heldout"):
             lines += ["", search_quick_note(full, quick, name, script)]
     return "\n".join(lines) or "(no search results yet)"
+
+
+NEEDLE_DIGITS_SINCE = "2026-12-07"  # needle-ppl scores the number's tokens only from this date (no leading space)
+
+
+def space_scored(runs: list) -> list[str]:
+    """The searches whose needle-ppl evaluation ran before NEEDLE_DIGITS_SINCE (its results' meta.created)."""
+    out = []
+    for path, _ in runs:
+        ev = load_json(path.parent / "eval-needle" / "results.json")
+        if ev and str(ev.get("meta", {}).get("created", "")) < NEEDLE_DIGITS_SINCE:
+            out.append(path.parent.name)
+    return out
 
 
 QUICK_OF = (("search_tiny_rope", "search_tiny.py"), ("search_smollm2_16k", "search_smollm2.py"))  # full run, script
