@@ -433,7 +433,7 @@ def test_load_model_takes_auto_device():
 
 def test_needle_ppl_scores_the_numbers_tokens_only(tmp_path, book, monkeypatch):
     """The fixtures' (and SmolLM2's) tokenizer splits " 1234567" into " " and seven digits: the space was scored
-    as an eighth answer token, an easy one that pulled the figure down. It is the question's last token now."""
+    as an eighth answer token, which is not about recalling the number. It is the question's last token now."""
     from transformers import AutoTokenizer
 
     from ctxext.evals import needle_ppl

@@ -87,8 +87,9 @@ def search_section() -> str:
             notes.append(skipped_note(path.parent.name, res))
     if (old := space_scored(runs)):
         notes.append(f"needle-ppl in {and_list([f'`{n}`' for n in old])} (search fitness and held-out column) also "
-                     "scored the space before the number (ctxext before 2026-12-07; an easy eighth answer token, so "
-                     "lower figures); needle-ppl now scores the number's tokens only.")
+                     "scored the space token before the number (ctxext before 2026-12-07); needle-ppl now scores the "
+                     "number's tokens only, so those figures do not compare with later runs' (the order of the "
+                     "methods is what to read).")
     for note in notes:  # after the table, which they would otherwise cut
         lines += ["", note]
     for name, script in QUICK_OF:

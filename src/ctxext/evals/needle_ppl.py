@@ -3,7 +3,7 @@ key is stated at the start of a long book passage, the question comes at the end
 scored — perplexity that measures use of distant context instead of local fluency. Records: metric `ppl` per
 length (exp of the mean NLL over all answer tokens of all trials), n = trials. The answer is the number's own
 tokens: a tokenizer that splits " 1234567" into " " and digits (SmolLM2's, the fixtures') has the space read as
-the question's last token, not scored (an easy eighth token dilutes the figure).
+the question's last token, not scored (the figure is about recalling the number, not about spacing).
 """
 
 from __future__ import annotations
