@@ -41,6 +41,7 @@ def test_pack_masks_and_boundaries():
     assert lab[0].tolist() == [IGNORE] * 3 + [14, 15] + [IGNORE] * 3 + [23, 24] + [IGNORE] * 2
     assert lab[1].tolist() == [IGNORE] * 4 + [35, 36] + [IGNORE] * 6
     assert r.scored_answer_tokens == 2 + 2 + 2 == (lab != IGNORE).sum() and r.scored_prompt_tokens == 0
+    assert r.filled.tolist() == [11, 7] and r.padding(np.array([0, 1])) == 1 + 5 and r.padding(np.array([1])) == 5
     assert b["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 0]
 
     r = pack_examples(exs, 12, pad_id=0, prompt_loss=True)
@@ -117,6 +118,14 @@ def test_instruct_run_lora_resume_and_answer_loss(tmp_path, tok):
     full = cfg(tmp_path, qa, out=str(tmp_path / "full"), lora=True)
     res = train(full, progress=False)
     assert res["steps_done"] == 4 and res["final"]
+    # the rows' padding is computed like any token: the summary says how much, and the rate without it
+    t = json.loads((tmp_path / "full" / "results.json").read_text())["training"]
+    pads = [h["step_padding"] for h in t["history"]]
+    assert all(0 <= p < h["step_tokens"] for p, h in zip(pads, t["history"])) and sum(pads) > 0
+    assert res["padding_fraction"] == pytest.approx(sum(pads) / sum(h["step_tokens"] for h in t["history"]), abs=1e-4)
+    assert res["tokens_per_second_without_padding"] == pytest.approx(
+        res["tokens_per_second"] * (1 - sum(pads[1:]) / sum(h["step_tokens"] for h in t["history"][1:])), rel=1e-6)
+    assert "- padding fraction:" in (tmp_path / "full" / "summary.md").read_text()
     meta = json.loads((tmp_path / "full" / "results.json").read_text())["meta"]
     assert meta["rows"]["instruct_examples"] == 8 and meta["rows"]["scored_prompt_tokens"] > 0
 

@@ -44,6 +44,10 @@ class PackedRows:
     def n_rows(self) -> int:
         return int(self.ids.shape[0])
 
+    def padding(self, idx: np.ndarray) -> int:
+        """Padding tokens in rows `idx` (packed documents fill every row: none)."""
+        return 0
+
     @property
     def seq_len(self) -> int:
         return int(self.ids.shape[1])

@@ -43,6 +43,10 @@ class InstructRows(PackedRows):
     targets: np.ndarray
     scored_answer_tokens: int
     scored_prompt_tokens: int
+    filled: np.ndarray  # (n_rows,) tokens of examples in each row; the rest is padding
+
+    def padding(self, idx: np.ndarray) -> int:
+        return int(len(idx) * self.seq_len - self.filled[idx].sum())
 
 
 def encode_example(tokenizer: Any, context: str, question: str, answer: str) -> tuple[np.ndarray, int]:
@@ -82,6 +86,7 @@ def pack_examples(examples: Sequence[tuple[np.ndarray, int]], seq_len: int, pad_
     starts = np.zeros((n, seq_len), dtype=bool)
     targets = np.zeros((n, seq_len), dtype=bool)
     n_ans = n_prompt = 0
+    filled = np.zeros(n, dtype=np.int64)
     for r, row in enumerate(rows):
         p = 0
         for ex_ids, n_p in row:
@@ -94,10 +99,11 @@ def pack_examples(examples: Sequence[tuple[np.ndarray, int]], seq_len: int, pad_
                 targets[r, p + 1:p + n_p] = True  # every prompt token after the first (nothing predicts it)
                 n_prompt += n_p - 1
             p += k
+        filled[r] = p
         if p < seq_len:
             starts[r, p] = True  # the padding is a segment of its own, never a target
     return InstructRows(ids=ids, starts=starts, n_documents=len(examples), targets=targets,
-                        scored_answer_tokens=n_ans, scored_prompt_tokens=n_prompt)
+                        scored_answer_tokens=n_ans, scored_prompt_tokens=n_prompt, filled=filled)
 
 
 def load_instruct(paths: Sequence[str | Path], tokenizer: Any, seq_len: int, prompt_loss: bool) -> InstructRows:

@@ -259,9 +259,15 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
     def summary() -> dict[str, Any]:
         timed = history[1:] if len(history) > 1 else history  # the first step pays warm-up costs
         secs = sum(h["step_seconds"] for h in timed)
+        pad = {}
+        if cfg.instruct:  # rows end in padding, computed like any token: say how much, and the rate without it
+            slots, padded = sum(h["step_tokens"] for h in history), sum(h.get("step_padding", 0) for h in history)
+            real = sum(h["step_tokens"] - h.get("step_padding", 0) for h in timed)
+            pad = {"padding_fraction": round(padded / slots, 4) if slots else None,
+                   "tokens_per_second_without_padding": real / secs if secs else None}
         return {"steps_done": step, "steps": cfg.steps, "tokens": rows_done * cfg.seq_len,
                 "final_loss": history[-1]["loss"] if history else None,
-                "tokens_per_second": (sum(h["step_tokens"] for h in timed) / secs) if secs else None,
+                "tokens_per_second": (sum(h["step_tokens"] for h in timed) / secs) if secs else None, **pad,
                 "train_seconds": round(elapsed, 2),
                 "peak_memory_gib": round(max(train_peak) / GIB, 3) if train_peak else None,
                 "memory_estimate_gib": round(plan.memory.total / GIB, 3),
@@ -292,7 +298,8 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
         while step < cfg.steps:
             t0 = time.perf_counter()
             short = cfg.mixed_window and is_short_step(step, cfg.short_fraction)
-            idx = order.rows(rows_done, rows_per_step)[rank * per_rank:(rank + 1) * per_rank]
+            step_rows = order.rows(rows_done, rows_per_step)
+            idx = step_rows[rank * per_rank:(rank + 1) * per_rank]
             batch = model_inputs(rows.ids[idx], rows.starts[idx], L if short else None,
                                  getattr(rows, "targets", None)[idx] if cfg.instruct else None)
             lr = sched.get_last_lr()[0]
@@ -308,6 +315,8 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             tokens = rows_per_step * cfg.seq_len
             rec = {"step": step, "loss": loss, "lr": lr, "tokens": rows_done * cfg.seq_len, "step_tokens": tokens,
                    "step_seconds": round(dt_step, 4), "short": short}
+            if cfg.instruct:
+                rec["step_padding"] = rows.padding(step_rows)
             history.append(rec)
             bar.update(1)
             bar.set_postfix_str(f"loss {loss:.4f}, lr {lr:.2e}, {tokens / dt_step:,.0f} tok/s", refresh=False)
