@@ -331,3 +331,21 @@ def test_resuming_a_finished_run_keeps_its_measured_peak(tmp_path):
     assert ckpt.read_progress(Path(cfg.out))["peak_bytes"] > 0
     again = loop.train(small(tmp_path, steps=2, resume=True), progress=False)["peak_memory_gib"]
     assert again >= first
+
+
+def test_the_training_peak_leaves_the_evaluations_out(tmp_path, monkeypatch):
+    """An evaluation between steps (here a stand-in that peaks at 10 GiB) raised the reported training peak: the
+    steps' peak is taken before it and measured anew after it."""
+    gib = 2**30
+    now = {"peak": 0}
+    monkeypatch.setattr(loop, "reset_peak_memory", lambda device: now.update(peak=0))
+    monkeypatch.setattr(loop, "peak_memory", lambda device: now["peak"])
+
+    def evaluate(self, spec_arg, out, step):
+        now["peak"] = max(now["peak"], 10 * gib)
+        return []
+
+    monkeypatch.setattr(loop._Host, "evaluate", evaluate)
+    res = loop.train(small(tmp_path, evaluate=True, eval_every=2),
+                     on_step=lambda rec: now.update(peak=max(now["peak"], rec["step"] * gib)), progress=False)
+    assert res["peak_memory_gib"] == 6.0  # the sixth step's stand-in peak, not an evaluation's

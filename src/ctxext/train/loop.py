@@ -278,10 +278,17 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
                 "evals": evals, "config": cfg.to_dict(),
                 "peak_bytes": max([*train_peak, peak_memory(device)])}  # this process's steps and earlier ones
 
+    stepped = False  # steps ran in this process since the last peak reset
+
     def run_eval_at(s: int) -> None:
+        nonlocal stepped
         if not cfg.evaluate or any(e["step"] == s for e in evals):
             return
+        if stepped:  # the steps' peak so far; the evaluation's own is not the training's
+            train_peak.append(peak_memory(device))
         records = host.evaluate(spec_arg, out, s)
+        reset_peak_memory(device)
+        stepped = False
         evals.append({"step": s, "records": records})
         if main:
             say(f"evaluation at step {s}: " + ", ".join(f"{k} {v:.4g}" for k, v in headline(records, cfg.seq_len).items()))
@@ -309,6 +316,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             if not math.isfinite(loss):
                 raise CtxextError(f"the loss became {loss} at step {step + 1}; lower --lr (now {cfg.peak_lr:g})")
             step += 1
+            stepped = True
             rows_done += rows_per_step
             dt_step = time.perf_counter() - t0
             elapsed += dt_step
@@ -331,7 +339,8 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
                 run_eval_at(step)
     bar.close()
-    train_peak.append(peak_memory(device))
+    if stepped:
+        train_peak.append(peak_memory(device))
     ckpt.save(out, acc, model, opt, sched, progress_state())
     if interrupted:
         if main:
