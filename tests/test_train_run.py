@@ -141,6 +141,18 @@ def test_eval_data_shorter_than_the_sequence_fails_before_any_step(tmp_path, mon
         train(small(tmp_path, evaluate=True, eval_data=(str(short),)), progress=False)
 
 
+def test_fewer_eval_documents_than_asked_are_said_before_any_step(tmp_path, capsys, monkeypatch):
+    """--eval-docs 2 with one book: the ppl evaluation averaged one document and said nothing (its log is muted)."""
+    import ctxext.train.loop as loop
+
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: [])
+    with pytest.raises(KeyboardInterrupt):  # stop at once: only the start's message matters
+        train(small(tmp_path, evaluate=True, eval_data=(str(books_dir() / HELD_OUT_BOOK),), eval_docs=2,
+                    steps=1), on_step=lambda rec: (_ for _ in ()).throw(KeyboardInterrupt), progress=False)
+    assert ("--eval-data: 1 document(s) hold --seq-len 512 tokens, of the --eval-docs 2 asked; the perplexity "
+            "evaluation averages those") in capsys.readouterr().err
+
+
 def test_a_run_that_failed_before_its_first_checkpoint_says_how_to_retry(tmp_path):
     """A run that stopped early (nan loss, a bad --eval-data) leaves spec.json and eval/ behind; the corrected retry
     was told '--out exists and is not empty; choose another folder', though --resume starts it over there."""

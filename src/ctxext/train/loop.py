@@ -115,15 +115,18 @@ def _check_out(out: Path, cfg: TrainConfig, progress: dict[str, Any] | None) -> 
         raise CtxextError(f"--out {out} exists and is not empty; choose another folder")
 
 
-def _check_eval_data(cfg: TrainConfig, tokenizer: Any) -> None:
-    """The perplexity evaluation scores documents of --seq-len tokens (the tokenizer's start tokens included)."""
+def _check_eval_data(cfg: TrainConfig, tokenizer: Any) -> int:
+    """The perplexity evaluation scores documents of --seq-len tokens (the tokenizer's start tokens included):
+    -> how many of --eval-docs it will average (an error when none is long enough)."""
     from ..data import load_documents, special_prefix
 
     extra = len(special_prefix(tokenizer))
-    longest = max((len(d) + extra for d in load_documents(list(cfg.eval_data), tokenizer)), default=0)
+    lengths = [len(d) + extra for d in load_documents(list(cfg.eval_data), tokenizer)]
+    longest = max(lengths, default=0)
     if longest < cfg.seq_len:
         raise CtxextError(f"--eval-data: no document holds --seq-len {cfg.seq_len:,} tokens (the longest has "
                           f"{longest:,}); give longer documents or leave --eval-data out")
+    return min(cfg.eval_docs, sum(n >= cfg.seq_len for n in lengths))
 
 
 def _jsonish(v: Any) -> Any:
@@ -218,7 +221,9 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
         else:
             rows = load_rows(cfg.data, lm.tokenizer, cfg.seq_len)
     if cfg.evaluate and cfg.eval_data:  # before any step or evaluation (it failed after step 0's, naming --lengths)
-        _check_eval_data(cfg, lm.tokenizer)
+        if (n_eval := _check_eval_data(cfg, lm.tokenizer)) < cfg.eval_docs:
+            say(f"--eval-data: {n_eval} document(s) hold --seq-len {cfg.seq_len:,} tokens, of the --eval-docs "
+                f"{cfg.eval_docs} asked; the perplexity evaluation averages those")
     model, opt = acc.prepare(LossModel(lm.model, cfg.loss_chunk),
                              make_optimizer(param_groups(lm.model, cfg.weight_decay), cfg.peak_lr))
     sched = make_scheduler(opt.optimizer if hasattr(opt, "optimizer") else opt, cfg.steps, cfg.warmup,
