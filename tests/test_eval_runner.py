@@ -332,6 +332,36 @@ def test_windows_past_the_trained_length_fail_before_weights(cli, tmp_path, book
     assert not (tmp_path / "o" / "results.json").exists()
 
 
+@pytest.mark.parametrize("args,match", [
+    (["--task", "passkey", "--lengths", "128,512", "--depths", "0,1"],
+     r"passkey: length 128 is too short for the prompt \(\d+ tokens without any haystack\)"),
+    (["--task", "niah", "--lengths", "40"], r"niah: length 40 is too short for the prompt"),
+    (["--task", "needle-ppl", "--lengths", "40"], r"needle-ppl: length 40 is too short for the prompt"),
+    (["--task", "passkey", "--lengths", "512", "--depths", "0.5", "--max-new-tokens", "3"],
+     r"--max-new-tokens 3 is too small: this tokenizer writes the answer in \d+ tokens"),
+])
+def test_prompts_too_long_for_a_length_fail_before_weights(cli, tmp_path, book, monkeypatch, args, match):
+    """Found when the task ran: after the weights loaded and every earlier task's (and spec's) cells had run, so one
+    bad length threw away the valid cells after it. Now with the tokenizer alone, in --dry-run too."""
+    import ctxext.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("weights loaded before the prompt check"))
+    for dry in (["--dry-run"], []):
+        code, err = cli("--task", "ppl", "--samples", "1", "--data", book, *args, *dry)
+        assert code == 2 and re_search(match, err.strip().splitlines()[-1]), err
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_longqa_names_the_length_asked_when_the_question_leaves_no_room(tmp_path):
+    from ctxext.evals.longqa import build_prompt
+    from ctxext.models import load_model
+
+    tok = load_model("tiny-rope").tokenizer
+    with pytest.raises(CtxextError, match=r"longqa: length 30 leaves no room for context after the question "
+                                          r"\(\d+ tokens\) and the answer \(--max-new-tokens 16\)"):
+        build_prompt(tok, "Some context.", "Who wrote the letter to the captain of the ship?", 30, 16)
+
+
 def re_search(pattern: str, text: str) -> bool:
     import re
 

@@ -205,7 +205,7 @@ def test_samples_and_errors(tmp_path, qa_file, capsys):
         (["--data", str(qa_file), "--lengths", "128", "--max-new-tokens", "0", "--out", str(tmp_path / "z")],
          "--max-new-tokens must be >= 1, got 0"),
         (["--data", str(qa_file), "--lengths", "20", "--max-new-tokens", "12", "--out", str(tmp_path / "w")],
-         "length 8 leaves no room for context"),
+         "length 20 leaves no room for context after the question (19 tokens) and the answer (--max-new-tokens 12)"),
     ]:
         capsys.readouterr()
         assert main(base + args) == 2, args

@@ -170,15 +170,17 @@ def pick(examples: list[QAExample], n: int, seed: int) -> list[QAExample]:
 # ------------------------------------------------------------------------------------------------ prompts
 
 
-def build_prompt(tokenizer: Any, context: str | np.ndarray, question: str, length: int) -> np.ndarray:
-    """[BOS] + the last tokens of the context that fit + the question, `length` tokens at most.
-    `context` may be given as token ids already."""
+def build_prompt(tokenizer: Any, context: str | np.ndarray, question: str, length: int,
+                 reserve: int = 0) -> np.ndarray:
+    """[BOS] + the last tokens of the context that fit + the question, `length` − `reserve` tokens at most
+    (`reserve`: room kept for the answer). `context` may be given as token ids already."""
     head = special_prefix(tokenizer)
     tail = encode(tokenizer, QUESTION.format(question=question.strip()))
-    room = length - len(head) - len(tail)
+    room = length - reserve - len(head) - len(tail)
     if room < 1:
         raise CtxextError(f"longqa: length {length} leaves no room for context after the question "
-                          f"({len(head) + len(tail)} tokens); use a longer length")
+                          f"({len(head) + len(tail)} tokens)" + (f" and the answer (--max-new-tokens {reserve})"
+                                                                 if reserve else "") + "; use a longer length")
     ids = encode(tokenizer, context) if isinstance(context, str) else np.asarray(context, dtype=np.int64)
     return np.concatenate([head, ids[max(0, len(ids) - room):], tail]).astype(np.int64)
 
@@ -227,7 +229,7 @@ def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[s
         for ex in examples:
             if ex.context not in context_ids:
                 context_ids[ex.context] = encode(tok, ex.context)
-            prompt = build_prompt(tok, context_ids[ex.context], ex.question, length - s.max_new_tokens)
+            prompt = build_prompt(tok, context_ids[ex.context], ex.question, length, s.max_new_tokens)
             pred, steps = greedy_answer(ctx.model, tok, prompt, s.max_new_tokens, eos,
                                         whole=not ctx.same_freqs(PREFILL_CHUNK, len(prompt)))
             sc = qa_metrics.score(pred, ex.answers)
@@ -243,6 +245,12 @@ def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[s
         yield (length, depth), [ctx.record("longqa", length, depth, m, sums[m] / n, n) for m in qa_metrics.METRICS]
 
 
+def check_prompt(tok: Any, s: Settings, length: int, cells: list[Cell], examples: Any) -> None:
+    """Every question the run asks must leave context room at `length` (a context of one token stands in)."""
+    for ex in pick(examples, s.samples_for(TASK), s.seed):
+        build_prompt(tok, np.zeros(1, dtype=np.int64), ex.question, length, s.max_new_tokens)
+
+
 def cost(mc: Any, length: int, depths: list[float], s: Settings) -> tuple[float, float]:
     n = s.samples_for(TASK)
     per = mc.flops(length - s.max_new_tokens, scored=1) + sum(
@@ -253,5 +261,5 @@ def cost(mc: Any, length: int, depths: list[float], s: Settings) -> tuple[float,
 TASK = register(Task(
     name="longqa", summary="long-document QA from a JSONL file, greedy answers scored by EM, token F1 and ROUGE-L",
     run=run, cost=cost, metric="f1", needs_data=True, default_samples=DEFAULT_SAMPLES, higher_is_better=True,
-    read_data=read_examples,
+    read_data=read_examples, check_prompt=check_prompt,
 ))

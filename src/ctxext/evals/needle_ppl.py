@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..data import special_prefix
-from .needles import check_total, encode, haystack_stream, key_rng, random_number, room
+from .needles import check_total, encode, haystack_stream, key_rng, prompt_check, random_number, room
 from .scoring import Probe, Scorer
 from .tasks import Cell, Settings, Task, TaskContext, register
 
@@ -37,20 +37,34 @@ def split_answer(tok: Any, question: np.ndarray, answer: np.ndarray) -> tuple[np
     return np.concatenate([question, answer[:k]]), answer[k:]
 
 
+def probe_of(tok: Any, s: Settings, length: int, trial: int, at: int) -> Probe:
+    """Trial `trial`'s needle (at token `at`), question and answer at `length`."""
+    rng = key_rng(s.seed, "needle-ppl", length, None, trial)
+    key = f"{WORDS[rng.integers(0, 10)]}-{WORDS[rng.integers(10, 20)]}"
+    value = random_number(rng, DIGITS)
+    question, answer = split_answer(tok, encode(tok, QUESTION.format(key=key)), encode(tok, f" {value}"))
+    return Probe(at, encode(tok, NEEDLE.format(key=key, value=value)), question, answer)
+
+
+def head_of(tok: Any) -> np.ndarray:
+    return np.concatenate([special_prefix(tok), encode(tok, HEADER)])
+
+
+def draft(tok: Any, s: Settings, length: int, cells: list[Cell]) -> tuple[int, list[Probe], int]:
+    head = head_of(tok)
+    return len(head), [probe_of(tok, s, length, t, len(head)) for t in range(s.samples_for(TASK))], 1
+
+
 def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
     tok = ctx.tokenizer
     scorer = Scorer(ctx.model, tok, ctx.settings.max_new_tokens)
-    head = np.concatenate([special_prefix(tok), encode(tok, HEADER)])
+    head = head_of(tok)
     n = ctx.settings.samples_for(TASK)
     for length in sorted({L for L, _ in cells}):
         stream = haystack_stream(ctx, "needle-ppl", length)
         nll_sum, count = 0.0, 0
         for t in range(n):
-            rng = key_rng(ctx.settings.seed, "needle-ppl", length, None, t)
-            key = f"{WORDS[rng.integers(0, 10)]}-{WORDS[rng.integers(10, 20)]}"
-            value = random_number(rng, DIGITS)
-            question, answer = split_answer(tok, encode(tok, QUESTION.format(key=key)), encode(tok, f" {value}"))
-            probe = Probe(len(head), encode(tok, NEEDLE.format(key=key, value=value)), question, answer)
+            probe = probe_of(tok, ctx.settings, length, t, len(head))
             n_hay = room("needle-ppl", length, len(head), [probe])
             start = (t * n_hay) % max(1, len(stream) - n_hay + 1)  # a different passage per trial
             base = np.concatenate([head, stream[start:start + n_hay]])
@@ -68,4 +82,5 @@ def cost(mc: Any, length: int, depths: list[float], s: Settings) -> tuple[float,
 TASK = register(Task(
     name="needle-ppl", summary="LongRoPE2 needle-driven perplexity: NLL of the answer tokens only",
     run=run, cost=cost, metric="ppl", needs_data=True, default_samples=5, check=check_total("needle-ppl"),
+    check_prompt=prompt_check("needle-ppl", draft),
 ))

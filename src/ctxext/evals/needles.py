@@ -18,7 +18,7 @@ import numpy as np
 from ..data import jsonl_lines
 from ..errors import CtxextError
 from .files import atomic_write, slug
-from .scoring import Probe, Scorer
+from .scoring import Probe, Scorer, check_budget
 from .tasks import Cell, Settings, TaskContext
 
 Builder = Callable[[TaskContext, int, list[Cell]], tuple[np.ndarray, list[Probe], list[Cell]]]
@@ -47,6 +47,19 @@ def room(task: str, length: int, fixed: int, probes: list[Probe], unit: int = 1)
         raise CtxextError(f"{task}: length {length} is too short for the prompt ({fixed + extra + unit} tokens "
                           "without any haystack); use a longer length")
     return left
+
+
+Draft = Callable[[Any, Settings, int, list[Cell]], tuple[int, list[Probe], int]]
+
+
+def prompt_check(task: str, draft: Draft) -> Callable[..., None]:
+    """Task.check_prompt from `draft(tokenizer, settings, length, cells)` -> (fixed tokens, probes, haystack unit):
+    the probes' prompt must leave haystack room in `length`, and their answers fit the decoding budget."""
+    def check(tokenizer: Any, settings: Settings, length: int, cells: list[Cell], data: Any = None) -> None:
+        fixed, probes, unit = draft(tokenizer, settings, length, cells)
+        room(task, length, fixed, probes, unit)
+        check_budget(probes, settings.max_new_tokens)
+    return check
 
 
 def run_probes(ctx: TaskContext, task: str, cells: list[Cell], build: Builder

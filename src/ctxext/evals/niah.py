@@ -12,8 +12,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..data import special_prefix
-from .needles import (check_total, depth_cost, encode, haystack_stream, key_rng, random_number, room, run_probes,
-                      sentence_starts)
+from .needles import (check_total, depth_cost, encode, haystack_stream, key_rng, prompt_check, random_number, room,
+                      run_probes, sentence_starts)
 from .scoring import Probe
 from .tasks import Cell, Settings, Task, TaskContext, register
 
@@ -22,15 +22,25 @@ QUESTION = "\n\nWhat is the special magic number mentioned in the text above? Th
 DIGITS = 7
 
 
-def build(ctx: TaskContext, length: int, cells: list[Cell]) -> tuple[np.ndarray, list[Probe], list[Cell]]:
-    tok = ctx.tokenizer
-    head = special_prefix(tok)
-    question = encode(tok, QUESTION)
+def pieces_of(tok: Any, s: Settings, length: int, cells: list[Cell]) -> tuple[np.ndarray, np.ndarray,
+                                                                                list[tuple[Cell, np.ndarray, np.ndarray, str]]]:
+    """(head, question, per trial: (cell, needle, answer, key)) of a length's prompts."""
     pieces: list[tuple[Cell, np.ndarray, np.ndarray, str]] = []
     for cell in cells:
-        for t in range(ctx.settings.samples_for(TASK)):
-            key = random_number(key_rng(ctx.settings.seed, "niah", length, cell[1], t), DIGITS)
+        for t in range(s.samples_for(TASK)):
+            key = random_number(key_rng(s.seed, "niah", length, cell[1], t), DIGITS)
             pieces.append((cell, encode(tok, NEEDLE.format(key=key)), encode(tok, f" {key}"), key))
+    return special_prefix(tok), encode(tok, QUESTION), pieces
+
+
+def draft(tok: Any, s: Settings, length: int, cells: list[Cell]) -> tuple[int, list[Probe], int]:
+    head, question, pieces = pieces_of(tok, s, length, cells)
+    return len(head), [Probe(0, n, question, a, k) for _, n, a, k in pieces], 1
+
+
+def build(ctx: TaskContext, length: int, cells: list[Cell]) -> tuple[np.ndarray, list[Probe], list[Cell]]:
+    tok = ctx.tokenizer
+    head, question, pieces = pieces_of(tok, ctx.settings, length, cells)
     n_hay = room("niah", length, len(head), [Probe(0, n, question, a, k) for _, n, a, k in pieces])
     hay = haystack_stream(ctx, "niah", length)[:n_hay]
     starts = sentence_starts(tok, hay)
@@ -73,5 +83,5 @@ def cost(mc: Any, length: int, depths: list[float], s: Settings) -> tuple[float,
 TASK = register(Task(
     name="niah", summary="needle in real book text over a lengths × depths grid, at sentence ends (heatmap)",
     run=run, cost=cost, metric="accuracy", needs_data=True, uses_depths=True, default_samples=2,
-    higher_is_better=True, check=check_total("niah"),
+    higher_is_better=True, check=check_total("niah"), check_prompt=prompt_check("niah", draft),
 ))

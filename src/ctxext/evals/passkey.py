@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..data import special_prefix
-from .needles import depth_cost, encode, key_rng, random_number, room, run_probes
+from .needles import depth_cost, encode, key_rng, prompt_check, random_number, room, run_probes
 from .scoring import Probe
 from .tasks import Cell, Settings, Task, TaskContext, register
 
@@ -27,18 +27,27 @@ QUESTION = " What is the pass key? The pass key is"
 DIGITS = 5
 
 
-def build(ctx: TaskContext, length: int, cells: list[Cell]) -> tuple[np.ndarray, list[Probe], list[Cell]]:
-    tok = ctx.tokenizer
+def pieces_of(tok: Any, s: Settings, length: int, cells: list[Cell]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                                list[tuple[Cell, np.ndarray, np.ndarray, str]]]:
+    """(head, filler unit, question, per trial: (cell, needle, answer, key)) of a length's prompts."""
     head = np.concatenate([special_prefix(tok), encode(tok, TASK_LINE)])
-    unit = encode(tok, FILLER)
-    question = encode(tok, QUESTION)
     pieces: list[tuple[Cell, np.ndarray, np.ndarray, str]] = []
     for cell in cells:
-        for t in range(ctx.settings.samples_for(TASK)):
-            key = random_number(key_rng(ctx.settings.seed, "passkey", length, cell[1], t), DIGITS)
+        for t in range(s.samples_for(TASK)):
+            key = random_number(key_rng(s.seed, "passkey", length, cell[1], t), DIGITS)
             pieces.append((cell, encode(tok, NEEDLE.format(key=key)), encode(tok, f" {key}"), key))
-    draft = [Probe(0, n, question, a, k) for _, n, a, k in pieces]
-    units = room("passkey", length, len(head), draft, len(unit)) // len(unit)
+    return head, encode(tok, FILLER), encode(tok, QUESTION), pieces
+
+
+def draft(tok: Any, s: Settings, length: int, cells: list[Cell]) -> tuple[int, list[Probe], int]:
+    head, unit, question, pieces = pieces_of(tok, s, length, cells)
+    return len(head), [Probe(0, n, question, a, k) for _, n, a, k in pieces], len(unit)
+
+
+def build(ctx: TaskContext, length: int, cells: list[Cell]) -> tuple[np.ndarray, list[Probe], list[Cell]]:
+    head, unit, question, pieces = pieces_of(ctx.tokenizer, ctx.settings, length, cells)
+    draft_probes = [Probe(0, n, question, a, k) for _, n, a, k in pieces]
+    units = room("passkey", length, len(head), draft_probes, len(unit)) // len(unit)
     base = np.concatenate([head, np.tile(unit, units)])
     probes = [Probe(len(head) + int(round(cell[1] * units)) * len(unit), n, question, a, k)
               for cell, n, a, k in pieces]
@@ -56,4 +65,5 @@ def cost(mc: Any, length: int, depths: list[float], s: Settings) -> tuple[float,
 TASK = register(Task(
     name="passkey", summary="pass-key retrieval in repeated filler, depths swept (greedy verdicts, teacher-forced)",
     run=run, cost=cost, metric="accuracy", uses_depths=True, default_samples=5, higher_is_better=True,
+    check_prompt=prompt_check("passkey", draft),
 ))

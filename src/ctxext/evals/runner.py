@@ -271,6 +271,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
             raise CtxextError(f"length {L:,} cannot fit in memory for {who}: it needs ≈ {fmt_bytes(need)} (weights "
                               f"{fmt_bytes(mc.weights())}), {fmt_bytes(free)} is available; drop that length or free "
                               "memory")
+    _check_prompts(model if lm is None else lm.tokenizer, task_list, plan, settings, own_data)
     log(f"ctxext eval: {name} ({info.encoding}, trained length {info.trained_len:,}), {len(parsed)} spec(s) × "
         f"{len(task_list)} task(s) × {len(Ls)} length(s)" + (f" × {len(Ds)} depth(s)" if Ds else "") + f" -> {out}")
     log(plan.describe() if plan.cells else "every cell is already in results.json; nothing to run")
@@ -294,6 +295,24 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
         if results.records:
             _write_reports(out, results, info)
     return results.as_dict()
+
+
+def _check_prompts(model: Any, tasks: list[Task], plan: Plan, settings: Settings, own_data: dict[str, Any]) -> None:
+    """Each task's prompt must fit each pending length (and its answer the decoding budget): checked with the
+    tokenizer alone, before any weights (`model`: a name, or a loaded model's tokenizer)."""
+    pending = {t.name: sorted({c for (_, tn), cs in plan.cells.items() if tn == t.name for c in cs},
+                              key=lambda c: (c[0], -1.0 if c[1] is None else c[1]))
+               for t in tasks if t.check_prompt is not None}
+    if not any(pending.values()):
+        return
+    from ..models.load import tokenizer_of
+
+    tok = tokenizer_of(model) if isinstance(model, str) else model
+    if tok is None:
+        return  # no tokenizer files: loading the model says so
+    for t in tasks:
+        for L in sorted({c[0] for c in pending.get(t.name, [])}):
+            t.check_prompt(tok, settings, L, [c for c in pending[t.name] if c[0] == L], own_data.get(t.name))
 
 
 def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings, docs: Any, out: Path,

@@ -215,6 +215,14 @@ class ProbeResult:
     tokens: tuple[int, ...] = ()  # the start of greedy decoding's output that decided the verdict
 
 
+def check_budget(probes: Sequence[Probe], max_new_tokens: int) -> None:
+    """A verdict reads the answer and the token after it (probes without a target only score NLL)."""
+    for pr in probes:
+        if pr.target is not None and len(pr.answer) + 1 > max_new_tokens:
+            raise CtxextError(f"--max-new-tokens {max_new_tokens} is too small: this tokenizer writes the "
+                              f"answer in {len(pr.answer)} tokens; use at least {len(pr.answer) + 1}")
+
+
 class Scorer:
     """Scores probes on one model; `reusable(prefix_len, total_len)` says whether a cached prefix is valid for a
     prompt of total_len tokens (False for methods whose frequencies depend on the whole sequence length)."""
@@ -275,10 +283,7 @@ class Scorer:
         probe covers the haystack piece it added to the shared cache and its own tokens after the needle, which
         follow that piece: `cost.flops(tokens, attended)` is the work done for it."""
         base = np.asarray(base)
-        for pr in probes:  # a verdict reads the answer and the token after it (probes without one only score NLL)
-            if pr.target is not None and len(pr.answer) + 1 > self.max_new_tokens:
-                raise CtxextError(f"--max-new-tokens {self.max_new_tokens} is too small: this tokenizer writes the "
-                                  f"answer in {len(pr.answer)} tokens; use at least {len(pr.answer) + 1}")
+        check_budget(probes, self.max_new_tokens)
         fused = reuse and fused_branches(self.model)
         order = sorted(range(len(probes)), key=lambda j: probes[j].at)
         fulls = {i: np.concatenate([probes[i].prompt(base), probes[i].answer]).astype(np.int64) for i in order}

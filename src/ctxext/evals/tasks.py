@@ -98,6 +98,9 @@ class Task:
     # reads --data itself instead of as token streams: (paths) -> anything, called before weights load (errors fail
     # early); the result is ctx.data[name]
     read_data: Callable[[list[str]], Any] | None = None
+    # (tokenizer, settings, length, cells, own data): CtxextError when the prompt cannot fit `length` or its answer
+    # the decoding budget; called before weights load (it failed mid-run, after earlier tasks' cells)
+    check_prompt: Callable[[Any, Settings, int, list[Cell], Any], None] | None = None
 
     def cells(self, lengths: list[int], depths: list[float]) -> list[Cell]:
         return [(L, d) for L in lengths for d in depths] if self.uses_depths else [(L, None) for L in lengths]

@@ -39,6 +39,22 @@ def load_tokenizer(path: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
+def tokenizer_of(name: str) -> Any:
+    """A model name's tokenizer without its weights (a GGUF not converted yet: read from the file), or None."""
+    from .names import gguf_cache_dir, is_converted
+
+    src = resolve_source(name)
+    if src.kind == "hf":
+        return load_tokenizer(src.path)
+    converted = gguf_cache_dir(src.path)
+    if is_converted(converted):
+        return load_tokenizer(converted)
+    offline()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(src.path.parent), gguf_file=src.path.name, local_files_only=True)
+
+
 def resolve_device(device: str = "auto") -> str:
     """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda[:i]" is checked (one-line error without CUDA)."""
     if device == "auto":
