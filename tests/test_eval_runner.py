@@ -486,3 +486,14 @@ def test_needle_ppl_scores_the_numbers_tokens_only(tmp_path, book, monkeypatch):
         assert len(p.answer) == needle_ppl.DIGITS and tok.decode(p.answer.tolist()).isdigit()
         assert tok.decode(p.tail.tolist()).endswith("mentioned in the provided text is ")
     assert res["records"][0]["n"] == 2 and res["records"][0]["value"] > 1
+
+
+def test_a_value_that_is_not_a_number_is_recorded_as_none(tmp_path, book):
+    """streaming:sinks=0,window=1 has no in-window token to score: its ppl_in_window was NaN, which the JSON writer
+    refused with a traceback, after summary.md had been written and with no results.json."""
+    res = run_eval("tiny-rope", ["streaming:sinks=0,window=1"], ["stream-ppl"], [300], data=[book], out=tmp_path / "s",
+                   progress=False, log=lambda m: None)
+    saved = json.loads((tmp_path / "s" / "results.json").read_text())["records"]
+    head = {r["metric"]: r["value"] for r in saved if r["bucket"] is None}
+    assert head["ppl_in_window"] is None and head["ppl"] > 1 and len(saved) == len(res["records"])
+    assert "stream-ppl" in (tmp_path / "s" / "summary.md").read_text()

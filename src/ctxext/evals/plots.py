@@ -53,7 +53,7 @@ def ppl_curves(out: Path, records: list[dict[str, Any]], metric: str, trained: i
                 bs = sorted((r for r in recs if r["scaling"] == s and r["length"] == L and r["bucket"]),
                             key=lambda r: r["bucket"][0])
                 x = np.asarray([(r["bucket"][0] + r["bucket"][1]) / 2 for r in bs])
-                y = np.asarray([r["value"] for r in bs])
+                y = np.asarray([np.nan if r["value"] is None else r["value"] for r in bs], dtype=float)
             ok = np.isfinite(y) & (y > 0)  # a run that produced NaN (e.g. fp16 overflow) has nothing to draw
             if not ok.any():
                 continue

@@ -87,6 +87,9 @@ class Results:
         self.meta.setdefault("timings", []).append(timing)
 
     def add(self, records: list[dict[str, Any]]) -> None:
+        for r in records:  # NaN / inf (an fp16 overflow, a window with no token to score) is JSON null: no value
+            if isinstance(r.get("value"), float) and not math.isfinite(r["value"]):
+                r["value"] = None
         self.records += records
         self.done |= {cell_key(r) for r in records}
         self.write()
@@ -160,10 +163,11 @@ def summary_markdown(meta: dict[str, Any], records: list[dict[str, Any]], plots:
             mrecs = [r for r in recs if r["metric"] == metric]
             if any(r["depth"] is not None for r in mrecs):  # depth sweep: mean over depths, then a grid per spec
                 def mean_cell(s: str, L: int, m: str = metric) -> str:
-                    vals = [r for r in mrecs if r["scaling"] == s and r["length"] == L]
+                    vals = [r["value"] for r in mrecs if r["scaling"] == s and r["length"] == L
+                            and r["value"] is not None]
                     if not vals:
                         return "–"
-                    return fmt_value(m, sum(r["value"] for r in vals) / len(vals))
+                    return fmt_value(m, sum(vals) / len(vals))
 
                 out += [f"**{metric}**, mean over depths (▲ = past the trained length)", ""]
                 out += _table(specs, lengths, mean_cell, "spec \\ length", lab)
