@@ -90,3 +90,20 @@ def test_a_curve_that_keeps_falling_like_log_c_is_no_fit():
     assert no_fit_reason(fit_law(c, law(c, 25.4, 0.45, 1.56))) is None
     assert no_fit_reason(fit_law(c, 2.0 + 1e-4 * c)) is None  # no context benefit is a result (α = 0)
     assert no_fit_reason({"alpha": 3.0, "beta": 0.5, "gamma": -0.2, "rmse": 0.1}) == "γ = -0.2 < 0, a negative loss floor"
+
+
+def test_the_fit_task_records_no_beta_when_the_loss_does_not_fall():
+    """α = 0 (loss rising with context, as for default RoPE past its window): the β where the search stopped was
+    recorded, and is the summary's headline metric."""
+    from types import SimpleNamespace
+
+    from ctxext.evals import fit
+
+    curve = 2.0 + 1e-3 * np.arange(1024.0)
+    logs: list[str] = []
+    ctx = SimpleNamespace(memo={("ppl", 1024): (curve, 3)}, spec=SimpleNamespace(text="default"), log=logs.append,
+                          record=lambda task, L, d, metric, value, n: {"metric": metric, "value": value, "n": n})
+    ((cell, recs),) = list(fit.run(ctx, [(1024, None)]))
+    got = {r["metric"]: r["value"] for r in recs}
+    assert got["alpha"] == 0.0 and got["beta"] is None and got["gamma"] > 2.0 and got["rmse"] > 0
+    assert "does not fall with context" in logs[0]

@@ -3,7 +3,8 @@ curve: c is the context a token was predicted with (its position), L the mean lo
 
 For a fixed β the law is linear in A = α^β and γ, so a grid over β with closed-form least squares for (A, γ),
 refined by golden-section search on β, finds the global least-squares fit without scipy. A curve that does not
-fall with context (A ≤ 0) is reported with α = 0 (no context benefit): its γ is the mean loss. A least-squares
+fall with context (A ≤ 0) is reported with α = 0 (no context benefit), β null (it shapes nothing then) and γ the
+mean of the binned losses (each log-spaced bin weighs the same). A least-squares
 result at the edge of β's range or with γ < 0 is not a fit of the law: it is logged, not recorded.
 Records: metrics `alpha`, `beta`, `gamma`, `rmse` per (spec, length), n = documents of the curve.
 """
@@ -110,6 +111,10 @@ def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[s
         if reason is not None:
             ctx.log(f"fit @ {length}: the law does not fit the ppl curve of '{ctx.spec.text}' ({reason}); no fit recorded")
             continue
+        if res["alpha"] == 0.0:
+            ctx.log(f"fit @ {length}: the loss of '{ctx.spec.text}' does not fall with context (α = 0); β recorded "
+                    "as null")
+            res = {**res, "beta": None}
         yield (length, None), [ctx.record("fit", length, None, k, v, n) for k, v in res.items()]
 
 
