@@ -202,6 +202,9 @@ def test_samples_and_errors(tmp_path, qa_file, capsys):
         (["--lengths", "128", "--out", str(tmp_path / "x")], "task longqa needs --data"),
         (["--data", str(bad), "--lengths", "128", "--out", str(tmp_path / "y"), "--dry-run"],
          "bad.jsonl:1: no gold answer"),  # fails before any weights, even on a dry run
+        (["--data", str(qa_file), "--task", "ppl", "--lengths", "128", "--out", str(tmp_path / "v")],
+         "longqa cannot share --data with ppl: it reads files of its own kind, they read text; run longqa in a "
+         "ctxext eval of its own"),  # it loaded the weights, then failed on the QA file's missing 'text' field
         (["--data", str(qa_file), "--lengths", "128", "--max-new-tokens", "0", "--out", str(tmp_path / "z")],
          "--max-new-tokens must be >= 1, got 0"),
         (["--data", str(qa_file), "--lengths", "20", "--max-new-tokens", "12", "--out", str(tmp_path / "w")],

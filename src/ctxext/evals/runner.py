@@ -198,8 +198,13 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
         raise CtxextError(f"task {', '.join(needs)} needs --data (text files, folders or .jsonl with long documents)")
     if needs:
         data_files(data)  # missing paths fail now, before any weights
-    own_data = {t.name: t.read_data(data) for t in task_list if t.read_data is not None}
+    readers = [t.name for t in task_list if t.read_data is not None]
     streams = any(t.needs_data and t.read_data is None for t in task_list)
+    if readers and streams:  # one --data serves both kinds: QA files are no text, and the other way round
+        others = [t.name for t in task_list if t.needs_data and t.read_data is None]
+        raise CtxextError(f"{', '.join(readers)} cannot share --data with {', '.join(others)}: it reads files of "
+                          f"its own kind, they read text; run {', '.join(readers)} in a ctxext eval of its own")
+    own_data = {t.name: t.read_data(data) for t in task_list if t.read_data is not None}
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if lm is not None:  # results, resume keys and the estimate must name the precision that really ran
         own = str(lm.model.dtype).removeprefix("torch.")
