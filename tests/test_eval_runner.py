@@ -362,6 +362,29 @@ def test_longqa_names_the_length_asked_when_the_question_leaves_no_room(tmp_path
         build_prompt(tok, "Some context.", "Who wrote the letter to the captain of the ship?", 30, 16)
 
 
+@pytest.mark.parametrize("args,match", [
+    (["--task", "needle-ppl", "--task", "stream-ppl", "--depths", "7,abc"],
+     "--depths acts only with --task passkey or niah; needle-ppl, stream-ppl do not use it"),
+    (["--task", "passkey", "--protocol", "both"], "--protocol acts only with --task ppl; passkey does not use it"),
+    (["--task", "stream-ppl", "--samples", "3"], "--samples acts only with --task ppl or passkey or niah or "
+                                                 "needle-ppl or longqa; stream-ppl does not use it"),
+    (["--task", "needle-ppl", "--max-new-tokens", "4"],
+     "--max-new-tokens acts only with --task passkey or niah or longqa; needle-ppl does not use it"),
+    (["--task", "ppl", "--no-prefix-reuse"], "--no-prefix-reuse acts only with --task passkey or niah"),
+    (["--task", "passkey", "--bucket", "64"], "--bucket acts only with --task ppl or stream-ppl"),
+])
+def test_an_option_no_task_uses_is_refused(cli, book, args, match):
+    """Each was accepted and did nothing (--depths was not even parsed without a task that sweeps depths)."""
+    code, err = cli("--lengths", "512", "--data", book, "--dry-run", *args)
+    assert code == 2 and match in err.strip().splitlines()[-1], err
+
+
+def test_options_a_task_uses_pass_the_check(cli, book):
+    code, err = cli("--lengths", "512", "--data", book, "--dry-run", "--task", "fit", "--protocol", "both",
+                    "--samples", "2", "--bucket", "128")  # fit reads ppl, which uses all three
+    assert code == 0, err
+
+
 def re_search(pattern: str, text: str) -> bool:
     import re
 

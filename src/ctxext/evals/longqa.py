@@ -262,4 +262,5 @@ TASK = register(Task(
     name="longqa", summary="long-document QA from a JSONL file, greedy answers scored by EM, token F1 and ROUGE-L",
     run=run, cost=cost, metric="f1", needs_data=True, default_samples=DEFAULT_SAMPLES, higher_is_better=True,
     read_data=read_examples, check_prompt=check_prompt,
+    options=("samples", "max_new_tokens"),
 ))

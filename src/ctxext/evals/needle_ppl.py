@@ -83,4 +83,5 @@ TASK = register(Task(
     name="needle-ppl", summary="LongRoPE2 needle-driven perplexity: NLL of the answer tokens only",
     run=run, cost=cost, metric="ppl", needs_data=True, default_samples=5, check=check_total("needle-ppl"),
     check_prompt=prompt_check("needle-ppl", draft),
+    options=("samples",),
 ))

@@ -84,4 +84,5 @@ TASK = register(Task(
     name="niah", summary="needle in real book text over a lengths × depths grid, at sentence ends (heatmap)",
     run=run, cost=cost, metric="accuracy", needs_data=True, uses_depths=True, default_samples=2,
     higher_is_better=True, check=check_total("niah"), check_prompt=prompt_check("niah", draft),
+    options=("samples", "depths", "max_new_tokens", "no_prefix_reuse"),
 ))

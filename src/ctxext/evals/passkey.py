@@ -66,4 +66,5 @@ TASK = register(Task(
     name="passkey", summary="pass-key retrieval in repeated filler, depths swept (greedy verdicts, teacher-forced)",
     run=run, cost=cost, metric="accuracy", uses_depths=True, default_samples=5, higher_is_better=True,
     check_prompt=prompt_check("passkey", draft),
+    options=("samples", "depths", "max_new_tokens", "no_prefix_reuse"),
 ))

@@ -119,4 +119,5 @@ TASK = register(Task(
     name="stream-ppl", summary="perplexity per segment of one long text streamed through the KV cache",
     run=run, cost=cost, spec_cost=True, metric="ppl", needs_data=True, default_samples=1,
     check=check_total("stream-ppl"),
+    options=("bucket",),
 ))

@@ -101,6 +101,8 @@ class Task:
     # (tokenizer, settings, length, cells, own data): CtxextError when the prompt cannot fit `length` or its answer
     # the decoding budget; called before weights load (it failed mid-run, after earlier tasks' cells)
     check_prompt: Callable[[Any, Settings, int, list[Cell], Any], None] | None = None
+    # the eval options (argparse dests) this task acts on: one given for tasks that all ignore it is refused
+    options: tuple[str, ...] = ()
 
     def cells(self, lengths: list[int], depths: list[float]) -> list[Cell]:
         return [(L, d) for L in lengths for d in depths] if self.uses_depths else [(L, None) for L in lengths]
