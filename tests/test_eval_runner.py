@@ -186,6 +186,14 @@ def test_resume_adds_passkey_cells_to_a_folder_of_ppl_cells(tmp_path, book):
                    progress=False, log=lambda m: None)
     assert {r["task"] for r in res["records"]} == {"ppl", "passkey"}
     assert res["meta"]["config"]["resume_keys"]["data"] == [str(Path(book).resolve())]
+    # the meta describes every record in the file, not the last run's alone (it said tasks ['passkey'], data None)
+    cfg = res["meta"]["config"]
+    assert (cfg["tasks"], cfg["lengths"], cfg["depths"], cfg["data"]) == (["ppl", "passkey"], [256], [0.5], [book])
+    res = run_eval("tiny-rope", ["default"], ["passkey"], [300], samples=1, depths="0.25", out=out, resume=True,
+                   progress=False, log=lambda m: None, command="third")
+    assert (res["meta"]["config"]["lengths"], res["meta"]["config"]["depths"]) == ([256, 300], [0.25, 0.5])
+    assert res["meta"]["commands"] == ["third"]  # the first two had no command (Python API)
+    assert "`third`" in (out / "summary.md").read_text()
     other = tmp_path / "other.txt"
     other.write_text(Path(book).read_text())
     with pytest.raises(CtxextError, match="other settings .*data"):
@@ -520,3 +528,13 @@ def test_a_value_that_is_not_a_number_is_recorded_as_none(tmp_path, book):
     head = {r["metric"]: r["value"] for r in saved if r["bucket"] is None}
     assert head["ppl_in_window"] is None and head["ppl"] > 1 and len(saved) == len(res["records"])
     assert "stream-ppl" in (tmp_path / "s" / "summary.md").read_text()
+
+
+def test_a_resumed_runs_summary_lists_each_command(tmp_path, book):
+    out = tmp_path / "r"
+    for cmd, L in (("ctxext eval A", 256), ("ctxext eval B", 300)):
+        res = run_eval("tiny-rope", ["default"], ["passkey"], [L], samples=1, depths="0.5", out=out, resume=True,
+                       progress=False, log=lambda m: None, command=cmd)
+    assert res["meta"]["commands"] == ["ctxext eval A", "ctxext eval B"]
+    text = (out / "summary.md").read_text()
+    assert "2 runs (--resume), oldest first:\n\n- `ctxext eval A`\n- `ctxext eval B`" in text

@@ -30,6 +30,19 @@ def cell_key(rec: dict[str, Any]) -> tuple:
     return rec["model"], rec["scaling"], rec["task"], rec["length"], rec["depth"]
 
 
+def _merge_config(old: dict[str, Any], meta: dict[str, Any]) -> None:
+    """A resumed run's meta describes every record in the file: the tasks, lengths and depths of all its runs, the
+    data they read, and each run's command (`commands`, oldest first)."""
+    before, now = old.get("config", {}), meta["config"]
+    for key, order in (("tasks", None), ("lengths", sorted), ("depths", sorted)):
+        both = list(dict.fromkeys([*(before.get(key) or []), *(now.get(key) or [])]))
+        now[key] = (order(both) if order else both) or None
+    if now.get("data") is None:
+        now["data"] = before.get("data")
+    commands = old.get("commands") or ([old["command"]] if old.get("command") else [])
+    meta["commands"] = commands + ([meta["command"]] if meta.get("command") else [])
+
+
 class Results:
     """The records of one --out folder. A cell is finished once any of its records is stored: a cell's records
     are always added together, in one atomic rewrite."""
@@ -60,6 +73,7 @@ class Results:
                                   "use another --out")
             old_specs = old_meta.get("config", {}).get("specs", {})
             self._drop_redefined(old_specs, meta["config"]["specs"])
+            _merge_config(old_meta, meta)
             meta["created"] = old_meta.get("created", meta.get("created"))
             meta["runs"] = int(old_meta.get("runs", 1)) + 1
             meta["config"]["specs"] = {**old_specs, **meta["config"]["specs"]}
@@ -139,8 +153,11 @@ def summary_markdown(meta: dict[str, Any], records: list[dict[str, Any]], plots:
     all_specs = list(dict.fromkeys(r["scaling"] for r in records))  # first-seen order, the same in every table
     trained = cfg.get("model_info", {}).get("trained_len")
     out = [f"# ctxext eval: {cfg.get('model', '?')}", ""]
-    if meta.get("command"):
-        out += [f"`{meta['command']}`", ""]
+    commands = meta.get("commands") or ([meta["command"]] if meta.get("command") else [])
+    if len(commands) > 1:
+        out += [f"{len(commands)} runs (--resume), oldest first:", ""] + [f"- `{c}`" for c in commands] + [""]
+    elif commands:
+        out += [f"`{commands[0]}`", ""]
     v = meta.get("versions", {})
     out += [f"ctxext {v.get('ctxext', '?')}, torch {v.get('torch', '?')}, transformers {v.get('transformers', '?')}; "
             f"seed {meta.get('seed')}; trained length {trained}; {len(records)} records.", ""]
