@@ -99,3 +99,17 @@ def test_plan_calibrate_averages_enough_windows_by_default(tmp_path, capsys):
     assert main(["plan", "--model", "tiny-rope", "--target", "1024", "--calibrate", "--data", str(part),
                  "--calibrate-windows", "16", "--device", "cpu"]) != 0
     assert "no document under" in capsys.readouterr().err
+
+
+def test_a_censored_reach_is_the_measured_length_and_a_few_tail_tokens_decide_nothing():
+    """A 1,000-token curve that never broke was 'censored at 1,024' (whole buckets, never measured); with 1,029
+    tokens one bad token in a 5-token last bucket was a break at 1,025."""
+    held = ppl_break(np.full(999, math.log(20.0)), trained=256)
+    assert (held.reach, held.censored, held.length) == (1000.0, True, 1000)
+    tail = np.full(1028, math.log(20.0))
+    tail[-1] = math.log(1e6)
+    b = ppl_break(tail, trained=256)
+    assert (b.reach, b.censored) == (1029.0, True)
+    half = np.full(1048, math.log(20.0))  # a last bucket at least half full (24 of 32) still counts
+    half[1024:] = math.log(1e6)
+    assert (ppl_break(half, trained=256).reach, ppl_break(half, trained=256).censored) == (1025.0, False)

@@ -45,10 +45,12 @@ def ppl_break(nll: np.ndarray, trained: int) -> PplBreak:
     padded = np.concatenate([nll, np.full(n * b - len(nll), np.nan)])
     ppl = np.exp(np.nanmean(padded.reshape(n, b), axis=1))
     ref = float(np.exp(np.nanmean(nll[trained // 4 - 1: trained - 1])))
+    if len(nll) - (n - 1) * b < b // 2:  # a last bucket less than half full: too few tokens to decide alone
+        n -= 1
     for k in range(n):
         if (k + 1) * b > trained // 2 and ppl[k] > BREAK_RATIO * ref:
             return PplBreak(float(k * b + 1), False, ref, len(nll) + 1)
-    return PplBreak(float(n * b), True, ref, len(nll) + 1)
+    return PplBreak(float(len(nll) + 1), True, ref, len(nll) + 1)  # held over every measured token
 
 
 def auto_windows(length: int) -> int:
