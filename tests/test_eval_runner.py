@@ -538,3 +538,10 @@ def test_a_resumed_runs_summary_lists_each_command(tmp_path, book):
     assert res["meta"]["commands"] == ["ctxext eval A", "ctxext eval B"]
     text = (out / "summary.md").read_text()
     assert "2 runs (--resume), oldest first:\n\n- `ctxext eval A`\n- `ctxext eval B`" in text
+
+
+def test_bucket_labels_stay_readable():
+    from ctxext.evals.results import bucket_label
+
+    assert bucket_label((2048, 4096)) == "2k–4k" and bucket_label((0, 1536)) == "0k–1.5k"
+    assert bucket_label((1280, 1500)) == "1,280–1,500" and bucket_label((0, 256)) == "0–256"

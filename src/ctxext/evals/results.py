@@ -118,6 +118,14 @@ class Results:
 # --------------------------------------------------------------------------------------------- summary
 
 
+def bucket_label(b: tuple[int, int]) -> str:
+    """[2048, 4096) -> '2k–4k' (ends that are multiples of 512), else the token counts: [1280, 1500) -> '1,280–1,500'
+    (':g' of b/1024 wrote '1.25k–1.46484k')."""
+    if b[1] >= 1024 and b[0] % 512 == 0 and b[1] % 512 == 0:
+        return f"{b[0] / 1024:g}k–{b[1] / 1024:g}k"
+    return f"{b[0]:,}–{b[1]:,}"
+
+
 def fmt_value(metric: str, v: float | None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -205,7 +213,7 @@ def summary_markdown(meta: dict[str, Any], records: list[dict[str, Any]], plots:
                     out += [f"{metric} by position bucket at length {L:,} (tokens [start, end))", ""]
                     out += _table(specs, bl, lambda s, b, m=metric, L=L: fmt_value(
                         m, idx.get((s, task, m, L, None, b), {}).get("value")), "spec \\ bucket",
-                        lambda b: f"{b[0] / 1024:g}k–{b[1] / 1024:g}k" if b[1] >= 1024 else f"{b[0]}–{b[1]}")
+                        bucket_label)
     out += timing_lines(meta.get("timings", []))
     if plots:
         out += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
