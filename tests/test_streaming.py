@@ -211,3 +211,28 @@ def test_the_plan_costs_streaming_on_its_own_row(tmp_path):
     mc = ModelCost.of(model_info("smollm2-135m"), 4, attn_weight=mach["matmul_flops"] / mach["attention_flops"])
     total = sum(cost(mc, 65536, [], None, spec=parse_spec(s))[0] for s in ("default", spec)) / matmul_rate()
     assert lines[-1].splitlines()[-1] == f"  total ≈ {fmt_seconds(total)}"
+
+
+def test_prefix_reuse_gives_the_same_answers_at_the_trained_length(tmp_path):
+    """At a prompt of exactly the trained length, streaming's bucket equalled the in-window one: the harness reused
+    one haystack cache that eviction had thinned, and later probes ran on a prefix with holes (answers differed
+    from --no-prefix-reuse)."""
+    import json
+
+    from ctxext.evals import run_eval
+    from ctxext.evals.runner import same_freqs_of
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+    from ctxext.models import model_info
+    from ctxext.scaling import parse_spec
+
+    spec = "streaming:sinks=4,window=124"
+    same = same_freqs_of(parse_spec(spec), model_info("tiny-rope"))
+    assert same(1, 128) and not same(1, 256) and not same(1, 257) and same(300, 300)
+    answers = []
+    for reuse in (True, False):
+        out = tmp_path / f"r{reuse}"
+        run_eval("tiny-rope", [spec], ["niah"], [256], depths="0.2,0.8", samples=2, out=out, progress=False,
+                 reuse_prefix=reuse, log=lambda m: None, data=[str(books_dir() / HELD_OUT_BOOK)])
+        rows = [json.loads(x) for f in sorted((out / "answers").glob("*.jsonl")) for x in f.read_text().splitlines()]
+        answers.append([(r["depth"], r["trial"], r["answer"], r["correct"]) for r in rows])
+    assert answers[0] == answers[1] and len(answers[0]) == 4

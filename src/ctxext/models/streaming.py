@@ -40,9 +40,10 @@ class StreamingPlan(PositionPlan):
         self.sinks, self.window = int(spec.params.sinks), int(spec.params.window)
 
     def bucket(self, t: int) -> int:
-        # Within S + W tokens nothing is evicted and streaming is the model as is; past it, each length gets its
-        # own bucket so the eval harness never reuses (and crops) a cache that eviction has already thinned.
-        return self.L if t <= self.sinks + self.window else t
+        # Within S + W tokens nothing is evicted and streaming is the model as is (bucket 0); past it, each length
+        # gets its own bucket so the eval harness never reuses (and crops) a cache that eviction has already
+        # thinned. (The in-window bucket was L, which a prompt of exactly L tokens shared with every short prefix.)
+        return 0 if t <= self.sinks + self.window else t
 
     def resolved(self, bucket: int):
         return super().resolved(self.L)  # the model's own frequencies at every length
