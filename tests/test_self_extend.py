@@ -92,6 +92,32 @@ def test_a_checkpoint_that_scales_its_own_rope_keeps_it(rope):
     check_before_weights(parse_spec("self-extend:group=4,window=400"), lm.info)  # the config's window, not 64/128
     with pytest.raises(CtxextError, match="window=600 must be smaller than the trained length 512"):
         check_before_weights(parse_spec("self-extend:group=4,window=600"), lm.info)
+    # the eval harness plans with the same window (it planned with 64/128 and refused window=200 mid-run)
+    from ctxext.evals.runner import same_freqs_of
+
+    for spec in ("self-extend:group=4,window=200", "streaming:sinks=4,window=400"):
+        assert same_freqs_of(parse_spec(spec), lm.info)(1, 300), spec
+
+
+def test_attention_methods_on_a_model_ctxext_cannot_patch_fail_before_weights():
+    """Found at apply time: after the weights loaded and earlier specs' cells ran."""
+    from ctxext.models import model_info
+    from ctxext.models.info import info_from_config
+
+    cfg = {**model_info("tiny-rope").config, "model_type": "gpt_neox"}
+    info = info_from_config(cfg, "m", "m")
+    for spec in ("self-extend:group=4,window=64", "streaming:sinks=4,window=64", "dynamic-ntk:factor=2"):
+        with pytest.raises(CtxextError, match=f"'{spec.split(':')[0]}' patches attention, which ctxext supports for "
+                                              "llama, .* not 'gpt_neox'"):
+            check_before_weights(parse_spec(spec), info)
+    windowed = info_from_config({**model_info("tiny-rope").config, "model_type": "mistral", "sliding_window": 48},
+                                "m", "m")
+    with pytest.raises(CtxextError, match=r"sliding-window attention \(sliding_window=48\) is not supported"):
+        check_before_weights(parse_spec("streaming:sinks=4,window=64"), windowed)
+    check_before_weights(parse_spec("self-extend:group=4,window=64"), windowed)
+    qwen = info_from_config({**model_info("tiny-rope").config, "model_type": "qwen2", "sliding_window": 48,
+                             "use_sliding_window": False}, "m", "m")
+    check_before_weights(parse_spec("streaming:sinks=4,window=64"), qwen)  # the window is off
 
 
 def test_a_checkpoint_whose_own_rope_changes_with_length_is_refused():

@@ -116,9 +116,12 @@ def same_freqs_of(spec: Any, info: Any) -> Callable[[int, int], bool]:
         return lambda a, b: True
     if not spec.entry.length_dependent:
         return lambda a, b: True
+    from ..models.apply import position_shape
     from ..models.attention import CausalLengthPlan, make_plan
+    from ..scaling.attention import POSITION_METHODS
 
-    plan = make_plan(spec, info.rope_shape)
+    # the shape apply_spec plans with: a position method keeps a self-scaled checkpoint's own window (Llama 3.1)
+    plan = make_plan(spec, position_shape(info) if spec.method in POSITION_METHODS else info.rope_shape)
     if isinstance(plan, CausalLengthPlan):
         return lambda a, b: True
     return lambda a, b: plan.bucket(a) == plan.bucket(b)

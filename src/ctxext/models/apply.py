@@ -49,6 +49,23 @@ def check_before_weights(spec: Spec, info: ModelInfo) -> None:
     check_fits(spec, info.encoding)
     if spec.method in POSITION_METHODS and info.rope_shape is not None:
         spec.params.check_trained_len(effective_shape(spec, position_shape(info)).original_len)
+    if spec.entry.length_dependent and info.encoding == "rope":  # methods that patch attention
+        check_attention_model(spec, info.config.get("model_type"))
+        window = info.config.get("sliding_window")
+        if spec.method == "streaming" and window and info.config.get("use_sliding_window", True):
+            check_no_sliding_window([window])
+
+
+def check_attention_model(spec: Spec, model_type: str | None, patchable: bool = True) -> None:
+    if model_type not in SUPPORTED_MODEL_TYPES or not patchable:
+        raise CtxextError(f"'{spec.method}' patches attention, which ctxext supports for "
+                          f"{', '.join(SUPPORTED_MODEL_TYPES)} models, not '{model_type}'")
+
+
+def check_no_sliding_window(windows: list[int]) -> None:
+    if windows:
+        raise CtxextError(f"streaming on a model with sliding-window attention (sliding_window={windows[0]}) is not "
+                          "supported: its cache drops old keys itself, sinks included")
 
 
 def find_rotary(model: nn.Module) -> tuple[nn.Module, str, nn.Module]:
@@ -103,19 +120,14 @@ def _rope_installer(lm: LoadedModel, spec: Spec) -> Installer | None:
     plan = None
     if spec.entry.length_dependent:
         if spec.method == "streaming":
-            windowed = sorted({w for w in map(sliding_window, attention_modules(lm.model)) if w is not None})
-            if windowed:
-                raise CtxextError(f"streaming on a model with sliding-window attention (sliding_window="
-                                  f"{windowed[0]}) is not supported: its cache drops old keys itself, sinks included")
+            check_no_sliding_window(sorted({w for w in map(sliding_window, attention_modules(lm.model)) if w}))
         if spec.method in POSITION_METHODS:  # the checkpoint's own rope (Llama 3.1's llama3 bands, a yarn config)
             own = checkpoint_freqs(lm.model.config, spec.method)
             plan = make_plan(spec, position_shape(lm.info), None if own is None else lambda t, f: own)
         else:
             plan = make_plan(spec, shape, lambda t, f: stock_freqs(lm.model.config, spec, f, seq_len=t))
         model_type = lm.info.config.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES or len(attention_modules(lm.model)) != lm.info.n_layers:
-            raise CtxextError(f"'{spec.method}' patches attention, which ctxext supports for "
-                              f"{', '.join(SUPPORTED_MODEL_TYPES)} models, not '{model_type}'")
+        check_attention_model(spec, model_type, len(attention_modules(lm.model)) == lm.info.n_layers)
         freqs = plan.resolved(plan.bucket(plan.L))
     else:  # the float32 rounding stock transformers will use for the exported checkpoint (see stock_rope)
         freqs = stock_freqs(lm.model.config, spec, freqs)
