@@ -71,6 +71,18 @@ def test_cached_generation_uses_the_slopes(setup):
     assert (torch.stack(g.logits, 1) - full).abs().max().item() < 1e-4
 
 
+def test_a_static_cache_takes_the_slopes_too(setup):
+    """With a StaticCache the no-mask path made a mask of cache + input keys, narrower than the static cache's
+    causal mask: every non-default spec crashed (generate(cache_implementation="static") drops an all-ones mask)."""
+    model, lm, ids, _ = setup
+    apply_spec(lm, parse_spec("ntk-alibi:factor=2"))
+    with torch.inference_mode():
+        kw = dict(max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
+        static = model.generate(ids[:1, :20], cache_implementation="static", **kw)
+        dynamic = model.generate(ids[:1, :20], **kw)
+    assert torch.equal(static, dynamic)
+
+
 def test_rope_specs_are_refused(setup):
     _, lm, _, _ = setup
     with pytest.raises(CtxextError, match="does not fit this model's position encoding"):

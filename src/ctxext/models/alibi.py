@@ -6,8 +6,9 @@ module-level ``_get_alibi_slopes``. ctxext sets slopes on one model only, with t
 ``BloomModel`` and no global monkeypatch:
 
 - ``build_alibi_tensor``: the same bias, ``slopes[h] · (cumsum(mask) − 1) · mask``, with the given slopes;
-- ``forward``: when called without an attention mask, passes an all-ones mask over cache + input, which makes
-  the stock code take the mask path (the bias is identical: key index 0 … K−1 times the slope).
+- ``forward``: when called without an attention mask, passes an all-ones mask over the keys the stock bias
+  spans (cache + input; a static cache's whole length), which makes the stock code take the mask path (the
+  bias is identical: key index 0 … K−1 times the slope).
 
 Undo deletes both attributes. The slopes are a float32 tensor moved to the mask's device on use.
 """
@@ -48,6 +49,17 @@ def alibi_base_model(model: nn.Module) -> nn.Module:
     return mods[0]
 
 
+def key_length(cache: Any, new: int) -> int:
+    """Keys the stock no-mask bias spans: cache + input, or a static cache's whole length (transformers 5's
+    `get_mask_sizes(query_length, layer_idx)`; a past + new mask was narrower than its causal mask)."""
+    if cache is None:
+        return new
+    sizes = getattr(cache, "get_mask_sizes", None)
+    if sizes is not None and "query_length" in inspect.signature(sizes).parameters:
+        return int(sizes(new, 0)[0])
+    return cache.get_seq_length() + new
+
+
 def patch_alibi(model: nn.Module, slopes: np.ndarray) -> Callable[[], None]:
     """Make `model` use `slopes` (one per head) -> an undo function."""
     base = alibi_base_model(model)
@@ -68,9 +80,8 @@ def patch_alibi(model: nn.Module, slopes: np.ndarray) -> Callable[[], None]:
         a = bound.arguments
         if a.get("attention_mask") is None:
             x = a.get("input_ids") if a.get("input_ids") is not None else a.get("inputs_embeds")
-            cache = a.get("past_key_values")
-            past = cache.get_seq_length() if cache is not None else 0
-            a["attention_mask"] = torch.ones(x.shape[0], past + x.shape[1], dtype=torch.long, device=x.device)
+            a["attention_mask"] = torch.ones(x.shape[0], key_length(a.get("past_key_values"), x.shape[1]),
+                                             dtype=torch.long, device=x.device)
         return stock_forward(*bound.args, **bound.kwargs)
 
     saved = {k: base.__dict__[k] for k in ("build_alibi_tensor", "forward") if k in base.__dict__}
