@@ -11,9 +11,9 @@ the log and in the `tokens` record.
 
 Records per (spec, length): metric `ppl` per segment [b, b + bucket) of stream positions and overall;
 `ppl_in_window` over the tokens whose whole history fits the window (positions < `in_window_tokens` = S + W for
-streaming, the trained length otherwise: the figure streaming should stay close to); `tokens` scored;
-`max_cache_tokens` (most keys one layer's cache held, counted while a chunk is appended). The per-position NLL
-is saved in DIR/curves/.
+streaming, the trained length otherwise: the figure streaming should stay close to); `tokens` streamed (the
+first is not predicted: one fewer is scored); `max_cache_tokens` (most keys one layer's cache held, counted while
+a chunk is appended). The per-position NLL is saved in DIR/curves/.
 """
 
 from __future__ import annotations
