@@ -118,13 +118,58 @@ def test_documents_at_least():
     (lambda p: [p / "empty.txt"], "every document is empty"),
     (lambda p: [p / "bad.jsonl"], r"bad.jsonl:2 is not valid JSON"),
     (lambda p: [p / "nofield.jsonl"], r"nofield.jsonl:1 has no string field 'text'"),
+    (lambda p: [p / "latin1.jsonl"], r"latin1.jsonl:2 is not UTF-8 \(byte 0xe9\); JSONL files are UTF-8"),
+    (lambda p: [p / "book.txt.gz"], r"book.txt.gz is not a text file \(it holds NUL bytes"),
+    (lambda p: [p / "docs.json"], r"docs.json: --data reads text files and .jsonl .*not .json"),
 ])
 def test_bad_data_fails_clearly(tmp_path, setup, match):
     (tmp_path / "empty_dir").mkdir()
     (tmp_path / "empty.txt").write_text("   \n")
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{oops\n')
     (tmp_path / "nofield.jsonl").write_text('{"body": "x"}\n')
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')  # a traceback before
+    import gzip
+
+    (tmp_path / "book.txt.gz").write_bytes(gzip.compress(b"A book. " * 100))  # was scored as text (ppl 445)
+    (tmp_path / "docs.json").write_text(json.dumps([{"text": "a"}, {"text": "b"}]))  # was one raw-JSON document
     with pytest.raises(CtxextError, match=match):
         load_documents(setup(tmp_path), byte_tokenizer())
     with pytest.raises(CtxextError, match=match):
         read_texts(setup(tmp_path))
+
+
+def test_a_folder_leaves_out_what_ctxext_wrote_and_each_file_counts_once(tmp_path, capsys):
+    """An eval's summary.md under the --data folder was scored as a book (ppl 41.8 -> 186.3 with n 1 -> 2); a
+    model card README.md and a synth-qa log likewise; a file given twice (or with its folder) counted twice."""
+    root = tmp_path / "corpus"
+    (root / "run1").mkdir(parents=True)
+    (root / "book.txt").write_text("A book.")
+    (root / "run1" / "results.json").write_text("{}")
+    (root / "run1" / "summary.md").write_text("# ctxext eval")
+    (root / "model").mkdir()
+    (root / "model" / "config.json").write_text("{}")
+    (root / "model" / "README.md").write_text("model card")
+    (root / "qa.jsonl").write_text(json.dumps({"text": "kept: train --instruct reads it"}) + "\n")
+    (root / "qa.log.jsonl").write_text("{}\n")
+    got = data_files([root])
+    assert [f.name for f in got] == ["book.txt", "qa.jsonl"]
+    assert "left out 3 file(s) ctxext wrote" in capsys.readouterr().err
+    again = data_files([root / "book.txt", root, str(root / "book.txt")])
+    assert [f.name for f in again] == ["book.txt", "qa.jsonl"] and again[0] == root / "book.txt"
+    assert "2 file(s) given more than once are read once" in capsys.readouterr().err
+
+
+def test_names_follow_this_runs_spelling_and_an_unwritable_cache_is_no_error(tmp_path, monkeypatch, capsys):
+    book = tmp_path / "sub" / "book.txt"
+    book.parent.mkdir()
+    book.write_text("Some words here.")
+    qa = tmp_path / "sub" / "d.jsonl"
+    qa.write_text(json.dumps({"text": "x"}) + "\n" + json.dumps({"text": "y"}) + "\n")
+    tok = byte_tokenizer()
+    assert [d.name for d in load_documents([book, qa], tok)] == [str(book), f"{qa}:1", f"{qa}:2"]
+    monkeypatch.chdir(tmp_path)  # the cached names were the first run's spelling
+    assert [d.name for d in load_documents(["sub/book.txt", "sub/d.jsonl"], tok)] == \
+        ["sub/book.txt", "sub/d.jsonl:1", "sub/d.jsonl:2"]
+    monkeypatch.setenv("CTXEXT_CACHE", "/proc/no_cache_here")  # a traceback after tokenizing
+    docs = load_documents([book], tok)
+    assert len(docs) == 1 and "cannot write the token cache" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -52,8 +53,47 @@ def strip_gutenberg(text: str) -> str:
     return text[start.end() if start else 0: end.start() if end else len(text)].strip() + "\n"
 
 
+# a folder holding one of these is a ctxext output (eval, train, search, export) or a model: its summary.md or model
+# card README.md is no data
+OUTPUT_MARKERS = ("results.json", "config.json", "history.jsonl")
+
+
+def ctxext_output(f: Path, root: Path) -> bool:
+    """Whether `f`, found under the --data folder `root`, is something ctxext (or a model folder) wrote: inside a
+    run or model folder, or a synth-qa log (X.log.jsonl; its X.jsonl is data for train --instruct)."""
+    if f.name.endswith(".log.jsonl"):
+        return True
+    return any((d / m).is_file() for d in f.parents if d != root and root in d.parents for m in OUTPUT_MARKERS)
+
+
+def _check_text_file(f: Path) -> None:
+    """An explicitly named file must be text: a .json array or a compressed book was read as one raw document."""
+    if f.suffix.lower() == ".json":
+        raise CtxextError(f"{f}: --data reads text files and .jsonl (one JSON object per line), not .json; "
+                          "write one document per line as .jsonl")
+    try:
+        with f.open("rb") as fh:
+            head = fh.read(8192)
+    except OSError as e:
+        raise CtxextError(f"cannot read data file {f}: {e.strerror}") from None
+    if b"\0" in head:
+        raise CtxextError(f"{f} is not a text file (it holds NUL bytes: compressed or binary?); give plain text "
+                          "or .jsonl")
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """A note on stderr, once per process (a command reads its --data files more than once)."""
+    if message not in _SAID:
+        _SAID.add(message)
+        print(message, file=sys.stderr)
+
+
 def data_files(paths: Iterable[str | Path]) -> list[Path]:
-    """The files behind --data arguments (files as given, folders expanded); errors name the bad path."""
+    """The files behind --data arguments (files as given, folders expanded, ctxext's own outputs under a folder
+    left out and said so); each file once; errors name the bad path."""
     paths = [Path(p).expanduser() for p in paths]
     if not paths:
         raise CtxextError("no data given; pass --data with text files, folders or .jsonl files")
@@ -61,37 +101,61 @@ def data_files(paths: Iterable[str | Path]) -> list[Path]:
     for p in paths:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES)
+            own = [f for f in found if ctxext_output(f, p)]
+            if own:
+                _say_once(f"data: {p}: left out {len(own)} file(s) ctxext wrote (run outputs, model cards, synth-qa "
+                          f"logs), e.g. {own[0]}")
+            found = [f for f in found if f not in own]
             if not found:
                 raise CtxextError(f"data folder {p} holds no {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)} files")
             files += found
         elif p.is_file():
+            _check_text_file(p)
             files.append(p)
         else:
             raise CtxextError(f"data path not found: {p}")
-    return files
+    unique, seen, twice = [], set(), []
+    for f in files:  # a file given twice (or with its folder) counted twice in every average
+        if f.resolve() in seen:
+            twice.append(f)
+        else:
+            seen.add(f.resolve())
+            unique.append(f)
+    if twice:
+        _say_once(f"data: {len(twice)} file(s) given more than once are read once, e.g. {twice[0]}")
+    return unique
+
+
+def read_utf8(path: str | Path) -> str:
+    """A JSONL file's text; bytes that are not UTF-8 (JSON's encoding) fail in one line naming file:line."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise CtxextError(f"{path}:{line} is not UTF-8 (byte 0x{raw[e.start]:02x}); JSONL files are UTF-8") from None
 
 
 def jsonl_lines(path: str | Path) -> list[str]:
     """A JSONL file's lines, split at newlines only: str.splitlines also splits at U+2028, U+2029 and U+0085,
     which JSON allows unescaped inside strings (and synth-qa writes them so)."""
-    return [line.rstrip("\r") for line in Path(path).read_text(encoding="utf-8").split("\n")]
+    return [line.rstrip("\r") for line in read_utf8(path).split("\n")]
 
 
 def _jsonl_texts(path: Path, field: str) -> list[tuple[str, str]]:
     out = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj: Any = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CtxextError(f"{path}:{i} is not valid JSON ({e.msg})") from None
-            text = obj if isinstance(obj, str) else obj.get(field) if isinstance(obj, dict) else None
-            if not isinstance(text, str):
-                raise CtxextError(f"{path}:{i} has no string field '{field}'")
-            if text.strip():
-                out.append((f"{path}:{i}", text))
+    for i, line in enumerate(jsonl_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            obj: Any = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CtxextError(f"{path}:{i} is not valid JSON ({e.msg})") from None
+        text = obj if isinstance(obj, str) else obj.get(field) if isinstance(obj, dict) else None
+        if not isinstance(text, str):
+            raise CtxextError(f"{path}:{i} has no string field '{field}'")
+        if text.strip():
+            out.append((f"{path}:{i}", text))
     return out
 
 
@@ -153,7 +217,10 @@ def load_documents(paths: Iterable[str | Path], tokenizer: Any, field: str = "te
             try:
                 with np.load(cpath) as z:
                     names, offsets, ids = list(z["names"]), z["offsets"], z["ids"]
-                docs += [Document(str(n), ids[offsets[i]:offsets[i + 1]]) for i, n in enumerate(names)]
+                # names as this run spells the path (the cache is keyed by the resolved one): 'path' or 'path:line'
+                names = [str(f) + (":" + str(n).rsplit(":", 1)[1] if f.suffix.lower() in JSONL_SUFFIXES else "")
+                         for n in names]
+                docs += [Document(n, ids[offsets[i]:offsets[i + 1]]) for i, n in enumerate(names)]
                 continue
             except (OSError, KeyError, ValueError):
                 pass  # unreadable cache entry: tokenize again
@@ -163,7 +230,12 @@ def load_documents(paths: Iterable[str | Path], tokenizer: Any, field: str = "te
         if cpath is not None:
             offsets = np.cumsum([0] + [len(t) for _, t in encoded]).astype(np.int64)
             ids = np.concatenate([t for _, t in encoded]) if encoded else np.zeros(0, np.int32)
-            _write_npz(cpath, names=np.asarray([n for n, _ in encoded], dtype=str), offsets=offsets, ids=ids)
+            try:
+                _write_npz(cpath, names=np.asarray([n for n, _ in encoded], dtype=str), offsets=offsets, ids=ids)
+            except OSError as e:  # a read-only home on a cluster node: carry on uncached
+                print(f"data: cannot write the token cache under {cache_root()} ({e.strerror}); set CTXEXT_CACHE "
+                      "to a writable folder to keep tokenized text between runs", file=sys.stderr)
+                cache = False
         docs += [Document(n, t) for n, t in encoded]
     if not docs:
         raise CtxextError(f"no text in the data given ({', '.join(str(p) for p in paths)}): every document is empty")
