@@ -346,3 +346,27 @@ def test_resume_counts_a_kept_question_the_log_missed(tmp_path, tiny, scripted, 
     scripted.fail_after = None
     synthesize([book_part], part, s, resume=True, progress=False, lm=tiny, log=lambda m: None)
     assert seen and last_kept["question"] in seen[0]
+
+
+def llama_style_tokenizer():
+    """SentencePiece-style pipeline (Llama 2, Mistral): '▁' prepended, spaces become '▁'."""
+    from tokenizers import Tokenizer, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<unk>", "▁", "y", "e", "s", "n", "o", "▁y", "▁ye", "▁yes", "▁n", "▁no"])}
+    merges = [("▁", "y"), ("▁y", "e"), ("▁ye", "s"), ("▁", "n"), ("▁n", "o")]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+def test_the_verdict_compares_the_words_own_tokens(tiny):
+    """With a Llama-style tokenizer ' yes' and ' no' both start with '▁': the verdict compared that token with
+    itself (log-odds 0), and every pair was rejected as 'model rejected' without a word."""
+    from ctxext.synth.model import verdict_tokens
+
+    tok = llama_style_tokenizer()
+    yes, no, lead = verdict_tokens(tok)
+    assert tok.convert_ids_to_tokens([yes, no]) == ["▁yes", "▁no"] and lead == []
+    y, n, lead = verdict_tokens(tiny.tokenizer)  # GPT-2 style: ' yes' is 'Ġy' 'es' here, ' no' one token
+    assert tiny.tokenizer.convert_ids_to_tokens([y, n]) == ["Ġy", "Ġno"] and lead == []
