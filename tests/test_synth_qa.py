@@ -370,3 +370,25 @@ def test_the_verdict_compares_the_words_own_tokens(tiny):
     assert tok.convert_ids_to_tokens([yes, no]) == ["▁yes", "▁no"] and lead == []
     y, n, lead = verdict_tokens(tiny.tokenizer)  # GPT-2 style: ' yes' is 'Ġy' 'es' here, ' no' one token
     assert tiny.tokenizer.convert_ids_to_tokens([y, n]) == ["Ġy", "Ġno"] and lead == []
+
+
+def test_contexts_past_a_min_len_above_the_context_size(tmp_path, tiny, scripted, book_part):
+    """--min-len above max_len - RESERVE made every context after the first 'short': --contexts 3 gave one."""
+    s = SynthSettings(model="tiny-rope", per_doc=1, min_len=1000, max_len=1024, contexts=3)
+    res = synthesize([book_part], tmp_path / "c.jsonl", s, progress=False, lm=tiny, log=lambda m: None)
+    assert res["contexts"] == 3
+
+
+def test_resume_on_other_data_and_an_out_inside_the_data_are_refused(tmp_path, tiny, scripted, book_part):
+    s = SynthSettings(model="tiny-rope", per_doc=2, min_len=512, max_len=1024)
+    out = tmp_path / "r.jsonl"
+    synthesize([book_part], out, s, progress=False, lm=tiny, log=lambda m: None)
+    other = tmp_path / "other.txt"
+    other.write_text(Path(book_part).read_text())
+    with pytest.raises(CtxextError, match=r"other settings \(data \[.*part.txt'\] -> \[.*other.txt'\]\)"):
+        synthesize([str(other)], out, s, resume=True, progress=False, lm=tiny)  # was mixed into the run
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "book.txt").write_text(Path(book_part).read_text())
+    with pytest.raises(CtxextError, match="lies in a --data folder"):  # its --resume read qa.log.jsonl as data
+        synthesize([str(folder)], folder / "qa.jsonl", s, progress=False, lm=tiny)

@@ -206,17 +206,26 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
     out = Path(out)
     if out.suffix != ".jsonl":
         raise CtxextError(f"--out must be a .jsonl file, got {out}")
-    data_files(data)  # missing paths fail before any weights
+    files = data_files(data)  # missing paths fail before any weights
+    inside = [f for f in files if f.resolve() in {out.resolve(), *(p.resolve() for p in side_files(out))}]
+    if inside or any(Path(p).is_dir() and Path(p).resolve() in out.resolve().parents for p in data):
+        raise CtxextError(f"--out {out} lies in a --data folder: its examples and log would be read as documents "
+                          "on --resume (or by the next run on that folder); write it elsewhere")
     log_path, summary_path = side_files(out)
     done: dict[str, dict] = {}
     if out.exists() or log_path.exists():
         if not resume:
             raise CtxextError(f"{out} already exists; pass --resume to continue that run, or choose another --out")
         try:
-            old = json.loads(summary_path.read_text())["settings"]
+            summary = json.loads(summary_path.read_text())
+            old = summary["settings"]
         except (OSError, ValueError, KeyError):
             raise CtxextError(f"cannot resume: {summary_path} is missing or unreadable") from None
         diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in asdict(settings).items() if old.get(k) != v]
+        then = sorted(str(Path(p).resolve()) for p in summary.get("data") or [])
+        now = sorted(str(Path(p).resolve()) for p in data)
+        if then and then != now:  # chunk seeds follow the document index: other data is another plan
+            diff.append(f"data {then} -> {now}")
         if diff:
             raise CtxextError(f"cannot resume {out}: it was run with other settings ({'; '.join(diff)}); "
                               "use another --out")
@@ -251,8 +260,8 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
         for k in range(settings.contexts):
             start = front + k * budget
             ids = np.asarray(d.tokens[start:start + budget], dtype=np.int64)
-            if k and len(ids) < settings.min_len:
-                break
+            if k and len(ids) < min(settings.min_len, budget):  # a short last part (with --min-len above the
+                break  # context size, every later context was 'short': --contexts K gave one)
             # context 0 keeps the one-context names and seeds (runs made before --contexts resume unchanged)
             name = d.name if k == 0 else f"{d.name}#{k}"
             rng = np.random.default_rng([settings.seed, di] if k == 0 else [settings.seed, di, k])
