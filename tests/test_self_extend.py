@@ -240,3 +240,11 @@ def test_fixture_generate_equals_no_cache_far_past_the_window():
     assert (torch.stack(g.logits, 1) - full).abs().max().item() < 1e-4
     eos = lm.model.generation_config.eos_token_id
     assert torch.equal(full.index_fill(-1, torch.tensor([eos]), -1e9).argmax(-1), g.sequences[:, -new:])
+
+
+def test_apply_spec_takes_the_specs_text():
+    lm = wrap_model(tiny_model("llama"))
+    apply_spec(lm, "self-extend:group=4,window=32")
+    assert lm.spec.method == "self-extend" and lm.spec.params.group == 4
+    apply_spec(lm, "default")
+    assert lm.spec.method == "default"

@@ -163,8 +163,13 @@ def restore(lm: LoadedModel) -> None:
         lm._undo = None
 
 
-def apply_spec(lm: LoadedModel, spec: Spec) -> None:
-    """Apply `spec` to `lm` in place (replacing any previous spec); `default` restores the model as loaded."""
+def apply_spec(lm: LoadedModel, spec: Spec | str) -> None:
+    """Apply `spec` (a Spec, or its text as the CLI takes it: 'yarn:factor=4', a spec file) to `lm` in place,
+    replacing any previous spec; `default` restores the model as loaded."""
+    if isinstance(spec, str):  # the README's pointer passes the text; it failed with "'str' has no 'entry'"
+        from ..scaling import parse_spec
+
+        spec = parse_spec(spec)
     check_fits(spec, lm.info.encoding)
     install = (_rope_installer if lm.info.encoding == "rope" else _alibi_installer)(lm, spec)
     restore(lm)
