@@ -256,3 +256,65 @@ def test_budget_must_cover_guard_reference_and_first_generation(lm, parts_jsonl,
     assert len({h["key"] for h in hist if h["rung"] == 1 and h["generation"] == 0}) == 4  # all measured at full
     assert len(res["seeds"]) == 4 and res["spent"] <= least + 1e-9
     assert res["guard_cost"] == pytest.approx(guard) and res["reference_cost"] == pytest.approx(ref)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--rung", "200:1", "--rung", "512:2"], "--rung 200:1: a proxy rung's length must lie past the trained window "
+                                             "(256) and below --target 512"),
+    (["--rung", "1024:1", "--rung", "512:2"], "--rung 1024:1: a proxy rung's length must lie past"),
+    (["--rung", "384:0", "--rung", "512:2"], "--rung 384:0: a rung needs at least 1 sample"),
+    (["--rung", "448:1", "--rung", "384:1", "--rung", "512:2"], "--rung lengths must rise, each once, to --target"),
+    (["--budget", "nan"], "--budget must be a finite number of full-length evaluations, got nan"),
+    (["--budget", "inf"], "--budget must be a finite number of full-length evaluations, got inf"),
+    (["--short-tolerance", "nan"], "--short-tolerance must be a finite fraction, got nan"),
+])
+def test_settings_that_cannot_search_are_refused_before_weights(tmp_path, capsys, monkeypatch, extra, message):
+    """A proxy rung inside the window scored every candidate alike (80 evaluations, nothing promoted); a 0-sample
+    rung failed after the weights naming --samples; nan budgets never stopped."""
+    import ctxext.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    base = SMALL if "--rung" not in extra else [a for i, a in enumerate(SMALL)
+                                                if a != "--rung" and (i == 0 or SMALL[i - 1] != "--rung")]
+    code, err = run_cli([*base, "--data", BOOK, "--out", str(tmp_path / "o"), *extra], capsys)
+    assert code == 2 and message in last(err), err
+
+
+def test_a_search_does_not_write_over_another_runs_folder(tmp_path, capsys):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    code, err = run_cli([*SMALL, "--data", BOOK, "--out", str(out)], capsys)
+    assert code == 2 and "holds another run's results.json / summary.md; choose another --out" in last(err)
+    assert (out / "results.json").read_text() == "{}"
+
+
+def test_fixed_critical_with_every_pair_pinned_is_refused_up_front(tmp_path, capsys):
+    """Base 30: the critical pair is the last one; --fixed-critical left nothing to mutate, found after the guard."""
+    import shutil
+
+    from ctxext.models.names import resolve_model_path
+
+    src = resolve_model_path(MODEL)
+    folder = tmp_path / "b30"
+    shutil.copytree(src, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["rope_theta"] = 30.0
+    cfg.get("rope_parameters", {}).update({"rope_theta": 30.0}) if isinstance(cfg.get("rope_parameters"), dict) else None
+    (folder / "config.json").write_text(json.dumps(cfg))
+    code, err = run_cli(["--model", str(folder), *SMALL[2:], "--fixed-critical", "--data", BOOK,
+                         "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "--fixed-critical pins every pair here (critical pair 16 of 16)" in last(err), err
+
+
+def test_the_guard_names_itself_when_the_documents_are_shorter_than_the_window(lm, tmp_path, capsys):
+    """needle-ppl joins short documents; the guard needs window-long ones, and its error said 'the target is 256'
+    (the window) and suggested a shorter --target."""
+    ids = load_documents([BOOK], lm.tokenizer)[0].tokens
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps({"text": lm.tokenizer.decode(ids[i:i + 150].tolist())}) + "\n"
+                             for i in range(0, 150 * 40, 150)))
+    code, err = run_cli([*SMALL, "--fitness", "needle-ppl", "--data", str(short), "--out", str(tmp_path / "o")],
+                        capsys)
+    assert code == 2 and "the in-window guard scores passages of the trained length 256" in last(err)
+    assert "--short-tolerance -1" in last(err)

@@ -65,6 +65,10 @@ class SearchConfig:
                               f"search factors for a longer target, e.g. {2 * trained_len}")
         if self.population < 2:
             raise CtxextError(f"--population must be >= 2, got {self.population}")
+        if not math.isfinite(self.budget):  # nan passed every comparison (the loop never stopped), inf too
+            raise CtxextError(f"--budget must be a finite number of full-length evaluations, got {self.budget:g}")
+        if self.short_tolerance is not None and not math.isfinite(self.short_tolerance):
+            raise CtxextError(f"--short-tolerance must be a finite fraction, got {self.short_tolerance:g}")
         if self.budget < self.population:
             raise CtxextError(f"--budget {self.budget:g} is smaller than --population {self.population}: the first "
                               "generation alone costs one full-length evaluation per member; raise --budget")
@@ -74,6 +78,16 @@ class SearchConfig:
             raise CtxextError(f"--short-tolerance must be >= 0, got {self.short_tolerance:g}")
         if self.eta < 2:
             raise CtxextError(f"eta must be >= 2, got {self.eta}")
+        for r in self.rungs[:-1]:  # proxies: cheaper than the full rung and past the window, where factors act
+            if r.samples < 1:
+                raise CtxextError(f"--rung {r.length}:{r.samples}: a rung needs at least 1 sample")
+            if not trained_len < r.length < self.target:
+                raise CtxextError(f"--rung {r.length}:{r.samples}: a proxy rung's length must lie past the trained "
+                                  f"window ({trained_len}) and below --target {self.target} (inside the window "
+                                  "every candidate scores the same, and nothing is promoted)")
+        lengths = [r.length for r in self.rungs]
+        if lengths != sorted(set(lengths)):
+            raise CtxextError(f"--rung lengths must rise, each once, to --target: got {', '.join(map(str, lengths))}")
 
     def check_first_generation(self, guard_cost: float, reference_cost: float, full_cost: float) -> None:
         """`check` can only see --population; once the in-window guard and the reference have spent their part, the
@@ -308,6 +322,9 @@ def write_state(out: Path, config: SearchConfig, info: dict[str, Any], resume: b
         # a forgotten --resume must not throw away hours of evaluations (eval refuses the same way)
         raise CtxextError(f"{out} holds an earlier search ({out / HISTORY}); pass --resume to continue it, or "
                           "choose another --out")
+    if not path.is_file() and any((out / f).is_file() for f in ("results.json", "summary.md")):
+        # another command's run (an eval): search would rewrite its results.json and summary.md
+        raise CtxextError(f"{out} holds another run's results.json / summary.md; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"resume_keys": keys, "budget": config.budget}, indent=2))

@@ -45,6 +45,12 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
         raise CtxextError(f"ctxext search needs a RoPE model; {name} uses {info.encoding}")
     shape = info.rope_shape
     config.check(shape.original_len)
+    c = critical_dim(shape.rotary_dim, shape.base, shape.original_len) // 2
+    free = make_space(shape.n_pairs, config.target / shape.original_len, c, shape.original_len,
+                      search_critical=config.search_critical)
+    if not any(h > lo for lo, h in zip(free.lo, free.hi)):  # it failed after the weights and the guard
+        raise CtxextError(f"--fixed-critical pins every pair here (critical pair {c} of {shape.n_pairs}): nothing "
+                          "to search; drop --fixed-critical")
     rungs = config.resolved_rungs(shape.original_len)
     if rungs[-1] != Rung(config.target, config.samples):
         raise CtxextError(f"the last rung must be the full evaluation ({config.target} × {config.samples})")
@@ -66,13 +72,17 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     check_data(docs, config.target, config.fitness, config.samples, prefix)
 
     scale = config.target / shape.original_len
-    c = critical_dim(shape.rotary_dim, shape.base, shape.original_len) // 2
     ev = Evaluator(lm, docs, config.fitness, config.target, config.samples, config.seed, scratch=out)
     guard, guard_cost = None, 0.0
     full_cost = ev.cost(config.target, config.samples)
     config.check_first_generation(0.0, reference_cost(ev, rungs), full_cost)  # clearly short: before the guard runs
     if config.short_tolerance is not None:
         wide = make_space(shape.n_pairs, scale, c, shape.original_len, search_attention=config.search_attention)
+        longest = max((len(d) for d in docs), default=0)
+        if longest < shape.original_len - len(prefix):  # the guard scores passages of the trained length
+            raise CtxextError(f"the in-window guard scores passages of the trained length {shape.original_len:,}; "
+                              f"the longest search document has {longest:,} tokens: give longer documents, or "
+                              "--short-tolerance -1 to search without the guard")
         check_data(docs, shape.original_len, "ppl", config.samples, prefix)
         guard = attention_cap(out, lambda m: ev.short_ppl(m, config.samples), wide.attention_range[1],
                               config.short_tolerance, resume)
