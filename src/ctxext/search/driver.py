@@ -244,7 +244,9 @@ class Search:
     # ---- the loop
     def run(self) -> Outcome:
         cfg, top = self.cfg, len(self.rungs) - 1
-        seeds_by_key = {c.key(): n for n, c in self.seeds.items()}
+        seeds_by_key: dict[Any, list[str]] = {}  # seeds that project to one candidate (--fixed-critical) share it
+        for n, c in self.seeds.items():
+            seeds_by_key.setdefault(c.key(), []).append(n)
         init = initial_population(self.space, self.seeds, cfg.population, self.rng)
         pop = [self._member(c, origin) for origin, c in init]
         stopped = "budget"
@@ -273,15 +275,19 @@ class Search:
                 pop = sorted(pop + alive, key=self.full)[:cfg.population]
         except BudgetSpent:
             pass
-        seeds = {seeds_by_key[k]: self.full(m) for k, m in self.members.items()
-                 if k in seeds_by_key and top in m.scores}
-        parts = {seeds_by_key[k]: m.parts[top] for k, m in self.members.items() if k in seeds_by_key and top in m.parts}
+        # the population: the best of every member scored at full cost (the budget may stop a generation after
+        # some children were scored in full, the best among them; they were left out)
+        pop = sorted((m for m in self.members.values() if top in m.scores), key=self.full)[:cfg.population]
+        seeds = {n: self.full(m) for k, m in self.members.items() if k in seeds_by_key and top in m.scores
+                 for n in seeds_by_key[k]}
+        parts = {n: m.parts[top] for k, m in self.members.items() if k in seeds_by_key and top in m.parts
+                 for n in seeds_by_key[k]}
         if self.best is None:  # only when the caller skipped check_first_generation
             raise CtxextError(f"--budget {cfg.budget:g} left no full-length evaluation: {self.spent:.3g} was spent "
                               f"before the search and one costs {self._cost(*astuple(self.rungs[top])):.3g}; "
                               "raise --budget")
         return Outcome(self.best, self.spent, self.evaluations, self.replayed, self.generation, self.curve, seeds,
-                       parts, sorted(pop, key=self.full), stopped)
+                       parts, pop, stopped)
 
     def _member(self, c: Candidate, origin: str) -> Member:
         if c.key() not in self.members:
