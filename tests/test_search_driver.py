@@ -144,3 +144,28 @@ def test_seeds_that_project_alike_keep_every_name(tmp_path):
     assert len({c.key() for c in seeds.values()}) < len(seeds)
     out = Search(space, cfg, rungs, seeds, evaluate, cost, tmp_path).run()
     assert set(out.seeds) == set(seeds)
+
+
+@pytest.mark.parametrize("curve, refs", [
+    ([(1.0, 30.0), (5.0, 24.77)], {"pi": 47.3, "ntk": 46.9, "yarn": 49.9}),  # the references far above the best
+    ([(1.0, 960.0), (5.0, 954.0)], {"yarn": 399.8, "pi": 2000.0}),  # a reference far below it
+])
+def test_the_fitness_plot_keeps_the_best_and_a_readable_range(tmp_path, monkeypatch, curve, refs):
+    """The y-range was built from the values within 1.5x of the smallest: one value alone gave a ±1e-9 band, and a
+    best far above the references fell off the plot."""
+    import ctxext.plots as plots
+    from ctxext.search import report
+
+    seen = {}
+    real = plots.save
+
+    def spy(fig, path):
+        seen["ylim"] = fig.axes[0].get_ylim()
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "save", spy)
+    report.plot_curve(tmp_path / "c.png", curve, refs, "t", "fitness")
+    lo, hi = seen["ylim"]
+    best = curve[-1][1]
+    assert lo < best < hi and (hi - lo) >= 0.05 * best - 1e-9
+    assert all(lo < v < hi for v in refs.values() if v <= 1.5 * min(min(refs.values()), best))

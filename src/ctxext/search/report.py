@@ -73,9 +73,10 @@ def plot_curve(path: Path, curve: list[tuple[float, float]], refs: dict[str, flo
         for (name, v), col in zip(refs.items(), PALETTE[1:]):
             ax.axhline(v, color=col, ls="--", lw=1.2, label=f"{name} ({v:.4g})")
         if curve and refs:  # focus on where the search is: the best so far and the references near it
-            near = [v for v in list(refs.values()) + [y[-1]] if v <= 1.5 * min(min(refs.values()), y[-1])]
-            lo, hi = min(near + [y[-1]]), max(near)
-            ax.set_ylim(lo - 0.15 * (hi - lo + 1e-9) * 2, hi + 0.35 * (hi - lo + 1e-9) * 2)
+            near = [v for v in refs.values() if v <= 1.5 * min(min(refs.values()), y[-1])] + [y[-1]]
+            lo, hi = min(near), max(near)  # the search's best is always in view, references near it with it
+            span = max(hi - lo, 0.05 * abs(lo), 1e-6)  # one value alone: a band of ±1e-9 hid every line
+            ax.set_ylim(lo - 0.3 * span, hi + 0.7 * span)
         ax.set_xlabel("cost (full-length-evaluation equivalents)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
