@@ -227,3 +227,22 @@ def test_small_base_text_names_no_missing_pair(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "critical     dim d_extra = 128: every pair completes a full period within L\n" in text
     assert "reach        as trained, no limit predicted" in text and "pair 64" not in text and "16,777,216 tokens" not in text
+
+
+def test_the_plans_longrope_row_is_the_searchs_own_seed():
+    """plan called its longrope row the search's seed but used the NTK curve s^(2i/(d-2)); the search starts from
+    s^(i/c) below the critical pair c."""
+    import numpy as np
+
+    from ctxext.models import model_info
+    from ctxext.scaling import parse_spec
+    from ctxext.search import make_space, seed_candidates
+    from ctxext.theory import plan
+
+    info = model_info("tiny-rope")
+    p = plan(info.rope_shape, 1024)
+    spec = next(r.spec for r in p.recommendations if r.method == "longrope")
+    row = np.asarray(parse_spec(spec).params.long_factor, dtype=float)
+    space = make_space(info.rope_shape.n_pairs, 4.0, p.critical_dim // 2, 256)
+    seed = np.asarray(seed_candidates(space, info.rope_shape)["longrope2"].factors)
+    assert np.allclose(row, seed, atol=0.006)  # the search's grid rounds to 0.01

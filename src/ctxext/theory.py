@@ -363,15 +363,18 @@ def _llama3(c: _Ctx):
 
 @rule("longrope")
 def _longrope(c: _Ctx):
+    from .search.space import ntk_like
+
     s = _up(c.s)
-    d = c.shape.rotary_dim
     cp = c.d_extra // 2
-    # LongRoPE2-style seed: NTK-like factors below the critical pair, s at and above it (non-decreasing).
-    f = [s if i >= cp else min(s, _up(s ** (2 * i / (d - 2)))) for i in range(c.shape.n_pairs)]
+    # the search's own LongRoPE2 seed: s^(i/c) below the critical pair c, s at and above it (it used the NTK curve
+    # s^(2i/(d-2)) here, another vector than the one ctxext search starts from)
+    f = [s if i >= cp else _up(x) for i, x in enumerate(ntk_like(c.shape.n_pairs, s, cp))]
     lf = ",".join(_num(x) for x in f)
     return f"longrope:factor={_num(s)},long_factor=[{lf}]", _ft(False, "search first (ctxext search)"), (
-        "seed for the per-pair evolutionary search (LongRoPE2 layout: NTK-like below the critical pair, s at "
-        "and above it); searched factors beat PI/NTK/YaRN training-free on LLaMA2-7B")
+        "the per-pair evolutionary search's LongRoPE2 seed (s^(i/c) below the critical pair c, s at and above "
+        "it; the search's in-window guard may lower m); searched factors beat PI/NTK/YaRN training-free on "
+        "LLaMA2-7B")
 
 
 def _self_extend_note(c: _Ctx) -> str:
