@@ -147,6 +147,9 @@ def passkey(args: argparse.Namespace) -> None:
         merged = {**{k: v for k, v in old["specs"].items() if k not in report["specs"]}, **report["specs"]}
         report["specs"] = dict(sorted(merged.items(), key=lambda kv: kv[0] == "default"))  # default last
         report["runs_merged"] = old.get("runs_merged", 1) + 1
+        from ctxext.runinfo import machine, merged_machines
+
+        report["machines"] = merged_machines(old, machine())  # the kept specs ran on the earlier ones
     se = {s: r for s, r in report["specs"].items() if s.startswith("self-extend")}
     best = max(se, key=lambda s: se[s]["accuracy"] or 0)
     report["best_self_extend"] = best

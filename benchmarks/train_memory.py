@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
                 "scaling": args.scaling, "quick": args.quick, "command": " ".join(sys.argv)}
         if args.reestimate and prev:
             meta = {**prev["meta"], "reestimated_by": " ".join(sys.argv)}
+        elif prev:  # the rows kept from earlier runs were measured there
+            meta["machines"] = runinfo.merged_machines(prev["meta"], meta["machine"])
         atomic_write(out, json.dumps({"meta": meta, "runs": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")
 

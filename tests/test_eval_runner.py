@@ -545,3 +545,15 @@ def test_bucket_labels_stay_readable():
 
     assert bucket_label((2048, 4096)) == "2k–4k" and bucket_label((0, 1536)) == "0k–1.5k"
     assert bucket_label((1280, 1500)) == "1,280–1,500" and bucket_label((0, 256)) == "0–256"
+
+
+def test_a_resumed_run_keeps_every_machine(tmp_path, book, monkeypatch):
+    import ctxext.runinfo as runinfo
+
+    out = tmp_path / "m"
+    for name in ("Linux-A", "Linux-B", "Linux-A"):
+        monkeypatch.setattr(runinfo, "machine", lambda n=name: {"platform": n, "processor": "x86", "cpu_count": 2})
+        res = run_eval("tiny-rope", ["default"], ["passkey"], [256 + len(name) * (name == "Linux-B")], samples=1,
+                       depths="0.5", out=out, resume=True, progress=False, log=lambda m: None)
+    assert [m["platform"] for m in res["meta"]["machines"]] == ["Linux-A", "Linux-B"]
+    assert res["meta"]["machine"]["platform"] == "Linux-A"

@@ -1069,3 +1069,14 @@ def test_a_quick_run_that_repeats_the_full_runs_cells_says_so():
 
     assert "the same cells, measured again" in rerun_note([(1.5, 1.5), (2.0, 2.0)])
     assert rerun_note([(1.5, 1.5), (2.0, 2.1)]) == "" and rerun_note([]) == ""
+
+
+def test_a_file_built_over_runs_names_each_machine():
+    """A resumed or merged results file named only its last run's machine (methods_x4: most cells ran on another)."""
+    a = {"platform": "Linux-A", "processor": "x86_64", "cpu_count": 2}
+    b = {**a, "platform": "Linux-B"}
+    assert report.common.run_machines({"machine": b}) == "2-core x86_64 (Linux-B)"
+    assert report.common.run_machines({"machine": b, "machines": [a, b]}) == \
+        "2-core x86_64 (2 machines over its runs: Linux-A; Linux-B)"
+    gpu = {"platform": "Linux-G", "processor": "x86_64", "cpu_count": 16}
+    assert report.common.run_machines({"machines": [a, gpu]}) == "2-core x86_64 (Linux-A); 16-core x86_64 (Linux-G)"

@@ -4,7 +4,7 @@ their --quick ordering note."""
 from __future__ import annotations
 
 from . import common
-from .common import fmt_num, load_json, machine_text, order_note, pct, ranked
+from .common import fmt_num, load_json, order_note, pct, ranked, run_machines
 
 
 def _selfextend_lines(pk: dict) -> list[str]:
@@ -13,7 +13,7 @@ def _selfextend_lines(pk: dict) -> list[str]:
     rows = ([(f"`{ref['spec']}` at {ref['length']:,} (in its window)", ref)] if ref else []) + \
         [(f"`{s}`", v) for s, v in pk["specs"].items()]
     lines = [f"Passkey on {pk['model']} at {pk['length']:,} tokens, {pk['trials_per_depth']} trials per depth "
-             f"(`benchmarks/attention_methods.py passkey`; {machine_text(pk.get('machine'))}):", "",
+             f"(`benchmarks/attention_methods.py passkey`; {run_machines(pk)}):", "",
              "| spec | " + " | ".join(f"d={d}" for d in depths) + " | accuracy |",
              "|---|" + "---:|" * (len(depths) + 1)]
     conf = pk.get("confirmation")
@@ -38,7 +38,7 @@ def _stopped(r: dict) -> str:
 
 def _stream_lines(st: dict) -> list[str]:
     lines = [f"Streaming perplexity on {st['model']} over {st['book']}, {st['segment_tokens']:,}-token segments "
-             f"(`benchmarks/attention_methods.py stream`; {machine_text(st.get('machine'))}):", "",
+             f"(`benchmarks/attention_methods.py stream`; {run_machines(st)}):", "",
              "| run | tokens scored | ppl | worst segment / in-window | cache tokens | peak RSS |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, r in st["runs"].items():
@@ -56,7 +56,7 @@ def _parts(al: dict) -> str:
 
 def _alibi_lines(al: dict) -> list[str]:
     lines = [f"ALiBi family on the {al['model']} fixture at {al['length'] // al['window']}× its {al['window']}-token "
-             f"window (held-out {al['book']}{_parts(al)}; `benchmarks/attention_methods.py alibi`; {machine_text(al.get('machine'))}):",
+             f"window (held-out {al['book']}{_parts(al)}; `benchmarks/attention_methods.py alibi`; {run_machines(al)}):",
              "", f"| spec | slopes | ppl in window ({al['window']}) | ppl last quarter | passkey in window | "
              f"passkey at {al['length']:,} |", "|---|---|---:|---:|---:|---:|"]
     for s, v in al["specs"].items():

@@ -30,6 +30,22 @@ def machine_text(m: dict | None) -> str:
     return f"{m.get('cpu_count', '?')}-core {m.get('processor', 'CPU')} ({m.get('platform', '?')})"
 
 
+def run_machines(d: dict | None) -> str:
+    """The machine(s) a results file was built on: its `machines` (every run of a resumed or merged file, oldest
+    first) when it has them, else its `machine`. Several of one kind: the kind once, each platform listed."""
+    d = d or {}
+    ms = [m for m in (d.get("machines") or [d.get("machine")]) if m]
+    texts = list(dict.fromkeys(machine_text(m) for m in ms))
+    if len(texts) <= 1:
+        return texts[0] if texts else machine_text(None)
+    kinds = {(m.get("cpu_count"), m.get("processor")) for m in ms}
+    if len(kinds) == 1:
+        platforms = list(dict.fromkeys(str(m.get("platform", "?")) for m in ms))
+        return (f"{ms[0].get('cpu_count', '?')}-core {ms[0].get('processor', 'CPU')} ({len(platforms)} machines "
+                f"over its runs: {'; '.join(platforms)})")
+    return "; ".join(texts)
+
+
 def fmt_num(x: float | None, digits: int = 1) -> str:
     if x is None:
         return "–"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import common
-from .common import ROOT, fmt_num, load_json, machine_text, rerun_note
+from .common import ROOT, fmt_num, load_json, rerun_note, run_machines
 
 
 def model_label(res: dict) -> tuple[str, str]:
@@ -259,7 +259,7 @@ def methods_table(res: dict, source: str, expected: list[str] | None = None) -> 
     dtype = res["meta"]["config"].get("dtype", "float32")
     name, how = model_label(res)
     lines = [f"{name} ({how + '; ' if how else ''}trained {trained:,} tokens) at {length:,} tokens, held-out book "
-             f"(`{source}`; {machine_text(res['meta'].get('machine'))}" + (f"; {dtype}" if dtype != "float32" else "")
+             f"(`{source}`; {run_machines(res['meta'])}" + (f"; {dtype}" if dtype != "float32" else "")
              + "):", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -298,7 +298,7 @@ def methods_table(res: dict, source: str, expected: list[str] | None = None) -> 
 
 
 def time_line(timings: list[dict]) -> str:
-    """What each task and length took per cell on the run's machine (meta.timings), beside the plan's estimate."""
+    """What each task and length took per cell on the run's machine(s) (meta.timings), beside the plan's estimate."""
     from ctxext.evals.cost import fmt_seconds
     from ctxext.evals.results import timing_rows
 
@@ -308,7 +308,7 @@ def time_line(timings: list[dict]) -> str:
     parts = [f"{task} at {L:,}: {fmt_seconds(med)} per cell (median of {n} timed over {n_specs} spec(s), "
              f"{fmt_seconds(lo)}–{fmt_seconds(hi)}; estimated {fmt_seconds(est)})"
              for task, L, n_specs, n, med, lo, hi, est in rows]
-    return "time on that machine: " + "; ".join(parts) + " (cells run before timings were recorded are not counted)."
+    return "time on the machine(s) its table names: " + "; ".join(parts) + " (cells run before timings were recorded are not counted)."
 
 
 def expected_specs(factor: int) -> list[str]:
@@ -520,7 +520,7 @@ def _factor_scope(factor: int, name: str, res: dict) -> tuple[str, list[str]]:
     if absent := [s for s in grid.picked(expected, grid.NIAH) if s not in heat]:
         missing.append(f"the needle heatmap for {_specs_text(absent)}")
     total = sum(t["seconds"] for t in timings)
-    head = (f"**At {k}** (`{name}`, on the machine its table names"
+    head = (f"**At {k}** (`{name}`, on the machine(s) its table names"
             + (f"; {fmt_seconds(total)} of timed cells in all" if total else "") + ").")
     return " ".join([head, *out]), [f"at {k} " + m for m in missing]
 

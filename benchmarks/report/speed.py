@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from . import common
-from .common import fmt_num, load_json, machine_text
+from .common import fmt_num, load_json, machine_text, run_machines
 
 
 def _cpus(ev: dict) -> str:
@@ -113,7 +113,7 @@ def train_memory_lines(tm: dict) -> list[str]:
     """Peak RSS of a training step with ctxext's allocator setting and with glibc's defaults, same run, by length."""
     threads = "/".join(str(t) for t in sorted({r["torch_threads"] for r in tm["runs"] if "torch_threads" in r}))
     lines = [f"Training memory by allocator ({tm['meta']['model']}, full fine-tuning, {threads} torch thread(s); "
-             f"{machine_text(tm['meta'].get('machine'))}; `benchmarks/train_memory.py`):", "",
+             f"{run_machines(tm['meta'])}; `benchmarks/train_memory.py`):", "",
              "| length | peak, ctxext (mmap threshold 1 MiB) | peak, glibc defaults | ratio | tokens/s ratio "
              "| ctxext's estimate (current code) |", "|---:|---:|---:|---:|---:|---:|"]
     for length in sorted({r["length"] for r in tm["runs"]}):

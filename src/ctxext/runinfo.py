@@ -23,6 +23,17 @@ def machine() -> dict[str, object]:
             "cpu_count": os.cpu_count()}
 
 
+def merged_machines(old: dict | None, now: dict | None) -> list[dict]:
+    """The machines of a results file that merges runs: `old`'s (its `machines`, else its `machine`), then `now`
+    when it is another (platform, processor and core count decide)."""
+    old = old or {}
+    seen = list(old.get("machines") or ([old["machine"]] if old.get("machine") else []))
+    key = lambda m: (m.get("platform"), m.get("processor"), m.get("cpu_count"))  # noqa: E731
+    if now and key(now) not in {key(m) for m in seen}:
+        seen.append(now)
+    return seen
+
+
 def device_slug(device: str) -> str:
     """A device's name as it goes into a results file name: "NVIDIA H200" -> "nvidia-h200", "cpu" -> "cpu"."""
     return device.replace(" ", "-").lower()

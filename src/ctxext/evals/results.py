@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CtxextError
+from ..runinfo import merged_machines
 from ..scaling.spec import is_file_spec
 from .cost import fmt_seconds
 from .files import atomic_write, write_json
@@ -41,6 +42,8 @@ def _merge_config(old: dict[str, Any], meta: dict[str, Any]) -> None:
         now["data"] = before.get("data")
     commands = old.get("commands") or ([old["command"]] if old.get("command") else [])
     meta["commands"] = commands + ([meta["command"]] if meta.get("command") else [])
+    # every machine that ran cells in this file (the timings and records of all runs are kept)
+    meta["machines"] = merged_machines(old, meta.get("machine"))
 
 
 class Results:
