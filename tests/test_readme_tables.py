@@ -50,13 +50,13 @@ def test_table_rows_group_a_later_spec_with_its_method_and_put_streaming_last():
 
 def test_table_states_the_measured_time_per_task_beside_the_estimate():
     res = _results({"default": 900.0, "yarn:factor=2": 20.0})
-    assert "time on that machine" not in report.methods.methods_table(res, "m")  # no timings recorded: nothing said
+    assert "time on the machine" not in report.methods.methods_table(res, "m")  # no timings recorded: nothing said
     res["meta"]["timings"] = [
         {"scaling": s, "task": "passkey", "length": 16384, "depth": d, "seconds": sec, "estimated_seconds": 60.0}
         for s, d, sec in (("default", 0.1, 100.0), ("default", 0.5, 20.0), ("yarn:factor=2", 0.1, 300.0))]
     line = report.methods.methods_table(res, "m").splitlines()[-1]
     # per cell: 20, 100 and 300 s, median 100 s; a per-spec sum (120 and 300 s) would move with how many depths ran
-    assert line == ("time on that machine: passkey at 16,384: 1.7 min per cell (median of 3 timed over 2 spec(s), "
+    assert line == ("time on the machine(s) its table names: passkey at 16,384: 1.7 min per cell (median of 3 timed over 2 spec(s), "
                     "20 s–5.0 min; estimated 1.0 min) (cells run before timings were recorded are not counted).")
 
 
@@ -911,14 +911,14 @@ def test_scope_paragraph_follows_the_cells_of_each_larger_factor(tmp_path, monke
                           "in 1 generation (40.0 min of evaluation); its best is the longrope2 seed, at the guard's "
                           "attention factor 1.025; none at 64k, where one perplexity evaluation of the method table "
                           "took 30.0 min (median of 1).")
-    assert at32.startswith("**At 32k** (`methods_x4`, on the machine its table names; 2.1 h of timed cells in all). "
+    assert at32.startswith("**At 32k** (`methods_x4`, on the machine(s) its table names; 2.1 h of timed cells in all). "
                            "Perplexity: every spec (14, streaming included). ")
     assert ("Passkey: depths 0.1, 0.5 and 0.9 for every spec that can retrieve except `dynamic-yarn` (0.5 only), "
             "1 trial per cell, 3.0–20.0 min a cell (4 of 37 timed), the slow end `dynamic-ntk:factor=2.4266` at "
             "20.0 min (d=0.5), every other spec at most 8.0 min.") in at32
     assert at32.endswith(f"Needle heatmap: 8,192–32,768 tokens (2 lengths × 2 depths, 1 trial per cell) for `default`, "
                          f"`yarn:factor=4` and `{se[0]}`, not `{se[1]}`; 1.5 h in all (2 of its 12 cells timed).")
-    assert at64.startswith("**At 64k** (`methods_x8`, on the machine its table names; 30.0 min of timed cells in all). "
+    assert at64.startswith("**At 64k** (`methods_x8`, on the machine(s) its table names; 30.0 min of timed cells in all). "
                            "Perplexity: 2 of 12 specs, 30.0 min a cell (1 of 2 timed). Passkey: depth 0.5 for `default` and "
                            "`linear:factor=8`; none yet for the other 9 specs that can retrieve, 1 trial per cell.")
     assert "Needle" not in at64
