@@ -1080,3 +1080,12 @@ def test_a_file_built_over_runs_names_each_machine():
         "2-core x86_64 (2 machines over its runs: Linux-A; Linux-B)"
     gpu = {"platform": "Linux-G", "processor": "x86_64", "cpu_count": 16}
     assert report.common.run_machines({"machines": [a, gpu]}) == "2-core x86_64 (Linux-A); 16-core x86_64 (Linux-G)"
+
+
+def test_dynamic_ntk_is_exported_but_not_as_measured_past_the_window():
+    """Stock `dynamic` takes one base per forward, ctxext per query: the column said a plain 'yes' beside figures
+    no stock loader gives (ctxext export reports a 5.2 logit difference past tiny-rope's window)."""
+    res = {"meta": {"config": {"model_info": {"rope": {"rotary_dim": 64, "base": 100000.0, "original_len": 8192}}}}}
+    assert report.methods.exports("dynamic-ntk:factor=4", res) == "yes, not these figures past the window"
+    assert report.methods.exports("yarn:factor=4", res) == "yes"
+    assert report.methods.exports("dynamic-yarn", res) == "no"

@@ -111,18 +111,26 @@ def far_end_ratios(means: dict[str, tuple[float | None, float | None]]) -> dict[
 
 
 def exports(spec: str, res: dict) -> str:
-    """'yes' when `ctxext export` can write the spec as a stock rope config for the run's model, 'no' when it
-    refuses (self-extend, streaming, dynamic-yarn), '–' when the results do not record the model's RoPE shape."""
+    """'yes' when `ctxext export` can write the spec as a stock rope config for the run's model (qualified for
+    dynamic-ntk, whose stock form differs past the window), 'no' when it refuses (self-extend, streaming,
+    dynamic-yarn), '–' when the results do not record the model's RoPE shape."""
     from ctxext.errors import CtxextError
     from ctxext.scaling import hf_rope_fields, parse_spec
 
     shape = _rope_shape(res)
     if shape is None:
         return "–"
+    from ctxext.models.attention import PLANS, CausalLengthPlan
+
     try:
-        hf_rope_fields(parse_spec(str(ROOT / spec) if spec.endswith(".json") else spec), shape)
+        parsed = parse_spec(str(ROOT / spec) if spec.endswith(".json") else spec)
+        hf_rope_fields(parsed, shape)
     except CtxextError:
         return "no"
+    if parsed.entry.length_dependent and PLANS.get(parsed.method) is CausalLengthPlan:
+        # ctxext rescales per query position; stock `dynamic` takes one base per forward: the export loads, but
+        # past the window it is not what this table measured (ctxext export reports the difference)
+        return "yes, not these figures past the window"
     return "yes"
 
 
