@@ -1089,3 +1089,15 @@ def test_dynamic_ntk_is_exported_but_not_as_measured_past_the_window():
     assert report.methods.exports("dynamic-ntk:factor=4", res) == "yes, not these figures past the window"
     assert report.methods.exports("yarn:factor=4", res) == "yes"
     assert report.methods.exports("dynamic-yarn", res) == "no"
+
+
+def test_a_slow_timed_step_is_named_with_the_median_rate():
+    runs = [{"length": 16384, "extra": [], "tokens_per_second": 49072.0,
+             "step_seconds": [1.04, 0.62, 0.26, 0.26, 0.26, 0.27]},
+            {"length": 16384, "extra": ["naive"], "step_seconds": [0.96, 0.2, 0.2, 0.2, 0.2, 0.2]},
+            {"length": 8192, "extra": [], "tokens_per_second": 1.0, "step_seconds": [0.9, 0.21, 0.23, 0.27, 0.26]}]
+    note = report.speed.slow_step_note(runs)
+    assert note == ("Slow steps: at 16,384 one timed step took 0.62 s against a median of 0.26 s: at the median step "
+                    "ctxext runs 63,015 tokens/s, 0.77× the naive loop's (the table's 49,072 is the mean over the "
+                    "timed steps).")
+    assert report.speed.slow_step_note(runs[1:]) == ""

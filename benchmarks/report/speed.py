@@ -170,6 +170,29 @@ def profile_figures(text: str) -> dict[str, float]:
     return {"steps": n, "wall": float(wall), "device": device / n, "launches": launches / n}
 
 
+def slow_step_note(runs: list[dict]) -> str:
+    """Rows whose timed steps (the first is warm-up) hold one more than twice their median: the mean-based tokens/s
+    of the table beside the median step's, and the ratio to the naive loop at the median."""
+    import statistics
+
+    def median_rate(r: dict) -> float | None:
+        timed = r.get("step_seconds", [])[1:]
+        return r["length"] / statistics.median(timed) if timed else None
+
+    naive = {r["length"]: median_rate(r) for r in runs if r.get("extra") == ["naive"]}
+    out = []
+    for r in runs:
+        timed = r.get("step_seconds", [])[1:]
+        if r.get("extra") or len(timed) < 3 or max(timed) <= 2 * statistics.median(timed):
+            continue
+        m = median_rate(r)
+        ratio = f", {m / naive[r['length']]:.2f}× the naive loop's" if naive.get(r["length"]) else ""
+        out.append(f"at {r['length']:,} one timed step took {max(timed):.2f} s against a median of "
+                   f"{statistics.median(timed):.2f} s: at the median step ctxext runs {m:,.0f} tokens/s{ratio} "
+                   f"(the table's {r['tokens_per_second']:,.0f} is the mean over the timed steps)")
+    return ("Slow steps: " + "; ".join(out) + ".") if out else ""
+
+
 def gpu_speed_lines(gpu: str) -> list[str]:
     """One lent GPU's results: its training table, the same lengths from the lease's shorter first run (how far 2
     timed steps wander), and what the eval path took there."""
@@ -183,6 +206,8 @@ def gpu_speed_lines(gpu: str) -> list[str]:
                       f"{r['tokens_per_second']:,.0f} tokens/s at {L:,} (steps {', '.join(f'{x:.2f}' for x in r['step_seconds'])} s)"
                       for L, r in sorted(ours.items())) + ": with 2 timed steps one slow step skews the figure, hence the "
                   f"{tr['meta']['steps']}-step run above."]
+    if tr and (slow := slow_step_note(tr["runs"])):
+        lines += ["", slow]
     es = load_json(common.RES / f"eval_speed-{gpu}.json")
     if es and "ppl" in es:
         o, n = es["ppl"]["ours"], es["ppl"]["naive"]
