@@ -915,7 +915,7 @@ def test_scope_paragraph_follows_the_cells_of_each_larger_factor(tmp_path, monke
                            "Perplexity: every spec (14, streaming included). ")
     assert ("Passkey: depths 0.1, 0.5 and 0.9 for every spec that can retrieve except `dynamic-yarn` (0.5 only), "
             "1 trial per cell, 3.0–20.0 min a cell (4 of 37 timed), the slow end `dynamic-ntk:factor=2.4266` at "
-            "20.0 min (d=0.5), every other spec at most 8.0 min.") in at32
+            "20.0 min (d=0.5), every other timed spec at most 8.0 min.") in at32
     assert at32.endswith(f"Needle heatmap: 8,192–32,768 tokens (2 lengths × 2 depths, 1 trial per cell) for `default`, "
                          f"`yarn:factor=4` and `{se[0]}`, not `{se[1]}`; 1.5 h in all (2 of its 12 cells timed).")
     assert at64.startswith("**At 64k** (`methods_x8`, on the machine(s) its table names; 30.0 min of timed cells in all). "

@@ -4,6 +4,7 @@ needle seeds), the across-factors table and plot, and the planner's picks looked
 from __future__ import annotations
 
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -438,7 +439,8 @@ def _spread(cells: list[dict], total: int) -> str:
     others = [c["seconds"] for c in cells if c["scaling"] != slow["scaling"]]
     if others:
         at = f" (d={slow['depth']:g})" if slow.get("depth") is not None else ""
-        out += (f", the slow end {_short(slow['scaling'])} at {fmt_seconds(slow['seconds'])}{at}, every other spec at "
+        every = "every other timed spec" if len(cells) < total else "every other spec"  # not the untimed ones
+        out += (f", the slow end {_short(slow['scaling'])} at {fmt_seconds(slow['seconds'])}{at}, {every} at "
                 f"most {fmt_seconds(max(others))}")
     return out
 
@@ -573,7 +575,7 @@ def scope_section() -> str:
             ppl = sorted(t["seconds"] for t in res["meta"].get("timings", []) if t["task"] == "ppl"
                          and t["length"] == L)
             searches.append(f"none at {k}" + (f", where one perplexity evaluation of the method table took "
-                                              f"{fmt_seconds(ppl[len(ppl) // 2])} (median of {len(ppl)})" if ppl else ""))
+                                              f"{fmt_seconds(statistics.median(ppl))} (median of {len(ppl)})" if ppl else ""))
     factors = sorted(runs)
     intro = (f"`benchmarks/methods.py --factor F` runs the 2× table's methods at F× the trained length: "
              + common.and_list([f"{lens[f]:,} tokens for {f}×" for f in factors])
