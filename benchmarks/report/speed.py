@@ -239,6 +239,8 @@ def profile_lines() -> list[str]:
             f"{profiles[0][1]['steps']:.0f} steps, `gpu_logs/profile_train_step-*.txt`): " + "; ".join(
                 f"at {L:,} the GPU is busy {p['device']:.3f} s of a {p['wall']:.3f} s step "
                 f"({p['device'] / p['wall']:.0%}, {p['launches']:,.0f} kernel launches a step)" for L, p in profiles)
+            + " (the GPU time is the table's own 'Self CUDA time total', each kernel once; the logs' first line "
+            "'device busy' came from an earlier script that counted kernels twice and is not read)"
             + ". The profiler slows the host, so its wall times are above the GPU training table's: a short row's step "
             "is bound by launching kernels (checkpointed layers and LM-head chunks launch each again in the backward), "
             "a long row's by the GPU, where ctxext's cost over the naive loop is the recomputation that buys its memory "
