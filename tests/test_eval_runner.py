@@ -538,6 +538,12 @@ def test_a_resumed_runs_summary_lists_each_command(tmp_path, book):
     assert res["meta"]["commands"] == ["ctxext eval A", "ctxext eval B"]
     text = (out / "summary.md").read_text()
     assert "2 runs (--resume), oldest first:\n\n- `ctxext eval A`\n- `ctxext eval B`" in text
+    # a resume with nothing to run rewrote summary.md ('3 runs') but not results.json (runs 2, two commands)
+    run_eval("tiny-rope", ["default"], ["passkey"], [300], samples=1, depths="0.5", out=out, resume=True,
+             progress=False, log=lambda m: None, command="ctxext eval C")
+    saved = json.loads((out / "results.json").read_text())["meta"]
+    assert saved["runs"] == 3 and saved["commands"][-1] == "ctxext eval C"
+    assert "3 runs (--resume)" in (out / "summary.md").read_text()
 
 
 def test_bucket_labels_stay_readable():
@@ -557,3 +563,36 @@ def test_a_resumed_run_keeps_every_machine(tmp_path, book, monkeypatch):
                        depths="0.5", out=out, resume=True, progress=False, log=lambda m: None)
     assert [m["platform"] for m in res["meta"]["machines"]] == ["Linux-A", "Linux-B"]
     assert res["meta"]["machine"]["platform"] == "Linux-A"
+
+
+def test_resume_with_fewer_tasks_keeps_the_options_they_do_not_use(cli, tmp_path, book):
+    """A passkey + needle-ppl folder run with --max-new-tokens 12 could not be resumed with needle-ppl alone: the
+    option was refused as unused, and leaving it out was refused as 'max_new_tokens 12 -> 16'."""
+    code, err = cli("--task", "passkey", "--task", "needle-ppl", "--lengths", "256", "--depths", "0.5",
+                    "--samples", "1", "--max-new-tokens", "12", "--data", book)
+    assert code == 0, err
+    code, err = cli("--task", "needle-ppl", "--lengths", "300", "--samples", "1", "--data", book, "--resume")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "o" / "results.json").read_text())["meta"]
+    assert meta["config"]["resume_keys"]["max_new_tokens"] == 12 and meta["runs"] == 2
+    code, err = cli("--task", "passkey", "--lengths", "300", "--depths", "0.5", "--samples", "1", "--resume")
+    assert code == 2 and "max_new_tokens 12 -> 16" in err  # passkey does use it
+
+
+def test_a_changed_task_protocol_is_measured_again_on_resume(tmp_path, book, capsys):
+    """needle-ppl scores the number's tokens only since version 2: a folder measured before kept its old cells
+    beside new ones (108.9 beside a fresh 94.9 for the same cell)."""
+    out = tmp_path / "v"
+    run_eval("tiny-rope", ["default"], ["needle-ppl"], [256], samples=1, data=[book], out=out, progress=False,
+             log=lambda m: None)
+    path = out / "results.json"
+    d = json.loads(path.read_text())
+    fresh = d["records"][0]["value"]
+    d["records"][0]["value"] = 108.9  # as measured by version 1, whose files carry no task_versions
+    del d["meta"]["config"]["task_versions"]
+    path.write_text(json.dumps(d))
+    res = run_eval("tiny-rope", ["default"], ["needle-ppl"], [256], samples=1, data=[book], out=out, resume=True,
+                   progress=False, log=lambda m: None)
+    assert [r["value"] for r in res["records"]] == [fresh]
+    assert "the needle-ppl protocol changed since its 1 record(s)" in capsys.readouterr().err
+    assert res["meta"]["config"]["task_versions"]["needle-ppl"] == 2

@@ -318,3 +318,17 @@ def test_the_guard_names_itself_when_the_documents_are_shorter_than_the_window(l
                         capsys)
     assert code == 2 and "the in-window guard scores passages of the trained length 256" in last(err)
     assert "--short-tolerance -1" in last(err)
+
+
+def test_a_search_measured_with_an_older_needle_ppl_is_not_resumed(parts_jsonl, tmp_path, capsys):
+    from ctxext.search.driver import STATE
+
+    out = tmp_path / "s"
+    args = [*SMALL, "--data", str(parts_jsonl), "--out", str(out), "--fitness", "needle-ppl", "--short-tolerance",
+            "-1", "--budget", "5"]
+    assert run_cli(args, capsys)[0] == 0
+    state = json.loads((out / STATE).read_text())
+    del state["resume_keys"]["needle_ppl_version"]  # as written before needle-ppl scored the number's tokens only
+    (out / STATE).write_text(json.dumps(state))
+    code, err = run_cli([*args, "--resume"], capsys)
+    assert code == 2 and "needle_ppl_version was None, now 2" in last(err)

@@ -392,3 +392,27 @@ def test_resume_on_other_data_and_an_out_inside_the_data_are_refused(tmp_path, t
     (folder / "book.txt").write_text(Path(book_part).read_text())
     with pytest.raises(CtxextError, match="lies in a --data folder"):  # its --resume read qa.log.jsonl as data
         synthesize([str(folder)], folder / "qa.jsonl", s, progress=False, lm=tiny)
+
+
+def test_resume_with_another_spelling_or_folder_continues_the_same_run(tmp_path, tiny, scripted, book_part,
+                                                                        monkeypatch):
+    """A relative --data resumed as an absolute path redid every chunk under new ids ('processed 4' of 2 chunks);
+    resumed from another folder, the relative path resolved elsewhere and the resume was refused."""
+    import shutil
+
+    s = SynthSettings(model="tiny-rope", per_doc=2, min_len=512, max_len=1024)
+    (tmp_path / "books").mkdir()
+    shutil.copy(book_part, tmp_path / "books" / "part.txt")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "q.jsonl"
+    scripted.calls, scripted.fail_after = 0, 1
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(["books/part.txt"], out, s, progress=False, lm=tiny, log=lambda m: None)
+    scripted.fail_after = None
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    res = synthesize([str(tmp_path / "books" / "part.txt")], out, s, resume=True, progress=False, lm=tiny,
+                     log=lambda m: None)
+    assert res["processed"] == res["chunks"] == 2
+    log = [json.loads(x)["chunk_id"] for x in synth_run.side_files(out)[0].read_text().splitlines()]
+    assert len(log) == len(set(log)) == 2 and all(c.startswith("books/part.txt@") for c in log)

@@ -82,6 +82,6 @@ def cost(mc: Any, length: int, depths: list[float], s: Settings) -> tuple[float,
 TASK = register(Task(
     name="needle-ppl", summary="LongRoPE2 needle-driven perplexity: NLL of the answer tokens only",
     run=run, cost=cost, metric="ppl", needs_data=True, default_samples=5, check=check_total("needle-ppl"),
-    check_prompt=prompt_check("needle-ppl", draft),
+    check_prompt=prompt_check("needle-ppl", draft), version=2,  # 2: the number's tokens only
     options=("samples",),
 ))

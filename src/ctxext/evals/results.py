@@ -40,6 +40,7 @@ def _merge_config(old: dict[str, Any], meta: dict[str, Any]) -> None:
         now[key] = (order(both) if order else both) or None
     if now.get("data") is None:
         now["data"] = before.get("data")
+    now["task_versions"] = {**(before.get("task_versions") or {}), **(now.get("task_versions") or {})}
     commands = old.get("commands") or ([old["command"]] if old.get("command") else [])
     meta["commands"] = commands + ([meta["command"]] if meta.get("command") else [])
     # every machine that ran cells in this file (the timings and records of all runs are kept)
@@ -50,7 +51,9 @@ class Results:
     """The records of one --out folder. A cell is finished once any of its records is stored: a cell's records
     are always added together, in one atomic rewrite."""
 
-    def __init__(self, out: Path, meta: dict[str, Any], resume: bool):
+    def __init__(self, out: Path, meta: dict[str, Any], resume: bool, acting: set[str] | None = None):
+        """`acting`: the resume keys this run's tasks act on (None: all); the others keep the folder's values (a
+        needle-ppl cell added to a folder run with --max-new-tokens 12 does not depend on it)."""
         self.path = Path(out) / RESULTS
         self.records: list[dict[str, Any]] = []
         self.meta = meta
@@ -69,6 +72,9 @@ class Results:
             # a folder of ppl cells is no conflict, and the folder keeps the data its other cells were run on
             if now.get("data") is None and before.get("data") is not None:
                 now["data"] = before["data"]
+            for k in RESUME_KEYS:
+                if acting is not None and k not in acting and k in before:
+                    now[k] = before[k]
             diff = [f"{k} {before[k]!r} -> {now[k]!r}" for k in RESUME_KEYS
                     if k in before and before[k] != now.get(k) and not (k == "data" and before[k] is None)]
             if diff:
@@ -76,6 +82,8 @@ class Results:
                                   "use another --out")
             old_specs = old_meta.get("config", {}).get("specs", {})
             self._drop_redefined(old_specs, meta["config"]["specs"])
+            self._drop_older_protocols(old_meta.get("config", {}).get("task_versions") or {},
+                                       meta["config"].get("task_versions") or {})
             _merge_config(old_meta, meta)
             meta["created"] = old_meta.get("created", meta.get("created"))
             meta["runs"] = int(old_meta.get("runs", 1)) + 1
@@ -94,6 +102,16 @@ class Results:
             self.records = [r for r in self.records if r["scaling"] not in stale]
             print(f"resume: {', '.join(sorted(stale))} changed since its {n} record(s) in {self.path} were measured; "
                   "they are measured again", file=sys.stderr)
+
+    def _drop_older_protocols(self, before: dict[str, int], now: dict[str, int]) -> None:
+        """A task whose protocol changed since the folder's cells were measured (Task.version; files without one
+        are version 1): its old cells do not compare with new ones, so they are measured again."""
+        stale = {t for t, v in now.items() if before.get(t, 1) != v and any(r["task"] == t for r in self.records)}
+        if stale:
+            n = sum(r["task"] in stale for r in self.records)
+            self.records = [r for r in self.records if r["task"] not in stale]
+            print(f"resume: the {', '.join(sorted(stale))} protocol changed since its {n} record(s) in {self.path} "
+                  "were measured; they are measured again", file=sys.stderr)
 
     def finished(self, model: str, scaling: str, task: str, length: int, depth: float | None) -> bool:
         return (model, scaling, task, length, depth) in self.done

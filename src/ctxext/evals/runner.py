@@ -241,10 +241,12 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
             "model": name, "model_info": _info_dict(info), "specs": {s.text: s.to_dict() for s in parsed},
             "tasks": [t.name for t in task_list], "lengths": Ls, "depths": Ds or None,
             "settings": dataclasses.asdict(settings), "data": data or None, "dtype": dtype, "device": device,
-            "resume_keys": resume_keys,
+            "resume_keys": resume_keys, "task_versions": {t.name: t.version for t in task_list},
         },
     }
-    results = Results(out, meta, resume)
+    # the resume keys this run's cells depend on: the task options they use, and what every cell depends on
+    acting = {"model", "dtype", "seed", "data"} | {o for t in task_list for o in t.options if o in RESUME_KEYS}
+    results = Results(out, meta, resume, acting)
 
     # ---- the plan and its cost, before any weights
     where = "cpu" if device == "cpu" else "cuda"
@@ -301,6 +303,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
                  own_data)
     finally:
         if results.records:
+            results.write()  # the merged meta too, not only when a cell finished: summary.md says the same
             _write_reports(out, results, info)
     return results.as_dict()
 

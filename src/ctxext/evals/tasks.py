@@ -103,6 +103,7 @@ class Task:
     check_prompt: Callable[[Any, Settings, int, list[Cell], Any], None] | None = None
     # the eval options (argparse dests) this task acts on: one given for tasks that all ignore it is refused
     options: tuple[str, ...] = ()
+    version: int = 1  # raised when what the task measures changes: a resumed folder measures older cells again
 
     def cells(self, lengths: list[int], depths: list[float]) -> list[Cell]:
         return [(L, d) for L in lengths for d in depths] if self.uses_depths else [(L, None) for L in lengths]

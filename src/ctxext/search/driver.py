@@ -114,9 +114,13 @@ class SearchConfig:
         return (Rung(half, max(1, self.samples // 2)), full)
 
     def resume_keys(self) -> dict[str, Any]:
+        from ..evals.needle_ppl import TASK as NEEDLE_PPL
+
         d = asdict(self)
         d.pop("budget")
         d["rungs"] = [list(asdict(r).values()) for r in self.rungs]
+        if self.fitness in ("needle-ppl", "both"):  # its history's values are comparable only within a version
+            d["needle_ppl_version"] = NEEDLE_PPL.version
         return d
 
 

@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..data import jsonl_lines
+from ..data import Document, jsonl_lines
 from ..errors import CtxextError
 from ..evals.files import atomic_write
 from ..evals.needles import sentence_starts
@@ -85,6 +85,20 @@ class SynthSettings:
         if self.min_len < 1 or self.chunk_tokens < 8:
             raise CtxextError(f"--min-len must be >= 1 and --chunk-tokens >= 8 (got {self.min_len}, "
                               f"{self.chunk_tokens})")
+
+
+def _canon(name: str, where: dict[str, str] | None = None) -> str:
+    """A document name ('path' or 'path:line') with its path resolved: the same file however it was spelled. `where`
+    maps --data paths as a run typed them to where they resolved then (a name under one is resolved through it:
+    a relative path from another folder names another file)."""
+    path, colon, line = name.rpartition(":")
+    if not (colon and line.isdigit()):
+        path, line = name, ""
+    for typed, resolved in (where or {}).items():
+        if path == typed or path.startswith(typed.rstrip("/") + "/"):
+            path = resolved + path[len(typed):]
+            break
+    return str(Path(path).resolve()) + (f":{line}" if line else "")
 
 
 def side_files(out: Path) -> tuple[Path, Path]:
@@ -213,6 +227,7 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
                           "on --resume (or by the next run on that folder); write it elsewhere")
     log_path, summary_path = side_files(out)
     done: dict[str, dict] = {}
+    where: dict[str, str] = {}  # on resume: each --data path as the run typed it -> resolved where it ran
     if out.exists() or log_path.exists():
         if not resume:
             raise CtxextError(f"{out} already exists; pass --resume to continue that run, or choose another --out")
@@ -222,7 +237,10 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
         except (OSError, ValueError, KeyError):
             raise CtxextError(f"cannot resume: {summary_path} is missing or unreadable") from None
         diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in asdict(settings).items() if old.get(k) != v]
-        then = sorted(str(Path(p).resolve()) for p in summary.get("data") or [])
+        # resolved where the run started (a relative --data resolved from another folder named files not there)
+        typed = [str(p) for p in summary.get("data") or []]
+        where = dict(zip(typed, summary.get("data_resolved") or [str(Path(p).resolve()) for p in typed]))
+        then = sorted(where.values())
         now = sorted(str(Path(p).resolve()) for p in data)
         if then and then != now:  # chunk seeds follow the document index: other data is another plan
             diff.append(f"data {then} -> {now}")
@@ -249,6 +267,11 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
         raise CtxextError(f"{settings.model} has no tokenizer files; synth-qa needs one")
     gen = Generator(lm.model, tok, chat=settings.chat)
     docs = load_documents(data, tok)
+    # a resume that spells a path otherwise (relative, absolute) names each document as the run did: chunk ids
+    # and the per-document question lists follow the names
+    spelled = {_canon(n, where): n for n in (str(r.get("document", "")).partition("#")[0] for r in done.values())
+               if n}
+    docs = [Document(spelled.get(_canon(d.name), d.name), d.tokens) for d in docs]
     budget = settings.max_len - RESERVE
     plan, skipped, fronts = [], [], {}
     for di, d in enumerate(docs):
@@ -290,7 +313,8 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
             kept_questions.setdefault(_doc(r.get("document", "")), []).append(r["question"])
 
     def summary(final: bool) -> dict[str, Any]:
-        s = {"settings": asdict(settings), "data": [str(p) for p in data], "out": str(out), "chunks": len(plan),
+        s = {"settings": asdict(settings), "data": [str(p) for p in data],
+             "data_resolved": [str(Path(p).resolve()) for p in data], "out": str(out), "chunks": len(plan),
              "processed": len(done), "kept": kept, "rejected": {k: v for k, v in counts.items() if v},
              "rejected_total": sum(counts.values()),
              "rejected_tries": {k: v for k, v in tries_counts.items() if v},
