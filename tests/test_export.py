@@ -12,6 +12,8 @@ import torch
 
 from ctxext.errors import CtxextError
 from ctxext.export import export, plan_export
+
+ROOT = Path(__file__).resolve().parents[1]
 from ctxext.scaling import parse_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -428,3 +430,76 @@ def test_a_dynamic_export_reports_where_stock_parts_from_ctxext(tmp_path, capsys
     res = export("tiny-rope", "yarn:factor=4", tmp_path / "y", verify_tokens=120)  # static: nothing to part
     assert "past_window" not in res["verification"]
     assert "Past the trained length" not in (tmp_path / "y" / "README.md").read_text()
+
+
+def test_out_never_replaces_what_is_not_an_earlier_export(tmp_path, monkeypatch, no_weights):
+    """'--out .' deleted the folder the command ran in (and crashed); '--overwrite' deleted the source model, or a
+    folder above it with unrelated files."""
+    src = tiny_checkpoint(tmp_path / "models" / "src", "llama")
+    (tmp_path / "models" / "notes.txt").write_text("keep")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "file.txt").write_text("keep")
+    monkeypatch.chdir(work)
+    for out, needle in ((".", "is the folder the command runs in"), (str(tmp_path), "is the folder the command runs"),
+                        (str(src), "is the source model's folder"), (str(tmp_path / "models"), "source model's")):
+        with pytest.raises(CtxextError, match=needle):
+            export(str(src), "yarn:factor=2", out, overwrite=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.json").write_text("{}")  # an eval's folder, not an export
+    with pytest.raises(CtxextError, match="holds files that are not a ctxext export; --overwrite replaces only"):
+        export(str(src), "yarn:factor=2", other, overwrite=True)
+    assert (work / "file.txt").read_text() == "keep" and (tmp_path / "models" / "notes.txt").is_file()
+    assert (src / "config.json").is_file() and (other / "results.json").read_text() == "{}"
+
+
+def test_overwrite_replaces_an_export_only_with_one_that_passes(tmp_path, monkeypatch):
+    import ctxext.export as ex
+
+    out = tmp_path / "out"
+    export("tiny-rope", "yarn:factor=2", out, verify_tokens=20)
+    first = (out / "results.json").read_text()
+    export("tiny-rope", "yarn:factor=4", out, verify_tokens=20, overwrite=True)  # an export: replaced
+    assert json.loads((out / "results.json").read_text())["meta"]["spec"] == "yarn:factor=4"
+    monkeypatch.setattr(ex, "max_logit_diff", lambda *a, **k: 1.0)
+    with pytest.raises(CtxextError, match="FAILED its stock-load check .* the earlier export in .* is kept"):
+        export("tiny-rope", "yarn:factor=2", out, verify_tokens=20, overwrite=True)
+    assert json.loads((out / "results.json").read_text())["meta"]["spec"] == "yarn:factor=4" and first
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left behind
+
+
+def test_an_out_that_is_a_symlink_is_written_through(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    res = export("tiny-rope", "yarn:factor=2", tmp_path / "link", verify_tokens=20)  # a traceback after the work
+    assert res["verification"]["passed"] and (tmp_path / "real" / "config.json").is_file()
+
+
+def test_the_card_of_a_searched_spec_states_its_search_and_the_short_factors_are_checked(tmp_path):
+    best = ROOT / "benchmarks" / "results" / "search_tiny_rope" / "search" / "best.json"
+    res = export("tiny-rope", str(best), tmp_path / "lr", verify_tokens=300)
+    card = (tmp_path / "lr" / "README.md").read_text()
+    assert "no search or training metadata" not in card and "- search.target: 1024" in card
+    assert res["verification"]["short_tokens"] == 256 and res["verification"]["passed"]  # never reached before
+    assert "vLLM derives the longrope attention factor itself" in card  # the guard lowered m below the default
+
+
+def test_a_spec_made_for_another_trained_length_is_named(tmp_path, capsys):
+    from ctxext.cli import main
+
+    src = tiny_checkpoint(tmp_path / "m64", "llama", max_position_embeddings=64, head_dim=32)
+    best = ROOT / "benchmarks" / "results" / "search_tiny_rope" / "search" / "best.json"
+    assert main(["export", "--model", str(src), "--scaling", str(best), "--out", str(tmp_path / "x"),
+                 "--verify-tokens", "100"]) == 0
+    assert "note: the spec sets the trained length to 256; the model's config says 64" in capsys.readouterr().out
+    assert "(set by the spec; the model's own config says 64" in (tmp_path / "x" / "README.md").read_text()
+
+
+def test_a_dynamic_probe_that_lands_in_one_bucket_is_not_called_the_same(tmp_path):
+    """With --verify-tokens 64 the placed sample fell in one 64-position bucket whose base equals stock's: diff 0,
+    'same: true', while a sequence from 0 past the window differs by ~5 logits."""
+    res = export("tiny-rope", "dynamic-ntk:factor=4", tmp_path / "d", verify_tokens=64)
+    past = res["verification"]["past_window"]
+    assert not past["same"] and past["max_abs_logit_diff"] > 0.1 and past["from_zero_tokens"] == 256 + 192
+    assert "vLLM's `dynamic` rope is one static NTK base" in (tmp_path / "d" / "README.md").read_text()

@@ -92,47 +92,82 @@ def _sample_ids(tokenizer, n_tokens: int) -> list[int]:
 # stock rope types that rescale every position by the length of the whole forward (transformers' "dynamic": one NTK
 # base from the largest position id), where ctxext rescales each query by its own position
 STOCK_PER_FORWARD = ("dynamic",)
+PAST_WINDOW_PROBE = 192  # tokens past the window that the from-0 probe runs (three of ctxext's 64-position buckets)
 
 
-def _past_window(model, stock, ids: list[int], plan: ExportPlan) -> dict[str, Any]:
-    """The same sample placed just past the trained length, where a per-forward stock rope and ctxext's per-position
-    one part: the difference is reported, so nobody takes ctxext's figures past the window for the checkpoint's."""
-    diff = max_logit_diff(model, stock, ids, plan.original_len)
-    return {"positions_from": plan.original_len, "tokens": len(ids), "max_abs_logit_diff": diff,
+def _past_window(model, stock, ids: list[int], plan: ExportPlan, tokenizer: Any) -> dict[str, Any]:
+    """Where a per-forward stock rope and ctxext's per-position one part, past the trained length: the sample placed
+    just past it, and a sequence from position 0 running PAST_WINDOW_PROBE tokens past it (what eval measures; the
+    placed sample alone can fall in one of ctxext's 64-position buckets whose base equals stock's and read 0). The
+    difference is reported, so nobody takes ctxext's figures past the window for the checkpoint's."""
+    L = plan.original_len
+    whole = _sample_ids(tokenizer, L + PAST_WINDOW_PROBE)
+    diff = max(max_logit_diff(model, stock, ids, L),
+               max_logit_diff(model, stock, whole, 0, keep=len(whole) - L) if len(whole) > L else 0.0)
+    return {"positions_from": L, "tokens": len(ids), "from_zero_tokens": len(whole), "max_abs_logit_diff": diff,
             "same": bool(diff < 1e-4),
             "why": "stock transformers' 'dynamic' rope takes one NTK base from the longest position of each forward "
                    "(and keeps it for later cached steps); ctxext's dynamic-ntk takes it per query position"}
 
 
-def max_logit_diff(a, b, ids: list[int], start: int = 0) -> float:
+def max_logit_diff(a, b, ids: list[int], start: int = 0, keep: int = 0) -> float:
     """Max |logits_a − logits_b| over a sequence placed at positions start, start+1, … (full logits are fine at
-    verification length)."""
+    verification length; `keep` > 0: over its last `keep` positions only)."""
     import torch
 
     x = torch.tensor([ids])
     pos = torch.arange(start, start + len(ids))[None]
+    kw = {"logits_to_keep": keep} if keep else {}
     with torch.inference_mode():
-        return float((a(x, position_ids=pos).logits - b(x, position_ids=pos).logits).abs().max())
+        return float((a(x, position_ids=pos, **kw).logits - b(x, position_ids=pos, **kw).logits).abs().max())
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an --out that cannot be written; create its parent, where the checkpoint is staged (same file
-    system, so the final rename is atomic)."""
+def is_export(folder: Path) -> bool:
+    """Whether `folder` holds a checkpoint ctxext export wrote (its results.json records a verification)."""
+    try:
+        return "verification" in json.loads((folder / "results.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _check_out(out: Path, overwrite: bool, source: Path | None = None) -> Path:
+    """Refuse an --out that cannot be written or must not be replaced; create its parent, where the checkpoint is
+    staged (same file system, so the final rename is atomic); -> the resolved folder (a symlink's target: the
+    staging and the rename happen there). `--overwrite` replaces only an earlier export: '--out .' deleted the
+    folder the command ran in, and '--out' a folder above the model deleted the model."""
+    out = out.resolve()
     if out.exists() and not out.is_dir():
         raise CtxextError(f"--out {out} is a file; choose a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CtxextError(f"--out {out} exists and is not empty; choose another folder or pass --overwrite")
+    here = Path.cwd().resolve()
+    if out == here or out in here.parents:
+        raise CtxextError(f"--out {out} is the folder the command runs in (or holds it); choose a new folder")
+    if source is not None and (out == source or out in source.parents):
+        raise CtxextError(f"--out {out} is the source model's folder (or holds it); choose a new folder")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise CtxextError(f"--out {out} exists and is not empty; choose another folder or pass --overwrite")
+        if not is_export(out):
+            raise CtxextError(f"--out {out} holds files that are not a ctxext export; --overwrite replaces only an "
+                              "earlier export: choose another folder")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CtxextError(f"--out {out}: cannot create its parent folder ({e.strerror or e})") from None
     if not os.access(out.parent, os.W_OK | os.X_OK):
         raise CtxextError(f"--out {out}: its parent folder {out.parent} is not writable")
+    return out
 
 
 def _check_verify_tokens(verify_tokens: int) -> None:
     if not verify_tokens >= 1:
         raise CtxextError(f"--verify-tokens must be >= 1 (the stock-load check needs tokens), got {verify_tokens}")
+
+
+def _source_folder(model: str) -> Path | None:
+    from .models.names import resolve_source
+
+    src = resolve_source(model)
+    return Path(src.path).resolve() if src.kind == "hf" else None
 
 
 def _check_tokenizer(model: str) -> None:
@@ -155,7 +190,7 @@ def export(model: str, spec: Spec | str, out: str | Path, verify_tokens: int = V
     _check_verify_tokens(verify_tokens)
     plan = plan_export(model, spec)  # every refusal happens here, before weights
     _check_tokenizer(model)
-    _check_out(Path(out), overwrite)
+    _check_out(Path(out), overwrite, _source_folder(model))
     lm = load_model(model)
     apply_spec(lm, plan.spec)
     return export_loaded(lm, plan, out, verify_tokens, overwrite)
@@ -171,12 +206,11 @@ def export_loaded(lm: Any, plan: ExportPlan, out: str | Path, verify_tokens: int
     from . import __version__
     from .runinfo import versions
 
-    out = Path(out)
     _check_verify_tokens(verify_tokens)
     if lm.tokenizer is None:
         raise CtxextError(f"cannot export {plan.model}: it has no tokenizer, which the checkpoint ships and the "
                           "stock-load check needs")
-    _check_out(out, overwrite)
+    out = _check_out(Path(out), overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
     try:
         lm.model.save_pretrained(tmp, safe_serialization=True)
@@ -193,17 +227,27 @@ def export_loaded(lm: Any, plan: ExportPlan, out: str | Path, verify_tokens: int
         diff = max(max_logit_diff(lm.model, stock, ids, start) for start in starts) if ids else float("nan")
         verification = {"tokens": len(ids), "positions_from": starts, "max_abs_logit_diff": diff,
                         "passed": bool(diff < 1e-4)}
+        if len(ids) > plan.original_len and plan.rope_parameters.get("rope_type") == "longrope":
+            # a sequence within the trained length takes the short factors, which the checks above never reach
+            short = max_logit_diff(lm.model, stock, ids[:plan.original_len], 0)
+            verification.update(short_tokens=plan.original_len, max_abs_logit_diff=max(diff, short),
+                                passed=bool(max(diff, short) < 1e-4))
+            diff = max(diff, short)
         if plan.rope_parameters.get("rope_type") in STOCK_PER_FORWARD and ids:
-            verification["past_window"] = _past_window(lm.model, stock, ids, plan)
+            verification["past_window"] = _past_window(lm.model, stock, ids, plan, lm.tokenizer)
         results = {
             "meta": {"ctxext": __version__, **versions(), "model": plan.model, "spec": plan.spec.text,
                      "resolved": plan.spec.to_dict()},
             "rope_parameters": plan.rope_parameters, "max_position_embeddings": plan.max_position_embeddings,
             "original_max_position_embeddings": plan.original_len,
+            "model_original_len": int(lm.info.trained_len),
             "verification": verification,
         }
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(plan, results))
+        if out.exists() and any(out.iterdir()) and not verification["passed"]:
+            raise CtxextError(f"the new checkpoint FAILED its stock-load check (max |logit diff| {diff:.3g}); the "
+                              f"earlier export in {out} is kept")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -222,16 +266,56 @@ def _past_window_card(past: dict[str, Any] | None) -> str:
             "checkpoint's; evaluate the checkpoint itself with `ctxext eval --model PATH --scaling default`.\n")
 
 
+def _flat(meta: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """A spec's provenance as key: value lines; nested ones (ctxext search's meta.search) as search.target etc."""
+    out: list[tuple[str, Any]] = []
+    for k, v in meta.items():
+        if isinstance(v, dict):
+            out += _flat(v, f"{prefix}{k}.")
+        elif isinstance(v, list):
+            if all(not isinstance(x, (dict, list)) for x in v) and len(v) <= 8:
+                out.append((f"{prefix}{k}", ", ".join(map(str, v))))
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def _vllm_card(plan: ExportPlan) -> str:
+    """What vLLM serves differently: it derives the attention factor of longrope and yarn itself (it does not read
+    `attention_factor`), and its `dynamic` is one static NTK base at every length."""
+    import math
+
+    rp = plan.rope_parameters
+    kind, s, L = rp.get("rope_type"), float(rp.get("factor") or 1.0), plan.original_len
+    if kind == "dynamic":
+        return ("\nvLLM's `dynamic` rope is one static NTK base for the longest length it serves, at every position "
+                "(inside the trained window too): served by vLLM this checkpoint is neither ctxext's dynamic-ntk nor "
+                "transformers'.\n")
+    m = rp.get("attention_factor")
+    default = {"longrope": math.sqrt(1 + math.log(s) / math.log(L)) if s > 1 else 1.0,
+               "yarn": 0.1 * math.log(s) + 1 if s > 1 else 1.0}.get(kind)
+    if kind == "yarn" and ("mscale" in rp or "mscale_all_dim" in rp):
+        return (f"\nvLLM derives the yarn attention factor itself ({default:.4g} here) and does not read `mscale` / "
+                "`mscale_all_dim`: served by vLLM the logits are scaled otherwise than verified above.\n")
+    if default is None or m is None or abs(float(m) - default) < 1e-6:
+        return ""
+    return (f"\nvLLM derives the {kind} attention factor itself ({default:.4g} here) and does not read "
+            f"`attention_factor` ({float(m):.4g}): served by vLLM the logits are scaled otherwise than verified "
+            "above.\n")
+
+
 def model_card(plan: ExportPlan, results: dict[str, Any]) -> str:
     v = results["verification"]
     rp = json.dumps(plan.rope_parameters, indent=2) if plan.rope_parameters else "(unchanged)"
-    meta = plan.spec.meta or {}
-    measured = "".join(f"- {k}: {val}\n" for k, val in meta.items() if not isinstance(val, (dict, list)))
+    measured = "".join(f"- {k}: {val}\n" for k, val in _flat(plan.spec.meta or {}))
+    own = results.get("model_original_len", plan.original_len)
+    override = (f" (set by the spec; the model's own config says {own}: check that the spec was made for this "
+                "model)") if own != plan.original_len else ""
     return f"""# {Path(plan.model).name} extended with `{plan.spec.method}`
 
 Exported by ctxext {results['meta']['ctxext']} from `{plan.model}` with the scaling spec `{plan.spec.text}`.
 
-- trained context (original_max_position_embeddings): {plan.original_len}
+- trained context (original_max_position_embeddings): {plan.original_len}{override}
 - max_position_embeddings written: {plan.max_position_embeddings}
 - rope (transformers >= 5 `rope_parameters`; the same values are written as `rope_theta` + `rope_scaling`
   for transformers 4.x; yarn needs >= 4.56, earlier releases take its ramp from max_position_embeddings):
@@ -245,7 +329,7 @@ Loaded back with stock `AutoModelForCausalLM.from_pretrained` (no ctxext code), 
 logits as ctxext's in-memory model: max |diff| = {v['max_abs_logit_diff']:.3g} over {v['tokens']} tokens placed from
 position{'s' if len(v['positions_from']) > 1 else ''} {' and '.join(map(str, v['positions_from']))}
 ({'passed' if v['passed'] else 'FAILED'}, threshold 1e-4).
-{_past_window_card(v.get('past_window'))}
+{_past_window_card(v.get('past_window'))}{_vllm_card(plan)}
 ## Provenance
 {measured or '- no search or training metadata was attached to this spec' + chr(10)}
 ## Use

@@ -23,6 +23,9 @@ def run(args: argparse.Namespace) -> int:
           f"max_position_embeddings={res['max_position_embeddings']}")
     print(f"stock transformers load: max |logit diff| {v['max_abs_logit_diff']:.3g} over {v['tokens']} tokens "
           f"({'ok' if v['passed'] else 'MISMATCH'})")
+    if res.get("model_original_len", res["original_max_position_embeddings"]) != res["original_max_position_embeddings"]:
+        print(f"note: the spec sets the trained length to {res['original_max_position_embeddings']}; the model's "
+              f"config says {res['model_original_len']} (was the spec made for this model?)")
     past = v.get("past_window")
     if past is not None and not past["same"]:
         print(f"past the window the checkpoint differs from what ctxext measured: max |logit diff| "
