@@ -246,3 +246,76 @@ def test_the_plans_longrope_row_is_the_searchs_own_seed():
     space = make_space(info.rope_shape.n_pairs, 4.0, p.critical_dim // 2, 256)
     seed = np.asarray(seed_candidates(space, info.rope_shape)["longrope2"].factors)
     assert np.allclose(row, seed, atol=0.006)  # the search's grid rounds to 0.01
+
+
+def test_far_targets_get_a_pick_that_reaches_them_and_a_plan():
+    """tiny-rope at 4M: the dynamic-ntk search stopped at alpha 1e4 (reach 2.28M) and was still the pick; at 16.8M
+    the ntk row's factor (1e10) failed parse_spec and no plan came at all."""
+    from ctxext.models import model_info
+    from ctxext.theory import plan
+
+    shape = model_info("tiny-rope").rope_shape
+    for target in (4194304, 16777216):
+        p = plan(shape, target)
+        pick = next(r for r in p.recommendations if r.recommended == "training-free")
+        assert pick.reaches_target and pick.method == "dynamic-ntk"
+    assert "ntk" in p.skipped and "factor must be <=" in p.skipped["ntk"]
+
+
+def test_the_self_extend_example_reaches_the_target_by_ctxexts_rule():
+    from ctxext.models import model_info
+    from ctxext.scaling import parse_spec
+    from ctxext.scaling.attention import self_extend_reach
+    from ctxext.theory import plan
+
+    import re
+
+    for model, target in (("smollm2-135m", 20480), ("tiny-rope", 640)):
+        shape = model_info(model).rope_shape
+        note = plan(shape, target).skipped["self-extend"]
+        spec = re.search(r"(self-extend:group=\d+,window=\d+) reaches ([\d,]+)", note)
+        got = self_extend_reach(shape.original_len, parse_spec(spec.group(1)).params)
+        assert got >= target and f"{got:,}" == spec.group(2)  # it said 20,480 for a spec that reaches 20,478
+
+
+def test_the_ntk_rationale_says_whether_the_factor_was_raised():
+    from ctxext.models import model_info
+    from ctxext.theory import plan
+
+    shape = model_info("smollm2-135m").rope_shape
+    why = next(r.rationale for r in plan(shape, 8193).recommendations if r.method == "ntk")
+    assert "past the target, so the factor is the smallest that covers it" in why and "raised" not in why
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ({"head_dim": 75}, "cannot read the model config"),  # a huggingface_hub validation error: a traceback before
+])
+def test_a_config_transformers_rejects_is_one_line(tmp_path, capsys, edit, needle):
+    import json as js
+
+    from ctxext.cli import main
+    from ctxext.models import model_info
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(js.dumps({**model_info("tiny-rope").config, **edit}))
+    assert main(["plan", "--model", str(folder), "--target", "1024"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_a_rotary_dim_of_2_and_an_infinite_base(tmp_path, capsys):
+    import json as js
+
+    from ctxext.cli import main
+    from ctxext.models import model_info
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    cfg = {**model_info("tiny-rope").config, "head_dim": 2}
+    (folder / "config.json").write_text(js.dumps(cfg))
+    assert main(["plan", "--model", str(folder), "--target", "1024", "--json"]) == 0  # ntk rows skipped
+    assert "ntk: needs a rotary dim above 2" in json.loads(capsys.readouterr().out)["skipped"]["ntk"]
+    with pytest.raises(SystemExit):
+        main(["plan", "--model", "tiny-rope", "--target", "1024", "--base", "inf"])
+    assert "rope base must be > 1 and finite" in capsys.readouterr().err

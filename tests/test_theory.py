@@ -190,7 +190,7 @@ def test_plan_smollm2_32k_numbers(smol_plan):
     assert by["abf:tf"].spec == "abf:base=886405"
     assert by["dynamic-yarn"].reach_capped
     assert set(p.skipped) == {"alibi-interp", "ntk-alibi", "self-extend", "streaming"}
-    assert "self-extend:group=5,window=2048 reaches 32,768" in p.skipped["self-extend"]  # (8192-2048)·5+2048
+    assert "self-extend:group=5,window=2045 reaches 32,780" in p.skipped["self-extend"]  # G divides W: (8192-2045)·5+2045
 
 
 def test_plan_every_spec_parses_and_numbers_are_the_specs(smol_plan):

@@ -291,10 +291,13 @@ def _ntk_factor_for(c: _Ctx, reach: float) -> float:
 @rule("ntk")
 def _ntk(c: _Ctx):
     f = _up(_ntk_factor_for(c, c.target))
+    nominal = c.reach(f"ntk:factor={_num(c.s)}")
+    how = (f"only reaches {nominal:,.0f} (reach grows as s^(d_extra/(d-2))), so the factor is raised to cover the "
+           "target" if nominal < c.target else
+           f"reaches {nominal:,.0f}, past the target, so the factor is the smallest that covers it")
     return f"ntk:factor={_num(f)}", _ft(False, COST_NONE), (
-        f"static NTK-aware base change; the nominal factor s={_num(c.s)} only reaches "
-        f"{c.reach(f'ntk:factor={_num(c.s)}'):,.0f} (reach grows as s^(d_extra/(d-2))), so the factor is "
-        f"raised to cover the target; same frequencies as the training-free abf base")
+        f"static NTK-aware base change; the nominal factor s={_num(c.s)} {how}; same frequencies as the "
+        "training-free abf base")
 
 
 @rule("dynamic-ntk")
@@ -303,7 +306,7 @@ def _dynamic_ntk(c: _Ctx):
         return c.reach(f"dynamic-ntk:factor={_num(a)}")
 
     lo, hi = 1.0, 2.0
-    while reach(hi) < c.target and hi < 1e4:
+    while reach(hi) < c.target and hi < 2.0 ** 30:  # its reach grows slowly in alpha on a small rotary dim
         lo, hi = hi, hi * 2
     for _ in range(40):
         if hi - lo < 1e-4:
@@ -378,11 +381,21 @@ def _longrope(c: _Ctx):
 
 
 def _self_extend_note(c: _Ctx) -> str:
+    from .scaling.attention import SelfExtendParams, self_extend_reach
+
+    def reach(g: int, w: int) -> int:
+        return self_extend_reach(L, SelfExtendParams(group=g, window=w))
+
     L = c.shape.original_len
     w = max(1, L // 4)
     g = max(2, math.ceil((c.target - w) / (L - w)))
-    return (f"attention method (positions remapped, frequencies unchanged): reach (L − W)·G + W, e.g. "
-            f"self-extend:group={g},window={w} reaches {(L - w) * g + w:,}; no wavelength prediction applies")
+    if g <= w:
+        w -= w % g  # (L − W)·G + W holds when G divides W (a few tokens less otherwise)
+    while reach(g, w) < c.target:  # grows with G: L − W + W//G stays >= L − W > 0
+        g += 1
+    return (f"attention method (positions remapped, frequencies unchanged): reach about (L − W)·G + W, e.g. "
+            f"self-extend:group={g},window={w} reaches {reach(g, w):,}; no wavelength prediction "
+            "applies")
 
 
 def _streaming_note(c: _Ctx) -> str:
@@ -422,10 +435,14 @@ def plan(shape: RopeShape, target: int, base: float | None = None) -> Plan:
             continue
         rules = [RULES[name]] + ([_abf_training_free] if name == "abf" else [])
         for fn in rules:
-            text, ft, why = fn(ctx)
-            spec = parse_spec(text)
-            reach = predicted_reach(spec, planned, d_extra)
-            m = resolve_rope(spec, planned, target).attention_factor
+            try:
+                text, ft, why = fn(ctx)
+                spec = parse_spec(text)
+                reach = predicted_reach(spec, planned, d_extra)
+                m = resolve_rope(spec, planned, target).attention_factor
+            except (CtxextError, ZeroDivisionError, OverflowError) as e:  # an ntk factor past 2^31, rotary dim 2
+                skipped[name] = f"no {name} spec for this model and target ({e})"
+                continue
             params = spec.to_dict()["params"]
             recs.append(Recommendation(name, text, params, reach.tokens, reach.capped,
                                        reach.capped or reach.tokens >= target * (1 - REL_TOL), float(m), ft, why))
@@ -444,8 +461,12 @@ def _mark(recs: list[Recommendation], c: _Ctx) -> list[Recommendation]:
         tf = "default"
     else:
         tf = "yarn" if c.s <= 2 else "dynamic-ntk"
-    tf_spec = next(r.spec for r in recs if r.method == tf)
-    ft_spec = next(r.spec for r in recs if r.method == "abf" and r.fine_tuning["required"])
+    free = {r.method: r for r in recs if not r.fine_tuning["required"]}
+    if tf != "default" and not (tf in free and free[tf].reaches_target):  # the pick must reach T by this rule
+        tf = next((m for m in (tf, "yarn", "dynamic-ntk", "ntk", "abf") if m in free and free[m].reaches_target),
+                  tf)
+    tf_spec = next((r.spec for r in recs if r.method == tf), None)
+    ft_spec = next((r.spec for r in recs if r.method == "abf" and r.fine_tuning["required"]), None)
     out = []
     for r in recs:
         kind = "training-free" if r.spec == tf_spec else "fine-tuning" if r.spec == ft_spec else None

@@ -38,8 +38,8 @@ def _positive_float(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not v > 1:
-        raise argparse.ArgumentTypeError(f"rope base must be > 1, got {text}")
+    if not (1 < v < 1e30):  # inf (or a float32 frequency that underflows to 0) divided by zero
+        raise argparse.ArgumentTypeError(f"rope base must be > 1 and finite (below 1e30), got {text}")
     return v
 
 
@@ -47,8 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="HF directory, .gguf file, or built-in name (smollm2-135m, ...)")
     p.add_argument("--target", required=True, type=_positive_int, help="target context length in tokens (> trained length)")
     p.add_argument("--base", type=_positive_float,
-                   help="plan for the model with its rope base changed to B (e.g. after ABF tuning); "
-                        "the critical dimension stays the one learned with the trained base")
+                   help="plan for the model with its rope base changed to B (e.g. after ABF tuning); for a larger "
+                        "base the critical dimension stays the one learned with the trained base, for a smaller "
+                        "one it is the planned base's")
     p.add_argument("--original-len", type=_positive_int, metavar="L",
                    help="override the trained length read from the config")
     p.add_argument("--calibrate", action="store_true",

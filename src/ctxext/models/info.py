@@ -118,7 +118,7 @@ def read_config(folder: Path, gguf_file: str | None = None) -> dict[str, Any]:
 
     try:
         cfg = AutoConfig.from_pretrained(str(folder), gguf_file=gguf_file, local_files_only=True)
-    except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
+    except Exception as e:  # noqa: BLE001 - config classes also raise huggingface_hub's validation errors
         what = f"{folder / gguf_file}" if gguf_file else f"{folder}/config.json"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CtxextError(f"cannot read the model config {what}: {first}") from None

@@ -39,6 +39,8 @@ class Base(Params):
 
 def ntk_base(base: float, rotary_dim: int, factor: float) -> float:
     """NTK-aware base b' = b · s^(d/(d−2)): the lowest frequency is interpolated by exactly s."""
+    if rotary_dim <= 2:
+        raise CtxextError(f"ntk: needs a rotary dim above 2 (b·s^(d/(d−2))), this model has {rotary_dim}")
     return base * factor ** (rotary_dim / (rotary_dim - 2))
 
 
