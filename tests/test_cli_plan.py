@@ -319,3 +319,15 @@ def test_a_rotary_dim_of_2_and_an_infinite_base(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["plan", "--model", "tiny-rope", "--target", "1024", "--base", "inf"])
     assert "rope base must be > 1 and finite" in capsys.readouterr().err
+
+
+def test_a_static_reach_past_the_search_cap_is_the_formulas_value():
+    """linear:factor=2048 on SmolLM2 reaches 2048 x 8,379 = 17.16M; it read '>= 16,777,216 (no limit)'."""
+    from ctxext.models import model_info
+    from ctxext.scaling import parse_spec
+    from ctxext.theory import REACH_CAP, predicted_reach
+
+    shape = model_info("smollm2-135m").rope_shape
+    r = predicted_reach(parse_spec("linear:factor=2048"), shape)
+    assert not r.capped and r.tokens > REACH_CAP and r.tokens == pytest.approx(
+        2048 * predicted_reach(parse_spec("default"), shape).tokens, rel=1e-6)

@@ -99,9 +99,8 @@ def predicted_reach(spec: Spec, shape: RopeShape, d_extra: int | None = None, ca
     def limit(t: int | None) -> float:
         return TWO_PI / float(resolve_rope(spec, shape, t).inv_freq[c])
 
-    if not spec.entry.length_dependent:
-        g = limit(None)
-        return Reach(float(cap), True) if g >= cap else Reach(g)
+    if not spec.entry.length_dependent:  # the formula's own value, past the cap too (it read 'no limit')
+        return Reach(limit(None))
     ok = effective_shape(spec, shape).original_len
     if limit(ok) < ok:
         return Reach(limit(ok))
