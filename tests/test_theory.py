@@ -263,3 +263,13 @@ def test_plan_to_dict_is_json_ready(smol_plan):
     assert len(d["wavelengths"]) == 32
     assert {"method", "spec", "params", "predicted_reach", "fine_tuning", "rationale", "recommended"} <= set(
         d["recommendations"][0])
+
+
+def test_the_training_free_base_is_the_abf_rows():
+    """Just past the window the lowest base reaching T is below the model's own (96,476 vs 100,000): the facts line
+    named that while the training-free abf row said abf:base=100000."""
+    from ctxext.models import model_info
+
+    p = plan(model_info("smollm2-135m").rope_shape, 8193)
+    row = next(r for r in p.recommendations if r.method == "abf" and not r.fine_tuning["required"])
+    assert p.training_free_base == 100000.0 and row.spec == "abf:base=100000"

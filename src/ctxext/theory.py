@@ -448,7 +448,8 @@ def plan(shape: RopeShape, target: int, base: float | None = None) -> Plan:
     recs = _mark(recs, ctx)
     return Plan(planned, shape.base, target, d_extra, ctx.t_extra,
                 critical_base(shape.base, shape.original_len, target),
-                base_for_reach(shape.rotary_dim, d_extra, target) if d_extra else math.inf,
+                # the training-free abf row's base: never below the planned one (a lower base is no extension)
+                max(planned.base, base_for_reach(shape.rotary_dim, d_extra, target)) if d_extra else math.inf,
                 wavelengths(planned.theta()), recs, skipped)
 
 
