@@ -331,3 +331,29 @@ def test_a_static_reach_past_the_search_cap_is_the_formulas_value():
     r = predicted_reach(parse_spec("linear:factor=2048"), shape)
     assert not r.capped and r.tokens > REACH_CAP and r.tokens == pytest.approx(
         2048 * predicted_reach(parse_spec("default"), shape).tokens, rel=1e-6)
+
+
+def test_plan_png_names_a_changed_base_and_no_pair_in_the_small_base_regime(tmp_path, monkeypatch):
+    """With --base the curve was labelled 'as trained'; with a base so small that every pair turns within L the
+    plot marked 'critical pair 64' (of 0-63), an empty shaded span, and the search cap as the reach."""
+    import ctxext.plots as plots
+    from ctxext.scaling import RopeShape
+    from ctxext.theory import plan
+
+    seen = {}
+    real = plots.save
+
+    def spy(fig, path):
+        ax = fig.axes[0]
+        seen["labels"] = [h.get_label() for h in ax.get_legend().legend_handles]
+        seen["texts"] = [t.get_text() for t in ax.texts]
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "save", spy)
+    llama2 = RopeShape(128, 1e4, 4096)
+    plots.plan_wavelengths(plan(llama2, 8192, base=500.0), tmp_path / "a.png")
+    assert any("with base 500" in x and "no limit" in x for x in seen["labels"])
+    assert not any("critical pair" in t for t in seen["texts"])
+    assert not any("never turn a full period" in x for x in seen["labels"])
+    plots.plan_wavelengths(plan(llama2, 131072), tmp_path / "b.png")
+    assert any(x.startswith("as trained") for x in seen["labels"]) and any("critical pair" in t for t in seen["texts"])

@@ -86,10 +86,15 @@ def plan_wavelengths(plan: Plan, path: str | Path, title: str | None = None) -> 
 
     L, T, c = plan.shape.original_len, plan.target, plan.critical_pair
     pairs = np.arange(plan.shape.n_pairs)
+    every = c >= plan.shape.n_pairs  # the small-base regime: no critical pair, no limit (it marked pair c anyway)
+    own = "as trained" if plan.shape.base == plan.trained_base else f"with base {plan.shape.base:g}"
     with figure() as (fig, ax):
-        ax.axvspan(c, pairs[-1] + 0.5, color="#FBE9E0", zorder=0, label="pairs that never turn a full period within L")
+        if not every:
+            ax.axvspan(c, pairs[-1] + 0.5, color="#FBE9E0", zorder=0,
+                       label="pairs that never turn a full period within L")
         ax.plot(pairs, plan.wavelengths, "o-", color=PALETTE[0], ms=3.5,
-                label=f"as trained  (reach {plan.extrapolation_limit:,.0f})")
+                label=f"{own}  (" + ("every pair turns within L: no limit" if every else
+                                     f"reach {plan.extrapolation_limit:,.0f}") + ")")
         recs = [r for r in plan.recommendations if r.recommended]
         looks = {"training-free": dict(marker="o", ls="-", ms=3.5, lw=1.6, color=PALETTE[1]),
                  "fine-tuning": dict(marker="s", ls="--", ms=5.5, lw=1.4, color=PALETTE[2], mfc="none")}
@@ -101,14 +106,17 @@ def plan_wavelengths(plan: Plan, path: str | Path, title: str | None = None) -> 
                     label=f"{r.spec}{at}  ({r.recommended}, reach {r.predicted_reach:,.0f})")
         ax.axhline(L, color=PALETTE[3], ls="--", lw=1.2)
         ax.axhline(T, color=PALETTE[4], ls="--", lw=1.2)
-        ax.axvline(c, color=GREY, ls=":", lw=1.4)
+        if not every:
+            ax.axvline(c, color=GREY, ls=":", lw=1.4)
         ax.set_yscale("log")
         ax.set_xlim(-0.5, pairs[-1] + 0.5)
         trans = ax.get_yaxis_transform()
         ax.text(0.01, L, f" trained L = {L:,}", transform=trans, va="bottom", ha="left", color=PALETTE[3], fontsize=9)
         ax.text(0.01, T, f" target T = {T:,}", transform=trans, va="bottom", ha="left", color=PALETTE[4], fontsize=9)
-        ax.annotate(f"critical pair {c}\n(d_extra = {plan.critical_dim})", xy=(c, 0.04), xycoords=("data", "axes fraction"),
-                    xytext=(-6, 0), textcoords="offset points", ha="right", va="bottom", fontsize=9, color="#555555")
+        if not every:
+            ax.annotate(f"critical pair {c}\n(d_extra = {plan.critical_dim})", xy=(c, 0.04),
+                        xycoords=("data", "axes fraction"), xytext=(-6, 0), textcoords="offset points", ha="right",
+                        va="bottom", fontsize=9, color="#555555")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: si_label(y)))
         ax.set_xlabel("rotary pair i (θ_i = b^(-2i/d))")
