@@ -350,8 +350,14 @@ def _abf(c: _Ctx):
         "NTK/ABF-style tuning beats YaRN after long training (LongRoPE2, LLaMA3-8B 128k RULER: 73.2 vs 49.4)")
 
 
+def training_free_base(shape: RopeShape, d_extra: int, target: int) -> float:
+    """The lowest base whose critical-pair wavelength reaches `target`, never below the shape's own (a lower base
+    is no extension)."""
+    return max(shape.base, base_for_reach(shape.rotary_dim, d_extra, target))
+
+
 def _abf_training_free(c: _Ctx):
-    b = max(c.shape.base, base_for_reach(c.shape.rotary_dim, c.d_extra, c.target))
+    b = training_free_base(c.shape, c.d_extra, c.target)
     return f"abf:base={math.ceil(b)}", _ft(False, COST_NONE), (
         "training-free base (T/2π)^(d/d_extra): the lowest base whose critical-pair wavelength reaches the "
         "target; same frequencies as the ntk entry")
@@ -448,8 +454,7 @@ def plan(shape: RopeShape, target: int, base: float | None = None) -> Plan:
     recs = _mark(recs, ctx)
     return Plan(planned, shape.base, target, d_extra, ctx.t_extra,
                 critical_base(shape.base, shape.original_len, target),
-                # the training-free abf row's base: never below the planned one (a lower base is no extension)
-                max(planned.base, base_for_reach(shape.rotary_dim, d_extra, target)) if d_extra else math.inf,
+                training_free_base(planned, d_extra, target) if d_extra else math.inf,  # the abf row's
                 wavelengths(planned.theta()), recs, skipped)
 
 
