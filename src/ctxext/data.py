@@ -58,12 +58,11 @@ def strip_gutenberg(text: str) -> str:
 OUTPUT_MARKERS = ("results.json", "config.json", "history.jsonl")
 
 
-def ctxext_output(f: Path, root: Path) -> bool:
-    """Whether `f`, found under the --data folder `root`, is something ctxext (or a model folder) wrote: inside a
-    run or model folder, or a synth-qa log (X.log.jsonl; its X.jsonl is data for train --instruct)."""
-    if f.name.endswith(".log.jsonl"):
-        return True
-    return any((d / m).is_file() for d in f.parents if d != root and root in d.parents for m in OUTPUT_MARKERS)
+def ctxext_output(f: Path, marked: set[Path]) -> bool:
+    """Whether `f` is something ctxext (or a model folder) wrote: inside a run or model folder (`marked`: the
+    subfolders of the --data folder that hold an OUTPUT_MARKERS file), or a synth-qa log (X.log.jsonl; its X.jsonl
+    is data for train --instruct)."""
+    return f.name.endswith(".log.jsonl") or any(d in marked for d in f.parents)
 
 
 def _check_text_file(f: Path) -> None:
@@ -100,12 +99,15 @@ def data_files(paths: Iterable[str | Path]) -> list[Path]:
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES)
-            own = [f for f in found if ctxext_output(f, p)]
+            entries = [f for f in p.rglob("*") if f.is_file()]  # one walk: the markers and the data alike
+            marked = {f.parent for f in entries if f.name in OUTPUT_MARKERS and f.parent != p}
+            found = sorted(f for f in entries if f.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES)
+            own = [f for f in found if ctxext_output(f, marked)]
             if own:
                 _say_once(f"data: {p}: left out {len(own)} file(s) ctxext wrote (run outputs, model cards, synth-qa "
                           f"logs), e.g. {own[0]}")
-            found = [f for f in found if f not in own]
+            left = set(own)
+            found = [f for f in found if f not in left]
             if not found:
                 raise CtxextError(f"data folder {p} holds no {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)} files")
             files += found

@@ -97,21 +97,21 @@ class Results:
         measured other factors, so they are dropped and measured again rather than served as this spec's."""
         stale = {s for s, d in now.items()
                  if s in before and is_file_spec(s) and _definition(before[s]) != _definition(d)}
-        if stale:
-            n = sum(r["scaling"] in stale for r in self.records)
-            self.records = [r for r in self.records if r["scaling"] not in stale]
-            print(f"resume: {', '.join(sorted(stale))} changed since its {n} record(s) in {self.path} were measured; "
-                  "they are measured again", file=sys.stderr)
+        self._measure_again("scaling", stale, "{} changed")
 
     def _drop_older_protocols(self, before: dict[str, int], now: dict[str, int]) -> None:
         """A task whose protocol changed since the folder's cells were measured (Task.version; files without one
         are version 1): its old cells do not compare with new ones, so they are measured again."""
         stale = {t for t, v in now.items() if before.get(t, 1) != v and any(r["task"] == t for r in self.records)}
+        self._measure_again("task", stale, "the {} protocol changed")
+
+    def _measure_again(self, field: str, stale: set[str], what: str) -> None:
+        """Drop the records whose `field` is in `stale` (they are measured again), and say so."""
         if stale:
-            n = sum(r["task"] in stale for r in self.records)
-            self.records = [r for r in self.records if r["task"] not in stale]
-            print(f"resume: the {', '.join(sorted(stale))} protocol changed since its {n} record(s) in {self.path} "
-                  "were measured; they are measured again", file=sys.stderr)
+            n = sum(r[field] in stale for r in self.records)
+            self.records = [r for r in self.records if r[field] not in stale]
+            print(f"resume: {what.format(', '.join(sorted(stale)))} since its {n} record(s) in {self.path} were "
+                  "measured; they are measured again", file=sys.stderr)
 
     def finished(self, model: str, scaling: str, task: str, length: int, depth: float | None) -> bool:
         return (model, scaling, task, length, depth) in self.done
