@@ -118,6 +118,38 @@ def test_tiny_export_writes_both_schemas(tmp_path, spec, rope_type, max_pos):
     assert spec in (tmp_path / "out" / "README.md").read_text()
 
 
+def test_abf_max_len_writes_the_served_length_and_keeps_the_trained_one(tmp_path):
+    """vLLM serves at most max_position_embeddings tokens of a default-rope checkpoint: --max-len writes the length
+    an abf base is meant for, and the trained length stays at the top level, where ctxext (and Phi3-style readers)
+    find it; the checkpoint still loads with the logits ctxext measured, also placed at the far end."""
+    from ctxext.export import model_card
+    from ctxext.models import model_info
+
+    plain = export("tiny-rope", "abf:base=40000", tmp_path / "plain", verify_tokens=100)
+    assert plain["max_position_embeddings"] == 256
+    assert "--max-len" in (tmp_path / "plain" / "README.md").read_text()  # the vLLM cap is said
+    res = export("tiny-rope", "abf:base=40000", tmp_path / "out", verify_tokens=100, max_len=1024)
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["max_position_embeddings"] == 1024 and cfg["original_max_position_embeddings"] == 256
+    assert cfg["rope_parameters"] == {"rope_type": "default", "rope_theta": 40000.0}
+    assert res["verification"]["passed"] and res["verification"]["positions_from"] == [0, 924]
+    assert model_info(str(tmp_path / "out")).trained_len == 256
+    assert "--max-len" not in (tmp_path / "out" / "README.md").read_text()
+    assert "--max-len" not in model_card(plan_export("tiny-rope", "yarn:factor=4"), res)  # yarn derives its own
+
+
+@pytest.mark.parametrize("model,spec,max_len,needle", [
+    ("tiny-rope", "yarn:factor=4", 2048, "exports a yarn rope, whose stock form sets its length from its own factor"),
+    ("tiny-rope", "linear:factor=4", 1024, "exports a linear rope"),
+    ("tiny-rope", "abf:base=40000", 255, "--max-len must be from the trained length 256"),
+    ("tiny-alibi", "default", 1024, "--max-len applies to RoPE models"),
+])
+def test_max_len_refusals(model, spec, max_len, needle):
+    with pytest.raises(CtxextError) as e:
+        plan_export(model, spec, max_len=max_len)
+    assert needle in str(e.value)
+
+
 @pytest.fixture
 def no_weights(monkeypatch):
     import ctxext.models as models

@@ -187,3 +187,15 @@ def test_summary_names_the_export_check_and_a_run_without_evaluation():
     assert ("- final/ loaded by stock transformers: max |logit diff| 0 over 200 tokens (passed); past the window 2.5 "
             "(per forward vs per position)") in text
     assert "## Evaluation at the training length\n\nnone (--no-eval)" in text and "| step | passkey" not in text
+
+
+@pytest.mark.parametrize("text,max_pos", [("abf:base=40000", 1024), ("default", 1024), ("yarn:factor=4", 1024),
+                                          ("linear:factor=4", 256)])
+def test_a_default_rope_trained_past_its_window_exports_the_trained_length(text, max_pos):
+    """abf (or default) trained at 1,024 on a 256-token model: DIR/final says 1,024 (vLLM serves at most
+    max_position_embeddings tokens of a default rope); ropes with a factor keep the length their stock form sets."""
+    from ctxext.train.setup import plan_run
+
+    cfg = TrainConfig(model="tiny-rope", scaling=text, data=("-",), seq_len=1024, steps=2, out="-")
+    export = plan_run(cfg, 1, False, 1).export
+    assert export.max_position_embeddings == max_pos and export.original_len == 256

@@ -11,13 +11,13 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import CtxextError
 from .scaling import Spec, check_fits, config_rope_fields, legacy_rope_fields, parse_spec
-from .scaling.spec import effective_shape
+from .scaling.spec import MAX_POSITIONS, effective_shape
 
 VERIFY_TOKENS = 1000
 
@@ -33,7 +33,10 @@ class ExportPlan:
     original_len: int
 
 
-def plan_export(model: str, spec: Spec | str) -> ExportPlan:
+def plan_export(model: str, spec: Spec | str, max_len: int | None = None) -> ExportPlan:
+    """`max_len`: the max_position_embeddings to write for a rope whose stock form never reads it (default, abf),
+    e.g. the length an abf model was fine-tuned at; vLLM serves at most max_position_embeddings tokens of such a
+    checkpoint. Other ropes set it from their own factor."""
     from .models import model_info
 
     spec = parse_spec(spec) if isinstance(spec, str) else spec
@@ -43,11 +46,27 @@ def plan_export(model: str, spec: Spec | str) -> ExportPlan:
         if spec.method != "default":
             raise CtxextError(f"cannot export '{spec.text}': stock {info.config.get('model_type', 'ALiBi')} configs "
                               "have no field for ALiBi slopes, so the checkpoint would silently use the original ones")
+        if max_len is not None:
+            raise CtxextError("--max-len applies to RoPE models; ALiBi configs carry no length a server reads")
         return ExportPlan(model, spec, {}, int(info.trained_len), int(info.trained_len))
     rope_parameters, max_pos = config_rope_fields(spec, info.config)
     plan = ExportPlan(model, spec, rope_parameters, max_pos, effective_shape(spec, info.rope_shape).original_len)
+    if max_len is not None:
+        plan = replace(plan, max_position_embeddings=_check_max_len(max_len, plan))
     _check_stock_config(export_config(info.config, plan), spec)
     return plan
+
+
+def _check_max_len(max_len: int, plan: ExportPlan) -> int:
+    kind = plan.rope_parameters.get("rope_type", "default")
+    if kind != "default":
+        raise CtxextError(f"--max-len: '{plan.spec.text}' exports a {kind} rope, whose stock form sets its length "
+                          f"from its own factor (max_position_embeddings {plan.max_position_embeddings}); --max-len "
+                          "is for default and abf ropes")
+    if not plan.original_len <= max_len <= MAX_POSITIONS:
+        raise CtxextError(f"--max-len must be from the trained length {plan.original_len} to {MAX_POSITIONS}, "
+                          f"got {max_len}")
+    return int(max_len)
 
 
 def _check_stock_config(cfg: dict[str, Any], spec: Spec) -> None:
@@ -74,6 +93,10 @@ def export_config(config: dict[str, Any], plan: ExportPlan) -> dict[str, Any]:
         cfg.update(legacy_rope_fields(plan.rope_parameters, cfg.get("model_type")))
         if "original_max_position_embeddings" in plan.rope_parameters:
             cfg["original_max_position_embeddings"] = plan.rope_parameters["original_max_position_embeddings"]
+        elif plan.max_position_embeddings != plan.original_len and plan.rope_parameters.get("rope_type") == "default":
+            # served past its trained length (--max-len): the trained length stays readable at the top level, as
+            # Phi3 configs carry it, for ctxext and anyone reading the config; stock default ropes never read it
+            cfg["original_max_position_embeddings"] = plan.original_len
     cfg["max_position_embeddings"] = plan.max_position_embeddings
     return cfg
 
@@ -183,12 +206,13 @@ def _check_tokenizer(model: str) -> None:
 
 
 def export(model: str, spec: Spec | str, out: str | Path, verify_tokens: int = VERIFY_TOKENS,
-           overwrite: bool = False) -> dict[str, Any]:
-    """Export `model` scaled by `spec` into `out`; return the results written to out/results.json."""
+           overwrite: bool = False, max_len: int | None = None) -> dict[str, Any]:
+    """Export `model` scaled by `spec` into `out`; return the results written to out/results.json. `max_len`: see
+    plan_export."""
     from .models import apply_spec, load_model
 
     _check_verify_tokens(verify_tokens)
-    plan = plan_export(model, spec)  # every refusal happens here, before weights
+    plan = plan_export(model, spec, max_len)  # every refusal happens here, before weights
     _check_tokenizer(model)
     _check_out(Path(out), overwrite, _source_folder(model))
     lm = load_model(model)
@@ -287,6 +311,9 @@ def _vllm_card(plan: ExportPlan) -> str:
 
     rp = plan.rope_parameters
     kind, s, L = rp.get("rope_type"), float(rp.get("factor") or 1.0), plan.original_len
+    if kind == "default" and plan.spec.method != "default" and plan.max_position_embeddings <= L:
+        return (f"\nvLLM serves at most max_position_embeddings ({plan.max_position_embeddings}) tokens of a checkpoint "
+                "with a default rope: export with `--max-len N` to write the length this base is meant for.\n")
     if kind == "dynamic":
         return ("\nvLLM's `dynamic` rope is one static NTK base for the longest length it serves, at every position "
                 "(inside the trained window too): served by vLLM this checkpoint is neither ctxext's dynamic-ntk nor "

@@ -75,6 +75,10 @@ def plan_run(cfg: TrainConfig, rows_per_forward: int, bf16: bool, shards: int, m
     if cfg.mixed_window:
         spec = mixed_window_spec(spec, info.rope_shape, cfg.seq_len)
     export = plan_export(cfg.model, spec)  # a spec no stock config can express is refused before training
+    if export.rope_parameters.get("rope_type") == "default" and cfg.seq_len > export.max_position_embeddings:
+        # a default or abf rope trained past its window: the checkpoint says the length it was trained at (vLLM
+        # serves at most max_position_embeddings tokens of it)
+        export = plan_export(cfg.model, spec, max_len=cfg.seq_len)
     if cfg.attn == "flash_attention_2" and spec.entry.length_dependent:
         # its attention plan runs its own SDPA without a mask under flash: packed documents would see each other
         raise CtxextError(f"'{spec.method}' trains with --attn sdpa or eager, not flash_attention_2 (its attention "
