@@ -208,5 +208,6 @@ def test_results_are_written_atomically(name):
     writes left are the inputs a script rebuilds on each run (book text, cut examples)."""
     text = (ROOT / "benchmarks" / f"{name}.py").read_text()
     assert not re.search(r"write_text\((json\.dumps|\"\\n\"\.join)", text)
-    assert "np.save(" not in text and "shutil.copy(" not in text
+    assert "np.save(" not in text and "shutil.copy(" not in text and "json.dump(" not in text
+    assert not re.search(r"open\([^)]*[\"']wb?[\"']", text) and "write_bytes(" not in text
     assert "atomic_write" in text

@@ -79,6 +79,24 @@ def test_attention_rate_is_measured_on_this_machine():
     assert 1e8 < rate < 1e16
 
 
+def test_measured_rates_count_the_flops_the_estimates_count(monkeypatch):
+    """The rates divide each kernel's FLOPs by its time: the matmul's 2·M·K·N, and causal SDPA counted as ModelCost
+    counts one layer of 8 heads of 64 over 2,048 tokens (a count twice too large would halve every stated time)."""
+    seen = []
+    monkeypatch.setattr(cost, "_best_rate", lambda step, flop, device, seconds: seen.append(flop) or 1.0)
+    cost.measure_matmul_rate()
+    cost.measure_attention_rate()
+    one_layer = cost.ModelCost(1, 1, 1, 512, 8, 8, 64, 1, 1)
+    assert seen[0] == 2 * 2048 * 1024 * 2048
+    assert seen[1] == pytest.approx(one_layer.flops(2048) - 2 * 2048, rel=1e-12)  # less the body's 2·1·T
+    assert seen[1] == pytest.approx(2 * 2 * 8 * 2048 * 2048 * 64 / 2)  # QK^T and PV, 2 FLOPs per MAC, half causal
+
+
+def test_best_rate_is_flops_over_the_fastest_call():
+    rate = cost._best_rate(lambda: time.sleep(0.02), 1e9, "cpu", 0.05)
+    assert 0.5 * 1e9 / 0.02 < rate <= 1e9 / 0.02  # a sleep never returns early
+
+
 
 def test_a_slower_attention_path_weighs_only_the_queries_past_its_start():
     info = model_info("tiny-rope")

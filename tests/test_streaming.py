@@ -2,6 +2,8 @@
 just the sinks + its window (1 layer: an independent reference); token by token, in chunks and without a cache
 the same logits; the cache stays bounded; stream_nll scores a stream exactly; refusals are one line."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -207,6 +209,10 @@ def test_the_plan_costs_streaming_on_its_own_row(tmp_path):
                    out=tmp_path / "d", dry_run=True, log=lines.append)
     rows = [ln for ln in lines[-1].splitlines() if "stream-ppl" in ln]
     assert len(rows) == 2 and rows[0].endswith(f"({spec})") and rows[1].endswith("(default)")
+    unit = {"s": 1, "min": 60, "h": 3600}
+    (gb_s, t_s), (gb_d, t_d) = ((float(m[1]), float(m[2]) * unit[m[3]]) for m in
+                                (re.search(r"([\d.]+) GB\s+([\d.]+) (s|min|h)\b", r) for r in rows))
+    assert gb_s < gb_d and t_s < t_d  # what the docstring claims, read from the two stated rows
     mach = res["meta"]["machine"]
     mc = ModelCost.of(model_info("smollm2-135m"), 4, attn_weight=mach["matmul_flops"] / mach["attention_flops"])
     total = sum(cost(mc, 65536, [], None, spec=parse_spec(s))[0] for s in ("default", spec)) / matmul_rate()

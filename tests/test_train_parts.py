@@ -199,3 +199,32 @@ def test_a_default_rope_trained_past_its_window_exports_the_trained_length(text,
     cfg = TrainConfig(model="tiny-rope", scaling=text, data=("-",), seq_len=1024, steps=2, out="-")
     export = plan_run(cfg, 1, False, 1).export
     assert export.max_position_embeddings == max_pos and export.original_len == 256
+
+
+def test_weight_decay_shrinks_matrices_only_and_skips_frozen_weights():
+    """--weight-decay: every trainable matrix decays by lr·wd per step (AdamW's decoupled form), norms and other 1-D
+    parameters never do, and LoRA's frozen base weights are not in the optimizer at all."""
+    from ctxext.train.optim import make_optimizer, param_groups
+
+    model = tiny_model("llama")
+    groups = param_groups(model, 0.1)
+    decayed = {id(p) for g in groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decayed) == (p.ndim >= 2), name
+    norm = next(p for n, p in model.named_parameters() if "norm" in n)
+    mat = model.model.layers[0].self_attn.q_proj.weight
+    with torch.no_grad():
+        norm.add_(0.5)  # away from 1, so a wrong decay of it would show
+    before_norm, before_mat = norm.detach().clone(), mat.detach().clone()
+    opt = make_optimizer(groups, lr=0.01)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # Adam's step is 0: only the decay moves anything
+    opt.step()
+    torch.testing.assert_close(mat.detach(), before_mat * (1 - 0.01 * 0.1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(norm.detach(), before_norm, rtol=0, atol=0)
+
+    lora_model = add_lora(tiny_model("llama"), rank=4, alpha=8, targets=("q_proj",), seed=0)
+    in_opt = {id(p) for g in param_groups(lora_model, 0.1) for p in g["params"]}
+    frozen = [n for n, p in lora_model.named_parameters() if not p.requires_grad]
+    assert frozen and all(id(p) not in in_opt for n, p in lora_model.named_parameters() if not p.requires_grad)
+    assert any("lora_" in n for n, p in lora_model.named_parameters() if id(p) in in_opt)
