@@ -326,6 +326,7 @@ def test_bad_input_fails_with_one_clear_line(cli, tmp_path, book):
 @pytest.mark.parametrize("spec,match", [
     ("self-extend:group=4,window=1000", "self-extend: window=1000 must be smaller than the trained length 256"),
     ("streaming:window=300", r"streaming: sinks \+ window = 304 must fit in the trained length 256"),
+    ("longrope:factor=4,long_factor=[1,2,3,4]", "long_factor has 4 values; this model has 16 rotary pairs"),
 ])
 def test_windows_past_the_trained_length_fail_before_weights(cli, tmp_path, book, monkeypatch, spec, match):
     """These were checked when the spec was applied: --dry-run passed them, and a real run loaded the weights and ran
@@ -596,3 +597,25 @@ def test_a_changed_task_protocol_is_measured_again_on_resume(tmp_path, book, cap
     assert [r["value"] for r in res["records"]] == [fresh]
     assert "the needle-ppl protocol changed since its 1 record(s)" in capsys.readouterr().err
     assert res["meta"]["config"]["task_versions"]["needle-ppl"] == 2
+
+
+@pytest.mark.parametrize("rope_type", ["longrope", "dynamic"])
+def test_position_methods_on_a_length_dependent_own_rope_fail_before_weights(tmp_path, monkeypatch, rope_type):
+    """A Phi-3-128k-style checkpoint (own longrope) or a dynamic one: self-extend keeps the model's own RoPE, which
+    changes with the length; refused from the config, not after the weights and the default spec's cells."""
+    import ctxext.models as models
+    from ctxext.errors import CtxextError
+    from ctxext.evals.runner import run_eval
+    from test_export import tiny_checkpoint
+
+    def own(cfg):
+        extra = {"short_factor": [1.0] * 16, "long_factor": [4.0] * 16} if rope_type == "longrope" else {}
+        cfg.update(max_position_embeddings=1024, rope_parameters={
+            "rope_type": rope_type, "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 256,
+            **extra})
+    m = tiny_checkpoint(tmp_path / "m", "llama", own)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("weights loaded before the spec check"))
+    with pytest.raises(CtxextError, match=f"self-extend keeps the model's own RoPE, but this checkpoint's "
+                                          f"\\('{rope_type}'\\) changes with the length"):
+        run_eval(str(m), ["default", "self-extend:group=2,window=64"], ["ppl"], [512],
+                 data=[books_dir() / HELD_OUT_BOOK], out=tmp_path / "o")

@@ -30,8 +30,13 @@ def test_unknown_key_lists_accepted_keys():
 
 
 def test_factor_below_one_and_bad_numbers():
-    fails("linear:factor=0.5", "factor must be >= 1", "0.5")
-    fails("yarn:factor=0.9", "factor must be >= 1")
+    fails("linear:factor=0.5", "linear: factor must be >= 1", "0.5")  # the method named: which --scaling it was
+    fails("yarn:factor=0.9", "yarn: factor must be >= 1")
+    fails("dynamic-yarn:max_factor=0.5", "dynamic-yarn: max_factor must be >= 1")
+    fails("ntk-alibi:factor=0.5", "ntk-alibi: factor must be >= 1")
+    fails("yarn:factor=4,original_max_position_embeddings=4095.9", "yarn: original_max_position_embeddings='4095.9' "
+          "is not an integer")  # was cut to 4095 silently
+    assert parse_spec("yarn:factor=4,original_max_position_embeddings=4096.0").original_len == 4096
     fails("linear:factor=abc", "factor='abc' is not a valid")
     fails("linear", "missing required key", "factor")
     fails("yarn:factor", "expected key=value")

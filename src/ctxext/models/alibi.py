@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import CtxextError
+from ..scaling.alibi import alibi_slopes
 
 ALIBI_MODEL_TYPES = ("bloom",)  # the model types whose slopes patch_alibi can set
 
@@ -60,12 +61,22 @@ def key_length(cache: Any, new: int) -> int:
     return cache.get_seq_length() + new
 
 
+def stock_rounded(slopes: np.ndarray, n_heads: int) -> torch.Tensor:
+    """`slopes` in float32, taken as their float64 ratio to the paper's slopes times the slopes BLOOM computes
+    itself (float32 powers, 1 ulp off the exact values for some head counts): a spec whose slopes are the stock
+    ones (factor=1) then runs the stock model bit for bit."""
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    own = build_alibi_tensor(torch.ones(1, 2, dtype=torch.long), n_heads, torch.float32)[:, 0, 1].double()
+    return (own * torch.from_numpy(np.asarray(slopes, dtype=np.float64) / alibi_slopes(n_heads))).float()
+
+
 def patch_alibi(model: nn.Module, slopes: np.ndarray) -> Callable[[], None]:
     """Make `model` use `slopes` (one per head) -> an undo function."""
     base = alibi_base_model(model)
     if len(slopes) != base.num_heads:
         raise CtxextError(f"got {len(slopes)} ALiBi slopes for a model with {base.num_heads} heads")
-    table = torch.as_tensor(np.asarray(slopes, dtype=np.float64), dtype=torch.float32)
+    table = stock_rounded(slopes, base.num_heads)
     stock_forward = base.forward
     sig = inspect.signature(stock_forward)
 

@@ -30,7 +30,7 @@ from .attention import SUPPORTED_MODEL_TYPES, attention_modules, make_plan, patc
 from .info import ModelInfo
 from .load import LoadedModel
 from .rope import ScaledRotary
-from .stock_rope import checkpoint_freqs, own_window, stock_freqs
+from .stock_rope import OWN_LENGTH_DEPENDENT, checkpoint_freqs, own_rope_refusal, own_window, stock_freqs
 
 Installer = Callable[[], Callable[[], None]]  # installs a patch, returns its undo
 
@@ -47,7 +47,12 @@ def check_before_weights(spec: Spec, info: ModelInfo) -> None:
     """Everything about `spec` on this model that the config decides: its position encoding and, for position
     methods, its windows against the trained length (these failed mid-run, after earlier specs' cells)."""
     check_fits(spec, info.encoding)
+    if info.encoding == "rope" and info.rope_shape is not None and spec.method != "default":
+        resolve_rope(spec, info.rope_shape)  # pure: e.g. a longrope factor list of another model's length
     if spec.method in POSITION_METHODS and info.rope_shape is not None:
+        own = config_rope_type(info.config)
+        if own in OWN_LENGTH_DEPENDENT:
+            raise CtxextError(own_rope_refusal(spec.method, own))
         spec.params.check_trained_len(effective_shape(spec, position_shape(info)).original_len)
     if spec.entry.length_dependent and info.encoding == "rope":  # methods that patch attention
         check_attention_model(spec, info.config.get("model_type"))

@@ -69,6 +69,11 @@ def _stock(config: Any, spec: Spec, seq_len: int | None) -> tuple[np.ndarray, fl
 OWN_LENGTH_DEPENDENT = ("dynamic", "longrope")  # own ropes whose frequencies change with the length
 
 
+def own_rope_refusal(method: str, rope_type: str) -> str:
+    return (f"{method} keeps the model's own RoPE, but this checkpoint's ('{rope_type}') changes with the length; "
+            "ctxext cannot combine the two")
+
+
 def checkpoint_freqs(config: Any, method: str) -> RopeFreqs | None:
     """The checkpoint's own RoPE, for methods that move positions and keep the model's frequencies (self-extend,
     streaming): None for a default-type rope (b^(−2i/d), which ctxext computes itself); transformers' inv_freq and
@@ -78,8 +83,7 @@ def checkpoint_freqs(config: Any, method: str) -> RopeFreqs | None:
     if rope_type == "default":
         return None
     if rope_type in OWN_LENGTH_DEPENDENT:
-        raise CtxextError(f"{method} keeps the model's own RoPE, but this checkpoint's ('{rope_type}') changes with "
-                          "the length; ctxext cannot combine the two")
+        raise CtxextError(own_rope_refusal(method, rope_type))
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     fn = ROPE_INIT_FUNCTIONS.get(rope_type)

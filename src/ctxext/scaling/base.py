@@ -173,6 +173,9 @@ def build_params(method: str, cls: type[Params], values: dict[str, Any]) -> Para
     typed = {k: _coerce(method, k, v, fields[k].type) for k, v in values.items()}
     try:
         return cls(**typed)
+    except CtxextError as e:  # a value check: say which method (with several --scaling, which one)
+        msg = str(e)
+        raise CtxextError(msg if msg.startswith(f"{method}:") else f"{method}: {msg}") from None
     except TypeError as e:  # a required field is missing
         missing = [n for n, f in fields.items() if n not in typed
                    and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]

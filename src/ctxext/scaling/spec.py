@@ -103,9 +103,12 @@ def _from_values(method: str, values: dict[str, Any], text: str, meta: dict | No
         if "rope" not in entry.encodings:
             raise CtxextError(f"{method}: unknown key 'original_max_position_embeddings' (ALiBi has no trained rotary length)")
         try:
-            original = int(float(original))
+            number = float(original)
         except ValueError:
-            raise CtxextError(f"{method}: original_max_position_embeddings={original!r} is not an integer") from None
+            number = math.nan
+        if not number.is_integer():  # 4095.9 was cut to 4095, silently moving every frequency computed from it
+            raise CtxextError(f"{method}: original_max_position_embeddings={original!r} is not an integer")
+        original = int(number)
         if original <= 0:
             raise CtxextError(f"{method}: original_max_position_embeddings must be > 0, got {original}")
         _check_positions(method, "original_max_position_embeddings", original)
