@@ -70,3 +70,21 @@ def test_stock_dynamic_runs_each_forward_as_a_fresh_model(exported):
         assert torch.equal(lm.model(ids[:, :600]).logits, want)
         fresh.model(ids)
         assert not torch.allclose(fresh.model(ids[:, :600]).logits, want)  # what stock does without the reset
+
+
+@pytest.mark.parametrize("cfg,window", [
+    ({"max_position_embeddings": 4096, "rope_scaling": {"type": "linear", "factor": 4.0}}, 16384),  # vicuna-16k style
+    ({"max_position_embeddings": 256, "rope_parameters": {"rope_type": "linear", "factor": 2.0}}, 512),
+    ({"max_position_embeddings": 1024, "rope_parameters": {"rope_type": "yarn", "factor": 4.0,
+                                                           "original_max_position_embeddings": 256}}, 1024),
+    ({"max_position_embeddings": 256, "rope_parameters": {"rope_type": "yarn", "factor": 4.0,
+                                                          "original_max_position_embeddings": 256}}, 1024),
+    ({"max_position_embeddings": 131072, "rope_parameters": {"rope_type": "llama3", "factor": 8.0,
+                                                             "original_max_position_embeddings": 8192}}, 131072),
+])
+def test_own_window_of_a_self_scaled_checkpoint(cfg, window):
+    """A linear config keeps the pre-scaling length in max_position_embeddings (as vLLM reads it): it was made for
+    that × its factor (it read 4,096 for a 16k checkpoint: plan said 'made for 4,096 tokens' beside a 16k reach)."""
+    from ctxext.models.stock_rope import own_window
+
+    assert own_window(cfg) == window

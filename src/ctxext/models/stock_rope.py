@@ -99,5 +99,7 @@ def own_window(cfg: dict[str, Any]) -> int:
     original length × factor where that is longer (some yarn configs keep the original max_position_embeddings)."""
     rp = rope_parameters_of(cfg)
     original = rp.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings")
+    if not original and config_rope_type(cfg) == "linear":
+        original = int(cfg["max_position_embeddings"])  # linear configs keep the pre-scaling length (vLLM reads so)
     scaled = int(round(original * float(rp.get("factor", 1.0)))) if original else 0
     return max(int(cfg["max_position_embeddings"]), scaled)
