@@ -129,6 +129,32 @@ def test_resume_refuses_other_settings(tmp_path):
         train(cfg, progress=False)
 
 
+def test_resume_compares_what_the_options_resolve_to(tmp_path):
+    """A spec file rewritten between the kill and the resume (trained yarn, then linear, exported as linear) and a
+    data folder that gained a book (another row order from the resume on) were accepted: only the options as typed
+    were compared. The same run spelled with its defaults (lr, one row per process) was refused."""
+    import shutil
+
+    spec, data = tmp_path / "spec.json", tmp_path / "data"
+    spec.write_text(json.dumps({"method": "yarn", "params": {"factor": 2}}))
+    data.mkdir()
+    shutil.copy(books(TRAIN_BOOKS[2])[0], data)
+    cfg = dict(scaling=str(spec), data=(str(data),), steps=2, lr=None, batch_tokens=None)
+    train(small(tmp_path, **cfg), progress=False)
+
+    spec.write_text(json.dumps({"method": "linear", "params": {"factor": 2}}))
+    with pytest.raises(CtxextError, match=r"other settings \(the scaling spec resolves to "
+                                          r'\{"method":"yarn".* -> \{"method":"linear"'):
+        train(small(tmp_path, **cfg, resume=True), progress=False)
+    spec.write_text(json.dumps({"method": "yarn", "params": {"factor": 2.0}}))  # the same spec, written otherwise
+    shutil.copy(books(TRAIN_BOOKS[1])[0], data)
+    with pytest.raises(CtxextError, match=r"data files \(names and sizes\) differ: 1 new or changed"):
+        train(small(tmp_path, **cfg, resume=True), progress=False)
+    (data / Path(books(TRAIN_BOOKS[1])[0]).name).unlink()
+    res = train(small(tmp_path, **{**cfg, "lr": 2e-5, "batch_tokens": 512}, resume=True), progress=False)
+    assert res["steps_done"] == 2  # the defaults spelled out: the same run, accepted
+
+
 def test_eval_data_shorter_than_the_sequence_fails_before_any_step(tmp_path, monkeypatch):
     """It failed after the step-0 passkey evaluation, with ppl's message naming --lengths (train has no such flag)."""
     import ctxext.train.loop as loop

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import math
 import os
 import resource
@@ -94,14 +95,53 @@ class StopFlag:
             signal.signal(sig, old)
 
 
-def _check_out(out: Path, cfg: TrainConfig, progress: dict[str, Any] | None) -> None:
+# what a run resolves its options to, compared on --resume instead of the options as typed: a spec file's contents
+# (not its path), the lr used (not None for the default), the tokens per step, the data files' names and sizes
+RESOLVED_KEYS = {"scaling": "spec", "lr": "peak_lr", "batch_tokens": "tokens_per_step", "data": "data_files"}
+
+
+def resolved_settings(cfg: TrainConfig, spec: Any, rows_per_step: int, files: list[Path]) -> dict[str, Any]:
+    return {"spec": spec.to_dict(), "peak_lr": cfg.peak_lr, "tokens_per_step": rows_per_step * cfg.seq_len,
+            "explicit_batch": cfg.batch_tokens is not None,
+            "data_files": [[str(f), f.stat().st_size] for f in files]}
+
+
+def _resume_diff(before: dict[str, Any], cfg: TrainConfig, old: dict[str, Any] | None,
+                 new: dict[str, Any]) -> list[str]:
+    """The settings a resume would change. Checkpoints written before `resolved` was kept compare options as typed."""
+    raw = {k: v for k, v in cfg.to_dict().items() if k in TrainConfig.RESUME_KEYS}
+    if old is None:
+        return [f"{k} {before.get(k)!r} -> {v!r}" for k, v in raw.items() if _jsonish(before.get(k)) != _jsonish(v)]
+    diff = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in raw.items()
+            if k not in RESOLVED_KEYS and _jsonish(before.get(k)) != _jsonish(v)]
+    for key, what in RESOLVED_KEYS.items():
+        if what == "tokens_per_step" and not (old["explicit_batch"] or new["explicit_batch"]):
+            continue  # one row per process on both sides: a resume on another number of processes may go on
+        if _jsonish(old.get(what)) != _jsonish(new[what]):
+            diff.append({"spec": f"the scaling spec resolves to {_short(old['spec'])} -> {_short(new['spec'])}",
+                         "data_files": f"data files (names and sizes) differ: {_files_change(old[what], new[what])}"
+                         }.get(what, f"{key} ({what}) {old.get(what)!r} -> {new[what]!r}"))
+    return diff
+
+
+def _short(spec: dict[str, Any], width: int = 70) -> str:
+    text = json.dumps(spec, separators=(",", ":"))
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _files_change(old: list, new: list) -> str:
+    a, b = {tuple(x) for x in old}, {tuple(x) for x in new}
+    gone, came = sorted(p for p, _ in a - b), sorted(p for p, _ in b - a)
+    parts = [f"{len(came)} new or changed (e.g. {came[0]})"] if came else []
+    return ", ".join(parts + ([f"{len(gone)} gone or changed (e.g. {gone[0]})"] if gone else []))
+
+
+def _check_out(out: Path, cfg: TrainConfig, progress: dict[str, Any] | None, resolved: dict[str, Any]) -> None:
     """Refuse an --out that would be overwritten, and a --resume that cannot continue what --out holds."""
     if cfg.resume:  # without a complete checkpoint --resume starts from step 0 (one command serves every restart)
         if progress is None:
             return
-        before = progress.get("config", {})
-        diff = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items()
-                if k in TrainConfig.RESUME_KEYS and _jsonish(before.get(k)) != _jsonish(v)]
+        diff = _resume_diff(progress.get("config", {}), cfg, progress.get("resolved"), resolved)
         if diff:
             raise CtxextError(f"cannot --resume {out}: its checkpoint was written with other settings "
                               f"({'; '.join(diff)}); use the same settings or another --out")
@@ -192,11 +232,12 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
     if cfg.mixed_window and cfg.seq_len % L:
         raise CtxextError(f"--mixed-window cuts rows into the original window: --seq-len {cfg.seq_len} must be a "
                           f"multiple of {L}")
-    data_files(cfg.data or cfg.instruct)
+    files = data_files(cfg.data or cfg.instruct)
     if cfg.eval_data:
         data_files(cfg.eval_data)
+    resolved = resolved_settings(cfg, plan.spec, rows_per_step, files)
     prev = ckpt.read_progress(out) if cfg.resume else None
-    _check_out(out, cfg, prev)
+    _check_out(out, cfg, prev, resolved)
     micro_desc = f"{min(cfg.micro_batch, per_rank)} × {cfg.seq_len:,} tokens per forward"
     say(f"ctxext train: {cfg.model} with {plan.spec.text}, {cfg.steps} steps of {rows_per_step} × {cfg.seq_len:,} "
         f"tokens on {world} process(es) ({dtype_kind.value}, {device}, "
@@ -280,7 +321,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
 
     def progress_state() -> dict[str, Any]:
         return {"step": step, "rows_consumed": rows_done, "seconds": elapsed, "history": history,
-                "evals": evals, "config": cfg.to_dict(),
+                "evals": evals, "config": cfg.to_dict(), "resolved": resolved,
                 "peak_bytes": max([*train_peak, peak_memory(device)])}  # this process's steps and earlier ones
 
     stepped = False  # steps ran in this process since the last peak reset
