@@ -535,3 +535,19 @@ def test_a_dynamic_probe_that_lands_in_one_bucket_is_not_called_the_same(tmp_pat
     past = res["verification"]["past_window"]
     assert not past["same"] and past["max_abs_logit_diff"] > 0.1 and past["from_zero_tokens"] == 256 + 192
     assert "vLLM's `dynamic` rope is one static NTK base" in (tmp_path / "d" / "README.md").read_text()
+
+
+def test_the_checkpoint_takes_the_users_umask(tmp_path):
+    """mkdtemp made the folder 0700 and transformers writes the weights 0600: a server under another user could not
+    read DIR/final or an export. Now the modes a plain save gets under the umask."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        export("tiny-rope", "yarn:factor=2", tmp_path / "out", verify_tokens=20)
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "out") == 0o755
+    assert {f.name: mode(f) for f in (tmp_path / "out").iterdir()} == {f.name: 0o644 for f in (tmp_path / "out").iterdir()}

@@ -26,17 +26,20 @@ SPECS = ["yarn:factor=4", "yarn:factor=3.3", "linear:factor=4", "llama3:factor=4
          "longrope:factor=4,long_factor=[" + ",".join(f"{1 + 3 * i / 15:.3f}" for i in range(16)) + "]"]
 STOCK4 = """
 import json, sys, numpy as np, torch, transformers
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 torch.set_num_threads(1)
 assert transformers.__version__.startswith("4."), transformers.__version__
 ids = torch.from_numpy(np.load(sys.argv[1]))
-out = {}
+out, tokens = {}, {}
 for d, lengths in json.loads(sys.argv[2]).items():
     m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
     with torch.inference_mode():
         out[d] = {n: float(np.abs(m(ids[:, :n]).logits.numpy() - np.load(f"{d}/ours_{n}.npy")).max()) for n in lengths}
-print(json.dumps({"version": transformers.__version__, "diffs": out}))
+    tokens[d] = AutoTokenizer.from_pretrained(d)(TEXT)["input_ids"]  # the model card loads it so
+print(json.dumps({"version": transformers.__version__, "diffs": out, "tokens": tokens}))
 """
+TEXT = "It was a dark and stormy night; the 1234567 rain fell in torrents."
+STOCK4 = STOCK4.replace("TEXT", repr(TEXT))
 
 
 def run_stock4(tmp_path, todo: dict[str, list[int]]) -> dict[str, dict[str, float]]:
@@ -47,6 +50,9 @@ def run_stock4(tmp_path, todo: dict[str, list[int]]) -> dict[str, dict[str, floa
     assert run.returncode == 0, run.stderr[-2000:]
     res = json.loads(run.stdout.strip().splitlines()[-1])
     assert res["version"] == "4.57.1"
+    from transformers import AutoTokenizer  # 5.x here: the same ids as the tokenizer 4.x loaded from the export
+    for d, got in res["tokens"].items():
+        assert got == AutoTokenizer.from_pretrained(d)(TEXT)["input_ids"], d
     return res["diffs"]
 
 

@@ -349,3 +349,20 @@ def test_the_training_peak_leaves_the_evaluations_out(tmp_path, monkeypatch):
     res = loop.train(small(tmp_path, evaluate=True, eval_every=2),
                      on_step=lambda rec: now.update(peak=max(now["peak"], rec["step"] * gib)), progress=False)
     assert res["peak_memory_gib"] == 6.0  # the sixth step's stand-in peak, not an evaluation's
+
+
+def test_a_stop_asked_during_an_evaluation_saves_before_another_step(tmp_path, monkeypatch):
+    """A scheduler's SIGTERM during the evaluation at step 2: the checkpoint is step 2's (the loop ran one more
+    whole step first, minutes at long lengths, past a preemption grace period)."""
+    real, steps = loop.evaluate, []
+
+    def evaluate(lm, spec_arg, cfg, out, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-evaluation; the evaluation itself completes
+        return real(lm, spec_arg, cfg, out, step)
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    cfg = small(tmp_path, steps=4, evaluate=True, eval_every=2, save_every=10, passkey_trials=1)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, on_step=lambda r: steps.append(r["step"]), progress=False)
+    assert steps == [1, 2] and ckpt.read_progress(Path(cfg.out))["step"] == 2

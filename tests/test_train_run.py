@@ -188,3 +188,39 @@ def test_a_run_that_failed_before_its_first_checkpoint_says_how_to_retry(tmp_pat
     with pytest.raises(CtxextError, match="holds a run that stopped before its first checkpoint; pass --resume to "
                                           r"start it over there \(from step 0\)"):
         train(small(tmp_path), progress=False)
+
+
+def test_a_run_inside_the_trained_window_is_warned(tmp_path, capsys):
+    """yarn:factor=2 trained at 256 tokens on a 256-token model trains no new position, yet exports 512."""
+    train(small(tmp_path, seq_len=256, batch_tokens=256, steps=1, warmup=0), progress=False)
+    assert ("warning: --seq-len 256 is within the model's trained length 256: no position past it is trained, "
+            "though the checkpoint will say 512") in capsys.readouterr().err
+    train(small(tmp_path, steps=1, warmup=0, out=str(tmp_path / "b")), progress=False)
+    assert "within the model's trained length" not in capsys.readouterr().err
+
+
+def test_processes_wait_for_rank_0_longer_than_nccls_ten_minutes(monkeypatch):
+    """Rank 0 alone evaluates and exports while the others wait at a barrier; torch's NCCL default (10 min) would
+    kill a 64k run during its step-0 evaluation (~100 passkey trials of ~10 s on an H200)."""
+    import accelerate
+
+    from ctxext.train import loop
+
+    seen = {}
+
+    class Spy:
+        def __init__(self, **kw):
+            seen.update(kw)
+            raise SystemExit  # the handlers are what this test reads
+
+    monkeypatch.setattr(accelerate, "Accelerator", Spy)
+    with pytest.raises(SystemExit):
+        loop.make_accelerator()
+    assert seen["kwargs_handlers"][0].timeout.total_seconds() == 180 * 60
+    monkeypatch.setenv("CTXEXT_DIST_TIMEOUT_MINUTES", "30")
+    with pytest.raises(SystemExit):
+        loop.make_accelerator()
+    assert seen["kwargs_handlers"][0].timeout.total_seconds() == 30 * 60
+    monkeypatch.setenv("CTXEXT_DIST_TIMEOUT_MINUTES", "soon")
+    with pytest.raises(CtxextError, match="CTXEXT_DIST_TIMEOUT_MINUTES must be a positive number"):
+        loop.make_accelerator()

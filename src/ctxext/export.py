@@ -101,6 +101,27 @@ def export_config(config: dict[str, Any], plan: ExportPlan) -> dict[str, Any]:
     return cfg
 
 
+def _tokenizer_for_transformers4(folder: Path) -> None:
+    """transformers 5 names its fast tokenizer class TokenizersBackend, which 4.x cannot load ("does not exist");
+    PreTrainedTokenizerFast is the same class in 5.x and the one 4.x knows."""
+    path = folder / "tokenizer_config.json"
+    if path.is_file():
+        cfg = json.loads(path.read_text())
+        if cfg.get("tokenizer_class") == "TokenizersBackend":
+            cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+            path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+
+
+def _public(folder: Path) -> None:
+    """The modes a plain save would get under the user's umask: mkdtemp makes the folder 0700 and transformers
+    writes the weights 0600, so a serving process under another user could not read the checkpoint."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.rglob("*"):
+        f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
+
+
 def _sample_ids(tokenizer, n_tokens: int) -> list[int]:
     from .fixtures import HELD_OUT_BOOK, books_dir
 
@@ -239,6 +260,7 @@ def export_loaded(lm: Any, plan: ExportPlan, out: str | Path, verify_tokens: int
     try:
         lm.model.save_pretrained(tmp, safe_serialization=True)
         lm.tokenizer.save_pretrained(tmp)
+        _tokenizer_for_transformers4(tmp)
         cfg = export_config(json.loads((tmp / "config.json").read_text()), plan)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
@@ -274,6 +296,7 @@ def export_loaded(lm: Any, plan: ExportPlan, out: str | Path, verify_tokens: int
                               f"earlier export in {out} is kept")
         if out.exists():
             shutil.rmtree(out)
+        _public(tmp)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -45,6 +45,23 @@ CARD_FIGURES = {"steps_done": "training steps", "tokens": "training tokens", "fi
                 "ppl_last_quarter": "perplexity of the last quarter at {n} tokens"}  # figure -> model-card line
 
 
+DIST_TIMEOUT_MINUTES = 180  # NCCL's default is 10: the other ranks wait that long while rank 0 evaluates or exports
+
+
+def dist_timeout_minutes() -> float:
+    """How long a process waits for the others at a barrier (CTXEXT_DIST_TIMEOUT_MINUTES overrides): rank 0 alone
+    runs the evaluations (about 100 passkey trials of 10 s each at 64k on an H200), the export and a first
+    tokenization, while the other ranks wait."""
+    raw = os.environ.get("CTXEXT_DIST_TIMEOUT_MINUTES", "")
+    try:
+        value = float(raw) if raw else DIST_TIMEOUT_MINUTES
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise CtxextError(f"CTXEXT_DIST_TIMEOUT_MINUTES must be a positive number of minutes, got {raw!r}")
+    return value
+
+
 def make_accelerator() -> Any:
     """bf16 autocast with fp32 master weights on GPU, fp32 on CPU. Under torchrun / accelerate launch on CPU the
     processes join a gloo group (DDP); FSDP there is switched on by hand, because accelerate 1.15 enables FSDP only
@@ -53,11 +70,14 @@ def make_accelerator() -> Any:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
+    from accelerate.utils import InitProcessGroupKwargs
+
     cuda = torch.cuda.is_available()
     mp = "no"
     if cuda:
         mp = os.environ.get("ACCELERATE_MIXED_PRECISION") or ("bf16" if torch.cuda.is_bf16_supported() else "no")
-    acc = Accelerator(mixed_precision=mp, cpu=not cuda)
+    acc = Accelerator(mixed_precision=mp, cpu=not cuda,
+                      kwargs_handlers=[InitProcessGroupKwargs(timeout=dt.timedelta(minutes=dist_timeout_minutes()))])
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and \
             acc.distributed_type == DistributedType.MULTI_CPU:
         from accelerate.state import PartialState
@@ -247,6 +267,9 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
         check_fits(plan.memory, device, f"training {cfg.model} at {micro_desc}")
     if (warning := warmup_warning(cfg.steps, cfg.warmup, cfg.peak_lr)) is not None:
         say(f"warning: {warning}")
+    if cfg.seq_len <= L and plan.spec.method != "default":
+        say(f"warning: --seq-len {cfg.seq_len:,} is within the model's trained length {L:,}: no position past it is "
+            f"trained, though the checkpoint will say {plan.export.max_position_embeddings:,}")
     if cfg.resume and prev is None:  # a save is complete once its progress.json exists: none finished yet
         broken = [p.name for p in ckpt.partial(out)]
         say(f"--resume: no complete checkpoint in {out}" + (f" (unfinished: {', '.join(broken)})" if broken else "")
@@ -348,7 +371,13 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
                        desc="train")
     interrupted = False
     with StopFlag() as stop:
+        def stop_requested() -> bool:  # on every process alike, so all of them leave the loop at the same step
+            return float(acc.reduce(torch.tensor(float(stop.requested), device=acc.device), "sum")) > 0
+
         while step < cfg.steps:
+            if stop_requested():  # asked during an evaluation: save now, not after one more (long) step
+                interrupted = True
+                break
             t0 = time.perf_counter()
             short = cfg.mixed_window and is_short_step(step, cfg.short_fraction)
             step_rows = order.rows(rows_done, rows_per_step)
@@ -376,8 +405,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             bar.set_postfix_str(f"loss {loss:.4f}, lr {lr:.2e}, {tokens / dt_step:,.0f} tok/s", refresh=False)
             if on_step is not None:
                 on_step(rec)
-            want_stop = torch.tensor(float(stop.requested), device=acc.device)
-            if float(acc.reduce(want_stop, "sum")) > 0:
+            if stop_requested():
                 interrupted = True
                 break
             if step % cfg.save_every == 0 and step < cfg.steps:
