@@ -619,3 +619,27 @@ def test_position_methods_on_a_length_dependent_own_rope_fail_before_weights(tmp
                                           f"\\('{rope_type}'\\) changes with the length"):
         run_eval(str(m), ["default", "self-extend:group=2,window=64"], ["ppl"], [512],
                  data=[books_dir() / HELD_OUT_BOOK], out=tmp_path / "o")
+
+
+def test_resume_adds_tasks_with_options_the_folder_never_used_and_refuses_changed_data(tmp_path, book):
+    """A passkey folder records no bucket or protocol (no cell used them): ppl with its own bucket may join it (it
+    was refused: "other settings (bucket 32 -> 128)"). A --data folder that gained a book between runs is refused
+    (new lengths were measured on other documents, beside the old cells)."""
+    import shutil
+
+    out, quiet = tmp_path / "o", dict(progress=False, log=lambda m: None)
+    run_eval("tiny-rope", ["default"], ["passkey"], [256], depths=[0.5], samples=1, out=out, **quiet)
+    res = run_eval("tiny-rope", ["default"], ["ppl"], [512], samples=1, bucket=128, protocol="sliding",
+                   data=[book], out=out, resume=True, **quiet)
+    assert res["meta"]["config"]["resume_keys"]["bucket"] == 128
+    assert {r["task"] for r in res["records"]} == {"passkey", "ppl"}
+
+    data = tmp_path / "books"
+    data.mkdir()
+    shutil.copy(book, data)
+    run_eval("tiny-rope", ["default"], ["ppl"], [256], samples=1, data=[data], out=tmp_path / "d", **quiet)
+    shutil.copy(books_dir() / "pg1342.txt", data)
+    with pytest.raises(CtxextError, match=r"other settings \(data files \(names and sizes\) differ: 1 new or "
+                                          r"changed \(e\.g\. .*pg1342\.txt\)\)"):
+        run_eval("tiny-rope", ["default"], ["ppl"], [256, 512], samples=1, data=[data], out=tmp_path / "d",
+                 resume=True, **quiet)

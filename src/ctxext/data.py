@@ -261,3 +261,11 @@ def documents_at_least(docs: list[Document], n_tokens: int) -> tuple[list[Docume
     """(documents with >= n_tokens tokens, the ones too short) — callers say which were skipped."""
     long = [d for d in docs if len(d) >= n_tokens]
     return long, [d for d in docs if len(d) < n_tokens]
+
+
+def files_change(old: list, new: list) -> str:
+    """How two [path, size] lists of data files differ, in a few words (for a refused resume)."""
+    a, b = {tuple(x) for x in old}, {tuple(x) for x in new}
+    gone, came = sorted(p for p, _ in a - b), sorted(p for p, _ in b - a)
+    parts = [f"{len(came)} new or changed (e.g. {came[0]})"] if came else []
+    return ", ".join(parts + ([f"{len(gone)} gone or changed (e.g. {gone[0]})"] if gone else []))

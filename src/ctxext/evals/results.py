@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..data import files_change
 from ..errors import CtxextError
 from ..runinfo import merged_machines
 from ..scaling.spec import is_file_spec
@@ -19,7 +20,8 @@ from .files import atomic_write, write_json
 RESULTS = "results.json"
 SUMMARY = "summary.md"
 # settings whose change makes old records incomparable; a resumed run must keep them
-RESUME_KEYS = ("model", "dtype", "seed", "samples", "protocol", "stride", "bucket", "max_new_tokens", "data")
+RESUME_KEYS = ("model", "dtype", "seed", "samples", "protocol", "stride", "bucket", "max_new_tokens", "data",
+               "data_files")
 
 
 def _definition(spec: dict[str, Any]) -> str:
@@ -70,13 +72,16 @@ class Results:
             now = meta["config"]["resume_keys"]
             # data is None for tasks that read none (passkey): such cells do not depend on it, so adding them to
             # a folder of ppl cells is no conflict, and the folder keeps the data its other cells were run on
-            if now.get("data") is None and before.get("data") is not None:
-                now["data"] = before["data"]
+            for k in ("data", "data_files"):
+                if now.get(k) is None and before.get(k) is not None:
+                    now[k] = before[k]
             for k in RESUME_KEYS:
                 if acting is not None and k not in acting and k in before:
                     now[k] = before[k]
-            diff = [f"{k} {before[k]!r} -> {now[k]!r}" for k in RESUME_KEYS
-                    if k in before and before[k] != now.get(k) and not (k == "data" and before[k] is None)]
+            # a null before: no cell of the folder acted on that option (data: none read any), so any value fits
+            diff = [f"data files (names and sizes) differ: {files_change(before[k], now[k])}" if k == "data_files"
+                    else f"{k} {before[k]!r} -> {now[k]!r}" for k in RESUME_KEYS
+                    if k in before and before[k] is not None and before[k] != now.get(k)]
             if diff:
                 raise CtxextError(f"cannot resume {self.path}: it was run with other settings ({'; '.join(diff)}); "
                                   "use another --out")

@@ -199,8 +199,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     needs = [t.name for t in task_list if t.needs_data]
     if needs and not data:
         raise CtxextError(f"task {', '.join(needs)} needs --data (text files, folders or .jsonl with long documents)")
-    if needs:
-        data_files(data)  # missing paths fail now, before any weights
+    files = data_files(data) if needs else []  # missing paths fail now, before any weights
     readers = [t.name for t in task_list if t.read_data is not None]
     streams = any(t.needs_data and t.read_data is None for t in task_list)
     if readers and streams:  # one --data serves both kinds: QA files are no text, and the other way round
@@ -231,8 +230,16 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
 
     resume_keys = {"model": name, "dtype": dtype, "seed": seed, "samples": samples, "protocol": protocol,
                    "stride": stride, "bucket": settings.bucket, "max_new_tokens": max_new_tokens,
-                   "data": [str(Path(p).resolve()) for p in data] if needs else None}
+                   "data": [str(Path(p).resolve()) for p in data] if needs else None,
+                   # the files behind it, by name and size: a book added to a --data folder between runs put
+                   # other documents beside the old cells in one table
+                   "data_files": [[str(f.resolve()), f.stat().st_size] for f in files] if needs else None}
     assert set(resume_keys) == set(RESUME_KEYS)
+    acting = {"model", "dtype", "seed", "data", "data_files"} | {o for t in task_list for o in t.options
+                                                                  if o in RESUME_KEYS}
+    # an option no task of the run acts on is recorded as null, so a task added later may set it (a passkey folder
+    # refused `ppl --bucket 128`: "other settings (bucket 32 -> 128)", from a default it never used)
+    resume_keys = {k: (v if k in acting else None) for k, v in resume_keys.items()}
     meta = {
         "versions": runinfo.versions(), "seed": seed, "command": command,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "runs": 1,
@@ -244,9 +251,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
             "resume_keys": resume_keys, "task_versions": {t.name: t.version for t in task_list},
         },
     }
-    # the resume keys this run's cells depend on: the task options they use, and what every cell depends on
-    acting = {"model", "dtype", "seed", "data"} | {o for t in task_list for o in t.options if o in RESUME_KEYS}
-    results = Results(out, meta, resume, acting)
+    results = Results(out, meta, resume, acting)  # acting: the resume keys this run's cells depend on
 
     # ---- the plan and its cost, before any weights
     where = "cpu" if device == "cpu" else "cuda"
@@ -389,7 +394,9 @@ def _previous_bucket(out: Path) -> int | None:
     import json
 
     try:
-        return json.loads((out / "results.json").read_text())["meta"]["config"]["settings"]["bucket"]
+        config = json.loads((out / "results.json").read_text())["meta"]["config"]
+        # a folder whose tasks never bucketed (passkey) leaves it null: the new run's lengths decide
+        return config["resume_keys"]["bucket"] if "resume_keys" in config else config["settings"]["bucket"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from ..data import files_change
 from ..errors import CtxextError
 from . import checkpoint as ckpt
 from . import doc_attention
@@ -139,7 +140,7 @@ def _resume_diff(before: dict[str, Any], cfg: TrainConfig, old: dict[str, Any] |
             continue  # one row per process on both sides: a resume on another number of processes may go on
         if _jsonish(old.get(what)) != _jsonish(new[what]):
             diff.append({"spec": f"the scaling spec resolves to {_short(old['spec'])} -> {_short(new['spec'])}",
-                         "data_files": f"data files (names and sizes) differ: {_files_change(old[what], new[what])}"
+                         "data_files": f"data files (names and sizes) differ: {files_change(old[what], new[what])}"
                          }.get(what, f"{key} ({what}) {old.get(what)!r} -> {new[what]!r}"))
     return diff
 
@@ -147,13 +148,6 @@ def _resume_diff(before: dict[str, Any], cfg: TrainConfig, old: dict[str, Any] |
 def _short(spec: dict[str, Any], width: int = 70) -> str:
     text = json.dumps(spec, separators=(",", ":"))
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _files_change(old: list, new: list) -> str:
-    a, b = {tuple(x) for x in old}, {tuple(x) for x in new}
-    gone, came = sorted(p for p, _ in a - b), sorted(p for p, _ in b - a)
-    parts = [f"{len(came)} new or changed (e.g. {came[0]})"] if came else []
-    return ", ".join(parts + ([f"{len(gone)} gone or changed (e.g. {gone[0]})"] if gone else []))
 
 
 def _check_out(out: Path, cfg: TrainConfig, progress: dict[str, Any] | None, resolved: dict[str, Any]) -> None:
