@@ -167,3 +167,38 @@ def test_plan_attention_weight_is_measured_here_and_kept_within_its_bounds(rates
 def test_plan_attention_weight_measures_the_per_bucket_path():
     w = cost.measure_plan_attention_weight(seconds=0.1)
     assert 0.5 < w < 100  # the real ratio on this machine (about 2-3 when idle); bounds only catch a broken timer
+
+
+def test_a_gpu_sweep_is_sized_without_the_cpu_branch_cache():
+    """Depth sweeps fuse their branches with a cache of their own only on the CPU; a GPU scores the probes on the
+    shared cache, so its peak is the plain probe path's (a 7B shape at 32k was stated 52.5 GB for 38 GB of need)."""
+    import dataclasses
+
+    from ctxext.evals.needles import depth_cost
+
+    mc = cost.ModelCost(7e9, 6.7e9, 32, 4096, 32, 32, 128, 11008, 32000, dtype_bytes=2)
+    s = Settings(samples=1)
+    cpu = depth_cost(mc, 32768, [0.5], 1, s)[1]
+    gpu = depth_cost(dataclasses.replace(mc, fused=False), 32768, [0.5], 1, s)[1]
+    assert gpu == mc.peak_cached(32768, plain=True) and cpu > gpu + 0.25 * mc.kv_cache(32768)
+
+
+def test_a_numbered_gpu_is_the_one_measured_and_sized(monkeypatch, tmp_path):
+    """--device cuda:1 read GPU 0's free memory and timed GPU 0 (the current device), not GPU 1."""
+    import torch
+
+    from ctxext.evals import runner
+
+    seen = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: seen.append(d) or (10 * 2**30, 80 * 2**30))
+    assert cost.available_memory("cuda:1") == 10 * 2**30 and seen == [torch.device("cuda:1")]
+    wheres = []
+    import ctxext.models as models
+
+    monkeypatch.setattr(models, "resolve_device", lambda d: "cuda:1")
+    monkeypatch.setattr(runner, "matmul_rate", lambda dt, where: wheres.append(where) or 1e12)
+    monkeypatch.setattr(runner, "attention_rate", lambda dt, where: wheres.append(where) or 1e12)
+    monkeypatch.setattr(runner, "available_memory", lambda where: wheres.append(where) or 1e12)
+    runner.run_eval("tiny-rope", ["default"], ["passkey"], [256], depths=[0.5], samples=1, out=tmp_path / "o",
+                    device="cuda:1", dry_run=True, progress=False, log=lambda m: None)
+    assert wheres and set(wheres) == {"cuda:1"}

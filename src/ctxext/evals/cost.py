@@ -60,6 +60,7 @@ class ModelCost:
     trained_len: int = 0  # the model's trained length (0: unknown)
     plan_from: int = 0  # queries at positions >= plan_from take a slower attention path (0: none) ...
     plan_weight: float = 1.0  # ... costing this many times the plain kernel's time per attention FLOP
+    fused: bool = True  # depth sweeps batch their branches with a cache of their own (the CPU path; not on a GPU)
 
     @classmethod
     def of(cls, info: Any, dtype_bytes: int = 4, attn_weight: float = 1.0) -> ModelCost:
@@ -121,6 +122,8 @@ class ModelCost:
         """A depth sweep with a shared prefix: the haystack cache (<= total tokens) plus one batch of branches,
         whose own KV stays within one prompt's or BRANCH_BYTES (scoring.Scorer._rows), BATCH_TOKENS queries per
         call; never less than the plain probe path (the fallback when the branches cannot be fused)."""
+        if not self.fused:  # a GPU scores the probes on the shared cache: no second one
+            return self.peak_cached(total, plain=True)
         own = max(self.kv_cache(total), float(BRANCH_BYTES))
         act = self.activations(min(BATCH_TOKENS, 2 * total))
         fused = SAFETY * (RUNTIME_BYTES + self.weights() + self.kv_cache(total) + own + act + self.logits())
@@ -187,7 +190,7 @@ def _best_rate(step: Any, flop: float, device: str, seconds: float) -> float:
 
     def sync() -> None:
         if device != "cpu":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(torch.device(device))
 
     step()
     sync()
@@ -275,7 +278,7 @@ def available_memory(device: str = "cpu") -> float:
     if device != "cpu":
         import torch
 
-        return float(torch.cuda.mem_get_info()[0])
+        return float(torch.cuda.mem_get_info(torch.device(device))[0])  # that GPU's, not the current one's
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -254,9 +254,10 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     results = Results(out, meta, resume, acting)  # acting: the resume keys this run's cells depend on
 
     # ---- the plan and its cost, before any weights
-    where = "cpu" if device == "cpu" else "cuda"
+    where = device  # "cuda:1" measures and sizes GPU 1, not the current GPU 0
     rate, attn_rate = matmul_rate(torch_dtype, where), attention_rate(torch_dtype, where)
-    mc = ModelCost.of(info, torch.finfo(torch_dtype).bits // 8, attn_weight=rate / attn_rate)
+    mc = dataclasses.replace(ModelCost.of(info, torch.finfo(torch_dtype).bits // 8, attn_weight=rate / attn_rate),
+                             fused=where == "cpu")
     meta["machine"]["matmul_flops"] = rate
     meta["machine"]["attention_flops"] = attn_rate
 

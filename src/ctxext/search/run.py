@@ -190,7 +190,7 @@ def state_cost(info: Any, config: SearchConfig, log: Callable[[str], None], devi
     from ..evals.cost import ModelCost, attention_weight, available_memory, fmt_bytes, fmt_seconds, matmul_rate
     from ..evals.tasks import Settings
 
-    where = "cpu" if device == "cpu" else "cuda"
+    where = device  # "cuda:1": that GPU's rate and free memory
     mc = ModelCost.of(info, 4, attn_weight=attention_weight(torch.float32, where))
     names = ("needle-ppl", "ppl") if config.fitness == "both" else (config.fitness,)
     est = [get_task(n).cost(mc, config.target, [], Settings(seed=config.seed, samples=config.samples)) for n in names]
