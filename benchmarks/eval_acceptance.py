@@ -6,7 +6,8 @@ acceptance). Runs `ctxext eval` through its Python API and checks the two figure
 
     python benchmarks/eval_acceptance.py [--book PATH] [--out benchmarks/results/smollm2_16k] [--resume]
 
-Writes the eval folder (results.json, summary.md, plots) and benchmarks/results/eval_acceptance.json.
+Writes the eval folder (results.json, summary.md, plots) and benchmarks/results/eval_acceptance.json (with another
+--out, <out>/acceptance.json), with the book, machine and versions of the run.
 About two 16k forwards of SmolLM2 in fp32 (~100 s each on an idle 2-core CPU).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -35,24 +37,38 @@ def ratios(records: list[dict], spec: str) -> dict:
             "ppl_0_8k_bucket_mean": early_mean, "ppl_last_4k": late_ppl, "ratio": late_ppl / early_mean}
 
 
-def main() -> None:
+DEFAULT_OUT = HERE / "results" / "smollm2_16k"
+
+
+def acceptance_path(out: str) -> Path:
+    """The committed record for the default eval folder (results/eval_acceptance.json); any other --out keeps its
+    own, acceptance.json inside it, so a run on another book never replaces the committed one."""
+    if Path(out).resolve() == DEFAULT_OUT:
+        return HERE / "results" / "eval_acceptance.json"
+    return Path(out) / "acceptance.json"
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ctxext import runinfo
     from ctxext.evals import run_eval
     from ctxext.evals.files import atomic_write
     from ctxext.fixtures import HELD_OUT_BOOK, books_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--book", default=str(books_dir() / HELD_OUT_BOOK))
-    ap.add_argument("--out", default=str(HERE / "results" / "smollm2_16k"))
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--resume", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     t = time.perf_counter()
     res = run_eval("smollm2-135m", list(SPECS), ["ppl"], [LENGTH], samples=1, data=[args.book], out=args.out,
                    bucket=2048, resume=args.resume, command="python benchmarks/eval_acceptance.py")
-    report = {"model": "smollm2-135m", "length": LENGTH, "book": Path(args.book).name, "seconds": time.perf_counter() - t,
+    report = {"model": "smollm2-135m", "length": LENGTH, "book": Path(args.book).name, "book_path": args.book,
+              "eval_out": args.out, "seconds": time.perf_counter() - t, "machine": runinfo.machine(),
+              "versions": runinfo.versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "specs": {s: ratios(res["records"], s) for s in SPECS}}
     d, y = report["specs"]["default"]["ratio"], report["specs"]["yarn:factor=2"]["ratio"]
     report["checks"] = {"default_last4k_over_0_8k_gt_10": d > 10, "yarn2_last4k_over_0_8k_within_1.5": y <= 1.5}
-    out = HERE / "results" / "eval_acceptance.json"
+    out = acceptance_path(args.out)
     atomic_write(out, json.dumps(report, indent=1) + "\n")
     print(f"default: last-4k ppl / 0-8k mean = {d:.1f}; yarn:factor=2: {y:.2f}; checks {report['checks']}; wrote {out}")
 

@@ -11,7 +11,8 @@ model's forward FLOPs (ctxext.evals.cost). The machine's load average is recorde
 measurement: other processes on the same cores slow everything down.
 
 --device cuda: the ppl part on a GPU (fp32 weights; tokens/s against the fp32 matmul rate measured on that GPU,
-peak memory torch.cuda.max_memory_allocated), written to eval_speed-<gpu>.json; the reuse grid is skipped.
+peak memory torch.cuda.max_memory_allocated), written to eval_speed-<gpu>.json (with --quick,
+eval_speed-<gpu>-quick.json); the reuse grid is skipped.
 
 --quick: ppl at 4 096 tokens and the reuse grid at 1 024 tokens over 3 depths x 2 trials (a few minutes), written to
 eval_speed_quick.json; the README checks that it orders ctxext and the naive loop as the full run does.
@@ -178,7 +179,18 @@ def run_meta(report: dict) -> dict:
     return {k: report[k] for k in ("date", "fp32_matmul_gflops", "machine", "versions")}
 
 
-def main() -> None:
+def out_path(out: str, device: str, quick: bool) -> Path:
+    """Where this run writes: a GPU run left at either of the CPU's files (the full run's or --quick's) writes
+    eval_speed-<gpu>.json (--quick: eval_speed-<gpu>-quick.json), never over the CPU run's figures."""
+    from ctxext.runinfo import device_slug
+
+    cpu_files = {str(HERE / "results" / "eval_speed.json"), QUICK["out"]}
+    if device == "cpu" or out not in cpu_files:
+        return Path(out)
+    return HERE / "results" / f"eval_speed-{device_slug(device)}{'-quick' if quick else ''}.json"
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--length", type=int, default=16384)
@@ -194,11 +206,12 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "eval_speed.json"))
     ap.add_argument("--quick", action="store_true", help="short lengths, a few minutes; writes eval_speed_quick.json")
     ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    argv = sys.argv[1:] if argv is None else argv
+    args = ap.parse_args(argv)
     if args.quick:
         from ctxext.runinfo import override_defaults
 
-        override_defaults(ap, args, QUICK)
+        override_defaults(ap, args, QUICK, argv)
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
         return
@@ -215,10 +228,7 @@ def main() -> None:
     if args.device != "cpu":  # the reuse grid is a CPU measurement (its fused branch attention is CPU-only)
         skip.add("reuse")
         device = torch.cuda.get_device_name(0)
-        if args.out == ap.get_default("out"):  # never over the CPU run's figures
-            from ctxext.runinfo import device_slug
-
-            args.out = str(HERE / "results" / f"eval_speed-{device_slug(device)}.json")
+    args.out = str(out_path(args.out, device, args.quick))
     info = model_info(args.model)
     mc = ModelCost.of(info)
     report: dict = {

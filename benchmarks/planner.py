@@ -244,6 +244,15 @@ def tallies(rows: list[dict]) -> dict:
             "uncalibrated_within_25pct_of_those": sum(r["within_25pct"] for r in cal)}
 
 
+def kept_rows_from(old: dict, models: list[str]) -> dict:
+    """When and where the rows kept from `old` (of `models`) were measured: old's own run, unless old had kept
+    those models' rows from an earlier run itself (a second --only for the same model), whose record stays."""
+    earlier = old.get("rows_kept_from") or {}
+    if models and set(models) <= set(earlier.get("models") or []):
+        return {**earlier, "models": models}
+    return {"date": old.get("date"), "machine": old.get("machine"), "models": models}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny-rope only (minutes), into planner_quick.json")
@@ -260,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     from ctxext.runinfo import machine, override_defaults, versions
 
     if args.quick:  # its own file: a quick run's tiny-rope rows never replace the full run's
-        override_defaults(p, args, {"out": RESULTS / "planner_quick.json"})
+        override_defaults(p, args, {"out": RESULTS / "planner_quick.json"}, sys.argv[1:] if argv is None else argv)
 
     if args.rescore:
         out = json.loads(args.out.read_text())
@@ -283,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         models = {r["model"] for r in rows}
         kept = [r for r in old["rows"] if r["model"] not in models]
         rows = kept + rows if only == "smollm2-135m" else rows + kept
-        kept_from = {"date": old.get("date"), "machine": old.get("machine"), "models": sorted(
-            {r["model"] for r in kept})}
+        kept_from = kept_rows_from(old, sorted({r["model"] for r in kept}))
     rows = calibrate(rows)
     out = {"what": "planner predicted reach vs measured (ppl 2x in-window; passkey < 80 %), benchmarks/planner.py",
            "quick": args.quick, "machine": machine(), "versions": versions(),

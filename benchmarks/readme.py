@@ -19,7 +19,8 @@ benchmarks/report/ from:
   train    benchmarks/results/train_tiny*/summary.json (tiny-rope extended 4x by `ctxext train`, one row per run)
   search   benchmarks/results/search_*/summary.json (`ctxext search` vs YaRN on a held-out book, one row per search)
   registry the scaling methods ctxext registers (ctxext.scaling.REGISTRY: name, keys, summary), not a benchmark
---check exits 1 when README.md is not what the results give (for CI or a pre-commit hook).
+--check exits 1 when README.md is not what the results give (for CI or a pre-commit hook); both exit 1, writing
+nothing, when a section's BEGIN/END marker pair is missing, misspelled or repeated.
 """
 
 from __future__ import annotations
@@ -39,12 +40,24 @@ SECTIONS = {"results-model": methods.results_model_section, "methods-scope": met
             "search": search.search_section, "registry": registry.registry_section}
 
 
+def marker_faults(text: str) -> list[str]:
+    """Each section of SECTIONS whose `<!-- BEGIN name -->` / `<!-- END name -->` pair is missing, misspelled or
+    repeated: such a section would go unrendered, and --check would call the README up to date."""
+    faults = []
+    for name in SECTIONS:
+        begin, end = text.count(f"<!-- BEGIN {name} -->\n"), text.count(f"<!-- END {name} -->")
+        if (begin, end) != (1, 1) or text.index(f"<!-- BEGIN {name} -->") > text.index(f"<!-- END {name} -->"):
+            faults.append(f"{name} ({begin} BEGIN, {end} END marker(s))")
+    return faults
+
+
 def render(text: str) -> str:
+    if faults := marker_faults(text):
+        raise ValueError("README.md: sections without exactly one BEGIN/END marker pair: " + ", ".join(faults))
     for name, fn in SECTIONS.items():
         pat = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
-        if pat.search(text):
-            body = fn()
-            text = pat.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+        body = fn()
+        text = pat.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
     return text
 
 
@@ -54,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     readme = ROOT / "README.md"
     old = readme.read_text()
+    if faults := marker_faults(old):  # a section the README lost: neither rewritten nor reported as up to date
+        print("README.md: sections without exactly one BEGIN/END marker pair: " + ", ".join(faults), file=sys.stderr)
+        return 1
     new = render(old)
     if args.check:
         if new != old:

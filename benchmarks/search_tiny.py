@@ -12,7 +12,8 @@ pg84 cut into --windows JSONL documents of 6000 characters (> 1024 tokens each):
 every document: in-window) and 1024, needle-ppl at 1024 with --trials trials.
 
 Acceptance: searched < yarn:factor=4 on needle-ppl and ppl at 1024; in-window ppl at most 1 % above default;
-fitness better than the YaRN seed within <= 130 full-length evaluations (the curve is in the search folder).
+a searched candidate (not a seed) with fitness better than the YaRN seed within <= 130 full-length evaluations (the
+curve is in the search folder).
 
 Writes benchmarks/results/search_tiny_rope/: search/ (best.json, history.jsonl, results.json, summary.md, PNGs),
 eval/ (results.json, summary.md, plots), heldout.jsonl, summary.json, summary.md.
@@ -35,7 +36,22 @@ MODEL, TARGET, WINDOW = "tiny-rope", 1024, 256
 QUICK = {"budget": 30.0, "samples": 10, "windows": 16, "trials": 30}  # --quick: the same experiment, smaller
 
 
-def main() -> int:
+def below_yarn_seed(hist: list[dict], y_seed: float, samples: int) -> tuple[dict | None, dict | None]:
+    """The first full-length evaluation whose fitness is below the YaRN seed's, and the first such *searched*
+    candidate (not a seed nor an initial point); None where none was."""
+    full = [h for h in hist if h["length"] == TARGET and h["samples"] == samples and h["fitness"] < y_seed]
+    first = next(iter(full), None)
+    child = next((h for h in full if not h["origin"].startswith(("seed:", "init:"))), None)
+    return first, child
+
+
+def at_cost(h: dict | None, cost: float | None = None) -> str:
+    """'at cost 12.34 (origin)' (cost: h's own unless given), or 'not reached' for None."""
+    cost = h["cost_total"] if cost is None and h is not None else cost
+    return "not reached" if h is None or cost is None else f"at cost {cost:.2f} ({h['origin']})"
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=float, default=130.0)
     ap.add_argument("--fitness", default="both", choices=("needle-ppl", "ppl", "both"))
@@ -51,9 +67,12 @@ def main() -> int:
                          "bar: with 0.01 the searched spec came out +1.13 %% in window on the held-out book)")
     ap.add_argument("--quick", action="store_true", help=", ".join(f"{k} {v:g}" for k, v in QUICK.items())
                     + f": minutes, into {OUT.name}_quick/")
-    args = ap.parse_args()
-    if args.quick:
-        vars(args).update(QUICK)
+    argv = sys.argv[1:] if argv is None else argv
+    args = ap.parse_args(argv)
+    if args.quick:  # an option given on the command line is kept
+        from ctxext.runinfo import override_defaults
+
+        override_defaults(ap, args, QUICK, argv)
     out = OUT.with_name(OUT.name + "_quick") if args.quick else OUT
 
     import torch
@@ -74,15 +93,12 @@ def main() -> int:
                       short_tolerance=args.short_tolerance)
     t0 = time.perf_counter()
     res = run_search(MODEL, data, search_dir, cfg, resume=args.resume, progress=sys.stderr.isatty(),
-                     command="python benchmarks/search_tiny.py " + " ".join(sys.argv[1:]))
+                     command="python benchmarks/search_tiny.py " + " ".join(argv))
     run_s = time.perf_counter() - t0
     hist = [json.loads(x) for x in (search_dir / "history.jsonl").read_text().splitlines()]
     search_s = sum(h["seconds"] for h in hist)  # evaluation time as measured when each ran (resume-proof)
 
-    y_seed = res["seeds"]["yarn"]
-    full = [h for h in hist if h["length"] == TARGET and h["samples"] == args.samples]
-    first = next(h for h in full if h["fitness"] < y_seed)
-    first_child = next(h for h in full if h["fitness"] < y_seed and not h["origin"].startswith(("seed:", "init:")))
+    first, first_child = below_yarn_seed(hist, res["seeds"]["yarn"], args.samples)
 
     held = held_out_windows(out / "heldout.jsonl", args.windows)
     best = str(search_dir / "best.json")
@@ -102,7 +118,9 @@ def main() -> int:
         "needle-ppl@1024 searched < yarn": rows["searched"]["needle-ppl@1024"] < rows[yarn]["needle-ppl@1024"],
         "ppl@1024 searched < yarn": rows["searched"]["ppl@1024"] < rows[yarn]["ppl@1024"],
         "ppl@256 searched <= 1.01 x default": rows["searched"]["ppl@256"] <= 1.01 * rows["default"]["ppl@256"],
-        "search fitness < YaRN seed within 130": res["beat_yarn_at_cost"] is not None and res["beat_yarn_at_cost"] <= 130,
+        # the search's own candidates, not a seed (the NTK seed alone can beat the YaRN seed)
+        "searched candidate's fitness < YaRN seed within 130": first_child is not None
+        and first_child["cost_total"] <= 130,
         f"search fitness < exact {yarn} within 130": res["reference"]["beaten_at_cost"] is not None
         and res["reference"]["beaten_at_cost"] <= 130,
     }
@@ -113,8 +131,9 @@ def main() -> int:
                    "reference": res["reference"], "beat_yarn_seed_at_cost": res["beat_yarn_at_cost"],
                    "guard": res["guard"], "curve": res["curve"], "evaluation_seconds": round(search_s, 1),
                    "this_run_seconds": round(run_s, 1), "replayed_this_run": res["replayed"],
-                   "first_below_yarn_seed": {k: first[k] for k in ("origin", "cost_total", "fitness")},
-                   "first_searched_below_yarn_seed": {k: first_child[k] for k in ("origin", "cost_total", "fitness")}},
+                   "first_below_yarn_seed": first and {k: first[k] for k in ("origin", "cost_total", "fitness")},
+                   "first_searched_below_yarn_seed": first_child and {k: first_child[k] for k in
+                                                                      ("origin", "cost_total", "fitness")}},
         "heldout": {"book": "pg84.txt", "ppl_documents": args.windows, "needle_trials": args.trials, "rows": rows,
                     "in_window_change": rows["searched"]["ppl@256"] / rows["default"]["ppl@256"] - 1,
                     "seconds": round(eval_s, 1)},
@@ -131,9 +150,10 @@ def main() -> int:
              f"{search_s:.0f} s.",
              f"Best fitness {res['best']['fitness']:.5g} (found at cost {res['best']['found_at_cost']:.2f}); seeds: "
              + ", ".join(f"{k} {v:.5g}" for k, v in sorted(res['seeds'].items(), key=lambda kv: kv[1]))
-             + f"; exact {yarn} {res['reference']['fitness']:.5g}. Best-so-far first below the YaRN seed at cost "
-             f"{res['beat_yarn_at_cost']:.2f} ({first['origin']}); first *searched* candidate (not a seed) below it at "
-             f"cost {first_child['cost_total']:.2f} ({first_child['origin']}). Curve: search/fitness_vs_cost.png.", "",
+             + f"; exact {yarn} {res['reference']['fitness']:.5g}. Best-so-far first below the YaRN seed "
+             f"{at_cost(first, res['beat_yarn_at_cost'])}; first *searched* candidate (not a seed) below it "
+             f"{at_cost(first_child)}. "
+             "Curve: search/fitness_vs_cost.png.", "",
              f"Held-out pg84 (ctxext eval; ppl over {args.windows} documents, needle-ppl over {args.trials} trials):", "",
              "| spec | ppl @256 | ppl @1024 | needle-ppl @1024 |", "|---|---|---|---|"]
     for name, r in rows.items():

@@ -176,6 +176,15 @@ def merge_runs(new: list[dict], old: list[dict]) -> list[dict]:
     return new + kept
 
 
+def check_same_setup(prev_meta: dict, model: str, scaling: str) -> None:
+    """--add merges rows by length and variant, and the table heads them with one model: refuse a results file of
+    another model or scaling."""
+    there = (prev_meta.get("model"), prev_meta.get("scaling"))
+    if there != (model, scaling):
+        raise SystemExit(f"the results file holds {there[0]} with {there[1]}, this run {model} with {scaling}: "
+                         "give it its own --out (or the same --model and --scaling)")
+
+
 def current_estimate(model: str, scaling: str, length: int, variant: str) -> float:
     """What ctxext train estimates now for this run (GiB); rewritten into every row on each write, so a changed
     estimate is compared with the peaks already measured (--reestimate)."""
@@ -204,9 +213,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reestimate", action="store_true",
                    help="run nothing: rewrite the results file's estimates with the current formula")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     if args.quick:
-        runinfo.override_defaults(p, args, QUICK)
+        runinfo.override_defaults(p, args, QUICK, argv)
         args.steps = max(2, args.steps)  # tokens/s over the steps after the first: one step would time the warm-up
     return args
 
@@ -222,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(child(args.child, args.model, args.scaling, steps, books)))
         return
     out = Path(args.out)
+    if args.add and not args.reestimate and out.is_file():  # before the runs, not after them
+        check_same_setup(json.loads(out.read_text())["meta"], args.model, args.scaling)
     lengths = [int(x) for x in args.lengths.split(",")]
     rows: list[dict] = []
     variants = args.variants.split(",")
@@ -250,12 +262,16 @@ def main(argv: list[str] | None = None) -> None:
     with results_lock(out) if merging else contextlib.nullcontext():
         # read now, under the lock, not at the start: another length may have finished meanwhile
         prev = json.loads(out.read_text()) if merging and out.is_file() else None
-        if prev:
-            rows = prev["runs"] if args.reestimate else merge_runs(rows, prev["runs"])
+        model, scaling = args.model, args.scaling
+        if prev and args.reestimate:  # the file's rows were measured with its own model and scaling, not --model's
+            rows, model, scaling = prev["runs"], prev["meta"]["model"], prev["meta"]["scaling"]
+        elif prev:
+            check_same_setup(prev["meta"], args.model, args.scaling)
+            rows = merge_runs(rows, prev["runs"])
         for r in rows:
             if "error" not in r:
                 r.setdefault("estimate_at_run_gib", round(r["memory_estimate"]["total"] / GIB, 3))  # what it printed
-                r["estimate_gib"] = current_estimate(args.model, args.scaling, r["length"], r["variant"])
+                r["estimate_gib"] = current_estimate(model, scaling, r["length"], r["variant"])
         rows.sort(key=lambda r: (r["length"], VARIANTS.index(r.get("variant", "tuned"))))
         meta = {"versions": runinfo.versions(), "machine": runinfo.machine(), "model": args.model,
                 "scaling": args.scaling, "quick": args.quick, "command": " ".join(sys.argv)}

@@ -17,13 +17,15 @@ A watchdog stops a baseline when its resident memory passes --naive-limit-gib (d
 available at the start), and the row records where it stopped instead of letting the kernel kill other work.
 
 Useful work per token is 6·N + 12·layers·hidden·T FLOPs (the PaLM definition: recomputation by gradient
-checkpointing is not counted); it is reported as a fraction of the fp32 matmul rate measured in the same run (CPU)
-and as model FLOPs utilisation against the peak bf16 rate (GPU).
+checkpointing is not counted); it is reported as model FLOPs utilisation against the peak bf16 rate of a GPU whose
+exact name is in PEAK_BF16, else as a fraction of a matmul rate measured in the same run on the device that trains
+(fp32 on the CPU, bf16 on a GPU not in the table).
 
 Writes benchmarks/results/train_speed-<device>.json (--quick: train_speed-<device>-quick.json, whose ordering of
 ctxext and the naive loop the README compares with the full run's) and prints a table. Rows of other lengths and
-variants already in the file are kept; each row's `run` names its entry in `run_meta` (machine, versions, date,
-command, matmul rate of the run that measured it). The top-level `meta` is the latest run's.
+variants already in the file are kept (a file of another --model or --scaling is refused: give that run its own
+--out); each row's `run` names its entry in `run_meta` (machine, versions, date, command, matmul rate of the run
+that measured it). The top-level `meta` is the latest run's.
 """
 
 from __future__ import annotations
@@ -42,7 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BOOKS = ("pg1342.txt", "pg2701.txt", "pg1513.txt")
 NAIVE_CKPT = "naive-ckpt"
 NAIVE = ("naive", NAIVE_CKPT)  # the stock transformers baselines (variants run by run_naive, not ctxext train)
-PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}  # dense, no sparsity
+# dense bf16 FLOP/s (no sparsity) by the exact name torch gives: one chip name covers several SKUs with other peaks
+# (H100 SXM 989.4, PCIe 756, NVL 835), so a name not listed here gets a matmul rate measured on it instead
+PEAK_BF16 = {"NVIDIA H100 80GB HBM3": 989.4e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12,
+             "NVIDIA H200": 989.4e12, "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12,
+             "NVIDIA A100-PCIE-40GB": 312e12, "NVIDIA A100 80GB PCIe": 312e12, "NVIDIA L40S": 362e12,
+             "NVIDIA A10G": 125e12}
 
 
 def device_name() -> tuple[str, float | None]:
@@ -51,8 +58,21 @@ def device_name() -> tuple[str, float | None]:
     if not torch.cuda.is_available():
         return "cpu", None
     name = torch.cuda.get_device_name(0)
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    return name, peak
+    return name, PEAK_BF16.get(name.strip())
+
+
+def reference_rate(device: str, peak: float | None) -> tuple[float | None, str | None]:
+    """(FLOP/s, dtype) of the matmul rate the useful work is divided by when there is no known peak: measured on
+    the device that trains, in the dtype it computes in (bf16 autocast on a GPU, fp32 on the CPU)."""
+    if peak:
+        return None, None
+    import torch
+
+    from ctxext.evals.cost import measure_matmul_rate
+
+    if device == "cpu":
+        return measure_matmul_rate(torch.float32, device="cpu", seconds=3.0), "float32"
+    return measure_matmul_rate(torch.bfloat16, device="cuda", seconds=3.0), "bfloat16"
 
 
 def is_naive(extra: list[str]) -> bool:
@@ -177,13 +197,28 @@ def results_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+SAME_SETUP = ("model", "scaling")  # the table states one of each: rows of another run must share them
+
+
+def check_same_setup(meta: dict, old: dict) -> None:
+    """Refuse to merge this run into a file whose runs trained another model or scaling (the rows are keyed by
+    length and variant only, and the README heads them all with one model): such a run needs its own --out."""
+    metas = [m for m in (old.get("run_meta") or {}).values()] or ([old["meta"]] if old.get("meta") else [])
+    for m in metas:
+        differ = [f"{k} {m.get(k)!r} there, {meta.get(k)!r} here" for k in SAME_SETUP if m.get(k) != meta.get(k)]
+        if differ:
+            raise SystemExit(f"the results file holds runs of another setup ({'; '.join(differ)}): give this run "
+                             "its own --out")
+
+
 def merge_results(rows: list[dict], meta: dict, run_id: str, old: dict | None) -> dict:
     """The results file after this run: its rows, plus the old file's rows of every (length, variant) it did not
     measure; `run_meta` maps each run id that a row names to where and how that run ran (this run's `meta`).
     A file written before run_meta existed holds only its last run's meta: it is credited to the latest run id among
     its rows (that run wrote it, and its rows were still there), flagged `from_legacy_meta`; older runs' rows name
-    a run with no entry."""
+    a run with no entry. A file of another model or scaling is refused (check_same_setup)."""
     old = old or {}
+    check_same_setup(meta, old)
     done = {(r["length"], tuple(r["extra"])) for r in rows}
     kept = [r for r in old.get("runs", []) if (r["length"], tuple(r["extra"])) not in done]
     run_meta = dict(old.get("run_meta") or {})
@@ -197,7 +232,7 @@ def merge_results(rows: list[dict], meta: dict, run_id: str, old: dict | None) -
     return {"meta": meta, "run_meta": {k: v for k, v in sorted(run_meta.items()) if k in named}, "runs": merged}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from ctxext import runinfo
     from ctxext.evals.files import atomic_write
     from ctxext.fixtures import books_dir
@@ -219,15 +254,19 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="2 048 tokens, ctxext and the naive loop (minutes)")
     p.add_argument("--worker", choices=NAIVE, help=argparse.SUPPRESS)
     p.add_argument("--books", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(naive_worker(args.model, int(args.lengths), args.steps, Path(args.books),
                                       ckpt=args.worker == NAIVE_CKPT)))
         return
 
     if args.quick:
-        runinfo.override_defaults(p, args, {"lengths": "2048", "variants": "naive@2048"})
+        runinfo.override_defaults(p, args, {"lengths": "2048", "variants": "naive@2048"}, argv)
     device, peak = device_name()
+    out = Path(args.out) if args.out else results_path(device, args.quick)
+    if out.is_file():  # before the runs, not after them: a file of another model or scaling is refused
+        check_same_setup({"model": args.model, "scaling": args.scaling}, json.loads(out.read_text()))
     info = model_info(args.model)
     lengths = [int(x) for x in args.lengths.split(",")]
     jobs: list[tuple[int, list[str]]] = [(L, []) for L in lengths]
@@ -239,10 +278,8 @@ def main() -> None:
     jobs.sort(key=lambda j: (j[0], is_naive(j[1])))  # ctxext first at each length
     import psutil
 
-    from ctxext.evals.cost import measure_matmul_rate
-
     limit = args.naive_limit_gib or 0.9 * psutil.virtual_memory().available / 2**30
-    rate = None if peak else measure_matmul_rate(seconds=3.0)
+    rate, rate_dtype = reference_rate(device, peak)
     run_id = time.strftime("%Y-%m-%dT%H:%M:%S")
     rows = []
     with tempfile.TemporaryDirectory(prefix="ctxext-train-speed-") as work:
@@ -256,13 +293,13 @@ def main() -> None:
                 r["mfu"] = work_per_s / peak
             elif work_per_s:
                 r["fraction_of_matmul_rate"] = work_per_s / rate
-                r["fp32_matmul_flops"] = rate
+                r.update(matmul_flops=rate, matmul_dtype=rate_dtype)
             r["run"] = run_id  # the README forms ctxext/naive ratios only from rows of the same run
             rows.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
-    out = Path(args.out) if args.out else results_path(device, args.quick)
     meta = {"run": run_id, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": runinfo.versions(),
-            "machine": runinfo.machine(), "device": device, "peak_bf16_flops": peak, "fp32_matmul_flops": rate,
+            "machine": runinfo.machine(), "device": device, "peak_bf16_flops": peak, "matmul_flops": rate,
+            "matmul_dtype": rate_dtype,
             "model": args.model, "scaling": args.scaling, "steps": args.steps, "quick": args.quick,
             "command": " ".join(sys.argv)}
     # keep the runs of other lengths / variants measured before, read now under a lock (only when there is a file

@@ -34,7 +34,8 @@ Acceptance (as recorded in summary.json): last-quarter ppl within 10 % of the in
 the untrained extension lower. The last-quarter ppl over the same-tokens reference is reported beside it (README).
 
 Writes benchmarks/results/train_tiny/<method>/ (results.json, summary.md, loss-curve.png, the exported config and
-model card; checkpoints and weights are removed) and benchmarks/results/train_tiny/summary.{json,md}.
+model card; checkpoints and weights are removed) and benchmarks/results/train_tiny/summary.{json,md}. A rerun of
+some --methods with otherwise the same arguments keeps the other methods' rows of summary.json (merge_summary).
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def pretrain_mix(path: Path, model: str, share: float, train_tokens: int, seed: 
 
     import numpy as np
 
+    from ctxext.evals.files import atomic_write
     from ctxext.fixtures import TRAIN_BOOKS, fixture_path
     from ctxext.fixtures import build as B
     from transformers import AutoTokenizer
@@ -107,7 +109,7 @@ def pretrain_mix(path: Path, model: str, share: float, train_tokens: int, seed: 
         seg = sampler.passkey_segment(int(rng.integers(lo, TARGET + 1)))
         rows.append(json.dumps({"text": tok.decode(seg)}))
         n += len(seg)
-    path.write_text("\n".join(rows) + "\n")
+    atomic_write(path, "\n".join(rows) + "\n")
     return {"mix_tokens": n, "book_tokens": int(len(ids)), "share_of_data": n / (n + len(ids))}
 
 
@@ -196,7 +198,27 @@ def reference_only(args: argparse.Namespace) -> None:
               f"/ same tokens, {ref['context']}-token context {ref['ppl']:.4f} = {a / ref['ppl']:.4f}")
 
 
-def main() -> None:
+def merge_summary(old: dict | None, meta: dict, rows: dict[str, dict]) -> dict:
+    """summary.json after this run: its rows, plus the old summary's rows of the methods it did not rerun when the
+    old run had the same arguments apart from --methods (their run folders are still there; another recipe's rows
+    are dropped). The kept rows' machine and versions are recorded under meta.kept_runs."""
+    same = lambda a: {k: v for k, v in a.items() if k != "methods"}  # noqa: E731
+    if not old or same(old["meta"]["args"]) != same(meta["args"]):
+        return {"meta": meta, "runs": rows}
+    kept = {k: v for k, v in old["runs"].items() if k not in rows}
+    merged = {**kept, **rows}
+    order = [k for k in old["runs"] if k in merged] + [k for k in rows if k not in old["runs"]]  # the old row order
+    runs = {k: merged[k] for k in order}
+    meta = {**meta, "args": {**meta["args"], "methods": ",".join(runs)}}
+    if kept:
+        earlier = old["meta"].get("kept_runs") or {}
+        meta["kept_runs"] = {"methods": list(kept), "machine": earlier.get("machine", old["meta"].get("machine")),
+                             "versions": earlier.get("versions", old["meta"].get("versions"))}
+    return {"meta": meta, "runs": runs}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ctxext.evals.files import atomic_write
     from ctxext.fixtures import TRAIN_BOOKS, books_dir
     from ctxext.train import TrainConfig, train
 
@@ -227,9 +249,12 @@ def main() -> None:
     p.add_argument("--reference-only", action="store_true",
                    help=f"only default RoPE on the same last-quarter tokens with the trained window as context, from "
                         f"--out's committed held-out windows, into --out/reference/{SAME_TOKENS} (no training)")
-    args = p.parse_args()
-    if args.quick:
-        vars(args).update(QUICK)
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
+    if args.quick:  # an option given on the command line is kept
+        from ctxext.runinfo import override_defaults
+
+        override_defaults(p, args, QUICK, argv)
     args.out = args.out or str(OUT.with_name(OUT.name + "_quick") if args.quick else OUT)
     if args.mix_min_len is not None and not 1 <= args.mix_min_len <= TARGET:
         raise SystemExit(f"--mix-min-len must be within [1, {TARGET}]")
@@ -260,7 +285,7 @@ def main() -> None:
                           batch_tokens=args.batch_tokens, warmup=args.warmup, grad_checkpointing=False,
                           eval_every=args.eval_every, eval_data=(eval_file,), eval_docs=args.windows,
                           passkey_trials=args.trials, seed=args.seed, out=str(run),
-                          command_line="benchmarks/train_tiny.py " + " ".join(sys.argv[1:]))
+                          command_line="benchmarks/train_tiny.py " + " ".join(argv))
         t0 = time.perf_counter()
         summary = train(cfg)
         wall = time.perf_counter() - t0
@@ -292,7 +317,10 @@ def main() -> None:
             os.environ.get("OMP_NUM_THREADS"), "model": args.model, "target": TARGET, "args": vars(args),
             "held_out": "pg84.txt cut into {} documents of 6000 characters".format(args.windows),
             "pretrain_mix": mix}
-    (out / "summary.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1) + "\n")
+    old = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else None
+    merged = merge_summary(old, meta, rows)
+    rows = merged["runs"]  # the table below lists the kept methods too
+    atomic_write(out / "summary.json", json.dumps(merged, indent=1) + "\n")
     lines = [f"# {args.model}: 256 -> {TARGET} tokens, {args.steps} steps of `ctxext train` per method", "",
              f"In-window perplexity (default RoPE, first 256 tokens of {args.windows} held-out windows): "
              f"**{ref:.2f}**; on the last quarter's own tokens (positions {same['positions'][0]}-"
@@ -305,7 +333,7 @@ def main() -> None:
                      f"{r['last_quarter_vs_in_window']:.3f} | {a['ppl_last_quarter'] / same['ppl']:.3f} | "
                      f"{b['passkey']:.0%} -> {a['passkey']:.0%} | "
                      f"{r['train_seconds']:.0f} | {r['tokens_per_second']:.0f} |")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out / "summary.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

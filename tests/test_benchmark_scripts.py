@@ -199,7 +199,7 @@ def test_results_lock_is_exclusive_and_lives_beside_the_results_file(tmp_path):
 
 
 SCRIPTS = ("eval_acceptance", "packed_attention", "search_tiny", "search_smollm2", "attention_methods", "methods",
-           "planner", "train_memory", "train_speed", "instruct_qa")
+           "planner", "train_memory", "train_speed", "instruct_qa", "train_tiny")
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -211,3 +211,222 @@ def test_results_are_written_atomically(name):
     assert "np.save(" not in text and "shutil.copy(" not in text and "json.dump(" not in text
     assert not re.search(r"open\([^)]*[\"']wb?[\"']", text) and "write_bytes(" not in text
     assert "atomic_write" in text
+
+
+# ------------------------------------------------------------------------------------------------ review fixes
+
+
+def test_train_speed_refuses_to_merge_runs_of_another_model_or_scaling():
+    ts = _bench("train_speed")
+    smol = {"run": "r1", "model": "smollm2-135m", "scaling": "yarn:factor=8", "steps": 2}
+    old = ts.merge_results([_row(4096, [], "r1")], smol, "r1", None)
+    tiny = {**smol, "run": "r2", "model": "tiny-rope", "steps": 4}
+    with pytest.raises(SystemExit, match="another setup"):
+        ts.merge_results([_row(1024, [], "r2")], tiny, "r2", old)
+    with pytest.raises(SystemExit, match="scaling"):  # a legacy file (no run_meta) is checked by its meta
+        ts.merge_results([_row(1024, [], "r2")], {**smol, "run": "r2", "scaling": "linear:factor=8"}, "r2",
+                         {"meta": smol, "runs": old["runs"]})
+    # other steps are merged: each row records its own
+    more = ts.merge_results([_row(8192, [], "r2")], {**smol, "run": "r2", "steps": 4}, "r2", old)
+    assert [r["length"] for r in more["runs"]] == [4096, 8192]
+
+
+def test_train_speed_peak_table_matches_the_exact_sku_and_measures_an_unknown_gpu(monkeypatch):
+    import torch
+
+    import ctxext.evals.cost as cost
+
+    ts = _bench("train_speed")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    peaks = {}
+    for name in ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200", "NVIDIA B200"):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0, n=name: n)
+        peaks[name] = ts.device_name()[1]
+    assert peaks == {"NVIDIA H100 80GB HBM3": 989.4e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12,
+                     "NVIDIA H200": 989.4e12, "NVIDIA B200": None}
+    calls = []
+    monkeypatch.setattr(cost, "measure_matmul_rate", lambda dtype=None, device="cpu", seconds=0.4:
+                        calls.append((dtype, device)) or 1e12)
+    assert ts.reference_rate("NVIDIA B200", None) == (1e12, "bfloat16")
+    assert ts.reference_rate("cpu", None) == (1e12, "float32")
+    assert ts.reference_rate("NVIDIA H200", 989.4e12) == (None, None)
+    assert calls == [(torch.bfloat16, "cuda"), (torch.float32, "cpu")]  # the GPU's own rate, not the CPU's
+
+
+def test_eval_speed_quick_on_a_gpu_never_writes_the_cpu_files(tmp_path, monkeypatch):
+    import torch
+
+    es = _bench("eval_speed")
+    results = tmp_path / "results"
+    monkeypatch.setattr(es, "HERE", tmp_path)
+    monkeypatch.setitem(es.QUICK, "out", str(results / "eval_speed_quick.json"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H100 80GB HBM3")
+    ppl = {"seconds": 0.1, "tokens_per_s": 40960.0, "loss": 2.0, "process_peak_mb": 900.0, "device_peak_mb": 100.0}
+    monkeypatch.setattr(es, "spawn", lambda name, args: {"fp32_matmul_flops": 1e13} if name == "rate" else dict(ppl))
+    results.mkdir()
+    cpu_quick = {"device": "cpu", "prefix_reuse": {"cost_ratio": 0.5}}
+    (results / "eval_speed_quick.json").write_text(json.dumps(cpu_quick))
+    es.main(["--quick", "--device", "cuda"])
+    assert json.loads((results / "eval_speed_quick.json").read_text()) == cpu_quick  # untouched
+    gpu = json.loads((results / "eval_speed-nvidia-h100-80gb-hbm3-quick.json").read_text())
+    assert gpu["device"] == "NVIDIA H100 80GB HBM3" and gpu["quick"] and "prefix_reuse" not in gpu
+    es.main(["--device", "cuda", "--repeats", "1"])
+    assert (results / "eval_speed-nvidia-h100-80gb-hbm3.json").is_file() and not (results / "eval_speed.json").exists()
+    es.main(["--device", "cuda", "--repeats", "1", "--out", str(tmp_path / "mine.json")])  # an --out given is kept
+    assert (tmp_path / "mine.json").is_file()
+
+
+def _search_fakes(tmp_path, monkeypatch, st, hist: list[dict]):
+    """search_tiny.main's search and evaluations replaced: `hist` is the search's history."""
+    import ctxext.evals
+    import ctxext.search
+
+    monkeypatch.setattr(st, "ROOT", tmp_path)
+    monkeypatch.setattr(st, "OUT", tmp_path / "search_tiny_rope")
+    monkeypatch.chdir(tmp_path)
+
+    def run_search(model, data, search_dir, cfg, **kw):
+        (tmp_path / search_dir).mkdir(parents=True, exist_ok=True)
+        (tmp_path / search_dir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in hist))
+        return {"seeds": {"yarn": 1.04, "ntk": 0.97}, "beat_yarn_at_cost": 0.5, "config": {}, "spent": 6.0,
+                "evaluations": len(hist), "generations": 1, "best": {"fitness": 0.97, "found_at_cost": 0.5},
+                "reference": {"fitness": 1.1, "beaten_at_cost": 0.5}, "guard": {}, "curve": [], "replayed": 0}
+
+    def run_eval(model, specs, tasks, lengths, **kw):
+        return {"records": [{"scaling": s, "task": tasks[0], "length": L, "bucket": None, "value": 50.0}
+                            for s in specs for L in lengths]}
+
+    monkeypatch.setattr(ctxext.search, "run_search", run_search)
+    monkeypatch.setattr(ctxext.evals, "run_eval", run_eval)
+    monkeypatch.setattr(st, "held_out_windows", lambda path, n: str(path))
+
+
+def test_search_tiny_finishes_when_no_searched_candidate_beats_the_yarn_seed(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # search_tiny imports its sibling train_tiny
+    st = _bench("search_tiny")
+    h = {"length": 1024, "samples": 4, "seconds": 1.0}
+    hist = [{**h, "origin": "seed:yarn", "fitness": 1.04, "cost_total": 0.25},
+            {**h, "origin": "seed:ntk", "fitness": 0.97, "cost_total": 0.5},  # a seed, not the search, beats YaRN's
+            {**h, "origin": "mutate", "fitness": 1.2, "cost_total": 1.5}]
+    _search_fakes(tmp_path, monkeypatch, st, hist)
+    st.main(["--budget", "6", "--samples", "4", "--windows", "2", "--trials", "2"])
+    summary = json.loads((tmp_path / "search_tiny_rope" / "summary.json").read_text())
+    assert summary["search"]["first_searched_below_yarn_seed"] is None
+    assert summary["search"]["first_below_yarn_seed"]["origin"] == "seed:ntk"
+    assert summary["checks"]["searched candidate's fitness < YaRN seed within 130"] is False  # a seed does not count
+    assert "first *searched* candidate (not a seed) below it not reached" in (
+        tmp_path / "search_tiny_rope" / "summary.md").read_text()
+    hist.append({**h, "origin": "crossover", "fitness": 0.95, "cost_total": 2.5})
+    _search_fakes(tmp_path, monkeypatch, st, hist)
+    st.main(["--budget", "6", "--samples", "4", "--windows", "2", "--trials", "2"])
+    summary = json.loads((tmp_path / "search_tiny_rope" / "summary.json").read_text())
+    assert summary["search"]["first_searched_below_yarn_seed"]["origin"] == "crossover"
+    assert summary["checks"]["searched candidate's fitness < YaRN seed within 130"] is True
+
+
+def test_quick_keeps_every_option_typed_on_the_command_line(train_memory, tmp_path, monkeypatch):
+    # typed equal to the default: still kept (the full run's lengths with --quick's file)
+    assert train_memory.parse_args(["--quick", "--lengths", "2048,4096,8192"]).lengths == "2048,4096,8192"
+    assert train_memory.parse_args(["--quick", "--lengths=2048,4096,8192"]).lengths == "2048,4096,8192"
+    assert train_memory.parse_args(["--quick"]).lengths == "2048"
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    st = _bench("search_tiny")
+    seen = {}
+
+    def stop(*a, **kw):
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(st, "ROOT", tmp_path)
+    monkeypatch.setattr(st, "OUT", tmp_path / "search_tiny_rope")
+    monkeypatch.chdir(tmp_path)
+    import ctxext.search
+
+    monkeypatch.setattr(ctxext.search, "config_from", lambda target, **kw: seen.update(kw) or stop())
+    with pytest.raises(RuntimeError):
+        st.main(["--quick", "--samples", "20", "--budget", "40"])
+    assert (seen["samples"], seen["budget"]) == (20, 40.0)  # samples typed at its default, budget another value
+    with pytest.raises(RuntimeError):
+        st.main(["--quick"])
+    assert (seen["samples"], seen["budget"]) == (10, 30.0)
+
+
+def test_train_tiny_quick_keeps_typed_steps_and_a_rerun_keeps_the_other_methods(tmp_path, monkeypatch):
+    tt = _bench("train_tiny")
+    args = {"model": "tiny-rope", "methods": "linear,yarn,abf", "steps": 200, "out": "x"}
+    row = lambda v: {"spec": v, "after": {"ppl_last_quarter": 1.0}}  # noqa: E731
+    first = tt.merge_summary(None, {"machine": {"cpu_count": 2}, "args": args},
+                             {m: row(m) for m in ("linear", "yarn", "abf")})
+    rerun = tt.merge_summary(first, {"machine": {"cpu_count": 16}, "args": {**args, "methods": "abf"}},
+                             {"abf": row("abf2")})
+    assert list(rerun["runs"]) == ["linear", "yarn", "abf"] and rerun["runs"]["abf"]["spec"] == "abf2"
+    assert rerun["meta"]["args"]["methods"] == "linear,yarn,abf"
+    assert rerun["meta"]["kept_runs"] == {"methods": ["linear", "yarn"], "machine": {"cpu_count": 2}, "versions": None}
+    other = tt.merge_summary(first, {"args": {**args, "methods": "abf", "steps": 100}}, {"abf": row("abf")})
+    assert list(other["runs"]) == ["abf"]  # another recipe's rows are not mixed in
+    # --quick keeps a typed --steps (it replaced it before): the run is stopped where the steps first count
+    seen = []
+
+    def stop(path, model, share, train_tokens, **kw):
+        seen.append(train_tokens)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(tt, "pretrain_mix", stop)
+    for argv, steps in ((["--steps", "150"], 150), ([], tt.QUICK["steps"])):
+        with pytest.raises(RuntimeError):
+            tt.main(["--quick", *argv, "--pretrain-mix", "0.25", "--batch-tokens", "1000", "--out", str(tmp_path)])
+        assert seen.pop() == steps * 1000
+
+
+def test_planner_second_only_run_keeps_the_kept_rows_first_date_and_machine(tmp_path, monkeypatch):
+    planner = _bench("planner")
+
+    def fake_run(configs, cache, criterion="ppl2x"):
+        return [{"model": m, "spec": s, "criterion": criterion, "measured": float(L), "censored": False,
+                 "within_25pct": True, "predicted": L / 2, "predicted_capped": False} for m, s, L, _ in configs]
+
+    monkeypatch.setattr(planner, "run", fake_run)
+    out = tmp_path / "planner.json"
+    tiny = [{"model": "tiny-rope", "spec": "default", "criterion": "ppl2x", "measured": 1.0, "censored": True,
+             "within_25pct": False}]
+    out.write_text(json.dumps({"date": "2026-12-01", "machine": {"platform": "v973"}, "rows": tiny}))
+    planner.main(["--only", "smollm2-135m", "--out", str(out)])
+    first = json.loads(out.read_text())
+    assert first["rows_kept_from"] == {"date": "2026-12-01", "machine": {"platform": "v973"}, "models": ["tiny-rope"]}
+    planner.main(["--only", "smollm2-135m", "--out", str(out)])  # again: the tiny rows are still 2026-12-01's
+    assert json.loads(out.read_text())["rows_kept_from"] == first["rows_kept_from"]
+
+
+def test_train_memory_keeps_each_files_model_for_estimates_and_refuses_another(train_memory, tmp_path, monkeypatch):
+    out = tmp_path / "tm.json"
+    row = {"length": 2048, "variant": "tuned", "peak_gib": 1.0, "memory_estimate": {"total": 2**30}}
+    out.write_text(json.dumps({"meta": {"model": "tiny-rope", "scaling": "yarn:factor=4"}, "runs": [row]}))
+    seen = []
+    monkeypatch.setattr(train_memory, "current_estimate", lambda m, s, L, v: seen.append((m, s)) or 1.0)
+    monkeypatch.setattr(train_memory, "run_child", lambda *a: pytest.fail("--add across models must not run"))
+    train_memory.main(["--reestimate", "--out", str(out)])  # no --model given: the file's, not smollm2's
+    assert seen == [("tiny-rope", "yarn:factor=4")]
+    with pytest.raises(SystemExit, match="own --out"):
+        train_memory.main(["--add", "--lengths", "4096", "--out", str(out)])
+
+
+def test_eval_acceptance_writes_beside_its_own_out_with_machine_and_versions(tmp_path, monkeypatch):
+    import ctxext.evals
+
+    ea = _bench("eval_acceptance")
+    monkeypatch.setattr(ea, "HERE", tmp_path)  # the committed record's folder, here a scratch one
+    monkeypatch.setattr(ea, "DEFAULT_OUT", tmp_path / "results" / "smollm2_16k")
+    committed = tmp_path / "results" / "eval_acceptance.json"
+
+    def run_eval(model, specs, tasks, lengths, **kw):
+        return {"records": [{"scaling": s, "metric": "ppl", "bucket": [b, b + 2048], "value": 10.0 + b / 1024}
+                            for s in specs for b in range(0, 16384, 2048)]}
+
+    monkeypatch.setattr(ctxext.evals, "run_eval", run_eval)
+    book = tmp_path / "other.txt"
+    book.write_text("text")
+    ea.main(["--book", str(book), "--out", str(tmp_path / "ev")])
+    assert not committed.exists()  # another --out: the committed record is left alone
+    rec = json.loads((tmp_path / "ev" / "acceptance.json").read_text())
+    assert rec["book"] == "other.txt" and rec["machine"]["cpu_count"] and rec["versions"]["torch"]
+    ea.main(["--book", str(book)])  # the default eval folder still writes the committed record
+    assert json.loads(committed.read_text())["book"] == "other.txt"

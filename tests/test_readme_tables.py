@@ -1101,3 +1101,114 @@ def test_a_slow_timed_step_is_named_with_the_median_rate():
                     "ctxext runs 63,015 tokens/s, 0.77× the naive loop's (the table's 49,072 is the mean over the "
                     "timed steps).")
     assert report.speed.slow_step_note(runs[1:]) == ""
+
+
+# ------------------------------------------------------------------------------------------------ review fixes
+
+
+def test_readme_refuses_a_section_whose_markers_are_missing_or_misspelled(tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    assert readme.marker_faults(text) == []
+    broken = text.replace("<!-- END speed -->", "<!-- END  speed -->")
+    assert readme.marker_faults(broken) == ["speed (1 BEGIN, 0 END marker(s))"]
+    with pytest.raises(ValueError, match="speed"):
+        readme.render(broken)
+    doubled = text + "\n<!-- BEGIN train -->\nx\n<!-- END train -->\n"
+    assert readme.marker_faults(doubled) == ["train (2 BEGIN, 2 END marker(s))"]
+    (tmp_path / "README.md").write_text(broken)
+    monkeypatch.setattr(readme, "ROOT", tmp_path)
+    assert readme.main(["--check"]) == 1 and readme.main([]) == 1
+    assert (tmp_path / "README.md").read_text() == broken  # nothing written
+
+
+def test_speed_section_without_a_ppl_part_still_renders(tmp_path, monkeypatch):
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    pr = {"length": 2048, "depths": [0, 1], "trials": 2, "cost_ratio": 0.5, "token_ratio": 0.4, "flop_ratio": 0.45,
+          "rounds": {"reuse": [{"seconds": 1.0}], "independent": [{"seconds": 2.0}]}, "same_verdicts": True}
+    (tmp_path / "eval_speed.json").write_text(json.dumps({"length": 16384, "machine": {}, "prefix_reuse": pr}))
+    text = report.speed.speed_section()
+    assert "Passkey grid at 2,048 tokens" in text and "Eval, `ppl`" not in text
+
+
+def _tr(runs: list[dict], run_meta: dict | None = None, **meta) -> dict:
+    return {"meta": {"model": "smollm2-135m", "scaling": "yarn:factor=8", "machine": {"cpu_count": 2}, **meta},
+            "runs": runs, **({"run_meta": run_meta} if run_meta else {})}
+
+
+def test_train_speed_table_states_timed_steps_per_row_and_that_pairs_ran_once():
+    row = {"extra": [], "run": "A", "tokens_per_second": 90.0, "peak_memory_gib": 3.0}
+    one = report.speed.train_speed_lines(_tr([{**row, "length": 4096, "step_seconds": [9.0, 5.0]},
+                                              {**row, "length": 4096, "extra": ["naive"], "steps": 2}]))
+    note = one[-1]
+    assert "(1 timed step in every row: each tokens/s, and each ratio, is one step's figure)" in note
+    assert "ran once, one after the other in the same run (ctxext first), not alternated or repeated" in note
+    mixed = report.speed.train_speed_lines(_tr([{**row, "length": 4096, "step_seconds": [9.0, 5.0, 5.0, 5.0]},
+                                                {**row, "length": 8192, "step_seconds": [9.0, 5.0, 5.0, 5.0]},
+                                                {**row, "length": 8192, "extra": ["naive"], "steps": 2}]))
+    assert "(1 timed step at 8,192 naive transformers loop; 3 timed steps at 4,096, 8,192 ctxext (gradient " \
+           "checkpointing, chunked loss))" in mixed[-1]
+
+
+def test_train_speed_table_refuses_a_file_mixing_models_and_names_a_gpus_own_matmul_rate():
+    row = {"length": 4096, "extra": [], "tokens_per_second": 90.0, "peak_memory_gib": 3.0, "steps": 2}
+    rm = {"A": {"model": "smollm2-135m", "scaling": "yarn:factor=8"},
+          "B": {"model": "tiny-rope", "scaling": "yarn:factor=8"}}
+    with pytest.raises(ValueError, match="tiny-rope"):
+        report.speed.train_speed_lines(_tr([{**row, "run": "A"}, {**row, "length": 1024, "run": "B"}], rm))
+    rm["B"] = {"model": "smollm2-135m", "scaling": "yarn:factor=8"}
+    assert report.speed.train_speed_lines(_tr([{**row, "run": "A"}, {**row, "length": 1024, "run": "B"}], rm))
+    gpu = {**row, "run": "A", "fraction_of_matmul_rate": 0.3, "matmul_flops": 2.0e14, "matmul_dtype": "bfloat16"}
+    text = "\n".join(report.speed.train_speed_lines(_tr([gpu], device="NVIDIA B200")))
+    assert "against the bf16 matmul rate measured on the GPU in the same run (200000 GFLOP/s)" in text
+    assert "bf16 autocast" in text and "torch.cuda.max_memory_allocated" in text and "fp32" not in text
+
+
+def test_gpu_first_run_note_counts_its_own_timed_steps(tmp_path, monkeypatch):
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    run = {"length": 8192, "extra": [], "run": "A", "tokens_per_second": 30000.0, "peak_memory_gib": 3.0, "mfu": 0.08}
+    meta = {"model": "m", "scaling": "yarn:factor=8", "device": "NVIDIA H200", "peak_bf16_flops": 989.4e12}
+    (tmp_path / "train_speed-nvidia-h200.json").write_text(json.dumps(
+        {"meta": {**meta, "steps": 8}, "runs": [{**run, "step_seconds": [1.0] * 8}]}))
+    (tmp_path / "train_speed-nvidia-h200-3steps.json").write_text(json.dumps(
+        {"meta": {**meta, "steps": 4}, "runs": [{**run, "step_seconds": [3.0, 0.3, 0.3, 0.3]}]}))
+    text = "\n".join(report.speed.gpu_speed_lines("nvidia-h200"))
+    assert "(4 steps, so 3 timed;" in text and "with 3 timed steps one slow step" in text and "so 2 timed" not in text
+
+
+def test_methods_needle_cells_are_pooled_from_the_runs_not_the_derived_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    cell = {"model": "m", "task": "niah", "metric": "accuracy", "length": 16384, "depth": 0.5, "bucket": None, "n": 1}
+    seed0 = _results({"default": 900.0, "yarn:factor=2": 20.0})
+    seed0["records"] += [{**cell, "scaling": s, "value": 1.0} for s in ("default", "yarn:factor=2")]
+    seed0["meta"]["seed"] = 0
+    seed1 = {"meta": {**seed0["meta"], "seed": 1}, "records": [{**cell, "scaling": "yarn:factor=2", "value": 0.0}]}
+    for name, res in (("methods", seed0), ("methods_niah_seed1", seed1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+    methods = _bench("methods")
+    monkeypatch.setattr(methods, "ROOT", tmp_path)
+    import ctxext.evals.plots
+
+    monkeypatch.setattr(ctxext.evals.plots, "heatmap", lambda out, *a: (out / "niah_heatmap.png").write_bytes(b"png"))
+    methods.merge_niah([tmp_path / "methods", tmp_path / "methods_niah_seed1"], tmp_path / "methods_niah")
+    text = report.methods.methods_section()
+    assert "needle in a haystack (heatmap below): 2 specs" in text and "1/2 trial(s) per cell" in text
+    assert "](benchmarks/results/methods_niah/niah_heatmap.png)" in text
+    # a --specs run adds ntk's cells to methods/ without rebuilding methods_niah/: the table has them all the same
+    seed0["records"] += [{**cell, "scaling": "ntk:factor=2", "value": 1.0}]
+    (tmp_path / "methods" / "results.json").write_text(json.dumps(seed0))
+    text = report.methods.methods_section()
+    assert "needle in a haystack (heatmap below): 3 specs" in text and "`ntk:factor=2` 1/1" in text
+    assert "methods_niah/niah_heatmap.png)" not in text and "needle heatmap not shown" in text
+
+
+def test_methods_niah_with_specs_pools_the_seeds_again(tmp_path, monkeypatch):
+    import ctxext.evals
+
+    methods = _bench("methods")
+    monkeypatch.setattr(ctxext.evals, "run_eval", lambda *a, **kw: None)
+    merged = []
+    monkeypatch.setattr(methods, "merge_niah", lambda sources, out=None: merged.append(sources))
+    monkeypatch.chdir(tmp_path)
+    methods.main(["--tasks", "niah", "--specs", "ntk:factor=2", "--out", str(tmp_path / "m")])
+    assert len(merged) == 1 and merged[0][0].name == "methods"

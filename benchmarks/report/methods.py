@@ -328,16 +328,37 @@ def expected_specs(factor: int) -> list[str]:
     return methods.specs_for(factor) + [methods.STREAMING]
 
 
+def pooled_niah() -> dict | None:
+    """The needle cells of methods/ and of every methods_niah_seed*/ run pooled per cell now, as
+    benchmarks/methods.py's merge_niah pools them (so cells a run added show even before methods_niah/ is rebuilt);
+    None when fewer than two runs hold needle cells. `heatmap_current`: methods_niah/results.json holds these very
+    cells, so its heatmap shows them."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import methods
+
+    sources = [common.RES / "methods", *sorted(common.RES.glob("methods_niah_seed*"))]
+    sets = [[r for r in res["records"] if r["task"] == "niah" and r["metric"] == "accuracy"]
+            for d in sources if (res := load_json(d / "results.json"))]
+    if sum(bool(x) for x in sets) < 2:
+        return None
+    records = methods.pool_cells([x for x in sets if x])
+    drawn = load_json(common.RES / "methods_niah" / "results.json")
+    return {"records": records, "heatmap_current": bool(drawn) and drawn["records"] == records}
+
+
 def _methods_body(name: str, res: dict, pooled: dict | None = None, factor: int | None = None) -> str:
-    """One method table with its plots and the --quick ordering note; pooled holds the needle cells of every seed;
-    for a larger factor's table, the specs not measured yet are named."""
+    """One method table with its plots and the --quick ordering note; pooled holds the needle cells of every seed
+    (pooled_niah); for a larger factor's table, the specs not measured yet are named."""
     if pooled:  # the needle cells with the trials of every seed (benchmarks/methods.py --seed)
         res = {**res, "records": [r for r in res["records"] if r["task"] != "niah"] + pooled["records"]}
     body = methods_table(res, f"benchmarks/results/{name}", expected_specs(factor) if factor else None)
     for png, alt in (("ppl_by_position.png", "ppl by position"), ("passkey_heatmap.png", "passkey by depth"),
                      ("niah_heatmap.png", "needle in a haystack, lengths x depths")):
         where = "methods_niah" if pooled and png.startswith("niah") else name
-        if (common.RES / where / png).is_file():
+        if pooled and png.startswith("niah") and not pooled["heatmap_current"]:
+            body += ("\n\n(needle heatmap not shown: `benchmarks/results/methods_niah/` was drawn from other cells "
+                     "than the table's; `python benchmarks/methods.py --tasks niah` pools and draws it again)")
+        elif (common.RES / where / png).is_file():
             body += f"\n\n![{alt}](benchmarks/results/{where}/{png})"
     quick = load_json(common.RES / f"{name}_quick" / "results.json")
     if quick:
@@ -366,7 +387,7 @@ def methods_section() -> str:
     parts, runs = [], method_runs()
     for factor, (name, res) in runs.items():
         if factor == 2:
-            pooled = load_json(common.RES / "methods_niah" / "results.json") if name == "methods" else None
+            pooled = pooled_niah() if name == "methods" else None
             parts.append(_methods_body(name, res, pooled))
         else:
             parts.append(f"**At {factor}× the trained length.** " + _methods_body(name, res, factor=factor))

@@ -58,22 +58,58 @@ def speed_ordering_note(full: dict[str, tuple[int, float]], quick: dict[str, tup
             + ("yes" if same else "**no**") + ".")
 
 
+def one_setup(run_meta: dict, meta: dict) -> tuple[str, str]:
+    """(model, scaling) of every run a train_speed file holds, read per run; a file mixing runs of several (written
+    before train_speed.py refused to merge them) is an error, since the table heads all its rows with one."""
+    setups = {(m.get("model", meta["model"]), m.get("scaling", meta["scaling"])) for m in run_meta.values()}
+    if len(setups) > 1:
+        raise ValueError("train_speed file mixes runs of several models or scalings: "
+                         + "; ".join(f"{m} {s}" for m, s in sorted(setups)))
+    return next(iter(setups), (meta["model"], meta["scaling"]))
+
+
+def timed_steps(r: dict) -> int | None:
+    """How many steps a row's tokens/s is the mean of: its steps after the first (the warm-up)."""
+    if r.get("step_seconds"):
+        return max(len(r["step_seconds"]) - 1, 1)
+    return max(r["steps"] - 1, 1) if r.get("steps") else None
+
+
+def timed_steps_text(runs: list[dict]) -> str:
+    """'1 timed step in every row', else the rows of each count (a whole length as its length)."""
+    done = [r for r in runs if "tokens_per_second" in r]
+    counts = sorted({timed_steps(r) for r in done}, key=lambda n: (n is None, n or 0))
+    plural = lambda n: "steps not recorded" if n is None else f"{n} timed step{'s' if n != 1 else ''}"  # noqa: E731
+    if len(counts) == 1:
+        return f"{plural(counts[0])} in every row" + (": each tokens/s, and each ratio, is one step's figure"
+                                                      if counts[0] == 1 else "")
+    parts = []
+    for n in counts:
+        where = []
+        for length in sorted({r["length"] for r in done}):
+            at = [r for r in done if r["length"] == length]
+            mine = [r for r in at if timed_steps(r) == n]
+            where += [f"{length:,}"] if len(mine) == len(at) else [f"{length:,} {_variant(r)}" for r in mine]
+        parts.append(f"{plural(n)} at {', '.join(where)}")
+    return "; ".join(parts)
+
+
 def train_speed_lines(tr: dict) -> list[str]:
     """One row per run, and ctxext / naive ratios where both were measured at a length in the same run."""
     meta = tr["meta"]
     peak = meta.get("peak_bf16_flops")  # set on a GPU: the last column is then model FLOPs utilisation
-    model = meta["model"]
-    if "random" in Path(model).name:  # the GPU speed model (benchmarks/gpu_carry.py init): say what it is
-        model = f"SmolLM2-135M's shape with random weights (`{model}`)"
     runs = sorted({r["run"] for r in tr["runs"] if r.get("run")})
     # files written before runs kept their own details: the top-level meta is the last run's (each run rewrote it)
     run_meta = tr.get("run_meta") or ({runs[-1]: meta} if runs else {})
+    model, scaling = one_setup(run_meta, meta)
+    if "random" in Path(model).name:  # the GPU speed model (benchmarks/gpu_carry.py init): say what it is
+        model = f"SmolLM2-135M's shape with random weights (`{model}`)"
     known = {machine_text(m.get("machine")) for m in run_meta.values()}
     if len(runs) > 1 and (len(known) > 1 or len(run_meta) < len(runs)):  # not one recorded machine for every row
         where = "rows from several runs, each one's machine below"
     else:
         where = machine_text(meta.get("machine")) + (f", {meta['device']}" if meta.get("device", "cpu") != "cpu" else "")
-    lines = [f"Training {model} (full fine-tuning, `{meta['scaling']}`{', bf16 autocast' if peak else ''}; "
+    lines = [f"Training {model} (full fine-tuning, `{scaling}`{', bf16 autocast' if device_memory(tr) else ''}; "
              f"{where}; `benchmarks/train_speed.py`):", "",
              "| length | run | tokens/s | peak memory | ctxext's estimate | "
              + (f"MFU (bf16 dense peak {peak / 1e12:.0f} TFLOP/s) |" if peak else "useful FLOP/s ÷ matmul rate |"),
@@ -98,15 +134,32 @@ def train_speed_lines(tr: dict) -> list[str]:
                                      machine_text(run_meta[run].get("machine")) if run in run_meta
                                      else "machine not recorded") for run in runs]
         lines += ["", f"Rows from {len(runs)} runs: " + "; ".join(said) + "."]
-    rates = sorted({round(r["fp32_matmul_flops"] / 1e9) for r in tr["runs"] if r.get("fp32_matmul_flops")})
-    lines += ["", "tokens/s over the steps after the first; peak memory is "
-              + ("torch.cuda.max_memory_allocated" if peak else "the process's peak RSS") + " after loading the "
-              "model; useful work is 6·N + 12·layers·hidden·T FLOPs per token (recomputation not counted)"
-              + (f", against the fp32 matmul rate measured in the same run ({'/'.join(map(str, rates))} GFLOP/s)"
-                 if rates else "") + ". The naive loop is `model(input_ids=x, labels=x).loss.backward()` with torch's "
-              "AdamW (full-vocabulary logits, no checkpointing); \"+ transformers' checkpointing\" adds "
-              "`gradient_checkpointing_enable()`. A baseline that outgrows the memory available is stopped by a watchdog."]
+    lines += ["", f"tokens/s is the mean over the steps after the first ({timed_steps_text(tr['runs'])}); peak "
+              "memory is " + ("torch.cuda.max_memory_allocated" if device_memory(tr) else "the process's peak RSS")
+              + " after loading the model; useful work is 6·N + 12·layers·hidden·T FLOPs per token (recomputation "
+              "not counted)" + rates_text(tr["runs"]) + ". The naive loop is `model(input_ids=x, labels=x).loss"
+              ".backward()` with torch's AdamW (full-vocabulary logits, no checkpointing); \"+ transformers' "
+              "checkpointing\" adds `gradient_checkpointing_enable()`. A baseline that outgrows the memory available "
+              "is stopped by a watchdog. At each length ctxext and each baseline ran once, one after the other in the same run (ctxext first), "
+              "not alternated or repeated: a ratio also carries whatever the machine's load did between the two."]
     return lines
+
+
+def device_memory(tr: dict) -> bool:
+    """Whether the file's peaks are a GPU's (torch.cuda.max_memory_allocated), not the process's RSS."""
+    return bool(tr["meta"].get("peak_bf16_flops")) or tr["meta"].get("device", "cpu") != "cpu"
+
+
+def rates_text(runs: list[dict]) -> str:
+    """The matmul rate(s) the 'useful FLOP/s ÷ matmul rate' column divides by, with their dtype (fp32 on the CPU,
+    bf16 on a GPU not in train_speed.py's peak table); rows written before the dtype was recorded are fp32."""
+    by: dict[str, set[int]] = {}
+    for r in runs:
+        if rate := r.get("matmul_flops", r.get("fp32_matmul_flops")):
+            by.setdefault(r.get("matmul_dtype", "float32"), set()).add(round(rate / 1e9))
+    short = {"float32": "fp32", "bfloat16": "bf16"}
+    return "".join(f", against the {short.get(d, d)} matmul rate measured {'on the GPU ' if d != 'float32' else ''}"
+                   f"in the same run ({'/'.join(map(str, sorted(v)))} GFLOP/s)" for d, v in sorted(by.items()))
 
 
 def train_memory_lines(tm: dict) -> list[str]:
@@ -194,17 +247,18 @@ def slow_step_note(runs: list[dict]) -> str:
 
 
 def gpu_speed_lines(gpu: str) -> list[str]:
-    """One lent GPU's results: its training table, the same lengths from the lease's shorter first run (how far 2
-    timed steps wander), and what the eval path took there."""
+    """One lent GPU's results: its training table, the same lengths from the lease's shorter first run (how far its
+    few timed steps wander), and what the eval path took there."""
     tr = load_json(common.RES / f"train_speed-{gpu}.json")
     lines = train_speed_lines(tr) if tr else []
     first = load_json(common.RES / f"train_speed-{gpu}-3steps.json")
     if tr and first:
         ours = {r["length"]: r for r in first["runs"] if not r["extra"] and "tokens_per_second" in r}
-        lines += ["", f"The same lease's first run ({first['meta']['steps']} steps, so 2 timed; "
+        timed = first["meta"]["steps"] - 1  # the first step is warm-up
+        lines += ["", f"The same lease's first run ({first['meta']['steps']} steps, so {timed} timed; "
                   f"`train_speed-{gpu}-3steps.json`) gave ctxext " + ", ".join(
                       f"{r['tokens_per_second']:,.0f} tokens/s at {L:,} (steps {', '.join(f'{x:.2f}' for x in r['step_seconds'])} s)"
-                      for L, r in sorted(ours.items())) + ": with 2 timed steps one slow step skews the figure, hence the "
+                      for L, r in sorted(ours.items())) + f": with {timed} timed steps one slow step skews the figure, hence the "
                   f"{tr['meta']['steps']}-step run above."]
     if tr and (slow := slow_step_note(tr["runs"])):
         lines += ["", slow]
@@ -272,7 +326,7 @@ def speed_section() -> str:
     lines = []
     ev, tr = load_json(common.RES / "eval_speed.json"), load_json(common.RES / "train_speed-cpu.json")
     full = speed_ratios(ev, tr)
-    if ev:
+    if ev and "ppl" in ev:  # a run with --skip ppl into a fresh file has only the reuse part
         o, n = ev["ppl"]["ours"], ev["ppl"]["naive"]
         rate = ev["ppl"].get("fp32_matmul_gflops", ev["fp32_matmul_gflops"])  # the rate of the run that measured ppl
         lines += [f"Eval, `ppl` on {ev['model']} at {ev['length']:,} tokens ({part_machine(ev, 'ppl')}; fp32 matmul "
@@ -283,6 +337,7 @@ def speed_section() -> str:
                   f"| naive `model(ids, labels=ids).loss` | {n['tokens_per_s']:.1f} | {n['process_peak_mb'] / 1024:.2f} GB | "
                   f"{n['fraction_of_matmul_peak']:.2f} |",
                   f"| ratio | **{full['eval tokens/s'][1]:.2f}×** | **{full['eval peak RSS'][1]:.2f}×** | |"]
+    if ev:
         pr = ev.get("prefix_reuse")
         if pr:
             load = pr.get("loadavg_1min")

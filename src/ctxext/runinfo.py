@@ -39,8 +39,23 @@ def device_slug(device: str) -> str:
     return device.replace(" ", "-").lower()
 
 
-def override_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace, values: dict[str, object]) -> None:
-    """Set each option in values that was left at its default (a benchmark's --quick), keeping those the user gave."""
+def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The dests of the options argv sets, whatever their value (one typed equal to its default counts too): argv
+    is parsed again into a namespace whose every dest holds a marker, which argparse leaves where nothing is given."""
+    marker = object()
+    ns = argparse.Namespace(**{a.dest: marker for a in parser._actions if a.dest != argparse.SUPPRESS})
+    parser.parse_known_args(argv, namespace=ns)
+    return {k for k, v in vars(ns).items() if v is not marker}
+
+
+def override_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace, values: dict[str, object],
+                      argv: list[str] | None = None) -> None:
+    """Set each option in values that the user did not give (a benchmark's --quick). With argv (the command line
+    args was parsed from), an option typed on it is kept even when it equals its default; without, an option at
+    its default value counts as not given."""
+    given = given_options(parser, argv) if argv is not None else None
     for key, value in values.items():
-        if getattr(args, key) == parser.get_default(key):
+        if given is not None and key in given:
+            continue
+        if given is not None or getattr(args, key) == parser.get_default(key):
             setattr(args, key, value)
