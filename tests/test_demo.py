@@ -63,3 +63,62 @@ def test_a_ppl_length_inside_the_window_is_refused_before_any_work(tmp_path, cap
     err = capsys.readouterr().err
     assert rc == 2 and "--ppl-length 256 must be longer than tiny-rope's trained window (256 tokens)" in err
     assert not (tmp_path / "d" / "plan").exists()
+
+
+def test_plan_check_json_holds_the_table(demo):
+    import json
+
+    rows = {r["spec"]: r for r in json.loads((demo / "plan_check.json").read_text())["rows"]}
+    check = (demo / "plan_check.md").read_text()
+    assert set(rows) == {"default", "yarn:factor=2", "ntk:factor=2"}
+    for spec, r in rows.items():
+        cells = re.search(rf"\| `{re.escape(spec)}` \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \|", check).groups()
+        assert cells[0].strip() == f"{r['predicted']:,.0f}"
+        assert cells[2].strip().lstrip("≥ ") == f"{r['ratio']:.2f}"
+        assert cells[3].strip() == ("–" if r["calibrated"] is None else f"{r['calibrated']:,.0f}")
+    assert "min of measurement; this invocation" in (demo / "summary.md").read_text().splitlines()[0]
+
+
+def test_a_curve_that_never_breaks_bounds_the_ratio_from_below(tmp_path):
+    """On SmolLM2 with the defaults both scaled methods hold to the end of the 12,288-token curve: their rows read
+    '≥' and the text says no break was compared with the prediction."""
+    from ctxext.commands.demo import plan_check
+    from ctxext.evals.files import curve_path
+
+    for spec in ("default", "yarn:factor=2"):
+        path = curve_path(tmp_path / "ppl", "ppl", spec, 1024)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.r_[np.nan, np.full(1023, 3.0)].astype(np.float32))
+    md, rows = plan_check(tmp_path, "tiny-rope", ["default", "yarn:factor=2"], 1024)
+    assert "| `yarn:factor=2` | 707 | ≥ 1,024 | ≥ 1.45 | – |" in md
+    assert "`default`, `yarn:factor=2`: no break within the 1,024-token curve, so the ratio is a lower bound" in md
+    assert rows[1]["ratio_is_lower_bound"] and rows[1]["ratio"] == pytest.approx(1024 / 706.66, rel=1e-4)
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--depths", "0.1,abc"], "depth 'abc' is not a number"),
+    (["--passkey-length", "20"], "passkey: length 20 is too short for the prompt"),
+    (["--passkey-length", "100000000"], "cannot fit in memory for passkey"),
+])
+def test_step_3_refusals_come_before_step_1(tmp_path, capsys, extra, needle):
+    """They came after the plan and the whole perplexity step (minutes on SmolLM2)."""
+    rc = main(["demo", "--model", "tiny-rope", "--out", str(tmp_path / "d"), "--ppl-length", "1024", *extra])
+    assert rc == 2 and needle in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_an_earlier_demo_is_not_half_overwritten_without_resume(demo, capsys):
+    """Without --resume the plan was rewritten (for the new model) before the eval refused the folder."""
+    before = {p: p.stat().st_mtime_ns for p in (demo / "plan").iterdir()}
+    rc = main(["demo", "--model", "tiny-rope", "--out", str(demo), "--ppl-length", "1024", "--passkey-length", "512"])
+    assert rc == 2 and "already exists; pass --resume" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in (demo / "plan").iterdir()} == before  # not even rewritten
+
+
+def test_specs_are_named_as_the_eval_files_them(tmp_path):
+    """'default ' (a stray space) found no curve: measured '–' and no calibration although the eval ran."""
+    rc = main(["demo", "--model", "tiny-rope", "--out", str(tmp_path / "d"), "--ppl-length", "512", "--passkey-length",
+               "300", "--depths", "0.5", "--scaling", "default ", "--scaling", " yarn:factor=2"])
+    assert rc == 0
+    check = (tmp_path / "d" / "plan_check.md").read_text()
+    assert "Calibrated:" in check and "| `default` | 353 | – |" not in check and "`yarn:factor=2`" in check

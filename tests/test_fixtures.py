@@ -152,3 +152,12 @@ def test_alibi_fixture_retrieves_in_window_and_ntk_alibi_keeps_part_at_4x():
         interp = passkey_accuracy(model, tok, 1024, 12)
     assert default <= 5 / 12 and interp <= 1 / 12
     assert ntk >= default + 3 / 12, f"ntk-alibi {ntk:.2f} vs default {default:.2f}"
+
+
+def test_an_experimental_build_never_replaces_the_shipped_fixtures(capsys):
+    """`--steps` without --out wrote into the package folder, replacing the fixtures every test is calibrated on."""
+    from ctxext.fixtures.build import main as build
+
+    with pytest.raises(SystemExit) as e:
+        build(["--steps", "5"])
+    assert e.value.code == 2 and "--steps builds an experimental fixture: give --out" in capsys.readouterr().err

@@ -39,38 +39,47 @@ def run(args: argparse.Namespace) -> int:
     from ..fixtures import HELD_OUT_BOOK, books_dir
     from ..models import model_info
 
+    from ..evals.files import write_json
+    from ..scaling import parse_spec
+
     t0 = time.time()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    specs = args.scaling or list(SPECS)
+    specs = [parse_spec(s).text for s in args.scaling or SPECS]  # the names the eval files its curves under
     info = model_info(args.model)
     if args.ppl_length <= info.trained_len:  # the measured break needs a curve past the window: refuse before any work
         raise CtxextError(f"--ppl-length {args.ppl_length} must be longer than {args.model}'s trained window "
                           f"({info.trained_len} tokens): the demo measures where perplexity breaks past it")
+    book = books_dir() / HELD_OUT_BOOK
+    steps = {"ppl": dict(tasks=["ppl"], lengths=[args.ppl_length], data=[book], bucket=2048),
+             "passkey": dict(tasks=["passkey"], lengths=[args.passkey_length], depths=args.depths)}
+    for name, kw in steps.items():  # every eval refusal (depths, lengths, memory, an --out to resume) before step 1
+        run_eval(args.model, specs, out=out / name, samples=1, resume=args.resume, dry_run=True,
+                 log=lambda m: None, **kw)
+    out.mkdir(parents=True, exist_ok=True)
     target = 2 * info.trained_len
     print(f"[1/3] plan: {args.model} to {target} tokens", flush=True)
     code = cli_main(["plan", "--model", args.model, "--target", str(target), "--out", str(out / "plan")])
     if code:
         return code
-    book = books_dir() / HELD_OUT_BOOK
     print(f"[2/3] perplexity at {args.ppl_length} tokens on {book.name}: {', '.join(specs)}", flush=True)
-    run_eval(args.model, specs, ["ppl"], [args.ppl_length], data=[book], samples=1, bucket=2048,
-             out=out / "ppl", resume=args.resume, command="ctxext demo")
+    run_eval(args.model, specs, out=out / "ppl", samples=1, resume=args.resume, command="ctxext demo", **steps["ppl"])
     print(f"[3/3] passkey at {args.passkey_length} tokens, depths {args.depths}", flush=True)
-    run_eval(args.model, specs, ["passkey"], [args.passkey_length], depths=args.depths, samples=1,
-             out=out / "passkey", resume=args.resume, command="ctxext demo")
-    check = plan_check(out, args.model, specs, args.ppl_length)
+    run_eval(args.model, specs, out=out / "passkey", samples=1, resume=args.resume, command="ctxext demo",
+             **steps["passkey"])
+    check, rows = plan_check(out, args.model, specs, args.ppl_length)
     print(check)
     (out / "plan_check.md").write_text(check + "\n")
+    write_json(out / "plan_check.json", {"model": args.model, "ppl_length": args.ppl_length, "rows": rows})
     (out / "summary.md").write_text(summary(out, time.time() - t0))
     print(f"done in {time.time() - t0:.0f} s: {out / 'summary.md'}")
     return 0
 
 
-def plan_check(out: Path, model: str, specs: list[str], length: int) -> str:
+def plan_check(out: Path, model: str, specs: list[str], length: int) -> tuple[str, list[dict]]:
     """Step 1's predicted reach per spec against where step 2's perplexity curve first passes 2x its in-window value,
     and the prediction calibrated by default RoPE's measured break (`ctxext plan --calibrate`, here for free: the
-    default's curve is already measured)."""
+    default's curve is already measured) -> (markdown, one row per spec for plan_check.json). A curve that never
+    breaks bounds the ratio from below (measured >= its length)."""
     from ..errors import CtxextError
     from ..evals.files import curve_path, load_array
     from ..evals.reach import ppl_break
@@ -94,17 +103,40 @@ def plan_check(out: Path, model: str, specs: list[str], length: int) -> str:
              "to the end of the curve)." + (f" Calibrated: the prediction times default RoPE's measured / predicted "
                                            f"({cal.tolerance:.2f})." if cal else ""), "",
              "| spec | predicted reach | measured | measured / predicted | calibrated |", "|---|---:|---:|---:|---:|"]
+    table = []
     for s, (pred, brk) in rows.items():
         p = "–" if pred is None else ("no limit" if pred.capped else f"{pred.tokens:,.0f}")
         m = "–" if brk is None else (f"≥ {brk.length:,}" if brk.censored else f"{brk.reach:,.0f}")
-        ratio = f"{brk.reach / pred.tokens:.2f}" if pred and brk and not brk.censored and not pred.capped else "–"
-        c = f"{cal.reach(pred.tokens):,.0f}" if cal and pred and not pred.capped and s != "default" else "–"
-        lines.append(f"| `{s}` | {p} | {m} | {ratio} | {c} |")
-    return "\n".join(lines)
+        ratio = (brk.length if brk.censored else brk.reach) / pred.tokens if pred and brk and not pred.capped else None
+        r = "–" if ratio is None else (f"≥ {ratio:.2f}" if brk.censored else f"{ratio:.2f}")
+        cal_reach = cal.reach(pred.tokens) if cal and pred and not pred.capped and s != "default" else None
+        c = "–" if cal_reach is None else f"{cal_reach:,.0f}"
+        lines.append(f"| `{s}` | {p} | {m} | {r} | {c} |")
+        table.append({"spec": s, "predicted": None if pred is None or pred.capped else pred.tokens,
+                      "measured": None if brk is None else brk.to_dict(), "ratio": ratio,
+                      "ratio_is_lower_bound": bool(brk and brk.censored), "calibrated": cal_reach})
+    unbroken = [f"`{s}`" for s, (pred, brk) in rows.items() if brk is not None and brk.censored]
+    if unbroken:  # with the defaults on SmolLM2: both scaled methods, predicted to reach past the curve
+        lines += ["", f"{', '.join(unbroken)}: no break within the {length:,}-token curve, so the ratio is a lower "
+                      "bound and no break was compared with its prediction; a longer `--ppl-length` measures it."]
+    return "\n".join(lines), table
+
+
+def measured_seconds(out: Path) -> float:
+    """The recorded time of every eval cell under out (kept across --resume, unlike one invocation's clock)."""
+    total = 0.0
+    for part in ("ppl", "passkey"):
+        try:
+            total += sum(t.get("seconds", 0.0) for t in json.loads((out / part / "results.json").read_text())
+                         .get("meta", {}).get("timings", []))
+        except (OSError, ValueError):
+            pass
+    return total
 
 
 def summary(out: Path, seconds: float) -> str:
-    parts = [f"# ctxext demo ({seconds / 60:.1f} min)\n"]
+    parts = [f"# ctxext demo ({measured_seconds(out) / 60:.1f} min of measurement; this invocation "
+             f"{seconds / 60:.1f} min)\n"]
     # each section: its markdown, and the folder whose plots follow it (none for the plan check)
     sections = (("Plan", "plan/summary.md", "plan"), ("Perplexity", "ppl/summary.md", "ppl"),
                 ("Plan vs measurement", "plan_check.md", None), ("Passkey", "passkey/summary.md", "passkey"))
