@@ -73,3 +73,32 @@ def test_a_cjk_sentence_ends_after_its_closing_quote(name, tiny):
     starts = sentence_starts(tok, ids)
     assert [tok.decode(ids[a:b].tolist()) for a, b in zip(starts[:-1], starts[1:])] == \
         ["他说：「你好。」", "然后走了。", "她笑了。"]
+
+
+@pytest.mark.parametrize("task", ["passkey", "niah"])
+def test_a_resumed_sweep_builds_the_prompts_of_an_uninterrupted_one(tiny, monkeypatch, task):
+    """The haystack was sized from the pending cells' keys only: with keys that tokenize to different lengths (BPE
+    that merges digits), depth 0.1 resumed alone got a longer haystack than in the full sweep. Here depth 0.9's keys
+    are longer; depth 0.1's prompt must be the same either way."""
+    import importlib
+
+    mod = importlib.import_module(f"ctxext.evals.{task}")
+    real = mod.random_number
+    monkeypatch.setattr(mod, "random_number", lambda rng, digits: real(rng, digits) * (4 if flag["long"] else 1))
+    flag = {"long": False}
+    real_rng = mod.key_rng
+
+    def key_rng(seed, name, length, depth, trial):  # depth 0.9 draws the long keys
+        flag["long"] = depth == 0.9
+        return real_rng(seed, name, length, depth, trial)
+
+    monkeypatch.setattr(mod, "key_rng", key_rng)
+    ids = load_documents([books_dir() / HELD_OUT_BOOK], tiny.tokenizer)[0].tokens[5000:]
+    ctx = TaskContext(lm=tiny, spec=None, settings=Settings(samples=2), docs=[Document("d", ids)], out=None,
+                      cost=ModelCost.of(tiny.info, 4), same_freqs=lambda a, b: True, log=lambda m: None,
+                      depths=[0.1, 0.9])
+    full_base, full_probes, owners = mod.build(ctx, 512, [(512, 0.1), (512, 0.9)])
+    alone_base, alone_probes, _ = mod.build(ctx, 512, [(512, 0.1)])
+    assert np.array_equal(full_base, alone_base)
+    first = [p.prompt(full_base).tolist() for p, c in zip(full_probes, owners) if c == (512, 0.1)]
+    assert first == [p.prompt(alone_base).tolist() for p in alone_probes]

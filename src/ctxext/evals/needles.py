@@ -39,6 +39,12 @@ def random_number(rng: np.random.Generator, digits: int) -> str:
     return str(int(rng.integers(10 ** (digits - 1), 10 ** digits)))
 
 
+def sizing_cells(ctx: TaskContext, length: int, cells: list[Cell]) -> list[Cell]:
+    """The cells a length's haystack is sized for: every depth of the run, not only the pending ones, so a resumed or
+    partial sweep builds the prompts an uninterrupted run does (keys that tokenize to more tokens shrink it)."""
+    return sorted({*cells, *((length, d) for d in ctx.depths)}, key=lambda c: (c[1] is None, c[1] or 0.0))
+
+
 def room(task: str, length: int, fixed: int, probes: list[Probe], unit: int = 1) -> int:
     """Haystack tokens left in `length` after the fixed pieces and the longest needle + question + answer."""
     extra = max(p.extra() for p in probes)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..data import special_prefix
 from .needles import (check_total, depth_cost, encode, haystack_stream, key_rng, prompt_check, random_number, room,
-                      run_probes, sentence_starts)
+                      run_probes, sentence_starts, sizing_cells)
 from .scoring import Probe
 from .tasks import Cell, Settings, Task, TaskContext, register
 
@@ -41,7 +41,8 @@ def draft(tok: Any, s: Settings, length: int, cells: list[Cell]) -> tuple[int, l
 def build(ctx: TaskContext, length: int, cells: list[Cell]) -> tuple[np.ndarray, list[Probe], list[Cell]]:
     tok = ctx.tokenizer
     head, question, pieces = pieces_of(tok, ctx.settings, length, cells)
-    n_hay = room("niah", length, len(head), [Probe(0, n, question, a, k) for _, n, a, k in pieces])
+    every = pieces_of(tok, ctx.settings, length, sizing_cells(ctx, length, cells))[2]
+    n_hay = room("niah", length, len(head), [Probe(0, n, question, a, k) for _, n, a, k in every])
     hay = haystack_stream(ctx, "niah", length)[:n_hay]
     starts = sentence_starts(tok, hay)
     tol = snap_tolerance(n_hay)

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..data import special_prefix
-from .needles import depth_cost, encode, key_rng, prompt_check, random_number, room, run_probes
+from .needles import depth_cost, encode, key_rng, prompt_check, random_number, room, run_probes, sizing_cells
 from .scoring import Probe
 from .tasks import Cell, Settings, Task, TaskContext, register
 
@@ -46,8 +46,9 @@ def draft(tok: Any, s: Settings, length: int, cells: list[Cell]) -> tuple[int, l
 
 def build(ctx: TaskContext, length: int, cells: list[Cell]) -> tuple[np.ndarray, list[Probe], list[Cell]]:
     head, unit, question, pieces = pieces_of(ctx.tokenizer, ctx.settings, length, cells)
-    draft_probes = [Probe(0, n, question, a, k) for _, n, a, k in pieces]
-    units = room("passkey", length, len(head), draft_probes, len(unit)) // len(unit)
+    every = pieces_of(ctx.tokenizer, ctx.settings, length, sizing_cells(ctx, length, cells))[3]
+    units = room("passkey", length, len(head), [Probe(0, n, question, a, k) for _, n, a, k in every],
+                 len(unit)) // len(unit)
     base = np.concatenate([head, np.tile(unit, units)])
     probes = [Probe(len(head) + int(round(cell[1] * units)) * len(unit), n, question, a, k)
               for cell, n, a, k in pieces]

@@ -358,7 +358,7 @@ def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings
                 work.cost = costs[spec.text]
                 ctx = TaskContext(lm=lm, spec=spec, settings=settings, docs=docs, out=out, cost=costs[spec.text],
                                   same_freqs=same_freqs_of(spec, lm.info), log=say, bucket=settings.bucket,
-                                  tick=work.done, data=own_data or {})
+                                  tick=work.done, data=own_data or {}, depths=list(Ds))
                 ctx.memo["records"] = [r for r in results.records if r["scaling"] == spec.text]
                 for task, cells in todo:
                     if not cells:

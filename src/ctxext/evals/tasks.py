@@ -64,6 +64,7 @@ class TaskContext:
     memo: dict[str, Any] = field(default_factory=dict)  # shared by the tasks of one spec (ppl curves for fit)
     bucket: int = 1024
     data: dict[str, Any] = field(default_factory=dict)  # task name -> what its read_data returned
+    depths: list[float] = field(default_factory=list)  # every depth of the run (pending or not): sizes haystacks
 
     @property
     def model(self) -> Any:
