@@ -306,7 +306,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
                 if t.check is not None and docs is not None:
                     t.check(docs, sorted({L for (_, tn), cs in plan.cells.items() if tn == t.name for L, _ in cs}))
             _run(lm, parsed, task_list, plan, settings, docs, out, results, costs, progress, log, apply_spec,
-                 own_data)
+                 own_data, Ds)
     finally:
         if results.records:
             results.write()  # the merged meta too, not only when a cell finished: summary.md says the same
@@ -334,7 +334,7 @@ def _check_prompts(model: Any, tasks: list[Task], plan: Plan, settings: Settings
 
 def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings, docs: Any, out: Path,
          results: Results, costs: dict[str, ModelCost], progress: bool, log: Callable[[str], None], apply_spec: Any,
-         own_data: dict[str, Any] | None = None) -> None:
+         own_data: dict[str, Any] | None = None, depths: list[float] | None = None) -> None:
     import torch
     from tqdm.auto import tqdm
 
@@ -358,7 +358,7 @@ def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings
                 work.cost = costs[spec.text]
                 ctx = TaskContext(lm=lm, spec=spec, settings=settings, docs=docs, out=out, cost=costs[spec.text],
                                   same_freqs=same_freqs_of(spec, lm.info), log=say, bucket=settings.bucket,
-                                  tick=work.done, data=own_data or {}, depths=list(Ds))
+                                  tick=work.done, data=own_data or {}, depths=list(depths or []))
                 ctx.memo["records"] = [r for r in results.records if r["scaling"] == spec.text]
                 for task, cells in todo:
                     if not cells:
