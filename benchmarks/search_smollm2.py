@@ -37,7 +37,7 @@ MODEL, WINDOW = "smollm2-135m", 8192
 QUICK = {"budget": 7.0, "trials": 1}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", type=int, default=16384, choices=(16384, 32768))
     ap.add_argument("--budget", type=float, default=14.5)
@@ -53,9 +53,12 @@ def main() -> int:
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("--quick", action="store_true", help=", ".join(f"{k} {v:g}" for k, v in QUICK.items())
                     + ": the same search and held-out evaluation, smaller, into <out>_quick/")
-    args = ap.parse_args()
+    argv = sys.argv[1:] if argv is None else argv
+    args = ap.parse_args(argv)
     if args.quick:
-        vars(args).update(QUICK)
+        from ctxext.runinfo import override_defaults
+
+        override_defaults(ap, args, QUICK, argv)  # an option given on the command line is kept
     target = args.target
     out = RESULTS / (f"search_smollm2_{target // 1024}k" + ("" if args.fitness == "ppl" else f"_{args.fitness}")
                      + ("_quick" if args.quick else ""))
@@ -78,7 +81,7 @@ def main() -> int:
                       rungs=[(args.proxy_length, 1), (target, 1)] if args.proxy_length else [(target, 1)])
     t0 = time.perf_counter()
     res = run_search(MODEL, data, search_dir, cfg, resume=args.resume, progress=sys.stderr.isatty(),
-                     command="python benchmarks/search_smollm2.py " + " ".join(sys.argv[1:]))
+                     command="python benchmarks/search_smollm2.py " + " ".join(argv))
     run_s = time.perf_counter() - t0
     hist = [json.loads(x) for x in (search_dir / "history.jsonl").read_text().splitlines()]
     search_s = sum(h["seconds"] for h in hist)  # evaluation time as measured when each ran (resume-proof)

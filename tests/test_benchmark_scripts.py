@@ -348,6 +348,15 @@ def test_quick_keeps_every_option_typed_on_the_command_line(train_memory, tmp_pa
     with pytest.raises(RuntimeError):
         st.main(["--quick"])
     assert (seen["samples"], seen["budget"]) == (10, 30.0)
+    sm = _bench("search_smollm2")  # the same for the SmolLM2 search (it applied QUICK over every typed option)
+    monkeypatch.setattr(sm, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(sm, "ROOT", tmp_path)
+    with pytest.raises(RuntimeError):
+        sm.main(["--quick", "--budget", "12"])
+    assert seen["budget"] == 12.0
+    with pytest.raises(RuntimeError):
+        sm.main(["--quick"])
+    assert seen["budget"] == 7.0
 
 
 def test_train_tiny_quick_keeps_typed_steps_and_a_rerun_keeps_the_other_methods(tmp_path, monkeypatch):
