@@ -202,3 +202,21 @@ def test_a_numbered_gpu_is_the_one_measured_and_sized(monkeypatch, tmp_path):
     runner.run_eval("tiny-rope", ["default"], ["passkey"], [256], depths=[0.5], samples=1, out=tmp_path / "o",
                     device="cuda:1", dry_run=True, progress=False, log=lambda m: None)
     assert wheres and set(wheres) == {"cuda:1"}
+
+
+def test_ppl_is_costed_for_the_documents_data_holds(tmp_path):
+    """ppl averages --samples documents (default 4); one book was stated at 4 forwards per cell."""
+    from ctxext.evals.runner import run_eval
+
+    def stated(**kw):
+        lines = []
+        run_eval("tiny-rope", ["default"], ["ppl"], [1024], data=[books_dir() / HELD_OUT_BOOK], dry_run=True,
+                 out=tmp_path / str(len(kw)), progress=False, log=lines.append, **kw)
+        return [ln for ln in lines[-1].splitlines() if "ppl" in ln][0]
+
+    assert stated() == stated(samples=1)
+    jl = tmp_path / "docs.jsonl"
+    jl.write_text("".join(json.dumps({"text": "word " * 2000}) + "\n" for _ in range(3)) + "\n")
+    from ctxext.data import data_files, document_count
+
+    assert document_count(data_files([jl, books_dir() / HELD_OUT_BOOK])) == 4

@@ -269,3 +269,10 @@ def files_change(old: list, new: list) -> str:
     gone, came = sorted(p for p, _ in a - b), sorted(p for p, _ in b - a)
     parts = [f"{len(came)} new or changed (e.g. {came[0]})"] if came else []
     return ", ".join(parts + ([f"{len(gone)} gone or changed (e.g. {gone[0]})"] if gone else []))
+
+
+def document_count(files: Iterable[Path]) -> int:
+    """How many documents `files` hold at most, without tokenizing: one per text file, one per non-blank JSONL line
+    (a line whose text is empty is dropped when read)."""
+    return sum(sum(1 for line in jsonl_lines(f) if line.strip()) if f.suffix.lower() in JSONL_SUFFIXES else 1
+               for f in files)

@@ -146,5 +146,5 @@ def check(docs: list[Document], lengths: list[int]) -> None:
 TASK = register(Task(
     name="ppl", summary="per-position perplexity curve over long documents (window / sliding protocols)",
     run=run, cost=cost, metric="ppl", needs_data=True, default_samples=4, check=check,
-    options=("samples", "protocol", "stride", "bucket"),
+    options=("samples", "protocol", "stride", "bucket"), samples_are_documents=True,
 ))

@@ -178,7 +178,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     import torch
 
     from .. import runinfo
-    from ..data import data_files, load_documents
+    from ..data import data_files, document_count, load_documents
     from ..models import apply_spec, check_before_weights, load_model, model_info, resolve_device
     from ..scaling import parse_spec
 
@@ -200,6 +200,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     if needs and not data:
         raise CtxextError(f"task {', '.join(needs)} needs --data (text files, folders or .jsonl with long documents)")
     files = data_files(data) if needs else []  # missing paths fail now, before any weights
+    n_docs = document_count(files)
     readers = [t.name for t in task_list if t.read_data is not None]
     streams = any(t.needs_data and t.read_data is None for t in task_list)
     if readers and streams:  # one --data serves both kinds: QA files are no text, and the other way round
@@ -272,8 +273,9 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     flops, peak = {}, {}
     for t in task_list:
         # a task that reads its own items (longqa) runs at most as many as the files hold
-        cap = (dataclasses.replace(settings, samples=min(settings.samples_for(t), len(own_data[t.name])))
-               if t.name in own_data else settings)
+        # and one that averages documents (ppl) at most as many as --data holds (one book was stated 4x too long)
+        most = len(own_data[t.name]) if t.name in own_data else n_docs if t.samples_are_documents else None
+        cap = dataclasses.replace(settings, samples=min(settings.samples_for(t), most)) if most else settings
         for s in parsed:
             for L in Ls:
                 key = (s.text, t.name, L)

@@ -105,6 +105,7 @@ class Task:
     # the eval options (argparse dests) this task acts on: one given for tasks that all ignore it is refused
     options: tuple[str, ...] = ()
     version: int = 1  # raised when what the task measures changes: a resumed folder measures older cells again
+    samples_are_documents: bool = False  # --samples counts --data documents (ppl): the estimate caps it by them
 
     def cells(self, lengths: list[int], depths: list[float]) -> list[Cell]:
         return [(L, d) for L in lengths for d in depths] if self.uses_depths else [(L, None) for L in lengths]
