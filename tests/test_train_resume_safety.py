@@ -305,11 +305,11 @@ def test_an_evaluation_due_at_a_saved_step_runs_after_resume(tmp_path, monkeypat
     4)."""
     real, seen = loop.evaluate, []
 
-    def evaluate(lm, spec_arg, cfg, out, step):
+    def evaluate(lm, spec_arg, cfg, out, step, **kw):
         seen.append(step)
         if step == 2 and seen.count(2) == 1:
             raise KeyboardInterrupt  # killed while evaluating step 2, after its checkpoint
-        return real(lm, spec_arg, cfg, out, step)
+        return real(lm, spec_arg, cfg, out, step, **kw)
 
     monkeypatch.setattr(loop, "evaluate", evaluate)
     cfg = small(tmp_path, steps=4, evaluate=True, eval_every=2, save_every=2, passkey_trials=1)
@@ -356,10 +356,10 @@ def test_a_stop_asked_during_an_evaluation_saves_before_another_step(tmp_path, m
     whole step first, minutes at long lengths, past a preemption grace period)."""
     real, steps = loop.evaluate, []
 
-    def evaluate(lm, spec_arg, cfg, out, step):
+    def evaluate(lm, spec_arg, cfg, out, step, **kw):
         if step == 2:
             os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-evaluation; the evaluation itself completes
-        return real(lm, spec_arg, cfg, out, step)
+        return real(lm, spec_arg, cfg, out, step, **kw)
 
     monkeypatch.setattr(loop, "evaluate", evaluate)
     cfg = small(tmp_path, steps=4, evaluate=True, eval_every=2, save_every=10, passkey_trials=1)

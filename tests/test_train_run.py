@@ -224,3 +224,22 @@ def test_processes_wait_for_rank_0_longer_than_nccls_ten_minutes(monkeypatch):
     monkeypatch.setenv("CTXEXT_DIST_TIMEOUT_MINUTES", "soon")
     with pytest.raises(CtxextError, match="CTXEXT_DIST_TIMEOUT_MINUTES must be a positive number"):
         loop.make_accelerator()
+
+
+def test_the_evaluations_are_costed_before_training_and_show_a_bar(tmp_path, capsys):
+    """They ran silently (no bar, no estimate) and can cost more than the training: at 32k on SmolLM2 one passkey
+    evaluation is hours on this CPU. The start-up line states ctxext eval's own estimate for one of them."""
+    from ctxext.evals.cost import fmt_seconds
+    from ctxext.evals.runner import run_eval
+    from ctxext.train.evaluate import PASSKEY_DEPTHS, evaluation_steps
+
+    cfg = small(tmp_path, steps=3, evaluate=True, eval_every=2, passkey_trials=1)
+    assert evaluation_steps(cfg) == [0, 2, 3] and evaluation_steps(small(tmp_path, steps=3)) == [0, 3]
+    train(cfg, progress=True)
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if ln.startswith("evaluation (passkey 5 depths × 1 trials at 512 "))
+    assert "each on this machine, 3 of them (steps 0, 2, 3)" in line
+    want = run_eval(MODEL, [cfg.scaling], ["passkey"], [512], depths=PASSKEY_DEPTHS, samples=1, out=tmp_path / "x",
+                    dry_run=True, progress=False, log=lambda m: None)["estimated_seconds"]
+    assert f"≈ {fmt_seconds(want)} each" in line  # the same machine rates (cached for an hour)
+    assert "yarn:factor=2 · passkey" in err  # ctxext eval's own bar, per evaluation

@@ -294,7 +294,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
         f"{len(task_list)} task(s) × {len(Ls)} length(s)" + (f" × {len(Ds)} depth(s)" if Ds else "") + f" -> {out}")
     log(plan.describe() if plan.cells else "every cell is already in results.json; nothing to run")
     if dry_run:
-        return results.as_dict()
+        return {**results.as_dict(), "estimated_seconds": plan.seconds}
 
     # ---- run
     try:

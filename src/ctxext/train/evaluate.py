@@ -16,14 +16,47 @@ def eval_dir(out: Path, step: int) -> Path:
     return out / "eval" / f"step-{step:06d}"
 
 
-def evaluate(lm: Any, spec_arg: str, cfg: TrainConfig, out: Path, step: int) -> list[dict[str, Any]]:
-    """passkey (cfg.passkey_trials per depth) and, with --eval-data, ppl (cfg.eval_docs documents) at --seq-len;
-    records of the ctxext eval format with `model` = "<model>@step<N>"."""
-    from ..evals import run_eval
-
-    runs = [("passkey", cfg.passkey_trials, None)]
+def _runs(cfg: TrainConfig) -> list[tuple[str, int, list[str] | None]]:
+    runs: list[tuple[str, int, list[str] | None]] = [("passkey", cfg.passkey_trials, None)]
     if cfg.eval_data:
         runs.append(("ppl", cfg.eval_docs, list(cfg.eval_data)))
+    return runs
+
+
+def describe(cfg: TrainConfig) -> str:
+    """What one evaluation runs, in words."""
+    parts = [f"passkey {len(PASSKEY_DEPTHS)} depths × {cfg.passkey_trials} trials"]
+    if cfg.eval_data:
+        parts.append(f"ppl over {cfg.eval_docs} document(s)")
+    return f"{' and '.join(parts)} at {cfg.seq_len:,} tokens"
+
+
+def estimate_seconds(cfg: TrainConfig) -> float:
+    """One evaluation's time as ctxext eval states it (this machine's measured rates; no weights loaded)."""
+    import tempfile
+
+    from ..evals import run_eval
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return sum(run_eval(cfg.model, [cfg.scaling], [task], [cfg.seq_len], depths=PASSKEY_DEPTHS, samples=samples,
+                            data=data, out=Path(tmp) / task, seed=cfg.seed, bucket=quarter(cfg.seq_len),
+                            dry_run=True, progress=False, log=lambda m: None)["estimated_seconds"]
+                   for task, samples, data in _runs(cfg))
+
+
+def evaluation_steps(cfg: TrainConfig) -> list[int]:
+    """The steps an evaluation runs at: before the first step, every --eval-every, and at the end."""
+    every = range(cfg.eval_every, cfg.steps, cfg.eval_every) if cfg.eval_every else []
+    return [0, *every, cfg.steps]
+
+
+def evaluate(lm: Any, spec_arg: str, cfg: TrainConfig, out: Path, step: int,
+             progress: bool = False) -> list[dict[str, Any]]:
+    """passkey (cfg.passkey_trials per depth) and, with --eval-data, ppl (cfg.eval_docs documents) at --seq-len;
+    records of the ctxext eval format with `model` = "<model>@step<N>". `progress`: ctxext eval's bar."""
+    from ..evals import run_eval
+
+    runs = _runs(cfg)
     name, was_training = lm.name, lm.model.training
     lm.name = f"{cfg.model}@step{step}"
     lm.model.eval()
@@ -32,7 +65,7 @@ def evaluate(lm: Any, spec_arg: str, cfg: TrainConfig, out: Path, step: int) -> 
         for task, samples, data in runs:
             res = run_eval(lm, [spec_arg], [task], [cfg.seq_len], depths=PASSKEY_DEPTHS, samples=samples, data=data,
                            out=eval_dir(out, step) / task, resume=True, seed=cfg.seed,
-                           bucket=quarter(cfg.seq_len), progress=False, log=lambda m: None,
+                           bucket=quarter(cfg.seq_len), progress=progress, log=lambda m: None,
                            command=f"{cfg.command_line} (evaluation at step {step})")
             records += res["records"]
     finally:

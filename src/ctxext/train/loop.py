@@ -259,6 +259,14 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
     say(f"peak memory estimate per process ({micro_desc}): {plan.memory.describe()}")
     if cfg.check_memory:
         check_fits(plan.memory, device, f"training {cfg.model} at {micro_desc}")
+    if cfg.evaluate and main:  # they run silently between steps and can cost more than the training
+        from ..evals.cost import fmt_seconds
+        from .evaluate import describe, estimate_seconds, evaluation_steps
+
+        n = len(evaluation_steps(cfg))
+        say(f"evaluation ({describe(cfg)}): ≈ {fmt_seconds(estimate_seconds(cfg))} each on this machine, {n} "
+            f"of them (steps {', '.join(map(str, evaluation_steps(cfg)[:6]))}{', …' if n > 6 else ''}); "
+            "--no-eval or --passkey-trials to spend less")
     if (warning := warmup_warning(cfg.steps, cfg.warmup, cfg.peak_lr)) is not None:
         say(f"warning: {warning}")
     if cfg.seq_len <= L and plan.spec.method != "default":
@@ -308,6 +316,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             + ("" if where.name == ckpt.CKPT_DIR else " (left by a save that was cut off)"))
 
     host = _Host(acc, model, lm, cfg, plan.spec)
+    host.progress = main and progress
     meta = {"versions": runinfo.versions(), "machine": runinfo.machine(), "command": cfg.command_line,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "seed": cfg.seed,
             "spec": plan.spec.text, "resolved_spec": plan.spec.to_dict(), "config": cfg.to_dict(),
@@ -467,6 +476,7 @@ class _Host:
         self.acc, self.model, self.live, self.cfg, self.spec = acc, model, lm, cfg, spec
         self.gather = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         self._copy: Any = None
+        self.progress = False  # the evaluations' progress bar (on the main process, when train shows its own)
 
     def _lm(self) -> Any:
         """The LoadedModel to use now (collective under FSDP / DeepSpeed: every process must call it)."""
@@ -487,7 +497,7 @@ class _Host:
             records = []
         else:
             with doc_attention.plain_sdpa(lm.model):
-                records = evaluate(lm, spec_arg, self.cfg, out, step)
+                records = evaluate(lm, spec_arg, self.cfg, out, step, progress=self.progress)
         self.acc.wait_for_everyone()
         return records
 
