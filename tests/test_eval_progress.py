@@ -4,6 +4,8 @@ tasks' own reports put it; results with the bar on equal results with it off."""
 from __future__ import annotations
 
 import numpy as np
+import re
+
 import pytest
 import torch
 
@@ -80,3 +82,15 @@ def test_results_are_the_same_with_the_bar_on(tiny, tmp_path, monkeypatch):
     assert (1, 512, 0) in layers  # the bar was fed layer by layer (with it off, no hooks: counted once per layer)
     assert len([x for x in layers if x == (1, 512, 0)]) % tiny.info.n_layers == 0
     assert not tiny.model._forward_pre_hooks and not any(m._forward_pre_hooks for m in tiny.model.modules())
+
+
+def test_the_bar_names_the_last_cell_and_redraws_at_tqdms_pace_in_a_log(tiny, tmp_path, capsys):
+    """The bar's format had no {postfix}: the last cell's figure set on it never showed; and each cell forced a
+    redraw, several a second in a log file (progress.py promises one per 30 s there)."""
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+
+    run_eval(tiny, ["default"], ["ppl"], [256, 512], samples=1, data=[books_dir() / HELD_OUT_BOOK],
+             out=tmp_path / "o", progress=True, log=lambda m: None)
+    draws = [d for d in capsys.readouterr().err.replace("\r", "\n").splitlines() if "est. s" in d]
+    assert re.search(r"default · ppl 100%.*, 256: ppl [\d.]+\]$", draws[-1]), draws[-1]
+    assert len(draws) <= 3  # the first draw, at most one more, and the close

@@ -31,13 +31,20 @@ def _load(name: str) -> ModuleType:
 
 def _summary(name: str, mod: ModuleType) -> str:
     """First docstring line, without a leading '`ctxext NAME`: '."""
-    first = (mod.__doc__ or "").strip().partition("\n")[0]
-    return first.removeprefix(f"`ctxext {name}`:").strip()
+    first = (mod.__doc__ or "").strip().partition("\n\n")[0]  # the first paragraph: a line can wrap mid-sentence
+    return " ".join(first.split()).removeprefix(f"`ctxext {name}`:").strip()
+
+
+class _Parser(argparse.ArgumentParser):
+    """Option errors in one line, as ctxext's own (argparse printed the whole usage block first)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser with `command`'s sub-parser only (all commands when None, for `ctxext --help`)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ctxext", description="Extend the context window of pretrained language models.",
         epilog="`ctxext COMMAND --help` for a command's options.")
     parser.add_argument("--version", action="version", version=f"ctxext {__version__}")
@@ -71,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ctxext: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a file system refusal found late (a disk that filled, a folder made read-only meanwhile)
+        print(f"ctxext: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

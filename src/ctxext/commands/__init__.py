@@ -23,13 +23,29 @@ def check_dependent(args: argparse.Namespace, rules: tuple[tuple[str, str, str, 
 
 
 def out_folder(text: str) -> str:
-    """argparse type of an --out folder: refused at parse time when it, or a folder above it, is a file (each command
-    crashed on it after loading weights, eval after computing its cells)."""
-    path = Path(text)
+    """argparse type of an --out folder: refused at parse time when it, or a folder above it, is a file, or when the
+    nearest existing folder cannot be written (each command crashed on it after loading weights, eval after
+    computing a cell, which was lost)."""
+    import tempfile
+
+    path = Path(text).expanduser()
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
                 raise argparse.ArgumentTypeError(f"{p} is a file; choose a folder" if p == path else
                                                  f"{text} lies under {p}, which is a file; choose a folder")
+            try:  # a real write: permission bits say nothing of read-only mounts or immutable folders (or root)
+                tempfile.TemporaryFile(dir=p).close()
+            except OSError as e:
+                raise argparse.ArgumentTypeError(f"{text}: cannot write in {p} ({e.strerror or e})") from None
             break
+    return text
+
+
+def out_file(text: str) -> str:
+    """argparse type of an --out file (synth-qa's .jsonl): its folder must be one that can be written."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file path")
+    out_folder(str(path.parent))
     return text

@@ -9,9 +9,9 @@ and refuses a length that cannot fit in memory; each finished cell's wall time i
 
 examples:
   ctxext eval --model smollm2-135m --scaling default --scaling yarn:factor=2 \\
-      --task ppl --task passkey --lengths 4096,8192,16384 --data books/ --out runs/cmp
+      --task ppl --task passkey --lengths 4096,8192,16384 --data ../shared/data/books/ --out runs/cmp
   ctxext eval --model tiny-rope --scaling linear:factor=4 --task niah --lengths 256,512,1024 \\
-      --depths 0,0.25,0.5,0.75,1 --data books/pg84.txt --out runs/niah
+      --depths 0,0.25,0.5,0.75,1 --data ../shared/data/books/pg84.txt --out runs/niah
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ reads (search.json, guard.json, references.json). --resume continues an interrup
 anything again, and ends where an uninterrupted run would; on a finished search it evaluates nothing.
 
 examples:
-  ctxext search --model tiny-rope --target 1024 --data books/pg1342.txt --data books/pg2701.txt --out runs/s
-  ctxext search --model smollm2-135m --target 16384 --data books/ --budget 40 --out runs/smol --resume
+  ctxext search --model tiny-rope --target 1024 --data ../shared/data/books/pg1342.txt --data ../shared/data/books/pg2701.txt --out runs/s
+  ctxext search --model smollm2-135m --target 16384 --data ../shared/data/books/pg1342.txt --budget 40 --out runs/smol --resume
 """
 
 from __future__ import annotations

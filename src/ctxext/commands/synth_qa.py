@@ -10,7 +10,7 @@ Writes OUT (.jsonl, appended), OUT.log.jsonl (every chunk, with its rejection re
 (counts by reason). --resume continues an interrupted run with the same settings.
 
 examples:
-  ctxext synth-qa --model smollm2-135m --data books/pg84.txt --out runs/qa.jsonl --per-doc 60 --max-len 2048
+  ctxext synth-qa --model smollm2-135m --data ../shared/data/books/pg1513.txt --out runs/qa.jsonl --per-doc 60 --max-len 2048
   ctxext eval --model smollm2-135m --task longqa --data runs/qa.jsonl --lengths 2048 --out runs/qa-eval
 """
 
@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 
+from . import out_file
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="instruct model: HF directory, .gguf or built-in name "
                    "(default smollm2-135m = SmolLM2-135M-Instruct)")
     p.add_argument("--data", action="append", required=True, metavar="PATH",
                    help="text file, folder or .jsonl ('text' field) of long documents; repeat for several")
-    p.add_argument("--out", required=True, help="output .jsonl file")
+    p.add_argument("--out", required=True, type=out_file, help="output .jsonl file")
     p.add_argument("--per-doc", type=int, default=8, help="chunks tried per document (default 8)")
     p.add_argument("--min-len", type=int, default=1024, help="skip documents shorter than this many tokens (1024)")
     p.add_argument("--max-len", type=int, default=4096,

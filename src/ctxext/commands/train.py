@@ -8,9 +8,9 @@ refuses a run that cannot fit. The same command runs under `accelerate launch` (
 configs in configs/accelerate/; see docs/training.md).
 
 examples:
-  ctxext train --model tiny-rope --scaling yarn:factor=4 --data books/ --seq-len 1024 --steps 200 \\
-      --lr 1e-3 --batch-tokens 4096 --eval-data books/pg84.txt --out runs/tiny-yarn
-  ctxext train --model smollm2-135m --scaling abf:base=925387 --data books/ --seq-len 32768 --steps 400 \\
+  ctxext train --model tiny-rope --scaling yarn:factor=4 --data ../shared/data/books/pg1342.txt --seq-len 1024 --steps 200 \\
+      --lr 1e-3 --batch-tokens 4096 --eval-data ../shared/data/books/pg84.txt --out runs/tiny-yarn
+  ctxext train --model smollm2-135m --scaling abf:base=925387 --data ../shared/data/books/pg1342.txt --seq-len 32768 --steps 400 \\
       --lora --mixed-window --eval-every 100 --out runs/smol-32k
   ctxext train --model smollm2-135m --scaling yarn:factor=2 --instruct qa.jsonl --seq-len 2048 --steps 40 \\
       --lora --no-eval --out runs/smol-qa

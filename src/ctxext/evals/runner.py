@@ -345,7 +345,7 @@ def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings
     dec = 2 if plan.seconds < 100 else 0  # tiny models: whole seconds would read 0/0
     bar = progress_bar(total=max(plan.seconds, 1e-3), unit="s", disable=not progress,
                        bar_format=f"{{desc}} {{percentage:3.0f}}%|{{bar}}| {{n:.{dec}f}}/{{total:.{dec}f}} est. s "
-                                  "[{elapsed}<{remaining}]")
+                                  "[{elapsed}<{remaining}{postfix}]")
     say = (lambda m: tqdm.write(m, file=sys.stderr)) if progress else log
     work = WorkBar(bar, plan.rate, n_layers=lm.info.n_layers)
     # a long forward moves the bar layer by layer (provisionally, until its task reports the work done)
@@ -365,7 +365,7 @@ def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings
                 for task, cells in todo:
                     if not cells:
                         continue
-                    bar.set_description_str(f"{spec.text} · {task.name}")
+                    bar.set_description_str(f"{spec.text} · {task.name}", refresh=False)  # tqdm's throttle decides
                     t0 = time.perf_counter()
                     for cell, recs in task.run(ctx, cells):
                         # time since the task's previous cell: cells that share work (depths on one prefix) split
@@ -380,7 +380,7 @@ def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings
                         head = next((r for r in recs if r["bucket"] is None), recs[0] if recs else None)
                         if head is not None and head["value"] is not None:
                             bar.set_postfix_str(f"{cell[0]:,}" + (f" @ {cell[1]:g}" if cell[1] is not None else "")
-                                                + f": {head['metric']} {head['value']:.4g}", refresh=True)
+                                                + f": {head['metric']} {head['value']:.4g}", refresh=False)
     finally:
         bar.close()
 
