@@ -88,6 +88,25 @@ def pool_cells(record_sets: list[list[dict]]) -> list[dict]:
     return list(cells.values())
 
 
+def niah_sources(results: Path = RESULTS) -> list[Path]:
+    """The runs whose needle cells are pooled: the seed-0 run and every other seed's."""
+    return [results / "methods", *sorted(results.glob("methods_niah_seed*"))]
+
+
+def niah_sets(sources: list[Path]) -> tuple[list[Path], list[dict], list[list[dict]]] | None:
+    """(the sources that hold needle cells, their results, their needle accuracy records); None when fewer than two
+    runs hold any (nothing to pool). One rule for merge_niah and the README's report."""
+    import json
+
+    found = [(d, json.loads((d / "results.json").read_text())) for d in sources if (d / "results.json").is_file()]
+    kept = [(d, res, [r for r in res["records"] if r["task"] == "niah" and r["metric"] == "accuracy"])
+            for d, res in found]
+    kept = [k for k in kept if k[2]]
+    if len(kept) < 2:
+        return None
+    return [d for d, _, _ in kept], [res for _, res, _ in kept], [x for _, _, x in kept]
+
+
 def merge_niah(sources: list[Path], out: Path = NIAH_MERGED) -> Path | None:
     """Pool the niah cells of the seed-0 run and every seed run into out/results.json and out/niah_heatmap.png."""
     import json
@@ -95,16 +114,16 @@ def merge_niah(sources: list[Path], out: Path = NIAH_MERGED) -> Path | None:
     from ctxext.evals.files import atomic_write
     from ctxext.evals.plots import heatmap
 
-    runs = [json.loads((d / "results.json").read_text()) for d in sources if (d / "results.json").is_file()]
-    sets = [[r for r in res["records"] if r["task"] == "niah" and r["metric"] == "accuracy"] for res in runs]
-    if sum(bool(x) for x in sets) < 2:
+    found = niah_sets(sources)
+    if found is None:
         return None
-    recs = pool_cells([x for x in sets if x])
+    dirs, runs, sets = found
+    recs = pool_cells(sets)
     meta = runs[0]["meta"]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "results.json", json.dumps(
-        {"meta": {"pooled_from": [str(d.relative_to(ROOT)) for d, x in zip(sources, sets) if x],
-                  "seeds": [res["meta"]["seed"] for res, x in zip(runs, sets) if x], "machine": meta.get("machine"),
+        {"meta": {"pooled_from": [str(d.relative_to(ROOT)) for d in dirs],
+                  "seeds": [res["meta"]["seed"] for res in runs], "machine": meta.get("machine"),
                   "versions": meta.get("versions"), "config": meta.get("config")}, "records": recs}, indent=1) + "\n")
     heatmap(out, recs, "niah", meta["config"]["model_info"]["trained_len"], "smollm2-135m")
     return out
@@ -148,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         if task == "ppl" and (streams := [s for s in specs if method(s) == "streaming"]):
             run_eval("smollm2-135m", streams, ["stream-ppl"], [length], **common)
     if "niah" in tasks and args.factor == 2:  # --specs runs too: the README pools every needle cell of these runs
-        merged = merge_niah([RESULTS / "methods", *sorted(RESULTS.glob("methods_niah_seed*"))])
+        merged = merge_niah(niah_sources())
         if merged:
             print(f"needle trials of every seed pooled: {merged / 'results.json'}")
     print(f"results: {out / 'results.json'}")

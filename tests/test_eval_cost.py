@@ -185,6 +185,8 @@ def test_a_gpu_sweep_is_sized_without_the_cpu_branch_cache():
 
 def test_a_numbered_gpu_is_the_one_measured_and_sized(monkeypatch, tmp_path):
     """--device cuda:1 read GPU 0's free memory and timed GPU 0 (the current device), not GPU 1."""
+    import dataclasses
+
     import torch
 
     from ctxext.evals import runner
@@ -199,9 +201,15 @@ def test_a_numbered_gpu_is_the_one_measured_and_sized(monkeypatch, tmp_path):
     monkeypatch.setattr(runner, "matmul_rate", lambda dt, where: wheres.append(where) or 1e12)
     monkeypatch.setattr(runner, "attention_rate", lambda dt, where: wheres.append(where) or 1e12)
     monkeypatch.setattr(runner, "available_memory", lambda where: wheres.append(where) or 1e12)
+    lines = []
     runner.run_eval("tiny-rope", ["default"], ["passkey"], [256], depths=[0.5], samples=1, out=tmp_path / "o",
-                    device="cuda:1", dry_run=True, progress=False, log=lambda m: None)
+                    device="cuda:1", dry_run=True, progress=False, log=lines.append)
     assert wheres and set(wheres) == {"cuda:1"}
+    # and the depth sweep is stated at the GPU path's peak (no CPU branch cache)
+    mc = cost.ModelCost.of(model_info("tiny-rope"), 4)
+    gpu, cpu = (cost.fmt_bytes(m.peak_branches(256)) for m in (dataclasses.replace(mc, fused=False), mc))
+    row = next(ln for ln in lines[-1].splitlines() if "passkey" in ln)
+    assert gpu != cpu and f" {gpu} " in row, row
 
 
 def test_ppl_is_costed_for_the_documents_data_holds(tmp_path):

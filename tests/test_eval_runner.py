@@ -643,3 +643,24 @@ def test_resume_adds_tasks_with_options_the_folder_never_used_and_refuses_change
                                           r"changed \(e\.g\. .*pg1342\.txt\)\)"):
         run_eval("tiny-rope", ["default"], ["ppl"], [256, 512], samples=1, data=[data], out=tmp_path / "d",
                  resume=True, **quiet)
+
+
+def test_a_default_a_task_used_is_still_compared_on_resume(tmp_path, book):
+    """ppl's --samples left at its default (4 documents) is recorded null, as a key no task used is: the resume
+    accepted --samples 1 into it, and one table averaged 4 documents in some cells and 1 in others."""
+    import shutil
+
+    data = tmp_path / "books"
+    data.mkdir()
+    for name in ("pg84.txt", "pg1342.txt"):
+        shutil.copy(books_dir() / name, data)
+    quiet = dict(progress=False, log=lambda m: None)
+    run_eval("tiny-rope", ["default"], ["ppl"], [256], data=[data], out=tmp_path / "o", dry_run=False, **quiet)
+    with pytest.raises(CtxextError, match=r"other settings \(samples None -> 1\)"):
+        run_eval("tiny-rope", ["default"], ["ppl"], [512], samples=1, data=[data], out=tmp_path / "o", resume=True,
+                 **quiet)
+    run_eval("tiny-rope", ["default"], ["ppl"], [256], samples=1, data=[data / "pg84.txt", data / "pg1342.txt"],
+             out=tmp_path / "p", **quiet)
+    with pytest.raises(CtxextError, match=r"data files \(names and sizes\) differ: the same files in another order"):
+        run_eval("tiny-rope", ["default"], ["ppl"], [512], samples=1, data=[data / "pg1342.txt", data / "pg84.txt"],
+                 out=tmp_path / "p", resume=True, **quiet)

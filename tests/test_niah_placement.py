@@ -102,3 +102,16 @@ def test_a_resumed_sweep_builds_the_prompts_of_an_uninterrupted_one(tiny, monkey
     assert np.array_equal(full_base, alone_base)
     first = [p.prompt(full_base).tolist() for p, c in zip(full_probes, owners) if c == (512, 0.1)]
     assert first == [p.prompt(alone_base).tolist() for p in alone_probes]
+
+
+def test_the_runner_gives_the_tasks_every_depth_of_the_run(tmp_path, monkeypatch):
+    """The haystack sizing reads ctx.depths: the runner must pass the run's depths (it once raised NameError)."""
+    import ctxext.evals.passkey as passkey
+    from ctxext.evals.runner import run_eval
+
+    seen, real = [], passkey.build
+    monkeypatch.setattr(passkey, "build", lambda ctx, length, cells: seen.append(list(ctx.depths)) or
+                        real(ctx, length, cells))
+    run_eval("tiny-rope", ["default"], ["passkey"], [300], depths=[0.9, 0.1], samples=1, out=tmp_path / "o",
+             progress=False, log=lambda m: None)
+    assert seen == [[0.1, 0.9]]

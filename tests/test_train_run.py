@@ -151,8 +151,9 @@ def test_resume_compares_what_the_options_resolve_to(tmp_path):
     with pytest.raises(CtxextError, match=r"data files \(names and sizes\) differ: 1 new or changed"):
         train(small(tmp_path, **cfg, resume=True), progress=False)
     (data / Path(books(TRAIN_BOOKS[1])[0]).name).unlink()
+    spec.write_text(json.dumps({"method": "yarn", "params": {"factor": 2}, "meta": {"search": {"fitness": 1.5}}}))
     res = train(small(tmp_path, **{**cfg, "lr": 2e-5, "batch_tokens": 512}, resume=True), progress=False)
-    assert res["steps_done"] == 2  # the defaults spelled out: the same run, accepted
+    assert res["steps_done"] == 2  # the defaults spelled out, a spec file with new provenance: the same run
 
 
 def test_eval_data_shorter_than_the_sequence_fails_before_any_step(tmp_path, monkeypatch):
@@ -196,6 +197,9 @@ def test_a_run_inside_the_trained_window_is_warned(tmp_path, capsys):
     assert ("warning: --seq-len 256 is within the model's trained length 256: no position past it is trained, "
             "though the checkpoint will say 512") in capsys.readouterr().err
     train(small(tmp_path, steps=1, warmup=0, out=str(tmp_path / "b")), progress=False)
+    assert "within the model's trained length" not in capsys.readouterr().err
+    train(small(tmp_path, scaling="abf:base=40000", seq_len=256, batch_tokens=256, steps=1, warmup=0,
+                out=str(tmp_path / "c")), progress=False)  # its checkpoint says 256: nothing overstated
     assert "within the model's trained length" not in capsys.readouterr().err
 
 

@@ -242,9 +242,9 @@ def planner_picks(runs: dict[int, dict]) -> list[str]:
     return out
 
 
-def methods_table(res: dict, source: str, expected: list[str] | None = None) -> str:
+def methods_table(res: dict, source: str, expected: list[str] | None = None, niah_heatmap: bool = True) -> str:
     """The method table; `expected`: the specs the benchmark runs at this factor, so that the ones not measured
-    yet are named under it."""
+    yet are named under it; `niah_heatmap`: whether the needle heatmap follows (not when it is stale)."""
     recs = res["records"]
     specs = list(dict.fromkeys(r["scaling"] for r in recs))
     # rows in the benchmark's method order (else first-run order), a spec added later beside the others of its
@@ -294,7 +294,7 @@ def methods_table(res: dict, source: str, expected: list[str] | None = None) -> 
                 got, total = past.get(r["scaling"], (0, 0))
                 past[r["scaling"]] = (got + round(r["value"] * r["n"]), total + r["n"])
         n_specs = len({r["scaling"] for r in nh})
-        lines += ["", f"needle in a haystack (heatmap below): {n_specs} spec{'s' if n_specs > 1 else ''} at "
+        lines += ["", f"needle in a haystack{' (heatmap below)' if niah_heatmap else ''}: {n_specs} spec{'s' if n_specs > 1 else ''} at "
                   f"{', '.join(f'{x:,}' for x in sorted({r['length'] for r in nh}))} tokens, depths "
                   f"{', '.join(f'{x:g}' for x in sorted({r['depth'] for r in nh}))}, {'/'.join(map(str, n))} "
                   "trial(s) per cell (a needle sentence in the book's own text; trials differ in the key only, "
@@ -336,12 +336,10 @@ def pooled_niah() -> dict | None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import methods
 
-    sources = [common.RES / "methods", *sorted(common.RES.glob("methods_niah_seed*"))]
-    sets = [[r for r in res["records"] if r["task"] == "niah" and r["metric"] == "accuracy"]
-            for d in sources if (res := load_json(d / "results.json"))]
-    if sum(bool(x) for x in sets) < 2:
+    found = methods.niah_sets(methods.niah_sources(common.RES))
+    if found is None:
         return None
-    records = methods.pool_cells([x for x in sets if x])
+    records = methods.pool_cells(found[2])
     drawn = load_json(common.RES / "methods_niah" / "results.json")
     return {"records": records, "heatmap_current": bool(drawn) and drawn["records"] == records}
 
@@ -351,7 +349,8 @@ def _methods_body(name: str, res: dict, pooled: dict | None = None, factor: int 
     (pooled_niah); for a larger factor's table, the specs not measured yet are named."""
     if pooled:  # the needle cells with the trials of every seed (benchmarks/methods.py --seed)
         res = {**res, "records": [r for r in res["records"] if r["task"] != "niah"] + pooled["records"]}
-    body = methods_table(res, f"benchmarks/results/{name}", expected_specs(factor) if factor else None)
+    body = methods_table(res, f"benchmarks/results/{name}", expected_specs(factor) if factor else None,
+                         niah_heatmap=not pooled or pooled["heatmap_current"])
     for png, alt in (("ppl_by_position.png", "ppl by position"), ("passkey_heatmap.png", "passkey by depth"),
                      ("niah_heatmap.png", "needle in a haystack, lengths x depths")):
         where = "methods_niah" if pooled and png.startswith("niah") else name

@@ -268,7 +268,8 @@ def files_change(old: list, new: list) -> str:
     a, b = {tuple(x) for x in old}, {tuple(x) for x in new}
     gone, came = sorted(p for p, _ in a - b), sorted(p for p, _ in b - a)
     parts = [f"{len(came)} new or changed (e.g. {came[0]})"] if came else []
-    return ", ".join(parts + ([f"{len(gone)} gone or changed (e.g. {gone[0]})"] if gone else []))
+    parts += [f"{len(gone)} gone or changed (e.g. {gone[0]})"] if gone else []
+    return ", ".join(parts) or "the same files in another order (documents are taken in order)"
 
 
 def document_count(files: Iterable[Path]) -> int:

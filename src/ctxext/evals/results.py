@@ -43,6 +43,7 @@ def _merge_config(old: dict[str, Any], meta: dict[str, Any]) -> None:
     if now.get("data") is None:
         now["data"] = before.get("data")
     now["task_versions"] = {**(before.get("task_versions") or {}), **(now.get("task_versions") or {})}
+    now["resume_acting"] = sorted({*(before.get("resume_acting") or RESUME_KEYS), *(now.get("resume_acting") or [])})
     commands = old.get("commands") or ([old["command"]] if old.get("command") else [])
     meta["commands"] = commands + ([meta["command"]] if meta.get("command") else [])
     # every machine that ran cells in this file (the timings and records of all runs are kept)
@@ -78,10 +79,13 @@ class Results:
             for k in RESUME_KEYS:
                 if acting is not None and k not in acting and k in before:
                     now[k] = before[k]
-            # a null before: no cell of the folder acted on that option (data: none read any), so any value fits
+            # keys no cell of the folder acted on (recorded null; folders from before resume_acting: every key acted)
+            # take any value; a null a task did act on is its default (ppl's 4 documents), compared like any value
+            old_acting = set(old_meta.get("config", {}).get("resume_acting") or RESUME_KEYS)
+            unused = {k for k in RESUME_KEYS if before.get(k) is None and (k not in old_acting or k.startswith("data"))}
             diff = [f"data files (names and sizes) differ: {files_change(before[k], now[k])}" if k == "data_files"
                     else f"{k} {before[k]!r} -> {now[k]!r}" for k in RESUME_KEYS
-                    if k in before and before[k] is not None and before[k] != now.get(k)]
+                    if k in before and k not in unused and before[k] != now.get(k)]
             if diff:
                 raise CtxextError(f"cannot resume {self.path}: it was run with other settings ({'; '.join(diff)}); "
                                   "use another --out")

@@ -249,7 +249,8 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
             "model": name, "model_info": _info_dict(info), "specs": {s.text: s.to_dict() for s in parsed},
             "tasks": [t.name for t in task_list], "lengths": Ls, "depths": Ds or None,
             "settings": dataclasses.asdict(settings), "data": data or None, "dtype": dtype, "device": device,
-            "resume_keys": resume_keys, "task_versions": {t.name: t.version for t in task_list},
+            "resume_keys": resume_keys, "resume_acting": sorted(acting),
+            "task_versions": {t.name: t.version for t in task_list},
         },
     }
     results = Results(out, meta, resume, acting)  # acting: the resume keys this run's cells depend on

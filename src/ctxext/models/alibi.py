@@ -63,7 +63,7 @@ def key_length(cache: Any, new: int) -> int:
 
 def stock_rounded(slopes: np.ndarray, n_heads: int) -> torch.Tensor:
     """`slopes` in float32, taken as their float64 ratio to the paper's slopes times the slopes BLOOM computes
-    itself (float32 powers, 1 ulp off the exact values for some head counts): a spec whose slopes are the stock
+    itself (float32 powers, a few ulps off the exact values for some head counts): a spec whose slopes are the stock
     ones (factor=1) then runs the stock model bit for bit."""
     from transformers.models.bloom.modeling_bloom import build_alibi_tensor
 

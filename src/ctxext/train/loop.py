@@ -122,7 +122,8 @@ RESOLVED_KEYS = {"scaling": "spec", "lr": "peak_lr", "batch_tokens": "tokens_per
 
 
 def resolved_settings(cfg: TrainConfig, spec: Any, rows_per_step: int, files: list[Path]) -> dict[str, Any]:
-    return {"spec": spec.to_dict(), "peak_lr": cfg.peak_lr, "tokens_per_step": rows_per_step * cfg.seq_len,
+    what = {k: v for k, v in spec.to_dict().items() if k != "meta"}  # a search's best.json rewritten with new figures
+    return {"spec": what, "peak_lr": cfg.peak_lr, "tokens_per_step": rows_per_step * cfg.seq_len,
             "explicit_batch": cfg.batch_tokens is not None,
             "data_files": [[str(f), f.stat().st_size] for f in files]}
 
@@ -269,7 +270,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             "--no-eval or --passkey-trials to spend less")
     if (warning := warmup_warning(cfg.steps, cfg.warmup, cfg.peak_lr)) is not None:
         say(f"warning: {warning}")
-    if cfg.seq_len <= L and plan.spec.method != "default":
+    if cfg.seq_len <= L < plan.export.max_position_embeddings:
         say(f"warning: --seq-len {cfg.seq_len:,} is within the model's trained length {L:,}: no position past it is "
             f"trained, though the checkpoint will say {plan.export.max_position_embeddings:,}")
     if cfg.resume and prev is None:  # a save is complete once its progress.json exists: none finished yet
