@@ -99,3 +99,64 @@ def test_commands_refuse_before_weights(tmp_path, no_weights, capsys, make, mode
     out_dir = Path(tmp_path) / "export"
     assert main(["export", "--model", str(tmp_path), "--scaling", "yarn:factor=4", "--out", str(out_dir)]) == 2
     assert not out_dir.exists() and f"'{model_type}' uses ALiBi" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make", [
+    lambda: transformers.MixtralConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                                       num_key_value_heads=2, num_hidden_layers=2, num_local_experts=8, **SMALL),
+    lambda: transformers.Qwen2MoeConfig(hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+                                        shared_expert_intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+                                        num_hidden_layers=2, num_experts=6, **SMALL),
+    lambda: transformers.FalconConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, **SMALL),
+])
+def test_the_estimate_counts_every_expert_and_falcons_shared_kv_head(make):
+    """Mixtral was counted with one MLP (7.2B for 46.7B: the memory refusal passed what cannot fit); Falcon's
+    multi-query attention was read as 4 key/value heads of 4 (falcon-7b: 71 for 1)."""
+    cfg = make()
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    real = sum(p.numel() for p in model.parameters())
+    d = cfg.to_dict()
+    assert estimate_params(d) == pytest.approx(real, rel=0.03)
+    if d["model_type"] == "falcon":
+        assert info_from_config(d, "f", "f").n_kv_heads == 1
+
+
+def test_the_count_comes_from_the_weights_headers(tmp_path):
+    """Families the config formula misjudges (Phi-2 +30 %, StarCoder2 +37 %) are counted exactly from the files."""
+    cfg = transformers.Phi3Config(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_hidden_layers=2,
+                                  max_position_embeddings=256, vocab_size=96, pad_token_id=0, bos_token_id=1,
+                                  eos_token_id=2)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(tmp_path / "m")
+    from ctxext.models.info import counted_params
+
+    real = sum(p.numel() for p in model.parameters())
+    assert counted_params(tmp_path / "m") == real and model_info(str(tmp_path / "m")).n_params == real
+    assert counted_params(tmp_path) is None  # no weights files
+
+
+def test_missing_weights_and_remote_code_are_refused(tmp_path):
+    """A checkpoint whose tensor names do not match loaded with random weights and scored (ppl 2,086 for 41.8); a
+    folder that needs its own Python code brought up transformers' prompt (and ran the code on 'y')."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    src = Path(model_info("tiny-rope").path)
+    m = tmp_path / "renamed"
+    m.mkdir()
+    for f in src.iterdir():
+        if f.suffix != ".safetensors" and f.is_file():
+            (m / f.name).write_bytes(f.read_bytes())
+    w = load_file(src / "model.safetensors")
+    save_file({"prefix." + k: v for k, v in w.items()}, m / "model.safetensors")
+    with pytest.raises(CtxextError, match=r"weight\(s\) the model needs are not in its files .*they would be random"):
+        load_model(str(m))
+
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "config.json").write_text(json.dumps({"model_type": "my_own_arch", "auto_map": {
+        "AutoConfig": "configuration_mine.MyConfig"}, "hidden_size": 64}))
+    (remote / "configuration_mine.py").write_text("raise SystemExit('the folder's code ran')\n")
+    with pytest.raises(CtxextError, match="needs the folder's own Python code .* never runs a model's code"):
+        model_info(str(remote))

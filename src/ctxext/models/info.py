@@ -66,25 +66,62 @@ def _need(cfg: dict[str, Any], keys: tuple[str, ...], who: str = "") -> int:
     return n
 
 
+def kv_heads(cfg: dict[str, Any], heads: int) -> int:
+    """Key/value heads: num_key_value_heads, or Falcon's num_kv_heads / multi_query (falcon-7b: 1 of 71)."""
+    n = _get(cfg, "num_key_value_heads", "num_kv_heads")
+    if cfg.get("model_type") == "falcon" and not cfg.get("new_decoder_architecture"):
+        return 1 if cfg.get("multi_query", True) else heads
+    return int(n) if n is not None else heads
+
+
 def estimate_params(cfg: dict[str, Any]) -> int:
-    """Parameter count from the config: embeddings, attention, MLP (gated or not), norms, untied head."""
+    """Parameter count from the config: embeddings, attention, MLP (gated or not; every expert of a mixture of
+    experts, with its shared expert and router), norms, untied head."""
     h = _need(cfg, HIDDEN_KEYS)
     vocab = _need(cfg, ("vocab_size",))
     layers = _need(cfg, LAYERS_KEYS)
     heads = _need(cfg, HEADS_KEYS)
-    kv = int(_get(cfg, "num_key_value_heads", default=heads))
+    kv = kv_heads(cfg, heads)
     hd = int(_get(cfg, "head_dim", default=h // heads))
     inter = int(_get(cfg, "intermediate_size", "n_inner", "ffn_dim",
                      default=int(_get(cfg, "expansion_ratio", default=4)) * h))
     gated = cfg.get("model_type") not in NON_GATED_MLP
     attn = h * heads * hd + 2 * h * kv * hd + heads * hd * h
-    mlp = (3 if gated else 2) * h * inter
+    experts = int(_get(cfg, "num_local_experts", "num_experts", "n_routed_experts", default=1) or 1)
+    if experts > 1:  # Mixtral counted one MLP: 7.2B for 46.7B, and the memory check passed what cannot fit
+        per = int(_get(cfg, "moe_intermediate_size", default=inter))
+        shared = int(_get(cfg, "shared_expert_intermediate_size", default=0) or 0)
+        mlp = (3 if gated else 2) * h * (experts * per + shared) + h * experts
+    else:
+        mlp = (3 if gated else 2) * h * inter
     head = 0 if cfg.get("tie_word_embeddings", True) else vocab * h
     return vocab * h + head + layers * (attn + mlp + 2 * h) + h
 
 
-def info_from_config(cfg: dict[str, Any], name: str, path: Path | str) -> ModelInfo:
-    """ModelInfo from a config dict; a one-line CtxextError for a config ctxext cannot read or scale."""
+def counted_params(folder: Path) -> int | None:
+    """The exact parameter count from the safetensors headers in `folder` (no weights read), or None."""
+    import struct
+
+    total, files = 0, sorted(Path(folder).glob("*.safetensors"))
+    try:
+        for f in files:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+            for key, t in header.items():
+                if key != "__metadata__":
+                    size = 1
+                    for d in t["shape"]:
+                        size *= int(d)
+                    total += size
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
+    return total or None
+
+
+def info_from_config(cfg: dict[str, Any], name: str, path: Path | str, n_params: int | None = None) -> ModelInfo:
+    """ModelInfo from a config dict; a one-line CtxextError for a config ctxext cannot read or scale. `n_params`:
+    the count from the weights' headers when known (else estimated from the config)."""
     model_type = cfg.get("model_type", "?")
     if uses_alibi(cfg):
         if model_type not in ALIBI_MODEL_TYPES:
@@ -105,9 +142,9 @@ def info_from_config(cfg: dict[str, Any], name: str, path: Path | str) -> ModelI
                                                                           ("vocab_size",)))
     return ModelInfo(
         name=name, path=Path(path), config=cfg, encoding=encoding, rope_shape=shape, n_heads=heads,
-        n_kv_heads=int(_get(cfg, "num_key_value_heads", default=heads)),
+        n_kv_heads=kv_heads(cfg, heads),
         n_layers=layers, hidden_size=hidden, vocab_size=vocab,
-        n_params=estimate_params(cfg), trained_len=trained,
+        n_params=n_params or estimate_params(cfg), trained_len=trained,
     )
 
 
@@ -116,23 +153,43 @@ def read_config(folder: Path, gguf_file: str | None = None) -> dict[str, Any]:
     offline()
     from transformers import AutoConfig
 
+    raw = {}
+    if gguf_file is None:
+        try:
+            raw = json.loads((Path(folder) / "config.json").read_text())
+        except (OSError, ValueError):
+            pass
     try:
-        cfg = AutoConfig.from_pretrained(str(folder), gguf_file=gguf_file, local_files_only=True)
+        cfg = AutoConfig.from_pretrained(str(folder), gguf_file=gguf_file, local_files_only=True,
+                                         trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - config classes also raise huggingface_hub's validation errors
-        what = f"{folder / gguf_file}" if gguf_file else f"{folder}/config.json"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CtxextError(f"cannot read the model config {what}: {first}") from None
+        if isinstance(raw, dict) and raw.get("auto_map"):  # transformers asked to run the folder's own Python code
+            raise CtxextError(f"{folder}: model type '{raw.get('model_type', '?')}' needs the folder's own Python "
+                              "code (auto_map in config.json); ctxext loads only transformers' built-in "
+                              "architectures and never runs a model's code") from None
+        raise _config_error(folder, gguf_file, e) from None
     return cfg.to_dict()
+
+
+def _config_error(folder: Path, gguf_file: str | None, e: Exception) -> CtxextError:
+    what = f"{folder / gguf_file}" if gguf_file else f"{folder}/config.json"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return CtxextError(f"cannot read the model config {what}: {first}")
 
 
 def model_info(name: str) -> ModelInfo:
     """Config-only facts about a model name (built-in, HF directory or .gguf file); no weights are loaded."""
     src = resolve_source(name)
+    counted = None
     if src.kind == "hf":
         cfg = read_config(src.path)
+        counted = counted_params(src.path)
     else:
         converted = gguf_cache_dir(src.path)
-        cfg = read_config(converted) if is_converted(converted) else read_config(src.path.parent, src.path.name)
+        if is_converted(converted):
+            cfg, counted = read_config(converted), counted_params(converted)
+        else:
+            cfg = read_config(src.path.parent, src.path.name)
         cfg.pop("quantization_config", None)
-    return info_from_config(cfg, name, src.path)
+    return info_from_config(cfg, name, src.path, counted)
 
