@@ -551,3 +551,27 @@ def test_the_checkpoint_takes_the_users_umask(tmp_path):
     mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
     assert mode(tmp_path / "out") == 0o755
     assert {f.name: mode(f) for f in (tmp_path / "out").iterdir()} == {f.name: 0o644 for f in (tmp_path / "out").iterdir()}
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--task", "ppl", "--lengths", "128", "--samples", "1"],
+    ["search", "--target", "512"],
+    ["train", "--scaling", "yarn:factor=2", "--seq-len", "128", "--steps", "1"],
+    ["synth-qa", "--out", "OUT/qa.jsonl"],
+    ["plan", "--target", "1024", "--calibrate"],
+])
+def test_every_command_refuses_a_folder_without_tokenizer_before_weights(tmp_path, no_weights, capsys, argv):
+    """Export refused it first; eval, search, train and synth-qa failed after loading the weights, and plan
+    --calibrate ended in a TypeError traceback."""
+    from ctxext.cli import main
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+    from ctxext.models.tiny import tiny_model
+
+    tiny_model("llama").save_pretrained(tmp_path / "m")
+    argv = [a.replace("OUT", str(tmp_path)) for a in argv]
+    extra = [] if argv[0] == "plan" else ["--data", str(books_dir() / HELD_OUT_BOOK)]
+    extra += [] if argv[0] == "synth-qa" else ["--out", str(tmp_path / "o")]
+    capsys.readouterr()
+    assert main([argv[0], "--model", str(tmp_path / "m"), *argv[1:], *extra]) == 2
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "error" in ln]
+    assert len(err) == 1 and err[0].startswith("ctxext: error: cannot") and "the folder has no tokenizer" in err[0]

@@ -15,6 +15,7 @@ import torch
 
 from ctxext.cli import main
 from ctxext.data import load_documents
+from ctxext.errors import CtxextError
 from ctxext.evals import run_eval
 from ctxext.export import plan_export
 from ctxext.fixtures import HELD_OUT_BOOK, book_path
@@ -127,6 +128,8 @@ def test_search_outputs_and_best_json_is_a_spec(parts_jsonl, tmp_path, capsys):
     best = json.loads((out / "best.json").read_text())
     assert best["model"] == MODEL and best["target"] == 512 and best["fitness"] == "ppl"
     assert best["cost"] == res["spent"] and best["fitness_value"] == res["best"]["fitness"]
+    state = json.loads((out / "search.json").read_text())["resume_keys"]
+    assert state["data_files"] == [[str(parts_jsonl.resolve()), parts_jsonl.stat().st_size]]
     ex = plan_export(MODEL, str(out / "best.json"))  # exported as a standard longrope rope config
     assert ex.rope_parameters["rope_type"] == "longrope" and ex.max_position_embeddings == 512
     assert ex.rope_parameters["long_factor"] == res["best"]["factors"]
@@ -332,3 +335,21 @@ def test_a_search_measured_with_an_older_needle_ppl_is_not_resumed(parts_jsonl, 
     (out / STATE).write_text(json.dumps(state))
     code, err = run_cli([*args, "--resume"], capsys)
     assert code == 2 and "needle_ppl_version was None, now 2" in last(err)
+
+
+def test_a_changed_data_file_refuses_the_resume_and_an_older_state_still_resumes(tmp_path):
+    """The state held the data's paths only: a file rewritten between runs was searched on other text from the
+    resume on. A search.json written before the sizes were kept resumes on its paths alone."""
+    from ctxext.search import config_from
+    from ctxext.search.driver import write_state
+
+    cfg = config_from(512, samples=2)
+    info = {"model": MODEL, "data": ["/d.jsonl"], "data_files": [["/d.jsonl", 100]]}
+    write_state(tmp_path, cfg, info, resume=False)
+    write_state(tmp_path, cfg, info, resume=True)  # the same: accepted
+    with pytest.raises(CtxextError, match=r"data_files was \[\['/d.jsonl', 100\]\], now \[\['/d.jsonl', 180\]\]"):
+        write_state(tmp_path, cfg, {**info, "data_files": [["/d.jsonl", 180]]}, resume=True)
+    old = json.loads((tmp_path / "search.json").read_text())
+    del old["resume_keys"]["data_files"]
+    (tmp_path / "search.json").write_text(json.dumps(old))
+    write_state(tmp_path, cfg, info, resume=True)  # written before data_files: resumes on the paths

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CtxextError
+from .models.load import require_tokenizer
 from .scaling import Spec, check_fits, config_rope_fields, legacy_rope_fields, parse_spec
 from .scaling.spec import MAX_POSITIONS, effective_shape
 
@@ -214,18 +215,6 @@ def _source_folder(model: str) -> Path | None:
     return Path(src.path).resolve() if src.kind == "hf" else None
 
 
-def _check_tokenizer(model: str) -> None:
-    """The checkpoint ships the source's tokenizer and the stock-load check needs token ids: refuse a model folder
-    without one before any weights load (a GGUF file always carries its tokenizer)."""
-    from .models.load import TOKENIZER_FILES
-    from .models.names import resolve_source
-
-    src = resolve_source(model)
-    if src.kind == "hf" and not any((src.path / f).is_file() for f in TOKENIZER_FILES):
-        raise CtxextError(f"cannot export {model}: the folder has no tokenizer (none of {', '.join(TOKENIZER_FILES)}), "
-                          "which the checkpoint ships and the stock-load check needs; copy the model's tokenizer files in")
-
-
 def export(model: str, spec: Spec | str, out: str | Path, verify_tokens: int = VERIFY_TOKENS,
            overwrite: bool = False, max_len: int | None = None) -> dict[str, Any]:
     """Export `model` scaled by `spec` into `out`; return the results written to out/results.json. `max_len`: see
@@ -234,7 +223,7 @@ def export(model: str, spec: Spec | str, out: str | Path, verify_tokens: int = V
 
     _check_verify_tokens(verify_tokens)
     plan = plan_export(model, spec, max_len)  # every refusal happens here, before weights
-    _check_tokenizer(model)
+    require_tokenizer(model, "export", "the checkpoint ships it and the stock-load check needs token ids")
     _check_out(Path(out), overwrite, _source_folder(model))
     lm = load_model(model)
     apply_spec(lm, plan.spec)

@@ -111,7 +111,7 @@ def calibrate(args: argparse.Namespace, info: Any, shape: Any, own: dict[str, An
     from ..evals.reach import auto_windows, measure_break
     from ..fixtures import HELD_OUT_BOOK, books_dir
     from ..models import load_model
-    from ..models.load import resolve_device
+    from ..models.load import require_tokenizer, resolve_device
     from ..scaling import parse_spec
     from ..theory import Calibration, predicted_reach
 
@@ -122,6 +122,7 @@ def calibrate(args: argparse.Namespace, info: Any, shape: Any, own: dict[str, An
     if length <= shape.original_len:
         raise CtxextError(f"--calibrate-len {length} must be longer than the trained window ({shape.original_len})")
     data = [str(x) for x in (args.data or [books_dir() / HELD_OUT_BOOK])]
+    require_tokenizer(args.model, "calibrate", "the calibration needs to read its text")
     device = resolve_device(args.device)
     if device == "cpu":
         w = args.calibrate_windows or auto_windows(length)

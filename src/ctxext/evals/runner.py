@@ -180,6 +180,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     from .. import runinfo
     from ..data import data_files, document_count, load_documents
     from ..models import apply_spec, check_before_weights, load_model, model_info, resolve_device
+    from ..models.load import require_tokenizer
     from ..scaling import parse_spec
 
     log = log or _err
@@ -290,6 +291,8 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
             raise CtxextError(f"length {L:,} cannot fit in memory for {who}: it needs ≈ {fmt_bytes(need)} (weights "
                               f"{fmt_bytes(mc.weights())}), {fmt_bytes(free)} is available; drop that length or free "
                               "memory")
+    if lm is None and plan.cells:
+        require_tokenizer(model, "evaluate", "every task needs to write its prompts and read its text")
     _check_prompts(model if lm is None else lm.tokenizer, task_list, plan, settings, own_data)
     log(f"ctxext eval: {name} ({info.encoding}, trained length {info.trained_len:,}), {len(parsed)} spec(s) × "
         f"{len(task_list)} task(s) × {len(Ls)} length(s)" + (f" × {len(Ds)} depth(s)" if Ds else "") + f" -> {out}")

@@ -39,6 +39,15 @@ def load_tokenizer(path: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
 
 
+def require_tokenizer(name: str, command: str, why: str) -> None:
+    """Refuse, before any weights load, a model folder without tokenizer files (a GGUF file always carries one):
+    eval, search, train and synth-qa failed only after loading the weights, plan --calibrate with a traceback."""
+    src = resolve_source(name)
+    if src.kind == "hf" and not any((src.path / f).is_file() for f in TOKENIZER_FILES):
+        raise CtxextError(f"cannot {command} {name}: the folder has no tokenizer (none of {', '.join(TOKENIZER_FILES)})"
+                          f", which {why}; copy the model's tokenizer files in")
+
+
 def tokenizer_of(name: str) -> Any:
     """A model name's tokenizer without its weights (a GGUF not converted yet: read from the file), or None."""
     from .names import gguf_cache_dir, is_converted

@@ -323,7 +323,9 @@ def write_state(out: Path, config: SearchConfig, info: dict[str, Any], resume: b
     keys = {**config.resume_keys(), **info}
     if resume and path.is_file():
         old = json.loads(path.read_text()).get("resume_keys", {})
-        diff = [k for k in sorted(set(old) | set(keys)) if old.get(k) != keys.get(k)]
+        # data_files (names and sizes) came later: a search written before it resumes on its paths alone
+        diff = [k for k in sorted(set(old) | set(keys)) if old.get(k) != keys.get(k)
+                and not (k == "data_files" and k not in old)]
         if diff:
             k = diff[0]
             raise CtxextError(f"cannot resume the search in {out}: {k} was {old.get(k)!r}, now {keys.get(k)!r}; "

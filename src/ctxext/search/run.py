@@ -58,8 +58,13 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     files = data_files(data)  # missing paths fail now, before any weights
     out = Path(out)
     data_key = [str(f.resolve()) for f in files]
-    write_state(out, config, {"model": name, "data": data_key}, resume)
+    write_state(out, config, {"model": name, "data": data_key,
+                              "data_files": [[k, f.stat().st_size] for k, f in zip(data_key, files)]}, resume)
     state_cost(info, config, log, device)
+    if lm is None:
+        from ..models.load import require_tokenizer
+
+        require_tokenizer(model, "search", "the fitness needs to read the --data text")
 
     import torch
 

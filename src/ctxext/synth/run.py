@@ -221,6 +221,10 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
     if out.suffix != ".jsonl":
         raise CtxextError(f"--out must be a .jsonl file, got {out}")
     files = data_files(data)  # missing paths fail before any weights
+    if lm is None:
+        from ..models.load import require_tokenizer
+
+        require_tokenizer(settings.model, "write examples with", "its prompts and answers need")
     inside = [f for f in files if f.resolve() in {out.resolve(), *(p.resolve() for p in side_files(out))}]
     if inside or any(Path(p).is_dir() and Path(p).resolve() in out.resolve().parents for p in data):
         raise CtxextError(f"--out {out} lies in a --data folder: its examples and log would be read as documents "

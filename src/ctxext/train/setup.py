@@ -65,6 +65,7 @@ def plan_run(cfg: TrainConfig, rows_per_forward: int, bf16: bool, shards: int, m
     """Spec, export plan and memory estimate; every refusal that needs no weights happens here. `malloc_tuned`:
     a CPU run with ctxext.train.malloc's setting (the estimate's allocator and overhead terms depend on it)."""
     from ..export import plan_export
+    from ..models.load import require_tokenizer
     from ..models import model_info
 
     info = model_info(cfg.model)
@@ -74,6 +75,7 @@ def plan_run(cfg: TrainConfig, rows_per_forward: int, bf16: bool, shards: int, m
     spec = parse_spec(cfg.scaling)
     if cfg.mixed_window:
         spec = mixed_window_spec(spec, info.rope_shape, cfg.seq_len)
+    require_tokenizer(cfg.model, "train", "packing the --data text and the export need")
     export = plan_export(cfg.model, spec)  # a spec no stock config can express is refused before training
     if export.rope_parameters.get("rope_type") == "default" and cfg.seq_len > export.max_position_embeddings:
         # a default or abf rope trained past its window: the checkpoint says the length it was trained at (vLLM
