@@ -357,7 +357,8 @@ Exported by ctxext {results['meta']['ctxext']} from `{plan.model}` with the scal
 - trained context (original_max_position_embeddings): {plan.original_len}{override}
 - max_position_embeddings written: {plan.max_position_embeddings}
 - rope (transformers >= 5 `rope_parameters`; the same values are written as `rope_theta` + `rope_scaling`
-  for transformers 4.x; yarn needs >= 4.56, earlier releases take its ramp from max_position_embeddings):
+  for transformers 4.x; yarn needs >= 4.56: before 4.51 the ramp comes from max_position_embeddings, 4.51-4.55
+  take the factor as max_position_embeddings / original length and ignore `truncate`):
 
 ```json
 {rp}

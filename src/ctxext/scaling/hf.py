@@ -2,8 +2,9 @@
 
 Two schemas exist: transformers ≥ 5 reads `rope_parameters` (with rope_theta inside); 4.4x–4.5x read
 top-level `rope_theta` + `rope_scaling`. Export writes both; tests load exports with 5.x and with 4.57.1 and get
-ctxext's logits bit for bit. One exception by design: transformers before 4.56 computes YaRN's ramp from
-`max_position_embeddings`, which ctxext writes as the extended length (DESIGN.md), so yarn exports need ≥ 4.56.
+ctxext's logits bit for bit. One exception by design: yarn exports need ≥ 4.56. Before 4.51 transformers computes
+YaRN's ramp from `max_position_embeddings`, which ctxext writes as the extended length (DESIGN.md); 4.51–4.55 take
+the factor as max_position_embeddings / original length (off when factor × L is not whole) and ignore `truncate`.
 """
 
 from __future__ import annotations
