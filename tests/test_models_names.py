@@ -156,3 +156,29 @@ def test_resolve_device():
     else:
         with pytest.raises(CtxextError, match="GPU\\(s\\) visible"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_conversion_cache_housekeeping(tmp_path, monkeypatch):
+    """A converted folder that lost its weights is not taken as converted; a conversion killed before its rename
+    leaves a hidden folder that the next conversion drops once it is stale; the key names the transformers release."""
+    monkeypatch.setenv("CTXEXT_CACHE", str(tmp_path))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"x" * 10)
+    d = names.gguf_cache_dir(gguf)
+    d.mkdir(parents=True)
+    (d / names.SOURCE_FILE).write_text("{}")
+    (d / "config.json").write_text("{}")
+    assert not names.is_converted(d)  # no weights
+    (d / "model.safetensors").write_bytes(b"")
+    assert names.is_converted(d)
+    import importlib.metadata as md
+
+    real = md.version
+    monkeypatch.setattr(md, "version", lambda n: "9.9.9" if n == "transformers" else real(n))
+    assert names.gguf_cache_dir(gguf) != d  # another release reads the GGUF again
+    stale, live = d.parent / f".{d.name}-old", d.parent / f".{d.name}-now"
+    stale.mkdir()
+    live.mkdir()
+    os.utime(stale, (time.time() - 7 * 3600,) * 2)
+    names._drop_stale_partials(d.parent, d.name)
+    assert not stale.exists() and live.exists()  # a conversion running beside this one is left alone

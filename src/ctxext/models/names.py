@@ -102,14 +102,33 @@ def cache_root() -> Path:
 
 
 def gguf_cache_dir(gguf: Path) -> Path:
-    """Converted directory for a GGUF file, keyed by its resolved path, size and mtime."""
+    """Converted directory for a GGUF file, keyed by its resolved path, size and mtime and by the transformers
+    release that dequantizes it (an upgrade converts again rather than reuse another release's reading)."""
+    from importlib.metadata import version
+
     st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_root() / "gguf" / f"{gguf.stem}-{key}"
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}|{version('transformers')}".encode())
+    return cache_root() / "gguf" / f"{gguf.stem}-{key.hexdigest()[:16]}"
 
 
 def is_converted(d: Path) -> bool:
-    return (d / SOURCE_FILE).is_file() and (d / "config.json").is_file()
+    """A finished conversion: its marker, config and weights (a folder that lost its weights is converted again)."""
+    return all((d / f).is_file() for f in (SOURCE_FILE, "config.json")) and any(d.glob("*.safetensors"))
+
+
+STALE_SECONDS = 6 * 3600  # a partial conversion this old was killed (a live one takes a minute or two)
+
+
+def _drop_stale_partials(parent: Path, name: str) -> None:
+    """Folders of conversions killed before their rename (SIGKILL skips the cleanup): hundreds of MB each."""
+    import time
+
+    for d in parent.glob(f".{name}-*"):
+        try:
+            if d.is_dir() and time.time() - d.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def convert_gguf(gguf: Path) -> Path:
@@ -122,6 +141,7 @@ def convert_gguf(gguf: Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    _drop_stale_partials(out.parent, out.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         folder, file = str(gguf.parent), gguf.name
