@@ -160,3 +160,10 @@ def test_missing_weights_and_remote_code_are_refused(tmp_path):
     (remote / "configuration_mine.py").write_text("raise SystemExit('the folder's code ran')\n")
     with pytest.raises(CtxextError, match="needs the folder's own Python code .* never runs a model's code"):
         model_info(str(remote))
+
+
+def test_gptj_is_named_a_rope_model_ctxext_cannot_rescale():
+    """It was refused as 'uses neither RoPE nor ALiBi', which GPT-J does (rotary_dim, in its own attention code)."""
+    cfg = transformers.GPTJConfig(n_embd=64, n_head=4, n_layer=2, rotary_dim=16, **SMALL).to_dict()
+    with pytest.raises(CtxextError, match="model type 'gptj' rotates positions in its own attention code"):
+        info_from_config(cfg, "gptj", "gptj")

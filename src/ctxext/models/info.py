@@ -18,6 +18,7 @@ from .names import gguf_cache_dir, is_converted, offline, resolve_source
 
 ALIBI_DEFAULT_WINDOW = 2048  # BLOOM's training length, used when a BLOOM config does not name one
 NON_GATED_MLP = ("bloom", "gpt2", "gpt_neox", "gptj", "falcon", "mpt", "opt")
+OWN_ROTARY_CODE = ("gptj", "codegen")  # RoPE models whose rotation ctxext has no handle on
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,10 @@ def info_from_config(cfg: dict[str, Any], name: str, path: Path | str, n_params:
         encoding, shape = "alibi", None
         trained = int(_get(cfg, "max_position_embeddings", "seq_length", "n_positions", "max_seq_len",
                            default=ALIBI_DEFAULT_WINDOW))
+    elif model_type in OWN_ROTARY_CODE:
+        raise CtxextError(f"{name}: model type '{model_type}' rotates positions in its own attention code (interleaved "
+                          "pairs, no rotary module or rope config), which ctxext cannot rescale; it scales RoPE models "
+                          "with a rotary module and rope_theta (Llama, Mistral, Qwen2, Phi3, GPT-NeoX, ...)")
     else:
         try:
             shape = rope_shape_from_config(cfg)
