@@ -556,7 +556,7 @@ def test_the_checkpoint_takes_the_users_umask(tmp_path):
 @pytest.mark.parametrize("argv", [
     ["eval", "--task", "ppl", "--lengths", "128", "--samples", "1"],
     ["search", "--target", "512"],
-    ["train", "--scaling", "yarn:factor=2", "--seq-len", "128", "--steps", "1"],
+    ["train", "--scaling", "yarn:factor=2", "--seq-len", "128", "--steps", "1", "--no-eval"],
     ["synth-qa", "--out", "OUT/qa.jsonl"],
     ["plan", "--target", "1024", "--calibrate"],
 ])

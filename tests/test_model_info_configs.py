@@ -122,17 +122,24 @@ def test_the_estimate_counts_every_expert_and_falcons_shared_kv_head(make):
 
 
 def test_the_count_comes_from_the_weights_headers(tmp_path):
-    """Families the config formula misjudges (Phi-2 +30 %, StarCoder2 +37 %) are counted exactly from the files."""
-    cfg = transformers.Phi3Config(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_hidden_layers=2,
-                                  max_position_embeddings=256, vocab_size=96, pad_token_id=0, bos_token_id=1,
-                                  eos_token_id=2)
+    """Families the config formula misjudges (Phi-2 +30 %: here 82,240 for 70,944) are counted exactly from the
+    files transformers loads; a consolidated.safetensors beside them (Mistral's releases) is not counted again."""
+    import shutil
+
+    cfg = transformers.PhiConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_hidden_layers=2,
+                                 max_position_embeddings=256, vocab_size=96, bos_token_id=1, eos_token_id=2)
     model = transformers.AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(tmp_path / "m")
     from ctxext.models.info import counted_params
 
     real = sum(p.numel() for p in model.parameters())
+    assert estimate_params(cfg.to_dict()) != real  # the formula alone is off for this family
+    shutil.copy(tmp_path / "m" / "model.safetensors", tmp_path / "m" / "consolidated.safetensors")
     assert counted_params(tmp_path / "m") == real and model_info(str(tmp_path / "m")).n_params == real
     assert counted_params(tmp_path) is None  # no weights files
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")  # an index and its shards, each once
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
+    assert counted_params(tmp_path / "sharded") == real
 
 
 def test_missing_weights_and_remote_code_are_refused(tmp_path):
@@ -157,7 +164,7 @@ def test_missing_weights_and_remote_code_are_refused(tmp_path):
     remote.mkdir()
     (remote / "config.json").write_text(json.dumps({"model_type": "my_own_arch", "auto_map": {
         "AutoConfig": "configuration_mine.MyConfig"}, "hidden_size": 64}))
-    (remote / "configuration_mine.py").write_text("raise SystemExit('the folder's code ran')\n")
+    (remote / "configuration_mine.py").write_text('raise SystemExit("the folder\'s code ran")\n')
     with pytest.raises(CtxextError, match="needs the folder's own Python code .* never runs a model's code"):
         model_info(str(remote))
 
@@ -167,3 +174,16 @@ def test_gptj_is_named_a_rope_model_ctxext_cannot_rescale():
     cfg = transformers.GPTJConfig(n_embd=64, n_head=4, n_layer=2, rotary_dim=16, **SMALL).to_dict()
     with pytest.raises(CtxextError, match="model type 'gptj' rotates positions in its own attention code"):
         info_from_config(cfg, "gptj", "gptj")
+
+
+def test_a_tokenizer_that_needs_the_folders_code_is_refused_in_one_line(tmp_path):
+    """It ended in transformers' ValueError traceback after the weights had loaded."""
+    import json
+
+    from ctxext.models.load import load_tokenizer
+
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "MyTokenizer", "auto_map": {"AutoTokenizer": ["tokenization_mine.MyTokenizer", None]}}))
+    (tmp_path / "tokenization_mine.py").write_text('raise SystemExit("the folder\'s code ran")\n')
+    with pytest.raises(CtxextError, match="its tokenizer needs the folder's own Python code; ctxext never runs"):
+        load_tokenizer(tmp_path)

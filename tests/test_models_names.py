@@ -193,3 +193,18 @@ def test_a_local_folder_named_like_a_builtin_is_pointed_out(tmp_path, monkeypatc
     names.resolve_source("tiny-rope")
     err = capsys.readouterr().err
     assert err.count("note: 'tiny-rope' is ctxext's built-in model; for the folder ./tiny-rope here, pass ./tiny-rope") == 1
+
+
+def test_a_new_conversion_drops_the_earlier_ones_of_the_same_file(tmp_path, monkeypatch):
+    """The cache key names the transformers release: each upgrade converted again and left ~520 MB behind."""
+    monkeypatch.setenv("CTXEXT_CACHE", str(tmp_path))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"x")
+    out = names.gguf_cache_dir(gguf)
+    out.parent.mkdir(parents=True)
+    mine, other = out.parent / "m-0000", out.parent / "m-1111"
+    for d, src in ((mine, gguf), (other, tmp_path / "elsewhere" / "m.gguf")):
+        d.mkdir()
+        (d / names.SOURCE_FILE).write_text(json.dumps({"gguf": str(src.resolve())}))
+    names._drop_superseded(out, gguf)
+    assert not mine.exists() and other.exists()  # another file of the same name keeps its conversion

@@ -103,8 +103,14 @@ def counted_params(folder: Path) -> int | None:
     """The exact parameter count from the safetensors headers in `folder` (no weights read), or None."""
     import struct
 
-    total, files = 0, sorted(Path(folder).glob("*.safetensors"))
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    total = 0
     try:
+        # the files transformers loads: the index's shards, or model.safetensors (Mistral's releases also ship a
+        # consolidated.safetensors beside them, which a glob counted twice)
+        files = ([folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+                 if index.is_file() else [folder / "model.safetensors"])
         for f in files:
             with open(f, "rb") as fh:
                 (n,) = struct.unpack("<Q", fh.read(8))

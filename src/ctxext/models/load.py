@@ -36,7 +36,13 @@ def load_tokenizer(path: Path) -> Any:
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):  # a tokenizer class of the folder's own code (Yi's first release)
+            raise CtxextError(f"{path}: its tokenizer needs the folder's own Python code; ctxext never runs a "
+                              "model's code: give it a folder with a standard tokenizer") from None
+        raise
 
 
 def require_tokenizer(name: str, command: str, why: str) -> None:

@@ -124,6 +124,17 @@ def is_converted(d: Path) -> bool:
 STALE_SECONDS = 6 * 3600  # a partial conversion this old was killed (a live one takes a minute or two)
 
 
+def _drop_superseded(out: Path, gguf: Path) -> None:
+    """Earlier conversions of this same file (another size, mtime or transformers release): ~520 MB each, never read
+    again once a new one exists."""
+    for d in out.parent.glob(f"{gguf.stem}-*"):
+        try:
+            if d != out and json.loads((d / SOURCE_FILE).read_text()).get("gguf") == str(gguf.resolve()):
+                shutil.rmtree(d, ignore_errors=True)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
 def _drop_stale_partials(parent: Path, name: str) -> None:
     """Folders of conversions killed before their rename (SIGKILL skips the cleanup): hundreds of MB each."""
     import time
@@ -167,6 +178,7 @@ def convert_gguf(gguf: Path) -> Path:
             {"gguf": str(gguf.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}, indent=2) + "\n")
         if out.exists() and not is_converted(out):  # debris not written by ctxext's rename
             shutil.rmtree(out)
+        _drop_superseded(out, gguf)
         try:
             os.rename(tmp, out)
         except OSError:  # another process finished first
