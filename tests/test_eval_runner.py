@@ -664,3 +664,25 @@ def test_a_default_a_task_used_is_still_compared_on_resume(tmp_path, book):
     with pytest.raises(CtxextError, match=r"data files \(names and sizes\) differ: the same files in another order"):
         run_eval("tiny-rope", ["default"], ["ppl"], [512], samples=1, data=[data / "pg1342.txt", data / "pg84.txt"],
                  out=tmp_path / "p", resume=True, **quiet)
+
+
+def test_a_model_handed_in_is_handed_back_with_its_own_spec(book):
+    """run_eval left a LoadedModel with the last spec it evaluated applied (linear here), silently changing what
+    the caller's next forward computed."""
+    import torch
+
+    from ctxext.models import apply_spec, load_model
+
+    lm = load_model("tiny-rope")
+    apply_spec(lm, "yarn:factor=2")
+    ids = torch.arange(3, 300)[None]
+    with torch.inference_mode():
+        before = lm.model(ids).logits
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        run_eval(lm, ["default", "linear:factor=2"], ["ppl"], [256], samples=1, data=[book], out=d, progress=False,
+                 log=lambda m: None)
+    assert lm.spec.text == "yarn:factor=2"
+    with torch.inference_mode():
+        assert torch.equal(lm.model(ids).logits, before)

@@ -193,6 +193,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     spec_texts = list(dict.fromkeys(s.strip() for s in specs)) or ["default"]
     parsed = [parse_spec(s) for s in spec_texts]
     lm = None if isinstance(model, str) else model
+    given_spec = None if lm is None else lm.spec  # a model handed in is handed back with the spec it came with
     info = model_info(model) if lm is None else lm.info
     for s in parsed:
         check_before_weights(s, info)
@@ -317,6 +318,8 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
         if results.records:
             results.write()  # the merged meta too, not only when a cell finished: summary.md says the same
             _write_reports(out, results, info)
+        if not isinstance(model, str) and lm.spec is not given_spec:  # it held the last spec evaluated
+            apply_spec(lm, given_spec or parse_spec("default"))
     return results.as_dict()
 
 
