@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CtxextError
-from .models.load import require_tokenizer
 from .scaling import Spec, check_fits, config_rope_fields, legacy_rope_fields, parse_spec
 from .scaling.spec import MAX_POSITIONS, effective_shape
 
@@ -220,6 +219,7 @@ def export(model: str, spec: Spec | str, out: str | Path, verify_tokens: int = V
     """Export `model` scaled by `spec` into `out`; return the results written to out/results.json. `max_len`: see
     plan_export."""
     from .models import apply_spec, load_model
+    from .models.load import require_tokenizer
 
     _check_verify_tokens(verify_tokens)
     plan = plan_export(model, spec, max_len)  # every refusal happens here, before weights

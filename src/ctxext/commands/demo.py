@@ -36,10 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import main as cli_main
     from ..errors import CtxextError
     from ..evals import run_eval
+    from ..evals.files import write_json
     from ..fixtures import HELD_OUT_BOOK, books_dir
     from ..models import model_info
-
-    from ..evals.files import write_json
     from ..scaling import parse_spec
 
     t0 = time.time()

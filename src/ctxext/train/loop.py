@@ -69,9 +69,7 @@ def make_accelerator() -> Any:
     for accelerators (the CPU path serves the tests; it uses FSDP2 exactly as on GPU)."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
-    from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs
 
     cuda = torch.cuda.is_available()
     mp = "no"
@@ -264,9 +262,9 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
         from ..evals.cost import fmt_seconds
         from .evaluate import describe, estimate_seconds, evaluation_steps
 
-        n = len(evaluation_steps(cfg))
-        say(f"evaluation ({describe(cfg)}): ≈ {fmt_seconds(estimate_seconds(cfg))} each on this machine, {n} "
-            f"of them (steps {', '.join(map(str, evaluation_steps(cfg)[:6]))}{', …' if n > 6 else ''}); "
+        at = evaluation_steps(cfg)
+        say(f"evaluation ({describe(cfg)}): ≈ {fmt_seconds(estimate_seconds(cfg))} each on this machine, {len(at)} "
+            f"of them (steps {', '.join(map(str, at[:6]))}{', …' if len(at) > 6 else ''}); "
             "--no-eval or --passkey-trials to spend less")
     if (warning := warmup_warning(cfg.steps, cfg.warmup, cfg.peak_lr)) is not None:
         say(f"warning: {warning}")
