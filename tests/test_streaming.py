@@ -242,3 +242,22 @@ def test_prefix_reuse_gives_the_same_answers_at_the_trained_length(tmp_path):
         rows = [json.loads(x) for f in sorted((out / "answers").glob("*.jsonl")) for x in f.read_text().splitlines()]
         answers.append([(r["depth"], r["trial"], r["answer"], r["correct"]) for r in rows])
     assert answers[0] == answers[1] and len(answers[0]) == 4
+
+
+def test_eviction_drops_the_cached_contiguous_keys_too():
+    """evict cleared an attribute nothing sets ('_key_half'), leaving rotated_keys' cached copy ('_key') with the
+    evicted slots: a later rotation in the same call would have used keys eviction dropped."""
+    from types import SimpleNamespace
+
+    from ctxext.models.attention import AttnCall
+    from ctxext.models.streaming import StreamingPlan
+
+    plan = StreamingPlan.__new__(StreamingPlan)
+    plan.sinks, plan.window, plan.memo = 1, 2, {}
+    call = AttnCall.__new__(AttnCall)
+    call.query, call.value = torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 6, 4)
+    call.key = torch.arange(6.0).view(1, 1, 6, 1).expand(1, 1, 6, 4)
+    call.k_pos, call.cache, call.module = torch.arange(6)[None], None, SimpleNamespace(layer_idx=0)
+    call._key = call.key.contiguous()
+    plan.evict(call)
+    assert "_key" not in call.__dict__ and call.key.shape[-2] == 3

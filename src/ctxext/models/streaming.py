@@ -62,7 +62,7 @@ class StreamingPlan(PositionPlan):
         keep = lambda x: torch.cat([x[:, :, :S], x[:, :, cut:]], dim=2)  # noqa: E731
         call.key, call.value = keep(call.key), keep(call.value)
         call.k_pos = torch.cat([call.k_pos[:, :S], call.k_pos[:, cut:]], dim=1)
-        call.__dict__.pop("_key_half", None)
+        call.__dict__.pop("_key", None)  # the contiguous copy rotated_keys caches holds the dropped slots
         if call.cache is None:  # a no-cache forward: nothing to free
             return
         idx = call.module.layer_idx
