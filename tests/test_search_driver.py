@@ -82,10 +82,16 @@ def test_other_seed_other_path(tmp_path):
 def test_config_errors():
     with pytest.raises(CtxextError, match=r"--budget 8 is smaller than --population 16"):
         SearchConfig(target=1024, budget=8, population=16).check(256)
+    with pytest.raises(CtxextError, match=r"--population must be >= 4 \(one member per seed: pi, ntk, yarn, longrope2\), got 3"):
+        SearchConfig(target=1024, budget=30, population=3).check(256)  # LongRoPE2's own seed was dropped silently
     with pytest.raises(CtxextError, match=r"--target 256 is not past the trained window \(256 tokens\)"):
         SearchConfig(target=256).check(256)
     assert SearchConfig(target=1024, samples=10).resolved_rungs(256) == (Rung(512, 5), Rung(1024, 10))
-    assert SearchConfig(target=300, samples=1).resolved_rungs(256) == (Rung(257, 1), Rung(300, 1))
+    # s <= 2: midway past the window (257, one token past it, ranked candidates against the full rung)
+    assert SearchConfig(target=300, samples=1).resolved_rungs(256) == (Rung(278, 1), Rung(300, 1))
+    assert SearchConfig(target=512, samples=4).resolved_rungs(256) == (Rung(384, 2), Rung(512, 4))
+    assert SearchConfig(target=16384, samples=2).resolved_rungs(8192) == (Rung(12288, 1), Rung(16384, 2))
+    assert SearchConfig(target=257, samples=2).resolved_rungs(256) == (Rung(257, 2),)
 
 
 def test_guard_bisects_the_attention_cap():

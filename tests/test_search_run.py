@@ -353,3 +353,12 @@ def test_a_changed_data_file_refuses_the_resume_and_an_older_state_still_resumes
     del old["resume_keys"]["data_files"]
     (tmp_path / "search.json").write_text(json.dumps(old))
     write_state(tmp_path, cfg, info, resume=True)  # written before data_files: resumes on the paths
+
+
+def test_a_proxy_rung_the_data_cannot_serve_is_refused_before_any_evaluation(parts_jsonl, tmp_path, capsys):
+    """It was checked at the target only: the guard and the whole first generation ran before the proxy failed,
+    and a --resume with corrected rungs is refused, so that work was lost."""
+    args = [("384:500" if a == "384:1" else a) for a in SMALL]
+    code, err = run_cli([*args, "--fitness", "ppl", "--data", str(parts_jsonl), "--out", str(tmp_path / "s")], capsys)
+    assert code == 2 and "--rung 384:500: search data gives" in err
+    assert not (tmp_path / "s" / "history.jsonl").exists()

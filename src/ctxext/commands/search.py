@@ -1,7 +1,9 @@
 """`ctxext search`: LongRoPE2-style evolutionary search of per-pair RoPE rescale factors for a target length.
 
-Seeds from PI, NTK and YaRN; pairs below the critical pair NTK-like (free to move: the real critical dimension is
-searched), pairs at or above it in [s, 2s]; non-decreasing factors on a 0.01 grid. Children are scored on cheap
+Seeds from PI, NTK, YaRN and LongRoPE2 (NTK-like pairs below the critical pair, s from it on). By default the pairs
+below the critical pair are searched freely in [1, 2s] (the real critical dimension is found by the search, as in
+LongRoPE; --fixed-critical pins them to LongRoPE2's s^(i/c)), pairs at or above it in [s, 2s]; non-decreasing
+factors on a 0.01 grid. Children are scored on cheap
 proxies (half the length, half the samples) first and only the promising ones at full cost (successive halving).
 Cost is counted in full-length-evaluation equivalents.
 

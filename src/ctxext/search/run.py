@@ -75,6 +75,11 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     docs = load_documents(data, lm.tokenizer)
     prefix = special_prefix(lm.tokenizer)
     check_data(docs, config.target, config.fitness, config.samples, prefix)
+    for r in rungs[:-1]:  # a proxy rung asking more passages than the data holds failed after the first generation
+        try:
+            check_data(docs, r.length, config.fitness, r.samples, prefix)
+        except CtxextError as e:
+            raise CtxextError(f"--rung {r.length}:{r.samples}: {e}") from None
 
     scale = config.target / shape.original_len
     ev = Evaluator(lm, docs, config.fitness, config.target, config.samples, config.seed, scratch=out)

@@ -13,6 +13,9 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
+SEEDS = ("pi", "ntk", "yarn", "longrope2")  # seed_candidates' names, in the order the population takes them
+
+
 def seed_candidates(space: Space, shape: RopeShape) -> dict[str, Candidate]:
     """name -> seed. YaRN keeps its own attention factor when m is searched; otherwise every candidate uses the
     space's m (METHODS.md: LongRoPE's sqrt(1 + ln s / ln L))."""
