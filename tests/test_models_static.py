@@ -116,3 +116,12 @@ def test_original_length_override_is_used():
     assert (got - want).abs().max().item() < 1e-5
     apply_spec(lm, parse_spec("yarn:factor=4"))
     assert (logits(model, ids) - got).abs().max().item() > 1e-3
+
+
+def test_tiny_config_overrides_reach_what_they_derive():
+    """Overrides were set after the config was built: Qwen2's use_sliding_window / max_window_layers left its layer
+    types all full attention, so a 'mixed layers' model built so tested nothing of the kind."""
+    from ctxext.models.tiny import tiny_config
+
+    cfg = tiny_config("qwen2", use_sliding_window=True, sliding_window=32, max_window_layers=1)
+    assert cfg.layer_types == ["full_attention", "sliding_attention"]

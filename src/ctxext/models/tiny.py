@@ -15,6 +15,8 @@ WINDOW = 64
 
 
 def tiny_config(arch: str, **overrides: Any):
+    """The tiny config of `arch`, `overrides` passed to its constructor (set afterwards, settings that derive others,
+    such as Qwen2's use_sliding_window and its layer types, did not take effect)."""
     import transformers as tf
 
     rope = {"rope_type": "default", "rope_theta": 10000.0}
@@ -22,24 +24,22 @@ def tiny_config(arch: str, **overrides: Any):
                   num_key_value_heads=2, max_position_embeddings=WINDOW, tie_word_embeddings=False,
                   initializer_range=0.1, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if arch == "llama":
-        cfg = tf.LlamaConfig(**common, head_dim=16, rope_parameters=rope)
+        cls, kw = tf.LlamaConfig, dict(common, head_dim=16, rope_parameters=rope)
     elif arch == "mistral":
-        cfg = tf.MistralConfig(**common, head_dim=16, rope_parameters=rope, sliding_window=None)
+        cls, kw = tf.MistralConfig, dict(common, head_dim=16, rope_parameters=rope, sliding_window=None)
     elif arch == "qwen2":
-        cfg = tf.Qwen2Config(**common, rope_parameters=rope)
+        cls, kw = tf.Qwen2Config, dict(common, rope_parameters=rope)
     elif arch == "qwen3":
-        cfg = tf.Qwen3Config(**common, head_dim=16, rope_parameters=rope)
+        cls, kw = tf.Qwen3Config, dict(common, head_dim=16, rope_parameters=rope)
     elif arch == "phi3":  # partial rotary: 8 of 16 channels per head rotate
-        cfg = tf.Phi3Config(**common, rope_parameters={**rope, "partial_rotary_factor": 0.5},
-                            original_max_position_embeddings=WINDOW)
+        cls, kw = tf.Phi3Config, dict(common, rope_parameters={**rope, "partial_rotary_factor": 0.5},
+                                      original_max_position_embeddings=WINDOW)
     elif arch == "bloom":
-        cfg = tf.BloomConfig(vocab_size=96, hidden_size=64, n_layer=2, n_head=4, initializer_range=0.1,
-                             seq_length=WINDOW, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        cls, kw = tf.BloomConfig, dict(vocab_size=96, hidden_size=64, n_layer=2, n_head=4, initializer_range=0.1,
+                                       seq_length=WINDOW, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     else:
         raise ValueError(f"unknown tiny arch {arch!r}; choose from {ARCHS}")
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    return cfg
+    return cls(**{**kw, **overrides})
 
 
 def tiny_model(arch: str, seed: int = 0, attn: str = "sdpa", **overrides: Any):
