@@ -362,3 +362,11 @@ def test_a_proxy_rung_the_data_cannot_serve_is_refused_before_any_evaluation(par
     code, err = run_cli([*args, "--fitness", "ppl", "--data", str(parts_jsonl), "--out", str(tmp_path / "s")], capsys)
     assert code == 2 and "--rung 384:500: search data gives" in err
     assert not (tmp_path / "s" / "history.jsonl").exists()
+
+
+def test_a_proxy_rung_dearer_than_the_full_one_is_refused(parts_jsonl, tmp_path, capsys):
+    """`--rung 384:8 --rung 512:2` was accepted: every child paid more on the 'cheap' proxy than a full evaluation."""
+    args = [("384:8" if a == "384:1" else a) for a in SMALL]
+    code, err = run_cli([*args, "--data", str(parts_jsonl), "--out", str(tmp_path / "s")], capsys)
+    assert code == 2 and "--rung 384:8 costs" in err and "not less than the full rung's 1" in err
+    assert not (tmp_path / "s" / "history.jsonl").exists()

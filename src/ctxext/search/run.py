@@ -85,6 +85,11 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     ev = Evaluator(lm, docs, config.fitness, config.target, config.samples, config.seed, scratch=out)
     guard, guard_cost = None, 0.0
     full_cost = ev.cost(config.target, config.samples)
+    for r in rungs[:-1]:  # a proxy is a cheaper first look: one dearer than the full rung makes halving cost more
+        if ev.cost(r.length, r.samples) >= full_cost:
+            raise CtxextError(f"--rung {r.length}:{r.samples} costs {ev.cost(r.length, r.samples):.3g} full-length "
+                              f"evaluations, not less than the full rung's {full_cost:.3g}: give proxy rungs fewer "
+                              "tokens or samples")
     config.check_first_generation(0.0, reference_cost(ev, rungs), full_cost)  # clearly short: before the guard runs
     if config.short_tolerance is not None:
         wide = make_space(shape.n_pairs, scale, c, shape.original_len, search_attention=config.search_attention)
