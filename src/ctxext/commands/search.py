@@ -3,9 +3,9 @@
 Seeds from PI, NTK, YaRN and LongRoPE2 (NTK-like pairs below the critical pair, s from it on). By default the pairs
 below the critical pair are searched freely in [1, 2s] (the real critical dimension is found by the search, as in
 LongRoPE; --fixed-critical pins them to LongRoPE2's s^(i/c)), pairs at or above it in [s, 2s]; non-decreasing
-factors on a 0.01 grid. Children are scored on cheap
-proxies (half the length, half the samples) first and only the promising ones at full cost (successive halving).
-Cost is counted in full-length-evaluation equivalents.
+factors on a 0.01 grid. Children are scored on cheap proxies (half the length, or midway between window and target
+when half is not past the window; half the samples) first and only the promising ones at full cost (successive
+halving). Cost is counted in full-length-evaluation equivalents.
 
 Writes DIR/best.json (a longrope spec: `--scaling DIR/best.json`, `ctxext export`), DIR/history.jsonl (every
 evaluation), DIR/results.json, DIR/summary.md, DIR/factors.png and DIR/fitness_vs_cost.png, and the state --resume
@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="needle trials or ppl passages of one full evaluation (default 10)")
     p.add_argument("--rung", action="append", default=None, metavar="LENGTH:SAMPLES",
                    help="successive-halving rungs, cheapest first, the last = TARGET:SAMPLES "
-                        "(default: TARGET/2:SAMPLES/2 then TARGET:SAMPLES)")
+                        "(default: TARGET/2:SAMPLES/2 then TARGET:SAMPLES; for TARGET <= 2x the window the proxy "
+                        "sits midway between window and target)")
     p.add_argument("--seed", type=int, default=0, help="seed of the search and of the needles (default 0)")
     p.add_argument("--fixed-critical", action="store_true",
                    help="pin the pairs below the theoretical critical pair to NTK-like factors (do not search it)")
