@@ -263,6 +263,11 @@ def documents_at_least(docs: list[Document], n_tokens: int) -> tuple[list[Docume
     return long, [d for d in docs if len(d) < n_tokens]
 
 
+def files_key(files: Iterable[Path]) -> list[list]:
+    """[resolved path, size] per data file: what a resume compares (a book added, removed or rewritten)."""
+    return [[str(Path(f).resolve()), Path(f).stat().st_size] for f in files]
+
+
 def files_change(old: list, new: list) -> str:
     """How two [path, size] lists of data files differ, in a few words (for a refused resume)."""
     a, b = {tuple(x) for x in old}, {tuple(x) for x in new}
@@ -272,8 +277,13 @@ def files_change(old: list, new: list) -> str:
     return ", ".join(parts) or "the same files in another order (documents are taken in order)"
 
 
-def document_count(files: Iterable[Path]) -> int:
+def document_count(files: Iterable[Path], enough: int | None = None) -> int:
     """How many documents `files` hold at most, without tokenizing: one per text file, one per non-blank JSONL line
-    (a line whose text is empty is dropped when read)."""
-    return sum(sum(1 for line in jsonl_lines(f) if line.strip()) if f.suffix.lower() in JSONL_SUFFIXES else 1
-               for f in files)
+    (a line whose text is empty is dropped when read). Stops reading once `enough` are found (a large corpus is
+    read again when loaded)."""
+    n = 0
+    for f in files:
+        n += sum(1 for line in jsonl_lines(f) if line.strip()) if f.suffix.lower() in JSONL_SUFFIXES else 1
+        if enough is not None and n >= enough:
+            break
+    return n

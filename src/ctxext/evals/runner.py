@@ -178,7 +178,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     import torch
 
     from .. import runinfo
-    from ..data import data_files, document_count, load_documents
+    from ..data import data_files, document_count, files_key, load_documents
     from ..models import apply_spec, check_before_weights, load_model, model_info, resolve_device
     from ..models.load import require_tokenizer
     from ..scaling import parse_spec
@@ -202,7 +202,8 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
     if needs and not data:
         raise CtxextError(f"task {', '.join(needs)} needs --data (text files, folders or .jsonl with long documents)")
     files = data_files(data) if needs else []  # missing paths fail now, before any weights
-    n_docs = document_count(files)
+    wanted = [samples or t.default_samples for t in task_list if t.samples_are_documents]
+    n_docs = document_count(files, enough=max(wanted)) if wanted else 0  # only a ppl estimate reads it
     readers = [t.name for t in task_list if t.read_data is not None]
     streams = any(t.needs_data and t.read_data is None for t in task_list)
     if readers and streams:  # one --data serves both kinds: QA files are no text, and the other way round
@@ -236,7 +237,7 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
                    "data": [str(Path(p).resolve()) for p in data] if needs else None,
                    # the files behind it, by name and size: a book added to a --data folder between runs put
                    # other documents beside the old cells in one table
-                   "data_files": [[str(f.resolve()), f.stat().st_size] for f in files] if needs else None}
+                   "data_files": files_key(files) if needs else None}
     assert set(resume_keys) == set(RESUME_KEYS)
     acting = {"model", "dtype", "seed", "data", "data_files"} | {o for t in task_list for o in t.options
                                                                   if o in RESUME_KEYS}

@@ -29,7 +29,7 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     results dict written to out/results.json. `device`: where a model loaded by name runs (auto: the GPU when
     one is visible)."""
     from .. import runinfo
-    from ..data import data_files, load_documents, special_prefix
+    from ..data import data_files, files_key, load_documents, special_prefix
     from ..evals.scoring import device_of
     from ..models import load_model, model_info, resolve_device
     from ..theory import critical_dim
@@ -58,8 +58,7 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
     files = data_files(data)  # missing paths fail now, before any weights
     out = Path(out)
     data_key = [str(f.resolve()) for f in files]
-    write_state(out, config, {"model": name, "data": data_key,
-                              "data_files": [[k, f.stat().st_size] for k, f in zip(data_key, files)]}, resume)
+    write_state(out, config, {"model": name, "data": data_key, "data_files": files_key(files)}, resume)
     state_cost(info, config, log, device)
     if lm is None:
         from ..models.load import require_tokenizer

@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ..data import files_change
+from ..data import files_change, files_key
 from ..errors import CtxextError
 from . import checkpoint as ckpt
 from . import doc_attention
@@ -123,7 +123,7 @@ def resolved_settings(cfg: TrainConfig, spec: Any, rows_per_step: int, files: li
     what = {k: v for k, v in spec.to_dict().items() if k != "meta"}  # a search's best.json rewritten with new figures
     return {"spec": what, "peak_lr": cfg.peak_lr, "tokens_per_step": rows_per_step * cfg.seq_len,
             "explicit_batch": cfg.batch_tokens is not None,
-            "data_files": [[str(f), f.stat().st_size] for f in files]}
+            "data_files": files_key(files)}
 
 
 def _resume_diff(before: dict[str, Any], cfg: TrainConfig, old: dict[str, Any] | None,
