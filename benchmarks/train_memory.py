@@ -177,12 +177,10 @@ def merge_runs(new: list[dict], old: list[dict]) -> list[dict]:
 
 
 def check_same_setup(prev_meta: dict, model: str, scaling: str) -> None:
-    """--add merges rows by length and variant, and the table heads them with one model: refuse a results file of
-    another model or scaling."""
-    there = (prev_meta.get("model"), prev_meta.get("scaling"))
-    if there != (model, scaling):
-        raise SystemExit(f"the results file holds {there[0]} with {there[1]}, this run {model} with {scaling}: "
-                         "give it its own --out (or the same --model and --scaling)")
+    """--add merges rows by length and variant under one model: refuse a file of another model or scaling."""
+    from ctxext.runinfo import refuse_other_setup
+
+    refuse_other_setup([prev_meta], {"model": model, "scaling": scaling})
 
 
 def current_estimate(model: str, scaling: str, length: int, variant: str) -> float:

@@ -197,18 +197,12 @@ def results_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-SAME_SETUP = ("model", "scaling")  # the table states one of each: rows of another run must share them
-
-
 def check_same_setup(meta: dict, old: dict) -> None:
-    """Refuse to merge this run into a file whose runs trained another model or scaling (the rows are keyed by
-    length and variant only, and the README heads them all with one model): such a run needs its own --out."""
-    metas = [m for m in (old.get("run_meta") or {}).values()] or ([old["meta"]] if old.get("meta") else [])
-    for m in metas:
-        differ = [f"{k} {m.get(k)!r} there, {meta.get(k)!r} here" for k in SAME_SETUP if m.get(k) != meta.get(k)]
-        if differ:
-            raise SystemExit(f"the results file holds runs of another setup ({'; '.join(differ)}): give this run "
-                             "its own --out")
+    """Refuse to merge this run into a file whose runs trained another model or scaling (its rows are keyed by length
+    and variant only)."""
+    from ctxext.runinfo import refuse_other_setup
+
+    refuse_other_setup(list((old.get("run_meta") or {}).values()) or ([old["meta"]] if old.get("meta") else []), meta)
 
 
 def merge_results(rows: list[dict], meta: dict, run_id: str, old: dict | None) -> dict:

@@ -59,3 +59,13 @@ def override_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace,
             continue
         if given is not None or getattr(args, key) == parser.get_default(key):
             setattr(args, key, value)
+
+
+def refuse_other_setup(earlier: list[dict], now: dict, keys: tuple[str, ...] = ("model", "scaling")) -> None:
+    """A benchmark merging its rows into a results file (keyed by length and variant, headed by one model in the
+    README): refuse, as a one-line exit, a file whose runs had another model or scaling."""
+    for m in earlier:
+        differ = [f"{k} {m.get(k)!r} there, {now.get(k)!r} here" for k in keys if m.get(k) != now.get(k)]
+        if differ:
+            raise SystemExit(f"the results file holds runs of another setup ({'; '.join(differ)}): give this run its "
+                             "own --out (or the same --model and --scaling)")
