@@ -314,3 +314,30 @@ def test_sliding_window_models_score_as_without_prefix_reuse(tiny, window):
     for a, b in zip(shared, alone):
         np.testing.assert_allclose(a.nll, b.nll, rtol=1e-4, atol=1e-5)
         assert (a.correct, a.tokens) == (b.correct, b.tokens)
+
+
+def test_an_attention_that_tests_for_sdpa_itself_keeps_stock_sdpa(tiny):
+    """Falcon compares `_attn_implementation == "sdpa"` in its own forward: under ctxext's attention name it took its
+    eager branch and added the boolean mask as a bias, so early logits moved when only later tokens changed (3.25
+    on a tiny random Falcon) and prefix reuse crashed. Such models keep stock SDPA; interface models are switched."""
+    import transformers as tf
+
+    from ctxext.evals.attention import NAME, dispatches
+
+    torch.manual_seed(0)
+    cfg = tf.FalconConfig(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_kv_heads=2,
+                          alibi=False, new_decoder_architecture=True, max_position_embeddings=64)
+    cfg._attn_implementation = "sdpa"
+    model = tf.AutoModelForCausalLM.from_config(cfg).eval()
+    ids = torch.randint(3, 96, (1, 80), generator=torch.Generator().manual_seed(1))
+    later = ids.clone()
+    later[0, 40:] = (later[0, 40:] + 7) % 96
+    with torch.inference_mode():
+        stock = model(ids).logits
+        with fast_attention(model):
+            assert model.config._attn_implementation == "sdpa"
+            got, moved = model(ids).logits, model(later).logits
+    assert not dispatches(model) and dispatches(tiny.model)
+    assert torch.equal(got, stock) and torch.equal(got[:, :40], moved[:, :40])
+    with fast_attention(tiny.model):
+        assert tiny.model.config._attn_implementation == NAME

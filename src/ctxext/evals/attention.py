@@ -153,11 +153,31 @@ def _set(model: Any, name: str) -> None:
             cfg._attn_implementation = name
 
 
+_DISPATCHES: dict[type, bool] = {}
+
+
+def dispatches(model: Any) -> bool:
+    """Does every attention layer of `model` reach SDPA through transformers' attention interface? Some (Falcon)
+    test `_attn_implementation == "sdpa"` themselves: under another name they take their eager branch, which adds
+    the boolean mask ctxext's mask function returns instead of masking with it (future tokens leak in)."""
+    import inspect
+
+    kinds = {type(m) for m in model.modules() if type(m).__name__.endswith("Attention")}
+    for kind in kinds - _DISPATCHES.keys():
+        try:
+            src = inspect.getsource(kind)
+        except (OSError, TypeError):  # no source (compiled, dynamic): do not guess
+            src = ""
+        _DISPATCHES[kind] = "ALL_ATTENTION_FUNCTIONS" in src and '"sdpa"' not in src
+    return bool(kinds) and all(_DISPATCHES[k] for k in kinds)
+
+
 @contextmanager
 def fast_attention(model: Any) -> Iterator[None]:
-    """Use the mask-free causal attention inside the block for a model that runs on SDPA; others unchanged."""
+    """Use the mask-free causal attention inside the block for a model that runs on SDPA through transformers'
+    attention interface; others unchanged."""
     before = getattr(model.config, "_attn_implementation", None)
-    if before != "sdpa":
+    if before != "sdpa" or not dispatches(model):
         yield
         return
     register()
