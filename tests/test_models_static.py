@@ -14,7 +14,7 @@ from ctxext.models.rope import ScaledRotary
 from ctxext.models.tiny import tiny_model
 from ctxext.scaling import REGISTRY, hf_rope_fields, parse_spec
 
-ARCHS = ["llama", "mistral", "qwen2", "qwen3", "phi3"]
+ARCHS = ["llama", "mistral", "qwen2", "qwen3", "phi3", "cohere"]
 STATIC = ["linear:factor=2", "ntk:factor=4", "abf:base=500", "yarn:factor=4", "yarn:factor=8,beta_fast=16",
           "llama3:factor=4", "ntk-by-parts:factor=4"]
 SEQ = 150  # > 2 × the window of 64: both interpolated and extrapolated positions
@@ -66,6 +66,19 @@ def test_static_methods_match_stock_transformers(arch):
     apply_spec(lm, parse_spec("default"))
     assert torch.equal(logits(model, ids), before)
     assert type(find_rotary(model)[2]).__name__.endswith("RotaryEmbedding")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_models_own_base_changes_nothing(arch):
+    """abf at the base the model was trained with is the model as loaded, in whichever layout its rotary module
+    writes its tables (Cohere interleaves them: ctxext's half-by-half tables moved its logits by 0.36)."""
+    model = tiny_model(arch)
+    lm = wrap_model(model)
+    ids = torch.randint(3, 96, (1, SEQ), generator=torch.Generator().manual_seed(2))
+    before = logits(model, ids)
+    apply_spec(lm, parse_spec(f"abf:base={model.config.rope_parameters['rope_theta']:g}"))
+    assert isinstance(find_rotary(model)[2], ScaledRotary)
+    assert torch.equal(logits(model, ids), before)
 
 
 def test_partial_rotary_leaves_pass_through_channels():

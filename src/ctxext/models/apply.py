@@ -29,7 +29,7 @@ from .alibi import alibi_base_model, patch_alibi
 from .attention import SUPPORTED_MODEL_TYPES, attention_modules, make_plan, patch_attention, sliding_window
 from .info import ModelInfo
 from .load import LoadedModel
-from .rope import ScaledRotary
+from .rope import ScaledRotary, interleaved_tables
 from .stock_rope import OWN_LENGTH_DEPENDENT, checkpoint_freqs, own_rope_refusal, own_window, stock_freqs
 
 Installer = Callable[[], Callable[[], None]]  # installs a patch, returns its undo
@@ -136,7 +136,7 @@ def _rope_installer(lm: LoadedModel, spec: Spec) -> Installer | None:
         freqs = plan.resolved(plan.bucket(plan.L))
     else:  # the float32 rounding stock transformers will use for the exported checkpoint (see stock_rope)
         freqs = stock_freqs(lm.model.config, spec, freqs)
-    rotary = ScaledRotary(freqs, base, plan).to(device)
+    rotary = ScaledRotary(freqs, base, plan, interleaved_tables(current)).to(device)
 
     def install() -> Callable[[], None]:
         original = getattr(parent, attr)

@@ -61,10 +61,31 @@ def half_tables(position_ids: torch.Tensor, f: TorchFreqs,
     return cos.to(dtype), sin.to(dtype)
 
 
-def cos_sin(position_ids: torch.Tensor, f: TorchFreqs, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin), each (B, S, rotary_dim), for integer positions (B, S) — transformers' formula and layout."""
+def cos_sin(position_ids: torch.Tensor, f: TorchFreqs, dtype: torch.dtype,
+            interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each (B, S, rotary_dim), for integer positions (B, S) — transformers' formula and layout:
+    the pair columns twice over (c0 c1 .. c0 c1 ..), or each twice in place (c0 c0 c1 c1 ..) for models that rotate
+    adjacent channels (Cohere, Command-R)."""
     cos, sin = half_tables(position_ids, f, dtype)
+    if interleaved:
+        return cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
     return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+
+
+@torch.no_grad()
+def interleaved_tables(module: nn.Module) -> bool:
+    """Does a stock rotary module lay its tables out pair by pair (c0 c0 c1 c1 ..) rather than half by half
+    (c0 c1 .. c0 c1 ..)? Read from its output at positions 1-3, whatever its frequencies or scale."""
+    if isinstance(module, ScaledRotary):
+        return module.interleaved
+    device = module.inv_freq.device
+    try:
+        cos, _ = module(torch.zeros(1, 1, 1, device=device), torch.arange(1, 4, device=device)[None])
+    except (TypeError, RuntimeError, ValueError):  # another forward signature: transformers' usual layout
+        return False
+    h = cos.shape[-1] // 2
+    pairs = torch.equal(cos[..., 0::2], cos[..., 1::2])
+    return pairs and not torch.equal(cos[..., :h], cos[..., h:])
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -104,8 +125,9 @@ class ScaledRotary(nn.Module):
     frequencies for the current forward, and the output is a `PlannedRope` for the patched attention.
     """
 
-    def __init__(self, freqs: RopeFreqs, base_inv_freq: np.ndarray, plan: Any = None):
+    def __init__(self, freqs: RopeFreqs, base_inv_freq: np.ndarray, plan: Any = None, interleaved: bool = False):
         super().__init__()
+        self.interleaved = interleaved  # the replaced module's table layout (see cos_sin)
         f = TorchFreqs.of(freqs, base_inv_freq)
         # non-persistent: the state dict (and save_pretrained) stays exactly the stock one
         self.register_buffer("inv_freq", f.inv_freq, persistent=False)
@@ -116,14 +138,14 @@ class ScaledRotary(nn.Module):
 
     def extra_repr(self) -> str:
         kind = type(self.plan).__name__ if self.plan is not None else "static"
-        return f"pairs={self.inv_freq.numel()}, attention_scaling={self.attention_scaling:.6g}, " \
+        return f"pairs={self.inv_freq.numel()}, interleaved={self.interleaved}, attention_scaling={self.attention_scaling:.6g}, " \
                f"start_tokens={self.start_tokens}, plan={kind}"
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, *args: Any, **kwargs: Any):
         if self.plan is None:
             f = TorchFreqs(self.inv_freq, self.attention_scaling, self.start_tokens, self.base_inv_freq)
-            return cos_sin(position_ids, f, x.dtype)
+            return cos_sin(position_ids, f, x.dtype, self.interleaved)
         seq_len = int(position_ids.max()) + 1
         f = self.plan.freqs(self.plan.bucket(seq_len), x.device)
         cos, sin = cos_sin(position_ids, f, x.dtype)

@@ -1,4 +1,4 @@
-"""Tiny random models from configs (Llama, Mistral, Qwen2, Qwen3, Phi3, BLOOM) for tests and smoke runs.
+"""Tiny random models from configs (Llama, Mistral, Qwen2, Qwen3, Phi3, Cohere, BLOOM) for tests and smoke runs.
 
 hidden 64, 2 layers, 4 heads (2 KV heads), head_dim 16, vocab 96, window 64: "past the window" is cheap.
 `init_std` is larger than transformers' 0.02 so attention is sharp enough for position changes to show.
@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-ARCHS = ("llama", "mistral", "qwen2", "qwen3", "phi3", "bloom")
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "phi3", "cohere", "bloom")
 WINDOW = 64
 
 
@@ -34,6 +34,8 @@ def tiny_config(arch: str, **overrides: Any):
     elif arch == "phi3":  # partial rotary: 8 of 16 channels per head rotate
         cls, kw = tf.Phi3Config, dict(common, rope_parameters={**rope, "partial_rotary_factor": 0.5},
                                       original_max_position_embeddings=WINDOW)
+    elif arch == "cohere":  # rotates adjacent channels: its cos/sin tables are interleaved, not two halves
+        cls, kw = tf.CohereConfig, dict(common, rope_parameters=rope)
     elif arch == "bloom":
         cls, kw = tf.BloomConfig, dict(vocab_size=96, hidden_size=64, n_layer=2, n_head=4, initializer_range=0.1,
                                        seq_length=WINDOW, pad_token_id=0, bos_token_id=1, eos_token_id=2)
