@@ -47,6 +47,8 @@ def check_before_weights(spec: Spec, info: ModelInfo) -> None:
     """Everything about `spec` on this model that the config decides: its position encoding and, for position
     methods, its windows against the trained length (these failed mid-run, after earlier specs' cells)."""
     check_fits(spec, info.encoding)
+    if info.encoding == "rope" and spec.method != "default":
+        check_scale_at_init(spec, info.config.get("model_type"))
     if info.encoding == "rope" and info.rope_shape is not None and spec.method != "default":
         resolve_rope(spec, info.rope_shape)  # pure: e.g. a longrope factor list of another model's length
     if spec.method in POSITION_METHODS and info.rope_shape is not None:
@@ -59,6 +61,20 @@ def check_before_weights(spec: Spec, info: ModelInfo) -> None:
         window = info.config.get("sliding_window")
         if spec.method == "streaming" and window and info.config.get("use_sliding_window", True):
             check_no_sliding_window([window])
+
+
+# attention modules that fold YaRN's mscale(factor, mscale_all_dim)^2 from the config's rope into their softmax
+# scale when built (DeepSeek-V2/V3's multi-head latent attention and its descendants): swapping the rotary module
+# leaves the checkpoint's own scale baked in, a model no rope config describes (logits 6-7.5 off stock)
+SCALE_AT_INIT = ("axk1", "axk2", "bailing_hybrid", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe_lite",
+                 "glm_moe_dsa", "hy_v4", "longcat_flash", "minicpm3", "mistral4", "mistral_large4", "youtu")
+
+
+def check_scale_at_init(spec: Spec, model_type: str | None) -> None:
+    if model_type in SCALE_AT_INIT:
+        raise CtxextError(f"'{model_type}' attention sets its softmax scale from the config's rope (mscale_all_dim) "
+                          f"when the model is built, which ctxext does not redo: '{spec.method}' cannot be applied "
+                          "in memory (only `default`, the checkpoint as shipped)")
 
 
 def check_attention_model(spec: Spec, model_type: str | None, patchable: bool = True) -> None:
@@ -114,6 +130,7 @@ def _stock_dynamic_reset(lm: LoadedModel) -> Installer | None:
 def _rope_installer(lm: LoadedModel, spec: Spec) -> Installer | None:
     if spec.method == "default":
         return _stock_dynamic_reset(lm)
+    check_scale_at_init(spec, lm.info.config.get("model_type"))
     shape = lm.info.rope_shape
     freqs = resolve_rope(spec, shape)  # validates the spec against this shape (e.g. longrope factor count)
     parent, attr, current = find_rotary(lm.model)
