@@ -94,17 +94,19 @@ def _ramp(n: int) -> str:
 # (source, spec): Phi-3 (full rotary, 8 pairs) and Phi-4-mini style (partial, 4 pairs) with each rope kind a 4.x
 # Phi3 config takes; checkpoints whose config already scales RoPE exported as `default`.
 SOURCES = {"phi3-full": _phi3(1.0), "phi3-partial": _phi3(0.5), "llama3-legacy": ("llama", _legacy_llama3, {}),
-           "yarn-v5": ("llama", _yarn_v5, {})}
+           "yarn-v5": ("llama", _yarn_v5, {}), "neox": ("gpt_neox", None, {})}
 CASES = [("phi3-full", "longrope:factor=4,long_factor=" + _ramp(8)), ("phi3-full", "linear:factor=4"),
          ("phi3-full", "abf:base=500000"), ("phi3-partial", "longrope:factor=4,long_factor=" + _ramp(4)),
          ("phi3-partial", "linear:factor=2"), ("phi3-partial", "default"),
-         ("llama3-legacy", "default"), ("yarn-v5", "default")]
+         ("llama3-legacy", "default"), ("yarn-v5", "default"),
+         ("neox", "abf:base=50000"), ("neox", "yarn:factor=4")]
 
 
 def test_transformers4_loads_phi3_and_scaled_default_exports(tmp_path):
     """Before: 4.57.1's Phi3Config refused the 7-key rope_scaling of every Phi3 export that scales RoPE, and ran
     partial-rotary exports with full rotary (it reads partial_rotary_factor only at the top level); `default` on a
-    llama3 or yarn checkpoint was written unscaled."""
+    llama3 or yarn checkpoint was written unscaled; a GPT-NeoX export ran at base 10000 with rotary_pct 0.25 (4.x
+    reads only rotary_emb_base and rotary_pct, and overwrites rope_theta)."""
     ids = torch.randint(3, 2000, (1, 256), generator=torch.Generator().manual_seed(0))
     np.save(tmp_path / "ids.npy", ids.numpy())
     todo = {}

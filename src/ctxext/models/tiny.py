@@ -1,4 +1,4 @@
-"""Tiny random models from configs (Llama, Mistral, Qwen2, Qwen3, Phi3, Cohere, BLOOM) for tests and smoke runs.
+"""Tiny random models from configs (Llama, Mistral, Qwen2, Qwen3, Phi3, Cohere, GPT-NeoX, BLOOM) for tests and smoke runs.
 
 hidden 64, 2 layers, 4 heads (2 KV heads), head_dim 16, vocab 96, window 64: "past the window" is cheap.
 `init_std` is larger than transformers' 0.02 so attention is sharp enough for position changes to show.
@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-ARCHS = ("llama", "mistral", "qwen2", "qwen3", "phi3", "cohere", "bloom")
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "phi3", "cohere", "gpt_neox", "bloom")
 WINDOW = 64
 
 
@@ -36,6 +36,9 @@ def tiny_config(arch: str, **overrides: Any):
                                       original_max_position_embeddings=WINDOW)
     elif arch == "cohere":  # rotates adjacent channels: its cos/sin tables are interleaved, not two halves
         cls, kw = tf.CohereConfig, dict(common, rope_parameters=rope)
+    elif arch == "gpt_neox":  # partial rotary; 4.x configs name it rotary_pct and the base rotary_emb_base
+        cls, kw = tf.GPTNeoXConfig, dict({k: v for k, v in common.items() if k != "num_key_value_heads"},
+                                         rope_parameters={**rope, "partial_rotary_factor": 0.5})
     elif arch == "bloom":
         cls, kw = tf.BloomConfig, dict(vocab_size=96, hidden_size=64, n_layer=2, n_head=4, initializer_range=0.1,
                                        seq_length=WINDOW, pad_token_id=0, bos_token_id=1, eos_token_id=2)

@@ -133,6 +133,9 @@ def _check_legacy_longrope(spec: Spec, config: dict[str, Any], rope_parameters: 
             "whose factor times the original length is a whole number)")
 
 
+NEOX_NAMES = ("gpt_neox", "gpt_neox_japanese")  # 4.x: rotary_emb_base and rotary_pct (defaults 10000, 0.25 / 1.0)
+
+
 def legacy_rope_fields(rope_parameters: dict[str, Any], model_type: str | None = None) -> dict[str, Any]:
     """The same rope as transformers 4.x fields: top-level rope_theta and rope_scaling (None for default), and
     partial_rotary_factor at the top level, the only place 4.x reads it. For LONGROPE_ONLY models rope_scaling is
@@ -147,6 +150,9 @@ def legacy_rope_fields(rope_parameters: dict[str, Any], model_type: str | None =
     else:
         scaling = {**rest, "type": rope_type}
     top = {"partial_rotary_factor": rest["partial_rotary_factor"]} if "partial_rotary_factor" in rest else {}
+    if model_type in NEOX_NAMES:  # 4.x's GPT-NeoX configs read only these, and set rope_theta from rotary_emb_base
+        top = {"rotary_emb_base": rope_parameters["rope_theta"],
+               **({"rotary_pct": top["partial_rotary_factor"]} if top else {}), **top}
     return {"rope_theta": rope_parameters["rope_theta"], "rope_scaling": scaling, **top}
 
 
