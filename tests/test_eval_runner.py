@@ -686,3 +686,19 @@ def test_a_model_handed_in_is_handed_back_with_its_own_spec(book):
     assert lm.spec.text == "yarn:factor=2"
     with torch.inference_mode():
         assert torch.equal(lm.model(ids).logits, before)
+
+
+def test_an_interrupted_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    """A Ctrl-C between writing the temporary and the rename left `.NAME.PID.tmp` beside results (never reused)."""
+    import ctxext.evals.files as files
+
+    path = tmp_path / "results.json"
+    files.atomic_write(path, "old")
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write(path, "new")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]

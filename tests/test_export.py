@@ -501,6 +501,42 @@ def test_overwrite_replaces_an_export_only_with_one_that_passes(tmp_path, monkey
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left behind
 
 
+def test_an_interrupted_overwrite_keeps_one_whole_export_and_stale_staging_goes(tmp_path, monkeypatch):
+    """--overwrite deleted the earlier export before renaming the new one in: a kill there left a half-deleted folder
+    (refused later as not an export), a Ctrl-C lost both. Staging folders a killed export left (a full checkpoint
+    each) are swept when a day old."""
+    import os
+    import time
+
+    import ctxext.export as ex
+
+    out = tmp_path / "out"
+    export("tiny-rope", "yarn:factor=2", out, verify_tokens=20)
+    stale, fresh = tmp_path / ".export-killed", tmp_path / ".export-running"
+    for d in (stale, fresh):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"x")
+    old = time.time() - 25 * 3600
+    os.utime(stale, (old, old))
+    real = os.replace
+
+    def interrupted(src, dst):
+        if Path(dst) == out and Path(src).name.startswith(".export-") and not Path(src).name.endswith("-old"):
+            raise KeyboardInterrupt  # after the earlier export was set aside, before the new one took its name
+        real(src, dst)
+
+    monkeypatch.setattr(ex.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export("tiny-rope", "yarn:factor=4", out, verify_tokens=20, overwrite=True)
+    monkeypatch.setattr(ex.os, "replace", real)
+    assert json.loads((out / "results.json").read_text())["meta"]["spec"] == "yarn:factor=2"
+    assert (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export-running", "out"]
+    export("tiny-rope", "yarn:factor=4", out, verify_tokens=20, overwrite=True)
+    assert json.loads((out / "results.json").read_text())["meta"]["spec"] == "yarn:factor=4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export-running", "out"]
+
+
 def test_an_out_that_is_a_symlink_is_written_through(tmp_path):
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")

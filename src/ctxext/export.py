@@ -166,6 +166,26 @@ def max_logit_diff(a, b, ids: list[int], start: int = 0, keep: int = 0) -> float
         return float((a(x, position_ids=pos, **kw).logits - b(x, position_ids=pos, **kw).logits).abs().max())
 
 
+STAGING = ".export-"  # the staging folders' prefix, beside --out
+STALE_HOURS = 24  # a staging folder untouched this long belongs to a killed export (a live one writes within minutes)
+
+
+def _drop_stale_staging(parent: Path) -> None:
+    """Delete staging folders a killed export left beside --out (a full checkpoint each: 520 MB for SmolLM2); an
+    earlier export set aside for its replacement (killed between the two renames) is kept for the user."""
+    import time
+
+    for d in parent.glob(STAGING + "*"):
+        try:
+            if not d.is_dir() or time.time() - d.stat().st_mtime < STALE_HOURS * 3600:
+                continue
+            if d.name.endswith("-old") and is_export(d):
+                continue  # an export set aside: its --out is unknown here, so it is kept for the user
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def is_export(folder: Path) -> bool:
     """Whether `folder` holds a checkpoint ctxext export wrote (its results.json records a verification)."""
     try:
@@ -245,7 +265,9 @@ def export_loaded(lm: Any, plan: ExportPlan, out: str | Path, verify_tokens: int
         raise CtxextError(f"cannot export {plan.model}: it has no tokenizer, which the checkpoint ships and the "
                           "stock-load check needs")
     out = _check_out(Path(out), overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    _drop_stale_staging(out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=STAGING, dir=out.parent))
+    aside = tmp.with_name(tmp.name + "-old")
     try:
         lm.model.save_pretrained(tmp, safe_serialization=True)
         lm.tokenizer.save_pretrained(tmp)
@@ -283,13 +305,18 @@ def export_loaded(lm: Any, plan: ExportPlan, out: str | Path, verify_tokens: int
         if out.exists() and any(out.iterdir()) and not verification["passed"]:
             raise CtxextError(f"the new checkpoint FAILED its stock-load check (max |logit diff| {diff:.3g}); the "
                               f"earlier export in {out} is kept")
-        if out.exists():
-            shutil.rmtree(out)
         _public(tmp)
+        # the earlier export steps aside, the new one takes its name, then the old is deleted: a kill or Ctrl-C at
+        # any point leaves one whole export at --out (deleting first lost both, or left a half-deleted folder)
+        if out.exists():
+            os.replace(out, aside)
         os.replace(tmp, out)
     except BaseException:
+        if aside.exists() and not out.exists():
+            os.replace(aside, out)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(aside, ignore_errors=True)
     return results
 
 
