@@ -348,6 +348,46 @@ def test_resume_counts_a_kept_question_the_log_missed(tmp_path, tiny, scripted, 
     assert seen and last_kept["question"] in seen[0]
 
 
+def test_resume_drops_a_last_line_a_kill_cut_short(tmp_path, tiny, scripted, book_part):
+    """A kill mid-write leaves a partial last line in the log or the output (an example line is the whole context,
+    ~16 KB): --resume ended in a JSONDecodeError traceback. The cut line is dropped and its chunk runs again; the
+    files then equal one uninterrupted run's. A bad line elsewhere is a one-line refusal."""
+    s = SynthSettings(model="tiny-rope", per_doc=8, min_len=512, max_len=1024)
+    full = tmp_path / "full.jsonl"
+    synthesize([book_part], full, s, progress=False, lm=tiny, log=lambda m: None)
+    for cut in ("log", "out"):
+        part = tmp_path / f"part-{cut}.jsonl"
+        scripted.calls, scripted.fail_after = 0, 5
+        with pytest.raises(KeyboardInterrupt):
+            synthesize([book_part], part, s, progress=False, lm=tiny, log=lambda m: None)
+        log_path = synth_run.side_files(part)[0]
+        target = log_path if cut == "log" else part
+        last = target.read_text().splitlines()[-1]
+        if cut == "log":  # the last chunk's log line, cut: that chunk is not done
+            target.write_text("".join(x + "\n" for x in target.read_text().splitlines()[:-1]) + last[:40])
+        else:  # an example line cut mid-write, before its log line
+            lines = target.read_text().splitlines()
+            target.write_text("".join(x + "\n" for x in lines[:-1]) + last[:40])
+            log_path.write_text("".join(x + "\n" for x in log_path.read_text().splitlines()
+                                        if json.loads(x)["chunk_id"] != json.loads(last)["id"]))
+        scripted.fail_after = None
+        synthesize([book_part], part, s, resume=True, progress=False, lm=tiny, log=lambda m: None)
+        got = [json.loads(x) for x in log_path.read_text().splitlines()]
+        gone = json.loads(last)["chunk_id" if cut == "log" else "id"]
+        if cut == "log":  # the rest of the run as one uninterrupted run made it
+            want = [json.loads(x) for x in synth_run.side_files(full)[0].read_text().splitlines()]
+            assert part.read_text() == full.read_text()
+            # a chunk whose example was kept needs no rerun: its log line stays missing, as after any kill between
+            assert got in (want, [r for r in want if r["chunk_id"] != gone]), [r["chunk_id"] for r in got]
+        else:  # the cut example's chunk ran again (the scripted answers then follow another order)
+            ids = [json.loads(x)["id"] for x in part.read_text().splitlines()]
+            assert len(ids) == len(set(ids)) and [r["chunk_id"] for r in got].count(gone) == 1
+    log_path = synth_run.side_files(part)[0]
+    log_path.write_text("{broken\n" + log_path.read_text())
+    with pytest.raises(CtxextError, match=r"line 1 is not JSON"):
+        synthesize([book_part], part, s, resume=True, progress=False, lm=tiny, log=lambda m: None)
+
+
 def llama_style_tokenizer():
     """SentencePiece-style pipeline (Llama 2, Mistral): '▁' prepended, spaces become '▁'."""
     from tokenizers import Tokenizer, models, normalizers

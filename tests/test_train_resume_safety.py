@@ -366,3 +366,27 @@ def test_a_stop_asked_during_an_evaluation_saves_before_another_step(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, on_step=lambda r: steps.append(r["step"]), progress=False)
     assert steps == [1, 2] and ckpt.read_progress(Path(cfg.out))["step"] == 2
+
+
+def test_resume_without_a_checkpoint_does_not_reuse_the_killed_runs_evaluations(tmp_path, monkeypatch, capsys):
+    """Killed before its first checkpoint, then restarted with --resume (what the refusal asks) and another spec: the
+    killed run's step-0 passkey cells (eval resumes per cell) were merged into the new run's figures."""
+    real = loop.evaluate
+
+    def evaluate(lm, spec_arg, cfg, out, step, **kw):
+        if step == 2:
+            raise KeyboardInterrupt  # after step 0's evaluation, before any checkpoint
+        return real(lm, spec_arg, cfg, out, step, **kw)
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    cfg = small(tmp_path, steps=4, eval_every=2, evaluate=True, passkey_trials=1)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, progress=False)
+    assert ckpt.read_progress(Path(cfg.out)) is None and (Path(cfg.out) / "eval" / "step-000000").is_dir()
+    monkeypatch.setattr(loop, "evaluate", real)
+    loop.train(small(tmp_path, steps=4, eval_every=2, evaluate=True, passkey_trials=1, scaling="linear:factor=2",
+                     resume=True), progress=False)
+    assert "dropped the evaluation(s) of step(s) 0" in capsys.readouterr().err
+    res = json.loads((Path(cfg.out) / "results.json").read_text())
+    specs = {r.get("spec", r.get("scaling")) for r in res["records"]}
+    assert specs == {"linear:factor=2"}, specs

@@ -27,6 +27,25 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         raise
 
 
+def resume_jsonl(path: Path) -> list[Any]:
+    """The records of a JSONL file a run appends to, read for --resume: a last line that a kill cut short is dropped
+    and the file rewritten without it (the next append would continue it); a bad line elsewhere is an error."""
+    from ..data import jsonl_lines
+    from ..errors import CtxextError
+
+    lines = [(i, x) for i, x in enumerate(jsonl_lines(path), 1) if x.strip()] if path.is_file() else []
+    records = []
+    for k, (i, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if k < len(lines) - 1:
+                raise CtxextError(f"cannot resume from {path}: line {i} is not JSON ({e.msg}); it was not written "
+                                  "by an interrupted run (only a last line can be cut short)") from None
+            atomic_write(path, "".join(x + "\n" for _, x in lines[:-1]))
+    return records
+
+
 def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
 

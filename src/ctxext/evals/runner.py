@@ -163,6 +163,19 @@ class Plan:
 def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: Iterable[int | str],
              depths: Iterable[float | str] | None = None, samples: int | None = None,
              data: Iterable[str | Path] | None = None, out: str | Path = "runs/eval", resume: bool = False, *,
+             dry_run: bool = False, **kw: Any) -> dict[str, Any]:
+    """Run every spec × task × length (× depth) on one model load; -> the results dict written to out/results.json
+    (see _run_eval for the options). A run holds out's lock from before it reads results.json to its last write:
+    a second run into the same folder is refused (it rewrote the first's cells away)."""
+    from ..lock import out_lock
+
+    with contextlib.nullcontext() if dry_run else out_lock(out, "eval"):
+        return _run_eval(model, specs, tasks, lengths, depths, samples, data, out, resume, dry_run=dry_run, **kw)
+
+
+def _run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: Iterable[int | str],
+             depths: Iterable[float | str] | None = None, samples: int | None = None,
+             data: Iterable[str | Path] | None = None, out: str | Path = "runs/eval", resume: bool = False, *,
              seed: int = 0, protocol: str = "window", stride: int | None = None, bucket: int | None = None,
              reuse_prefix: bool = True, max_new_tokens: int = 16, dtype: str | None = None,
              progress: bool = True, log: Callable[[str], None] | None = None, command: str | None = None,

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import CtxextError
+from ..evals.files import resume_jsonl
 from .space import Candidate, Space, crossover, mutate
 from .seeds import SEEDS as SEED_NAMES, initial_population
 
@@ -153,11 +154,7 @@ class History:
         self.path = out / HISTORY
         self.stored: dict[tuple[str, int], dict[str, Any]] = {}
         if resume and self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:  # the line a kill cut short: evaluated again
-                    continue
+            for rec in resume_jsonl(self.path):  # a line a kill cut short is dropped: evaluated again
                 self.stored[(rec["key"], rec["rung"])] = rec
             self._rewrite()
         elif self.path.exists():

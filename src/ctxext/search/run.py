@@ -27,7 +27,16 @@ def run_search(model: Any, data: list[str | Path], out: str | Path, config: Sear
                log: Callable[[str], None] | None = None, device: str = "auto") -> dict[str, Any]:
     """Search per-pair factors for `model` (a name for load_model, or a LoadedModel) at config.target; -> the
     results dict written to out/results.json. `device`: where a model loaded by name runs (auto: the GPU when
-    one is visible)."""
+    one is visible). Holds out's lock: a second search into it is refused (it evaluated everything again)."""
+    from ..lock import out_lock
+
+    with out_lock(out, "search"):
+        return _run_search(model, data, out, config, resume=resume, progress=progress, command=command, log=log,
+                           device=device)
+
+
+def _run_search(model: Any, data: list[str | Path], out: str | Path, config: SearchConfig, *, resume: bool,
+                progress: bool, command: str | None, log: Callable[[str], None] | None, device: str) -> dict[str, Any]:
     from .. import runinfo
     from ..data import data_files, files_key, load_documents, special_prefix
     from ..evals.scoring import device_of

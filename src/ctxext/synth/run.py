@@ -42,9 +42,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..data import Document, jsonl_lines
+from ..data import Document
 from ..errors import CtxextError
-from ..evals.files import atomic_write
+from ..evals.files import atomic_write, resume_jsonl
 from ..evals.needles import sentence_starts
 from . import check, prompts
 from .model import Generator
@@ -251,11 +251,9 @@ def synthesize(data: list[str], out: str | Path, settings: SynthSettings, resume
         if diff:
             raise CtxextError(f"cannot resume {out}: it was run with other settings ({'; '.join(diff)}); "
                               "use another --out")
-        for line in jsonl_lines(log_path) if log_path.exists() else []:
-            if line.strip():
-                r = json.loads(line)
-                done[r["chunk_id"]] = r
-        kept = {(ex := json.loads(x))["id"]: ex for x in jsonl_lines(out) if x.strip()} if out.exists() else {}
+        for r in resume_jsonl(log_path):  # a line a kill cut short is dropped: that chunk runs again
+            done[r["chunk_id"]] = r
+        kept = {ex["id"]: ex for ex in resume_jsonl(out)}
         for cid in kept.keys() - set(done):  # written to the output but not to the log (interrupted in between):
             # its question still counts against duplicates in its document (its failed tries are not known)
             done[cid] = {"chunk_id": cid, "reason": None, "question": kept[cid].get("question"),

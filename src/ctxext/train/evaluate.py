@@ -16,6 +16,22 @@ def eval_dir(out: Path, step: int) -> Path:
     return out / "eval" / f"step-{step:06d}"
 
 
+def drop_unrecorded(out: Path, kept: set[int]) -> list[int]:
+    """Delete the evaluation folders of steps the checkpoint resumed from has no evaluation of (all of them when
+    --resume starts over from step 0): a killed run's cells there were merged into the new run's figures (an eval
+    resumes per cell), another spec's too, and other --passkey-trials were refused naming the folder. -> the steps
+    dropped."""
+    import shutil
+
+    dropped = []
+    for d in sorted((out / "eval").glob("step-*")):
+        step = int(d.name.split("-", 1)[1]) if d.name.split("-", 1)[1].isdigit() else None
+        if step is not None and step not in kept and d.is_dir():
+            shutil.rmtree(d)
+            dropped.append(step)
+    return dropped
+
+
 def _runs(cfg: TrainConfig) -> list[tuple[str, int, list[str] | None]]:
     runs: list[tuple[str, int, list[str] | None]] = [("passkey", cfg.passkey_trials, None)]
     if cfg.eval_data:

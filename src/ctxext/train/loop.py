@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from ..data import files_change, files_key
 from ..errors import CtxextError
+from ..lock import is_lock
 from . import checkpoint as ckpt
 from . import doc_attention
 from .config import TrainConfig
@@ -164,7 +165,7 @@ def _check_out(out: Path, cfg: TrainConfig, progress: dict[str, Any] | None, res
     if (out / "spec.json").is_file():  # train's first file: a run that stopped before its first checkpoint
         raise CtxextError(f"{out} holds a run that stopped before its first checkpoint; pass --resume to start it "
                           "over there (from step 0), or choose another --out")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(not is_lock(p) for p in out.iterdir()):
         raise CtxextError(f"--out {out} exists and is not empty; choose another folder")
 
 
@@ -217,7 +218,14 @@ def peak_memory(device: str) -> int:
 def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Run (or --resume) the training described by `cfg`; returns the summary written to OUT/results.json.
-    `on_step(record)` is called on every process after each step (tests use it to interrupt)."""
+    `on_step(record)` is called on every process after each step (tests use it to interrupt). The main process
+    holds OUT's lock once --out is checked: a second run into it is refused (their saves deleted each other's)."""
+    with contextlib.ExitStack() as held:
+        return _train(cfg, on_step, progress, held)
+
+
+def _train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None, progress: bool,
+           held: contextlib.ExitStack) -> dict[str, Any]:
     import torch
     from accelerate.utils import DistributedType
     from tqdm.auto import tqdm
@@ -251,6 +259,10 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
     resolved = resolved_settings(cfg, plan.spec, rows_per_step, files)
     prev = ckpt.read_progress(out) if cfg.resume else None
     _check_out(out, cfg, prev, resolved)
+    if main:
+        from ..lock import out_lock
+
+        held.enter_context(out_lock(out, "train"))
     micro_desc = f"{min(cfg.micro_batch, per_rank)} × {cfg.seq_len:,} tokens per forward"
     say(f"ctxext train: {cfg.model} with {plan.spec.text}, {cfg.steps} steps of {rows_per_step} × {cfg.seq_len:,} "
         f"tokens on {world} process(es) ({dtype_kind.value}, {device}, "
@@ -314,6 +326,13 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
         say(f"resumed from step {step}, row {rows_done:,} of the data order, from {where}"
             + ("" if where.name == ckpt.CKPT_DIR else " (left by a save that was cut off)"))
 
+    if cfg.resume and main:  # evaluations the killed run made after its last checkpoint are redone from scratch
+        from .evaluate import drop_unrecorded
+
+        if dropped := drop_unrecorded(out, {e["step"] for e in evals}):
+            say(f"--resume: dropped the evaluation(s) of step(s) {', '.join(map(str, dropped))}, which the "
+                "checkpoint does not hold; they run again")
+    acc.wait_for_everyone()
     host = _Host(acc, model, lm, cfg, plan.spec)
     host.progress = main and progress
     meta = {"versions": runinfo.versions(), "machine": runinfo.machine(), "command": cfg.command_line,
