@@ -357,3 +357,23 @@ def test_plan_png_names_a_changed_base_and_no_pair_in_the_small_base_regime(tmp_
     assert not any("never turn a full period" in x for x in seen["labels"])
     plots.plan_wavelengths(plan(llama2, 131072), tmp_path / "b.png")
     assert any(x.startswith("as trained") for x in seen["labels"]) and any("critical pair" in t for t in seen["texts"])
+
+
+def test_the_training_free_pick_is_one_the_architecture_runs(tmp_path, capsys):
+    """Past 2x the pick is dynamic-ntk, which patches attention: on a Gemma (or Falcon, GPT-NeoX, ...) checkpoint
+    `ctxext eval` then refused the plan's own recommendation. There the length-dependent rows are skipped, saying
+    why, and the pick is a static method that reaches the target."""
+    import transformers
+
+    transformers.GemmaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                             max_position_embeddings=256).save_pretrained(tmp_path)
+    assert main(["plan", "--model", str(tmp_path), "--target", "1024", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    pick = next(r for r in d["recommendations"] if r["recommended"] == "training-free")
+    assert pick["method"] not in ("dynamic-ntk", "dynamic-yarn", "longrope") and pick["reaches_target"]
+    for m in ("dynamic-ntk", "dynamic-yarn", "longrope"):
+        assert "does not support for this architecture" in d["skipped"][m]
+    assert main(["plan", "--model", "smollm2-135m", "--target", "32768", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert next(r for r in d["recommendations"] if r["recommended"] == "training-free")["method"] == "dynamic-ntk"

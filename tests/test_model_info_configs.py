@@ -209,3 +209,38 @@ def test_attention_that_sets_its_scale_from_the_rope_when_built_takes_default_on
     lm = wrap_model(transformers.AutoModelForCausalLM.from_config(cfg).eval())
     _refused(lambda: apply_spec(lm, "linear:factor=2"), "only `default`")
     assert lm.spec is None and lm._undo is None  # untouched
+
+
+def test_a_rope_per_layer_type_is_refused_before_weights(tmp_path, no_weights, capsys):
+    """Gemma 3 gives sliding and full layers their own rope: eval refused only after the weights loaded ("found 0
+    rotary modules") and export said "stock transformers rejects it: full_attention"."""
+    from ctxext.models import check_before_weights
+    from ctxext.scaling import parse_spec
+
+    cfg = transformers.Gemma3TextConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                        max_position_embeddings=256)
+    cfg.save_pretrained(tmp_path)
+    info = model_info(str(tmp_path))
+    check_before_weights(parse_spec("default"), info)
+    _refused(lambda: check_before_weights(parse_spec("yarn:factor=4"), info), "gives each layer type its own rope")
+    out = tmp_path / "export"
+    assert main(["export", "--model", str(tmp_path), "--scaling", "yarn:factor=4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert not out.exists() and err.count("\n") == 1 and "gives each layer type its own rope (" in err
+
+
+def test_an_unscaled_ropes_trained_length_is_not_a_class_default():
+    """Phi3Config writes its class default original_max_position_embeddings (4096) into every config, a 256-token
+    model's too, and a default rope never reads it: the plan said the window was 4,096. An abf export with --max-len
+    keeps the trained length there below the longer max_position_embeddings, and so it stays."""
+    from ctxext.scaling import rope_shape_from_config
+
+    cfg = transformers.Phi3Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, max_position_embeddings=256).to_dict()
+    assert cfg["original_max_position_embeddings"] == 4096
+    assert rope_shape_from_config(cfg).original_len == 256
+    abf = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, max_position_embeddings=1024).to_dict()
+    abf["original_max_position_embeddings"] = 256
+    assert rope_shape_from_config(abf).original_len == 256

@@ -49,6 +49,10 @@ def plan_export(model: str, spec: Spec | str, max_len: int | None = None) -> Exp
         if max_len is not None:
             raise CtxextError("--max-len applies to RoPE models; ALiBi configs carry no length a server reads")
         return ExportPlan(model, spec, {}, int(info.trained_len), int(info.trained_len))
+    if spec.method != "default":  # what the config decides (an architecture ctxext cannot scale) before weights
+        from .models import check_before_weights
+
+        check_before_weights(spec, info)
     rope_parameters, max_pos = config_rope_fields(spec, info.config)
     plan = ExportPlan(model, spec, rope_parameters, max_pos, effective_shape(spec, info.rope_shape).original_len)
     if max_len is not None:

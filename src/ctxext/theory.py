@@ -412,13 +412,15 @@ def _streaming_note(c: _Ctx) -> str:
 ATTENTION_NOTES: dict[str, Callable[[_Ctx], str]] = {"self-extend": _self_extend_note, "streaming": _streaming_note}
 
 
-def plan(shape: RopeShape, target: int, base: float | None = None) -> Plan:
+def plan(shape: RopeShape, target: int, base: float | None = None, patchable: bool = True) -> Plan:
     """Predict reach and recommend parameters per RoPE method for extending `shape` to `target` tokens.
 
     `base`: plan for the model with its rope base changed to B (e.g. after ABF tuning). A larger B keeps the
     critical dimension learned with the trained base (METHODS.md); a smaller one lets more dimensions see a full
     period within the trained length, so its own critical dimension counts (down to the small-base regime, where
     every dimension does and no limit is predicted), as `predicted_reach` on a model trained with B says.
+    `patchable`: whether ctxext can patch this architecture's attention; when not, the length-dependent methods
+    (dynamic ones, longrope) are skipped, so the training-free pick is one the model can run.
     """
     check_target(target, shape.original_len)
     d_extra = critical_dim(shape.rotary_dim, min(shape.base, base or shape.base), shape.original_len)
@@ -437,6 +439,9 @@ def plan(shape: RopeShape, target: int, base: float | None = None) -> Plan:
             continue
         if name not in RULES:
             skipped[name] = "no planner rule yet"
+            continue
+        if method.length_dependent and not patchable:
+            skipped[name] = "patches attention, which ctxext does not support for this architecture"
             continue
         rules = [RULES[name]] + ([_abf_training_free] if name == "abf" else [])
         for fn in rules:

@@ -82,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     if args.original_len:
         shape = RopeShape(shape.rotary_dim, shape.base, args.original_len)
     check_target(args.target, shape.original_len)
-    p = plan(shape, args.target, base=args.base)
+    from ..models.attention import SUPPORTED_MODEL_TYPES
+
+    p = plan(shape, args.target, base=args.base, patchable=info.config.get("model_type") in SUPPORTED_MODEL_TYPES)
 
     head_dim = getattr(info, "head_dim", None) or _head_dim(info.config) or shape.rotary_dim
     data = {"model": getattr(info, "name", args.model), "head_dim": head_dim, **p.to_dict()}

@@ -49,6 +49,11 @@ def check_before_weights(spec: Spec, info: ModelInfo) -> None:
     check_fits(spec, info.encoding)
     if info.encoding == "rope" and spec.method != "default":
         check_scale_at_init(spec, info.config.get("model_type"))
+        rp = info.config.get("rope_parameters")
+        if isinstance(rp, dict) and rp and all(isinstance(v, dict) for v in rp.values()):  # Gemma 3's layer types
+            raise CtxextError(f"'{info.config.get('model_type')}' gives each layer type its own rope "
+                              f"({', '.join(rp)}); ctxext scales one rope per model, so '{spec.method}' cannot be "
+                              "applied to it (only `default`)")
     if info.encoding == "rope" and info.rope_shape is not None and spec.method != "default":
         resolve_rope(spec, info.rope_shape)  # pure: e.g. a longrope factor list of another model's length
     if spec.method in POSITION_METHODS and info.rope_shape is not None:

@@ -48,6 +48,10 @@ def rope_shape_from_config(cfg: dict[str, Any]) -> RopeShape:
     partial = rp.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
     original = (rope_parameters_of(cfg).get("original_max_position_embeddings")
                 or cfg.get("original_max_position_embeddings") or cfg["max_position_embeddings"])
+    if config_rope_type(cfg) == "default" and cfg.get("max_position_embeddings"):
+        # an unscaled rope never reads the field: Phi3Config writes its class default 4096 into a 256-token model's
+        # config; ctxext's abf exports keep the trained length there below a longer --max-len
+        original = min(int(original), int(cfg["max_position_embeddings"]))
     return RopeShape(int(head_dim * partial), float(base), int(original))
 
 
