@@ -929,6 +929,21 @@ def test_scope_paragraph_follows_the_cells_of_each_larger_factor(tmp_path, monke
                         "and `self-extend:group=32,window=4096`; a search at 64k.")
 
 
+def test_a_heatmap_stopped_part_way_says_which_lengths_it_lacks(tmp_path, monkeypatch):
+    """A needle run stopped after its 49k cells: its 64k row is empty, and the paragraph said the heatmap spanned
+    16k-64k for it and dropped it from what is left to measure."""
+    monkeypatch.setattr(report.common, "RES", tmp_path)
+    meta = {"config": {"model_info": {"trained_len": 8192, "path": GGUF}}, "machine": {"cpu_count": 2}, "timings": []}
+    se = "self-extend:group=16,window=2048"
+    recs = [_cell(s, "niah", L, d) for s in ("yarn:factor=8", se) for L in (16384, 32768, 49152, 65536)
+            for d in (0.1, 0.9) if not (s == se and L == 65536)]
+    (tmp_path / "methods_x8").mkdir()
+    (tmp_path / "methods_x8" / "results.json").write_text(json.dumps({"meta": meta, "records": recs}))
+    text = report.methods.scope_section()
+    assert f"for `yarn:factor=8` and `{se}`, not `self-extend:group=32,window=4096` (`{se}` not yet at 65,536)" in text
+    assert f"at 64k the needle heatmap at 65,536 tokens for `{se}`" in text
+
+
 def test_planner_text_reads_passkey_trials_and_lengths_from_the_rows(tmp_path, monkeypatch):
     """The passkey setup the planner section states (depths per length, the length grid, what one miss is worth,
     where "fails in window" is judged) comes from the passkey80 rows, not from constants."""

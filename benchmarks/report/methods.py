@@ -542,6 +542,13 @@ def _factor_scope(factor: int, name: str, res: dict) -> tuple[str, list[str]]:
                 + _specs_text(heat) + (" only" if len(heat) == 1 else ""))
         if beside := [s for s in specs if s not in heat and _method(s) in {_method(h) for h in heat}]:
             text += f", not {_specs_text(beside)}"  # the same method at another setting has none
+        depths = {r["depth"] for r in nh}
+        for s in heat:  # a spec whose run stopped part-way: the lengths it lacks a cell at
+            have = {(r["length"], r["depth"]) for r in nh if r["scaling"] == s}
+            if gap := [L for L in lengths if any((L, d) not in have for d in depths)]:
+                at = common.and_list([f"{L:,}" for L in gap])
+                text += f" ({_specs_text([s])} not yet at {at})"
+                missing.append(f"the needle heatmap at {at} tokens for {_specs_text([s])}")
         cells = [t for t in timings if t["task"] == "niah" and t["length"] in lengths]
         if cells:
             text += (f"; {fmt_seconds(sum(c['seconds'] for c in cells))} in all"
