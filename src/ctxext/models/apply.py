@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import CtxextError
 from ..scaling import RopeShape, Spec, check_fits, resolve_alibi, resolve_rope
 from ..scaling.attention import POSITION_METHODS
-from ..scaling.hf import config_rope_type
+from ..scaling.hf import config_rope_type, per_layer_rope
 from ..scaling.spec import effective_shape
 from .alibi import alibi_base_model, patch_alibi
 from .attention import SUPPORTED_MODEL_TYPES, attention_modules, make_plan, patch_attention, sliding_window
@@ -49,10 +49,9 @@ def check_before_weights(spec: Spec, info: ModelInfo) -> None:
     check_fits(spec, info.encoding)
     if info.encoding == "rope" and spec.method != "default":
         check_scale_at_init(spec, info.config.get("model_type"))
-        rp = info.config.get("rope_parameters")
-        if isinstance(rp, dict) and rp and all(isinstance(v, dict) for v in rp.values()):  # Gemma 3's layer types
+        if types := per_layer_rope(info.config):
             raise CtxextError(f"'{info.config.get('model_type')}' gives each layer type its own rope "
-                              f"({', '.join(rp)}); ctxext scales one rope per model, so '{spec.method}' cannot be "
+                              f"({', '.join(types)}); ctxext scales one rope per model, so '{spec.method}' cannot be "
                               "applied to it (only `default`)")
     if info.encoding == "rope" and info.rope_shape is not None and spec.method != "default":
         resolve_rope(spec, info.rope_shape)  # pure: e.g. a longrope factor list of another model's length

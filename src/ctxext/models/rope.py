@@ -138,8 +138,8 @@ class ScaledRotary(nn.Module):
 
     def extra_repr(self) -> str:
         kind = type(self.plan).__name__ if self.plan is not None else "static"
-        return f"pairs={self.inv_freq.numel()}, interleaved={self.interleaved}, attention_scaling={self.attention_scaling:.6g}, " \
-               f"start_tokens={self.start_tokens}, plan={kind}"
+        return (f"pairs={self.inv_freq.numel()}, interleaved={self.interleaved}, "
+                f"attention_scaling={self.attention_scaling:.6g}, start_tokens={self.start_tokens}, plan={kind}")
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, *args: Any, **kwargs: Any):

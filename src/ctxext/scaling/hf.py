@@ -19,10 +19,16 @@ from .longrope import longrope_attention_factor
 from .spec import MAX_POSITIONS, Spec, check_fits, effective_shape, resolve_rope
 
 
+def per_layer_rope(cfg: dict[str, Any]) -> list[str]:
+    """The layer types of a config that gives each its own rope (Gemma 3: sliding_attention, full_attention)."""
+    rp = cfg.get("rope_parameters")
+    return list(rp) if isinstance(rp, dict) and rp and all(isinstance(v, dict) for v in rp.values()) else []
+
+
 def _rope_parameters(cfg: dict[str, Any]) -> dict[str, Any]:
     rp = cfg.get("rope_parameters") or {}
-    if isinstance(rp, dict) and rp and all(isinstance(v, dict) for v in rp.values()):
-        rp = rp.get("full_attention") or next(iter(rp.values()))  # per-layer-type configs
+    if per_layer_rope(cfg):
+        rp = rp.get("full_attention") or next(iter(rp.values()))  # planned for the full-attention layers
     return rp if isinstance(rp, dict) else {}
 
 

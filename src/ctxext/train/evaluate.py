@@ -25,10 +25,10 @@ def drop_unrecorded(out: Path, kept: set[int]) -> list[int]:
 
     dropped = []
     for d in sorted((out / "eval").glob("step-*")):
-        step = int(d.name.split("-", 1)[1]) if d.name.split("-", 1)[1].isdigit() else None
-        if step is not None and step not in kept and d.is_dir():
+        tail = d.name.removeprefix("step-")
+        if tail.isdigit() and int(tail) not in kept and d.is_dir():
             shutil.rmtree(d)
-            dropped.append(step)
+            dropped.append(int(tail))
     return dropped
 
 

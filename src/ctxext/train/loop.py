@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from ..data import files_change, files_key
 from ..errors import CtxextError
-from ..lock import is_lock
+from ..lock import is_lock, out_lock
 from . import checkpoint as ckpt
 from . import doc_attention
 from .config import TrainConfig
@@ -260,8 +260,6 @@ def _train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None, p
     prev = ckpt.read_progress(out) if cfg.resume else None
     _check_out(out, cfg, prev, resolved)
     if main:
-        from ..lock import out_lock
-
         held.enter_context(out_lock(out, "train"))
     micro_desc = f"{min(cfg.micro_batch, per_rank)} × {cfg.seq_len:,} tokens per forward"
     say(f"ctxext train: {cfg.model} with {plan.spec.text}, {cfg.steps} steps of {rows_per_step} × {cfg.seq_len:,} "
