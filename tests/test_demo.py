@@ -1,6 +1,7 @@
 """`ctxext demo` end to end on the tiny RoPE fixture (the README's main job runs the same steps on SmolLM2): every
 step's folder, the combined summary, and the plan checked against the measured perplexity curve."""
 
+import json
 import re
 
 import numpy as np
@@ -34,13 +35,17 @@ def test_demo_writes_every_step_and_one_summary(demo):
 
 
 def test_plan_check_puts_the_measured_break_beside_the_prediction(demo):
-    # the table is the break point of each measured curve (the physics, on 8 windows, is in test_reach: one window
-    # of the tiny fixture opens with the book's licence header, so its break here is not a model property)
+    # the table is the break point of each measured curve, averaged over 16 windows of the book (one window is its
+    # licence header and contents: default RoPE's break there was 257, a property of the text, not of the model)
     check = (demo / "plan_check.md").read_text()
+    assert "on the 1,024-token curve of step 2, averaged over 16 consecutive windows of the book" in check
+    ppl = json.loads((demo / "ppl" / "results.json").read_text())
+    assert [r["n"] for r in ppl["records"] if r["bucket"] is None] == [16, 16, 16]
     breaks = {s: ppl_break(np.load(curve_path(demo / "ppl", "ppl", s, 1024)).astype(np.float64)[1:], 256)
               for s in ("default", "yarn:factor=2", "ntk:factor=2")}
     shape = model_info("tiny-rope").rope_shape
     tol = breaks["default"].reach / predicted_reach(parse_spec("default"), shape).tokens
+    assert 0.9 < tol < 1.1  # the planner's prediction of the trained model's own break (257 / 353 = 0.73 on one)
     assert f"measured / predicted ({tol:.2f})" in check
     for spec, pred in (("default", 353), ("yarn:factor=2", 707), ("ntk:factor=2", 488)):
         b = breaks[spec]
@@ -66,8 +71,6 @@ def test_a_ppl_length_inside_the_window_is_refused_before_any_work(tmp_path, cap
 
 
 def test_plan_check_json_holds_the_table(demo):
-    import json
-
     rows = {r["spec"]: r for r in json.loads((demo / "plan_check.json").read_text())["rows"]}
     check = (demo / "plan_check.md").read_text()
     assert set(rows) == {"default", "yarn:factor=2", "ntk:factor=2"}

@@ -257,6 +257,13 @@ def lead(prefix: np.ndarray, tokens: np.ndarray, length: int | None = None) -> n
     return out if length is None else out[:length]
 
 
+def windows_of(tokens: np.ndarray, prefix: np.ndarray, length: int, count: int) -> list[np.ndarray]:
+    """Up to `count` consecutive windows of `length` tokens of `tokens` (as many as it holds whole), each led by
+    `prefix` (the tokenizer's start tokens): the window w is prefix + tokens[w*n : (w+1)*n], n = length - |prefix|."""
+    n = length - len(prefix)
+    return [lead(prefix, tokens[w * n:(w + 1) * n]) for w in range(min(count, len(tokens) // n))]
+
+
 def documents_at_least(docs: list[Document], n_tokens: int) -> tuple[list[Document], list[Document]]:
     """(documents with >= n_tokens tokens, the ones too short) — callers say which were skipped."""
     long = [d for d in docs if len(d) >= n_tokens]

@@ -49,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
         raise CtxextError(f"--ppl-length {args.ppl_length} must be longer than {args.model}'s trained window "
                           f"({info.trained_len} tokens): the demo measures where perplexity breaks past it")
     book = books_dir() / HELD_OUT_BOOK
-    steps = {"ppl": dict(tasks=["ppl"], lengths=[args.ppl_length], data=[book], bucket=2048),
+    windows = demo_windows(args.ppl_length)
+    steps = {"ppl": dict(tasks=["ppl"], lengths=[args.ppl_length], data=[book], bucket=2048,
+                         windows=windows if windows > 1 else None),
              "passkey": dict(tasks=["passkey"], lengths=[args.passkey_length], depths=args.depths)}
     for name, kw in steps.items():  # every eval refusal (depths, lengths, memory, an --out to resume) before step 1
         run_eval(args.model, specs, out=out / name, samples=1, resume=args.resume, dry_run=True,
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     code = cli_main(["plan", "--model", args.model, "--target", str(target), "--out", str(out / "plan")])
     if code:
         return code
-    print(f"[2/3] perplexity at {args.ppl_length} tokens on {book.name}: {', '.join(specs)}", flush=True)
+    print(f"[2/3] perplexity at {args.ppl_length} tokens on {book.name}"
+          + (f" ({windows} consecutive windows)" if windows > 1 else "") + f": {', '.join(specs)}", flush=True)
     run_eval(args.model, specs, out=out / "ppl", samples=1, resume=args.resume, command="ctxext demo", **steps["ppl"])
     print(f"[3/3] passkey at {args.passkey_length} tokens, depths {args.depths}", flush=True)
     run_eval(args.model, specs, out=out / "passkey", samples=1, resume=args.resume, command="ctxext demo",
@@ -72,6 +75,23 @@ def run(args: argparse.Namespace) -> int:
     (out / "summary.md").write_text(summary(out, time.time() - t0))
     print(f"done in {time.time() - t0:.0f} s: {out / 'summary.md'}")
     return 0
+
+
+def _averaged(ppl: Path) -> str:
+    """', averaged over N windows of the book' when the perplexity step read more than one."""
+    path = ppl / "results.json"
+    cfg = json.loads(path.read_text())["meta"]["config"] if path.is_file() else {}
+    n = (cfg.get("settings") or {}).get("windows") or 1
+    return f", averaged over {n} consecutive windows of the book" if n > 1 else ""
+
+
+def demo_windows(length: int) -> int:
+    """Windows of the book the perplexity step averages: as many as --calibrate's default scores, whole ones only
+    (SmolLM2's 12,288 tokens: one; a tiny model's 1,024: sixteen). One short window is the book's opening (title
+    page, licence), whose curve put tiny-rope's break at 257 where the model breaks at ~353."""
+    from ..evals.reach import CALIBRATE_TOKENS, MAX_WINDOWS
+
+    return max(1, min(MAX_WINDOWS, CALIBRATE_TOKENS // length))
 
 
 def plan_check(out: Path, model: str, specs: list[str], length: int) -> tuple[str, list[dict]]:
@@ -98,7 +118,7 @@ def plan_check(out: Path, model: str, specs: list[str], length: int) -> tuple[st
     d = rows.get("default")
     cal = Calibration(d[0].tokens, d[1].reach, False) if d and d[0] and d[1] and not d[1].censored else None
     lines = [f"Predicted reach (step 1) vs measured: the first position where perplexity passes 2x its in-window "
-             f"value on the {length:,}-token curve of step 2 (buckets of {shape.original_len // 8:,} tokens; ≥: held "
+             f"value on the {length:,}-token curve of step 2{_averaged(out / 'ppl')} (buckets of {shape.original_len // 8:,} tokens; ≥: held "
              "to the end of the curve)." + (f" Calibrated: the prediction times default RoPE's measured / predicted "
                                            f"({cal.tolerance:.2f})." if cal else ""), "",
              "| spec | predicted reach | measured | measured / predicted | calibrated |", "|---|---:|---:|---:|---:|"]

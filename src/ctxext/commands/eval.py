@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished cells")
     p.add_argument("--protocol", default="window", choices=("window", "sliding", "both"),
                    help="ppl: one window of the first L tokens, a sliding window, or both (default window)")
+    p.add_argument("--windows", type=int, default=None, metavar="W",
+                   help="ppl, window protocol: average W consecutive L-token windows of each document (default 1: "
+                        "its first L tokens); one long book then gives a curve of W samples")
     p.add_argument("--stride", type=int, default=None,
                    help="with --protocol sliding or both: sliding-window stride in tokens (default L/2)")
     p.add_argument("--bucket", type=int, default=None, help="ppl bucket width in tokens (default: longest length / 8)")
@@ -63,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-GIVEN = {"samples": None, "depths": None, "protocol": "window", "stride": None, "bucket": None,
+GIVEN = {"samples": None, "depths": None, "protocol": "window", "windows": None, "stride": None, "bucket": None,
          "max_new_tokens": None, "no_prefix_reuse": False}  # option -> its value when not given
 
 
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     check_task_options(args)
     res = run_eval(args.model, args.scaling or ["default"], args.task, args.lengths, depths=args.depths,
                    samples=args.samples, data=args.data, out=args.out, resume=args.resume, seed=args.seed,
-                   protocol=args.protocol, stride=args.stride, bucket=args.bucket,
+                   protocol=args.protocol, windows=args.windows, stride=args.stride, bucket=args.bucket,
                    reuse_prefix=not args.no_prefix_reuse,
                    max_new_tokens=16 if args.max_new_tokens is None else args.max_new_tokens, dtype=args.dtype, progress=not args.no_progress,
                    command=getattr(args, "command_line", None), dry_run=args.dry_run,

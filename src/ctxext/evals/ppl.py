@@ -1,13 +1,13 @@
 """Long-document perplexity: a per-position loss curve, reported per length bucket, in two protocols
-(METHODS.md): `window` scores one window of the first L tokens of each document (token p is predicted from
-the p tokens before it, so the curve shows what position does); `sliding` moves an L-token window with a
+(METHODS.md): `window` scores the first L tokens of each document (token p is predicted from the p tokens
+before it, so the curve shows what position does), or with --windows W its first W consecutive L-token windows; `sliding` moves an L-token window with a
 stride over the first 2L tokens and scores each token once, with at least L − stride tokens of context
 (PI / YaRN's protocol). Each document starts with the tokenizer's start tokens (BOS for Llama-style
 tokenizers, none for SmolLM2 or the fixtures), as the model saw documents in training. Documents shorter than L
 are skipped and said so.
 
 Records: metric `ppl` (window) / `ppl_sliding`, one per bucket [start, end) of token positions plus one
-overall (bucket null); n = documents. The mean loss per position is saved in DIR/curves/ for plots and fit.
+overall (bucket null); n = windows scored (documents, or documents × --windows). The mean loss per position is saved in DIR/curves/ for plots and fit.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..data import Document, documents_at_least, lead, special_prefix
+from ..data import Document, documents_at_least, lead, special_prefix, windows_of
 from ..errors import CtxextError
 from .files import curve_path, save_array
 from .scoring import token_nll
@@ -83,29 +83,49 @@ def _usable(ctx: TaskContext, all_docs: list[Document], length: int) -> list[Doc
     return docs[:n]
 
 
+def _windows(ctx: TaskContext, docs: list[Document], length: int) -> list[tuple[str, int, np.ndarray]]:
+    """(document, window index, tokens) of every window the window protocol scores at `length`: up to --windows
+    consecutive windows of each document, each led by the start tokens. One window of a short model's curve is
+    the book's opening (title page, contents): --windows averages what the text says, not how it starts."""
+    prefix = special_prefix(ctx.tokenizer)
+    asked = ctx.settings.windows or 1
+    out, short = [], []
+    for d in docs:
+        pieces = windows_of(d.tokens[len(prefix):], prefix, length, asked)
+        out += [(d.name, w, p) for w, p in enumerate(pieces)]
+        if len(pieces) < asked:
+            short.append(f"{d.name} ({len(pieces)})")
+    if short:
+        ctx.log(f"ppl @ {length}: {len(short)} document(s) hold fewer than the {asked} windows asked (--windows): "
+                + ", ".join(short[:3]) + (" …" if len(short) > 3 else ""))
+    return out
+
+
 def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
     s = ctx.settings
-    windows: dict[str, np.ndarray] = {}  # document -> NLL of its first tokens (longest window computed so far)
+    firsts: dict[str, np.ndarray] = {}  # document -> NLL of its first tokens (longest first window computed so far)
     all_docs = read_as_model(ctx)
     for length in sorted({L for L, _ in cells}, reverse=True):  # longest first: shorter windows are slices
         docs = _usable(ctx, all_docs, length)
         recs: list[dict[str, Any]] = []
         if s.protocol in ("window", "both"):
             sums, counts = np.zeros(length), np.zeros(length)
-            for d in docs:
-                prev = windows.get(d.name)
+            pieces = _windows(ctx, docs, length)
+            for name, w, tokens in pieces:
+                prev = firsts.get(name) if w == 0 else None
                 if prev is not None and len(prev) >= length - 1 and ctx.same_freqs(length, len(prev) + 1):
                     nll = prev[:length - 1]  # the first L positions of a longer causal forward are this forward
                 else:
-                    nll = token_nll(ctx.model, d.tokens[:length])
-                    windows[d.name] = nll
+                    nll = token_nll(ctx.model, tokens)
+                    if w == 0:
+                        firsts[name] = nll
                 ctx.tick(ctx.cost.flops(length, scored=length))  # estimated work done (the bar's unit)
                 sums[1:] += nll
                 counts[1:] += 1
             curve = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
             save_array(curve_path(ctx.out, "ppl", ctx.spec.text, length), curve)
-            ctx.memo[("ppl", length)] = (curve, len(docs))
-            recs += bucket_records(ctx, "ppl", length, sums, counts, len(docs))
+            ctx.memo[("ppl", length)] = (curve, len(pieces))
+            recs += bucket_records(ctx, "ppl", length, sums, counts, len(pieces))
         if s.protocol in ("sliding", "both"):
             stride = stride_of(s, length)
             sums, counts = np.zeros(SLIDING_SPAN * length), np.zeros(SLIDING_SPAN * length)
@@ -127,7 +147,7 @@ def cost(mc: Any, length: int, depths: list[float], s: Settings) -> tuple[float,
     n = s.samples_for(TASK)
     flops = 0.0
     if s.protocol in ("window", "both"):
-        flops += n * mc.flops(length, scored=length)
+        flops += n * (s.windows or 1) * mc.flops(length, scored=length)
     if s.protocol in ("sliding", "both"):
         stride = stride_of(s, length)
         flops += n * len(sliding_ends(length, SLIDING_SPAN * length, stride)) * mc.flops(length, scored=stride)
@@ -146,5 +166,5 @@ def check(docs: list[Document], lengths: list[int]) -> None:
 TASK = register(Task(
     name="ppl", summary="per-position perplexity curve over long documents (window / sliding protocols)",
     run=run, cost=cost, metric="ppl", needs_data=True, default_samples=4, check=check,
-    options=("samples", "protocol", "stride", "bucket"), samples_are_documents=True,
+    options=("samples", "protocol", "windows", "stride", "bucket"), samples_are_documents=True,
 ))

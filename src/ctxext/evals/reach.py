@@ -84,10 +84,9 @@ def window_nll(model: Any, tokens: Any, length: int, windows: int, prefix: Any =
     start tokens) then the next consecutive piece of `tokens` from its start."""
     import torch
 
-    from ..data import lead
+    from ..data import windows_of
     from .scoring import token_nll
 
-    prefix = np.asarray(prefix, dtype=np.int64)
-    n = length - len(prefix)
     with torch.inference_mode():
-        return np.mean([token_nll(model, lead(prefix, tokens[w * n:(w + 1) * n])) for w in range(windows)], axis=0)
+        pieces = windows_of(tokens, np.asarray(prefix, dtype=np.int64), length, windows)
+        return np.mean([token_nll(model, p) for p in pieces], axis=0)

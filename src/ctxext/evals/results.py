@@ -20,8 +20,8 @@ from .files import atomic_write, write_json
 RESULTS = "results.json"
 SUMMARY = "summary.md"
 # settings whose change makes old records incomparable; a resumed run must keep them
-RESUME_KEYS = ("model", "dtype", "seed", "samples", "protocol", "stride", "bucket", "max_new_tokens", "data",
-               "data_files")
+RESUME_KEYS = ("model", "dtype", "seed", "samples", "protocol", "windows", "stride", "bucket", "max_new_tokens",
+               "data", "data_files")
 
 
 def _definition(spec: dict[str, Any]) -> str:
@@ -82,6 +82,12 @@ class Results:
             # keys no cell of the folder acted on (recorded null; folders from before resume_acting: every key acted)
             # take any value; a null a task did act on is its default (ppl's 4 documents), compared like any value
             old_acting = set(old_meta.get("config", {}).get("resume_acting") or RESUME_KEYS)
+            if "windows" not in before:  # a folder from before --windows: its ppl cells read one window a document
+                before = {**before, "windows": None}
+                if "ppl" not in (old_meta.get("config", {}).get("tasks") or []):
+                    old_acting.discard("windows")
+                else:
+                    old_acting.add("windows")
             unused = {k for k in RESUME_KEYS if before.get(k) is None and (k not in old_acting or k.startswith("data"))}
             diff = [f"data files (names and sizes) differ: {files_change(before[k], now[k])}" if k == "data_files"
                     else f"{k} {before[k]!r} -> {now[k]!r}" for k in RESUME_KEYS

@@ -176,8 +176,8 @@ def run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: It
 def _run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: Iterable[int | str],
              depths: Iterable[float | str] | None = None, samples: int | None = None,
              data: Iterable[str | Path] | None = None, out: str | Path = "runs/eval", resume: bool = False, *,
-             seed: int = 0, protocol: str = "window", stride: int | None = None, bucket: int | None = None,
-             reuse_prefix: bool = True, max_new_tokens: int = 16, dtype: str | None = None,
+             seed: int = 0, protocol: str = "window", windows: int | None = None, stride: int | None = None,
+             bucket: int | None = None, reuse_prefix: bool = True, max_new_tokens: int = 16, dtype: str | None = None,
              progress: bool = True, log: Callable[[str], None] | None = None, command: str | None = None,
              dry_run: bool = False, device: str = "auto") -> dict[str, Any]:
     """Run every spec × task × length (× depth) on one model load; -> the results dict written to out/results.json.
@@ -237,7 +237,7 @@ def _run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: I
     except KeyError:
         raise CtxextError(f"unknown dtype '{dtype}'; accepted: float32, bfloat16, float16") from None
     out = Path(out)
-    settings = Settings(seed=seed, samples=samples, protocol=protocol, stride=stride, bucket=bucket,
+    settings = Settings(seed=seed, samples=samples, protocol=protocol, windows=windows, stride=stride, bucket=bucket,
                         reuse_prefix=reuse_prefix, max_new_tokens=max_new_tokens)
     if settings.bucket is None:  # a resumed run keeps the bucket width its records were written with
         old = _previous_bucket(out) if resume else None
@@ -246,7 +246,7 @@ def _run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: I
     device = resolve_device(device) if lm is None else str(device_of(lm.model))
 
     resume_keys = {"model": name, "dtype": dtype, "seed": seed, "samples": samples, "protocol": protocol,
-                   "stride": stride, "bucket": settings.bucket, "max_new_tokens": max_new_tokens,
+                   "windows": windows, "stride": stride, "bucket": settings.bucket, "max_new_tokens": max_new_tokens,
                    "data": [str(Path(p).resolve()) for p in data] if needs else None,
                    # the files behind it, by name and size: a book added to a --data folder between runs put
                    # other documents beside the old cells in one table

@@ -24,6 +24,7 @@ class Settings:
     seed: int = 0
     samples: int | None = None  # per cell: documents (ppl), trials (passkey, niah, needle-ppl); None: task default
     protocol: str = "window"  # ppl: window (first L tokens), sliding, or both
+    windows: int | None = None  # ppl window protocol: consecutive L-token windows per document; None: 1
     stride: int | None = None  # sliding-window stride; None: L // 2
     bucket: int | None = None  # ppl curve bucket width in tokens; None: max length / 8 (a power of two)
     reuse_prefix: bool = True  # needle tasks: encode the haystack shared by several depths once
@@ -35,10 +36,14 @@ class Settings:
                               f"accepted: {', '.join(PROTOCOLS)}")
         if self.seed < 0:
             raise CtxextError(f"--seed must be >= 0, got {self.seed}")
-        for name in ("samples", "stride", "bucket", "max_new_tokens"):
+        for name in ("samples", "windows", "stride", "bucket", "max_new_tokens"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise CtxextError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+
+        if (self.windows or 1) > 1 and self.protocol == "sliding":
+            raise CtxextError("--windows acts on the window protocol; the sliding one already reads 2L tokens of each "
+                              "document: use --protocol window or both, or drop --windows")
 
     def samples_for(self, task: Task) -> int:
         return self.samples if self.samples is not None else task.default_samples
