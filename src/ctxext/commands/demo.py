@@ -118,8 +118,8 @@ def plan_check(out: Path, model: str, specs: list[str], length: int) -> tuple[st
     d = rows.get("default")
     cal = Calibration(d[0].tokens, d[1].reach, False) if d and d[0] and d[1] and not d[1].censored else None
     lines = [f"Predicted reach (step 1) vs measured: the first position where perplexity passes 2x its in-window "
-             f"value on the {length:,}-token curve of step 2{_averaged(out / 'ppl')} (buckets of {shape.original_len // 8:,} tokens; ≥: held "
-             "to the end of the curve)." + (f" Calibrated: the prediction times default RoPE's measured / predicted "
+             f"value on the {length:,}-token curve of step 2{_averaged(out / 'ppl')} (buckets of "
+             f"{shape.original_len // 8:,} tokens; ≥: held to the end of the curve)." + (f" Calibrated: the prediction times default RoPE's measured / predicted "
                                            f"({cal.tolerance:.2f})." if cal else ""), "",
              "| spec | predicted reach | measured | measured / predicted | calibrated |", "|---|---:|---:|---:|---:|"]
     table = []

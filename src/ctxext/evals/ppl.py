@@ -1,13 +1,14 @@
 """Long-document perplexity: a per-position loss curve, reported per length bucket, in two protocols
 (METHODS.md): `window` scores the first L tokens of each document (token p is predicted from the p tokens
-before it, so the curve shows what position does), or with --windows W its first W consecutive L-token windows; `sliding` moves an L-token window with a
-stride over the first 2L tokens and scores each token once, with at least L − stride tokens of context
-(PI / YaRN's protocol). Each document starts with the tokenizer's start tokens (BOS for Llama-style
-tokenizers, none for SmolLM2 or the fixtures), as the model saw documents in training. Documents shorter than L
-are skipped and said so.
+before it, so the curve shows what position does), or with --windows W its first W consecutive L-token
+windows; `sliding` moves an L-token window with a stride over the first 2L tokens and scores each token once,
+with at least L − stride tokens of context (PI / YaRN's protocol). Each document starts with the tokenizer's
+start tokens (BOS for Llama-style tokenizers, none for SmolLM2 or the fixtures), as the model saw documents in
+training; so does each window. Documents shorter than L are skipped and said so.
 
 Records: metric `ppl` (window) / `ppl_sliding`, one per bucket [start, end) of token positions plus one
-overall (bucket null); n = windows scored (documents, or documents × --windows). The mean loss per position is saved in DIR/curves/ for plots and fit.
+overall (bucket null); n = windows scored (documents, or documents × --windows). The mean loss per position
+is saved in DIR/curves/ for plots and fit.
 """
 
 from __future__ import annotations
