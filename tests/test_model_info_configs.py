@@ -189,28 +189,6 @@ def test_a_tokenizer_that_needs_the_folders_code_is_refused_in_one_line(tmp_path
         load_tokenizer(tmp_path)
 
 
-def test_attention_that_sets_its_scale_from_the_rope_when_built_takes_default_only(tmp_path, no_weights):
-    """DeepSeek-V2/V3's attention folds YaRN's mscale_all_dim into its softmax scale at init: a swapped rotary module
-    left the checkpoint's own scale in (logits 6-7.5 off the stock model of the spec's config). Refused in one line,
-    from the config before weights and by apply_spec; `default` (the checkpoint as shipped) still runs."""
-    from ctxext.models import apply_spec, check_before_weights, wrap_model
-    from ctxext.scaling import parse_spec
-
-    cfg = transformers.DeepseekV3Config(hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
-                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                                        q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
-                                        v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2,
-                                        first_k_dense_replace=1, max_position_embeddings=256, **SMALL)
-    cfg.save_pretrained(tmp_path)
-    info = model_info(str(tmp_path))
-    check_before_weights(parse_spec("default"), info)
-    _refused(lambda: check_before_weights(parse_spec("yarn:factor=4"), info), "'deepseek_v3' attention sets its")
-    torch.manual_seed(0)
-    lm = wrap_model(transformers.AutoModelForCausalLM.from_config(cfg).eval())
-    _refused(lambda: apply_spec(lm, "linear:factor=2"), "only `default`")
-    assert lm.spec is None and lm._undo is None  # untouched
-
-
 def test_a_rope_per_layer_type_is_refused_before_weights(tmp_path, no_weights, capsys):
     """Gemma 3 gives sliding and full layers their own rope: eval refused only after the weights loaded ("found 0
     rotary modules") and export said "stock transformers rejects it: full_attention"."""

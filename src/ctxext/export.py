@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import CtxextError
 from .scaling import Spec, check_fits, config_rope_fields, legacy_rope_fields, parse_spec
+from .scaling.hf import SCALE_AT_INIT
 from .scaling.spec import MAX_POSITIONS, effective_shape
 
 VERIFY_TOKENS = 1000
@@ -31,6 +32,7 @@ class ExportPlan:
     rope_parameters: dict[str, Any]
     max_position_embeddings: int
     original_len: int
+    model_type: str | None = None
 
 
 def plan_export(model: str, spec: Spec | str, max_len: int | None = None) -> ExportPlan:
@@ -54,7 +56,8 @@ def plan_export(model: str, spec: Spec | str, max_len: int | None = None) -> Exp
 
         check_before_weights(spec, info)
     rope_parameters, max_pos = config_rope_fields(spec, info.config)
-    plan = ExportPlan(model, spec, rope_parameters, max_pos, effective_shape(spec, info.rope_shape).original_len)
+    plan = ExportPlan(model, spec, rope_parameters, max_pos, effective_shape(spec, info.rope_shape).original_len,
+                      info.config.get("model_type"))
     if max_len is not None:
         plan = replace(plan, max_position_embeddings=_check_max_len(max_len, plan))
     _check_stock_config(export_config(info.config, plan), spec)
@@ -361,6 +364,8 @@ def _vllm_card(plan: ExportPlan) -> str:
         return ("\nvLLM's `dynamic` rope is one static NTK base for the longest length it serves, at every position "
                 "(inside the trained window too): served by vLLM this checkpoint is neither ctxext's dynamic-ntk nor "
                 "transformers'.\n")
+    if plan.model_type in SCALE_AT_INIT:
+        return _latent_attention_card(plan)
     m = rp.get("attention_factor")
     default = {"longrope": math.sqrt(1 + math.log(s) / math.log(L)) if s > 1 else 1.0,
                "yarn": 0.1 * math.log(s) + 1 if s > 1 else 1.0}.get(kind)
@@ -372,6 +377,21 @@ def _vllm_card(plan: ExportPlan) -> str:
     return (f"\nvLLM derives the {kind} attention factor itself ({default:.4g} here) and does not read "
             f"`attention_factor` ({float(m):.4g}): served by vLLM the logits are scaled otherwise than verified "
             "above.\n")
+
+
+def _latent_attention_card(plan: ExportPlan) -> str:
+    """DeepSeek-style models (SCALE_AT_INIT) elsewhere: vLLM's implementations build DeepSeek's own YaRN (which reads
+    mscale and mscale_all_dim) from any rope_scaling, and transformers 4.x's DeepSeek-V2 leaves mscale_all_dim out
+    of its softmax scale (5.x, 4.x's DeepSeek-V3 and vLLM put it in). Read from their code, not run here."""
+    rp, notes = plan.rope_parameters, []
+    kind = rp.get("rope_type", "default")
+    if kind not in ("default", "yarn"):
+        notes.append(f"vLLM's {plan.model_type} reads any rope_scaling as DeepSeek's YaRN: served by vLLM this "
+                     f"checkpoint's `{kind}` rope is YaRN with factor {rp.get('factor')}, not the model verified above.")
+    if plan.model_type == "deepseek_v2" and kind != "default" and rp.get("mscale_all_dim"):
+        notes.append("transformers 4.x's DeepSeek-V2 leaves `mscale_all_dim` out of its softmax scale (5.x and vLLM "
+                     "put it in): loaded with 4.x the logits differ from those verified above.")
+    return "".join(f"\n{n}\n" for n in notes)
 
 
 def model_card(plan: ExportPlan, results: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """Apply a scaling spec to a loaded model, in place; the previous spec is undone first.
 
 RoPE, static methods: the model's rotary-embedding module is replaced by a `ScaledRotary` with the spec's
-inv_freq and attention factor (nothing else changes; the state dict stays the stock one).
+inv_freq and attention factor (the state dict stays the stock one). DeepSeek-style attention, which sets its
+softmax scale from the config's rope when built, also gets the scale a stock model of the exported config holds.
 RoPE, length-dependent methods (dynamic-ntk, dynamic-yarn, longrope): the same module swap, plus every attention
 module's forward replaced by ctxext's pre-RoPE-cache attention with a position plan (`ctxext.models.attention`).
 ALiBi (BLOOM): the model's bias uses the spec's slopes (`ctxext.models.alibi`).
@@ -23,13 +24,14 @@ from torch import nn
 from ..errors import CtxextError
 from ..scaling import RopeShape, Spec, check_fits, resolve_alibi, resolve_rope
 from ..scaling.attention import POSITION_METHODS
-from ..scaling.hf import config_rope_type, per_layer_rope
+from ..scaling.hf import (SCALE_AT_INIT, SCALE_SET, config_rope_fields, config_rope_type, per_layer_rope,
+                          softmax_scale_at_init)
 from ..scaling.spec import effective_shape
 from .alibi import alibi_base_model, patch_alibi
 from .attention import SUPPORTED_MODEL_TYPES, attention_modules, make_plan, patch_attention, sliding_window
 from .info import ModelInfo
 from .load import LoadedModel
-from .rope import ScaledRotary, interleaved_tables
+from .rope import ScaledRotary, table_layout
 from .stock_rope import OWN_LENGTH_DEPENDENT, checkpoint_freqs, own_rope_refusal, own_window, stock_freqs
 
 Installer = Callable[[], Callable[[], None]]  # installs a patch, returns its undo
@@ -67,18 +69,30 @@ def check_before_weights(spec: Spec, info: ModelInfo) -> None:
             check_no_sliding_window([window])
 
 
-# attention modules that fold YaRN's mscale(factor, mscale_all_dim)^2 from the config's rope into their softmax
-# scale when built (DeepSeek-V2/V3's multi-head latent attention and its descendants): swapping the rotary module
-# leaves the checkpoint's own scale baked in, a model no rope config describes (logits 6-7.5 off stock)
-SCALE_AT_INIT = ("axk1", "axk2", "bailing_hybrid", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe_lite",
-                 "glm_moe_dsa", "hy_v4", "longcat_flash", "minicpm3", "mistral4", "mistral_large4", "youtu")
-
-
 def check_scale_at_init(spec: Spec, model_type: str | None) -> None:
-    if model_type in SCALE_AT_INIT:
+    if model_type in SCALE_AT_INIT and model_type not in SCALE_SET:
         raise CtxextError(f"'{model_type}' attention sets its softmax scale from the config's rope (mscale_all_dim) "
-                          f"when the model is built, which ctxext does not redo: '{spec.method}' cannot be applied "
-                          "in memory (only `default`, the checkpoint as shipped)")
+                          f"when the model is built; ctxext redoes that for {', '.join(SCALE_SET)} only, so "
+                          f"'{spec.method}' cannot be applied to it (only `default`, the checkpoint as shipped)")
+
+
+def _softmax_scales(lm: LoadedModel, spec: Spec) -> list[tuple[nn.Module, float]]:
+    """(attention module, the softmax scale a stock model built with `spec`'s exported rope holds) for models of
+    SCALE_AT_INIT types; [] for the others."""
+    if lm.info.config.get("model_type") not in SCALE_AT_INIT:
+        return []
+    try:
+        rope_parameters = config_rope_fields(spec, lm.info.config)[0]
+    except CtxextError:  # no stock config says it: what it would say, for the one field the scale reads
+        p = spec.params
+        rope_parameters = {"rope_type": spec.method, "factor": getattr(p, "factor", 1.0),
+                           "mscale_all_dim": getattr(p, "mscale_all_dim", None)}
+    found = [m for m in lm.model.modules()
+             if hasattr(m, "qk_head_dim") and isinstance(getattr(m, "scaling", None), float)]
+    if not found:
+        raise CtxextError(f"'{lm.info.config.get('model_type')}' attention should hold its softmax scale (qk_head_dim, "
+                          f"scaling), which this transformers version's does not: '{spec.method}' cannot be applied")
+    return [(m, softmax_scale_at_init(rope_parameters, m.qk_head_dim)) for m in found]
 
 
 def check_attention_model(spec: Spec, model_type: str | None, patchable: bool = True) -> None:
@@ -157,17 +171,23 @@ def _rope_installer(lm: LoadedModel, spec: Spec) -> Installer | None:
         freqs = plan.resolved(plan.bucket(plan.L))
     else:  # the float32 rounding stock transformers will use for the exported checkpoint (see stock_rope)
         freqs = stock_freqs(lm.model.config, spec, freqs)
-    rotary = ScaledRotary(freqs, base, plan, interleaved_tables(current)).to(device)
+    rotary = ScaledRotary(freqs, base, plan, table_layout(current)).to(device)
+    scales = _softmax_scales(lm, spec)
 
     def install() -> Callable[[], None]:
         original = getattr(parent, attr)
         setattr(parent, attr, rotary)
         undo_attention = patch_attention(lm.model, plan, lm.info.n_layers) if plan is not None else None
+        built = [(m, m.scaling) for m, _ in scales]
+        for m, scale in scales:
+            m.scaling = scale
 
         def undo() -> None:
             if undo_attention is not None:
                 undo_attention()
             setattr(parent, attr, original)
+            for m, scale in built:
+                m.scaling = scale
 
         return undo
 

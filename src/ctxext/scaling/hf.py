@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import CtxextError
 from .base import RopeShape
 from .longrope import longrope_attention_factor
+from .yarn import yarn_mscale
 from .spec import MAX_POSITIONS, Spec, check_fits, effective_shape, resolve_rope
 
 
@@ -169,3 +170,27 @@ def legacy_rope_fields(rope_parameters: dict[str, Any], model_type: str | None =
 def factors_of(spec: Spec, shape: RopeShape, seq_len: int | None = None) -> np.ndarray:
     """Per-pair factors f_i = θ_i/θ'_i of a spec (plots, search seeds)."""
     return resolve_rope(spec, shape, seq_len).factors(effective_shape(spec, shape))
+
+
+# attention modules that fold YaRN's mscale(factor, mscale_all_dim)^2 from the config's rope into their softmax
+# scale when built (DeepSeek-V2/V3's multi-head latent attention and its descendants): a spec sets that scale as
+# stock transformers would for the rope config it exports (swapping the rotary module alone left the checkpoint's
+# own scale baked in: logits 6-7.5 off stock)
+SCALE_AT_INIT = ("axk1", "axk2", "bailing_hybrid", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe_lite",
+                 "glm_moe_dsa", "hy_v4", "longcat_flash", "minicpm3", "mistral4", "mistral_large4", "youtu")
+# the ones whose every static method is tested equal to the stock model of its exported config; the others keep
+# only `default` (their rotary modules and configs differ in ways not checked here)
+SCALE_SET = ("deepseek_v2", "deepseek_v3")
+
+
+def softmax_scale_at_init(rope_parameters: dict[str, Any], head_dim: int) -> float:
+    """The softmax scale DeepSeek-V2/V3-style attention (multi-head latent attention) computes when it is built:
+    head_dim^-0.5, times mscale(factor, mscale_all_dim)^2 when the config's rope is scaled and names
+    mscale_all_dim (DeepSeek's YaRN, whose temperature covers every query-key channel, not only the rotated
+    ones). Multiplied in transformers' order, so the float is the one a stock model holds."""
+    scale = head_dim ** (-0.5)
+    all_dim = rope_parameters.get("mscale_all_dim")
+    if rope_parameters.get("rope_type", "default") != "default" and all_dim:
+        m = yarn_mscale(rope_parameters["factor"], all_dim)
+        scale = scale * m * m
+    return scale
