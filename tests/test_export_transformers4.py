@@ -98,7 +98,8 @@ DEEPSEEK_YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "ori
 # Phi3 config takes; checkpoints whose config already scales RoPE exported as `default`.
 SOURCES = {"phi3-full": _phi3(1.0), "phi3-partial": _phi3(0.5), "llama3-legacy": ("llama", _legacy_llama3, {}),
            "yarn-v5": ("llama", _yarn_v5, {}), "neox": ("gpt_neox", None, {}),
-           "deepseek-v3-yarn": ("deepseek_v3", None, {"rope_parameters": DEEPSEEK_YARN, "max_position_embeddings": 256}),
+           "deepseek-v3-yarn": ("deepseek_v3", None,
+                                {"rope_parameters": DEEPSEEK_YARN, "max_position_embeddings": 256}),
            "deepseek-v2": ("deepseek_v2", None, {})}
 CASES = [("phi3-full", "longrope:factor=4,long_factor=" + _ramp(8)), ("phi3-full", "linear:factor=4"),
          ("phi3-full", "abf:base=500000"), ("phi3-partial", "longrope:factor=4,long_factor=" + _ramp(4)),

@@ -387,7 +387,8 @@ def _latent_attention_card(plan: ExportPlan) -> str:
     kind = rp.get("rope_type", "default")
     if kind not in ("default", "yarn"):
         notes.append(f"vLLM's {plan.model_type} reads any rope_scaling as DeepSeek's YaRN: served by vLLM this "
-                     f"checkpoint's `{kind}` rope is YaRN with factor {rp.get('factor')}, not the model verified above.")
+                     f"checkpoint's `{kind}` rope is YaRN with factor {rp.get('factor')}, not the model verified "
+                     "above.")
     if plan.model_type == "deepseek_v2" and kind != "default" and rp.get("mscale_all_dim"):
         notes.append("transformers 4.x's DeepSeek-V2 leaves `mscale_all_dim` out of its softmax scale (5.x and vLLM "
                      "put it in): loaded with 4.x the logits differ from those verified above.")

@@ -1,5 +1,5 @@
-"""Tiny random models from configs (Llama, Mistral, Qwen2, Qwen3, Phi3, Cohere, GPT-NeoX, DeepSeek-V2/V3, BLOOM) for tests
-and smoke runs.
+"""Tiny random models from configs (Llama, Mistral, Qwen2, Qwen3, Phi3, Cohere, GPT-NeoX, DeepSeek-V2/V3, BLOOM) for
+tests and smoke runs.
 
 hidden 64, 2 layers, 4 heads (2 KV heads), head_dim 16, vocab 96, window 64: "past the window" is cheap.
 `init_std` is larger than transformers' 0.02 so attention is sharp enough for position changes to show.
