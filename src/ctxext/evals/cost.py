@@ -32,6 +32,10 @@ SAFETY = 1.15  # allocator slack on top of the sum
 ATTENTION_SLOWDOWN = 4.0
 # a cached rate older than this is measured again (about a second): one taken while other work ran must not last
 RATE_MAX_AGE_S = 3600
+# a measurement under this fraction of the best one this machine has given (other work sharing the cores: 14 against
+# 168 GFLOP/s once) is kept only LOADED_AGE_S, so the next run measures again; it cost a 4.2 h estimate of a 44 min cell
+LOADED_FRACTION = 0.6
+LOADED_AGE_S = 120
 # the dynamic methods' attention costs at most this many times the plain kernel's: measured 2.3-3.4 on the idle
 # 2-core CPU (2k-8k queries past the window), and 15x once while another job shared the cores
 PLAN_WEIGHT_MAX = 4.0
@@ -142,18 +146,20 @@ def _rate_key(dtype: Any, device: str) -> str:
 
 def _cached_rate(what: str, dtype: Any, device: str, measure: Any, refresh: bool) -> float:
     """A rate measured once per machine, thread count, torch version, dtype and device, and kept under the cache
-    root for RATE_MAX_AGE_S."""
+    root for RATE_MAX_AGE_S, or LOADED_AGE_S when it is well under the best this key has measured (a busy machine)."""
     path = cache_root() / "machine.json"
     key = f"{_rate_key(dtype, device)}|{what}"
     try:
         known = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         known = {}
-    entry = known.get(key)
-    if isinstance(entry, dict) and time.time() - entry.get("at", 0.0) < RATE_MAX_AGE_S and not refresh:
+    entry = known.get(key) if isinstance(known.get(key), dict) else {}
+    if entry and time.time() - entry.get("at", 0.0) < entry.get("max_age", RATE_MAX_AGE_S) and not refresh:
         return float(entry["flops"])
     rate = measure(dtype, device)
-    known[key] = {"flops": rate, "at": time.time()}
+    best = max(rate, float(entry.get("best", 0.0)))
+    known[key] = {"flops": rate, "at": time.time(), "best": best,
+                  "max_age": LOADED_AGE_S if rate < LOADED_FRACTION * best else RATE_MAX_AGE_S}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".machine.{os.getpid()}.tmp")
