@@ -119,3 +119,23 @@ def test_the_estimate_counts_every_window(tmp_path, book):
     four = run_eval("tiny-rope", ["default"], ["ppl"], [256], samples=1, windows=4, data=[book], out=tmp_path / "b",
                     dry_run=True, **QUIET)
     assert four["estimated_seconds"] == pytest.approx(4 * one["estimated_seconds"], rel=1e-6)
+
+
+def test_the_estimate_leaves_out_windows_read_from_a_longer_forward(tmp_path, book):
+    """A shorter length's first window is a slice of the longer one's forward (static specs): the estimate charged it
+    a full forward. longrope switches factors at the trained length, so 256 and 512 are both computed."""
+    from ctxext.evals.ppl import sliced_lengths
+
+    def est(specs, lengths, **kw):
+        return run_eval("tiny-rope", specs, ["ppl"], lengths, samples=1, data=[book], out=tmp_path / "x",
+                        dry_run=True, **kw, **QUIET)["estimated_seconds"]
+
+    assert est(["default"], [256, 512]) == pytest.approx(est(["default"], [512]), rel=1e-9)
+    assert est(["default"], [256, 512], windows=2) == pytest.approx(
+        est(["default"], [512], windows=2) + est(["default"], [256]), rel=1e-9)
+    longrope = "longrope:factor=2,long_factor=[" + ",".join(["2"] * 16) + "]"
+    assert est([longrope], [256, 512]) == pytest.approx(est([longrope], [256]) + est([longrope], [512]), rel=1e-9)
+    assert sliced_lengths([128, 512, 256, 1024], lambda a, b: (a > 256) == (b > 256)) == {512, 128}
+    res = run_eval("tiny-rope", ["default"], ["ppl"], [256, 512], samples=1, data=[book], out=tmp_path / "r", **QUIET)
+    times = {t["length"]: t["estimated_seconds"] for t in res["meta"]["timings"]}
+    assert times[256] == 0 and times[512] > 0

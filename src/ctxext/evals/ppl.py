@@ -14,7 +14,7 @@ is saved in DIR/curves/ for plots and fit.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -102,6 +102,24 @@ def _windows(ctx: TaskContext, docs: list[Document], length: int) -> list[tuple[
     return out
 
 
+def sliced_lengths(lengths: list[int], same_freqs: Callable[[int, int], bool]) -> set[int]:
+    """The lengths whose first windows run() reads from a longer length's forward: lengths go longest first, and one
+    is a slice of the last length computed when forwards of the two rotate shared positions alike."""
+    sliced, computed = set(), None
+    for L in sorted(set(lengths), reverse=True):
+        if computed is not None and same_freqs(L, computed):
+            sliced.add(L)
+        else:
+            computed = L
+    return sliced
+
+
+def shared(mc: Any, lengths: list[int], s: Settings, same_freqs: Callable[[int, int], bool]) -> dict[int, float]:
+    if s.protocol == "sliding":
+        return {}
+    return {L: s.samples_for(TASK) * mc.flops(L, scored=L) for L in sliced_lengths(lengths, same_freqs)}
+
+
 def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
     s = ctx.settings
     firsts: dict[str, np.ndarray] = {}  # document -> NLL of its first tokens (longest first window computed so far)
@@ -120,7 +138,7 @@ def run(ctx: TaskContext, cells: list[Cell]) -> Iterator[tuple[Cell, list[dict[s
                     nll = token_nll(ctx.model, tokens)
                     if w == 0:
                         firsts[name] = nll
-                ctx.tick(ctx.cost.flops(length, scored=length))  # estimated work done (the bar's unit)
+                    ctx.tick(ctx.cost.flops(length, scored=length))  # estimated work done (the bar's unit)
                 sums[1:] += nll
                 counts[1:] += 1
             curve = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
@@ -167,5 +185,5 @@ def check(docs: list[Document], lengths: list[int]) -> None:
 TASK = register(Task(
     name="ppl", summary="per-position perplexity curve over long documents (window / sliding protocols)",
     run=run, cost=cost, metric="ppl", needs_data=True, default_samples=4, check=check,
-    options=("samples", "protocol", "windows", "stride", "bucket"), samples_are_documents=True,
+    options=("samples", "protocol", "windows", "stride", "bucket"), samples_are_documents=True, shared=shared,
 ))

@@ -298,6 +298,10 @@ def _run_eval(model: Any, specs: Iterable[str], tasks: Iterable[str], lengths: I
                 key = (s.text, t.name, L)
                 c = costs[s.text]
                 flops[key], peak[key] = t.cost(c, L, Ds, cap, spec=s) if t.spec_cost else t.cost(c, L, Ds, cap)
+            if t.shared is not None:  # work a cell reads from another cell of this run
+                pending = sorted({L for L, _ in cells[(s.text, t.name)]})
+                for L, saved in t.shared(costs[s.text], pending, cap, same_freqs_of(s, info)).items():
+                    flops[(s.text, t.name, L)] -= saved
     plan = Plan(task_list, {k: v for k, v in cells.items() if v}, flops, peak, rate, attn_rate)
     free = available_memory(where)
     for (st, t, L), need in peak.items():

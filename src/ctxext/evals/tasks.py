@@ -111,6 +111,9 @@ class Task:
     options: tuple[str, ...] = ()
     version: int = 1  # raised when what the task measures changes: a resumed folder measures older cells again
     samples_are_documents: bool = False  # --samples counts --data documents (ppl): the estimate caps it by them
+    # (model cost, the lengths a run measures, settings, same_freqs) -> {length: FLOPs run() reads from a longer
+    # length's forward instead of computing}: the estimate leaves them out (ppl's shorter windows are slices)
+    shared: Callable[[Any, list[int], Settings, Callable[[int, int], bool]], dict[int, float]] | None = None
 
     def cells(self, lengths: list[int], depths: list[float]) -> list[Cell]:
         return [(L, d) for L in lengths for d in depths] if self.uses_depths else [(L, None) for L in lengths]
