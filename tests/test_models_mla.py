@@ -184,3 +184,23 @@ def test_other_types_that_set_their_scale_when_built_take_default_only(tmp_path)
     with pytest.raises(CtxextError, match="deepseek_v2, deepseek_v3 only"):
         apply_spec(lm, "linear:factor=2")
     assert lm.spec is None and lm._undo is None
+
+
+def test_the_plan_picks_nothing_for_a_type_that_takes_default_only(tmp_path, capsys):
+    """It recommended yarn / dynamic-ntk / abf for MiniCPM3, which eval and export then refused."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.for_model("minicpm3", vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=24,
+                               qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, max_position_embeddings=256)
+    cfg.save_pretrained(tmp_path / "m")
+    assert main(["plan", "--model", str(tmp_path / "m"), "--target", "1024", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in data["recommendations"]] == ["default"]
+    assert not any(r["recommended"] for r in data["recommendations"])
+    assert data["skipped"]["yarn"] == ("ctxext applies only `default` to 'minicpm3' (its attention sets its softmax "
+                                       "scale from the rope when built)")
+    build("deepseek_v3", False).save_pretrained(tmp_path / "d")
+    assert main(["plan", "--model", str(tmp_path / "d"), "--target", "1024", "--json"]) == 0
+    picks = {r["method"]: r["recommended"] for r in json.loads(capsys.readouterr().out)["recommendations"]}
+    assert "yarn" in picks and "training-free" in picks.values()

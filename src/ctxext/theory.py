@@ -412,7 +412,8 @@ def _streaming_note(c: _Ctx) -> str:
 ATTENTION_NOTES: dict[str, Callable[[_Ctx], str]] = {"self-extend": _self_extend_note, "streaming": _streaming_note}
 
 
-def plan(shape: RopeShape, target: int, base: float | None = None, patchable: bool = True) -> Plan:
+def plan(shape: RopeShape, target: int, base: float | None = None, patchable: bool = True,
+         only_default: str | None = None) -> Plan:
     """Predict reach and recommend parameters per RoPE method for extending `shape` to `target` tokens.
 
     `base`: plan for the model with its rope base changed to B (e.g. after ABF tuning). A larger B keeps the
@@ -420,7 +421,8 @@ def plan(shape: RopeShape, target: int, base: float | None = None, patchable: bo
     period within the trained length, so its own critical dimension counts (down to the small-base regime, where
     every dimension does and no limit is predicted), as `predicted_reach` on a model trained with B says.
     `patchable`: whether ctxext can patch this architecture's attention; when not, the length-dependent methods
-    (dynamic ones, longrope) are skipped, so the training-free pick is one the model can run.
+    (dynamic ones, longrope) are skipped, so the training-free pick is one the model can run. `only_default`: why
+    ctxext applies no method but `default` to this architecture; every other method is skipped with it.
     """
     check_target(target, shape.original_len)
     d_extra = critical_dim(shape.rotary_dim, min(shape.base, base or shape.base), shape.original_len)
@@ -439,6 +441,9 @@ def plan(shape: RopeShape, target: int, base: float | None = None, patchable: bo
             continue
         if name not in RULES:
             skipped[name] = "no planner rule yet"
+            continue
+        if only_default and name != "default":
+            skipped[name] = only_default
             continue
         if method.length_dependent and not patchable:
             skipped[name] = "patches attention, which ctxext does not support for this architecture"

@@ -83,8 +83,13 @@ def run(args: argparse.Namespace) -> int:
         shape = RopeShape(shape.rotary_dim, shape.base, args.original_len)
     check_target(args.target, shape.original_len)
     from ..models.attention import SUPPORTED_MODEL_TYPES
+    from ..scaling.hf import takes_default_only
 
-    p = plan(shape, args.target, base=args.base, patchable=info.config.get("model_type") in SUPPORTED_MODEL_TYPES)
+    model_type = info.config.get("model_type")
+    only_default = (f"ctxext applies only `default` to '{model_type}' (its attention sets its softmax scale from the "
+                    "rope when built)") if takes_default_only(model_type) else None  # no pick eval and export refuse
+    p = plan(shape, args.target, base=args.base, patchable=model_type in SUPPORTED_MODEL_TYPES,
+             only_default=only_default)
 
     head_dim = getattr(info, "head_dim", None) or _head_dim(info.config) or shape.rotary_dim
     data = {"model": getattr(info, "name", args.model), "head_dim": head_dim, **p.to_dict()}

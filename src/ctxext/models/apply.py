@@ -25,7 +25,7 @@ from ..errors import CtxextError
 from ..scaling import RopeShape, Spec, check_fits, resolve_alibi, resolve_rope
 from ..scaling.attention import POSITION_METHODS
 from ..scaling.hf import (SCALE_AT_INIT, SCALE_SET, config_rope_fields, config_rope_type, per_layer_rope,
-                          softmax_scale_at_init)
+                          softmax_scale_at_init, takes_default_only)
 from ..scaling.spec import effective_shape
 from .alibi import alibi_base_model, patch_alibi
 from .attention import SUPPORTED_MODEL_TYPES, attention_modules, make_plan, patch_attention, sliding_window
@@ -70,7 +70,7 @@ def check_before_weights(spec: Spec, info: ModelInfo) -> None:
 
 
 def check_scale_at_init(spec: Spec, model_type: str | None) -> None:
-    if model_type in SCALE_AT_INIT and model_type not in SCALE_SET:
+    if takes_default_only(model_type):
         raise CtxextError(f"'{model_type}' attention sets its softmax scale from the config's rope (mscale_all_dim) "
                           f"when the model is built; ctxext redoes that for {', '.join(SCALE_SET)} only, so "
                           f"'{spec.method}' cannot be applied to it (only `default`, the checkpoint as shipped)")

@@ -183,6 +183,12 @@ SCALE_AT_INIT = ("axk1", "axk2", "bailing_hybrid", "deepseek_v2", "deepseek_v3",
 SCALE_SET = ("deepseek_v2", "deepseek_v3")
 
 
+def takes_default_only(model_type: str | None) -> bool:
+    """An architecture ctxext applies only `default` to: it sets its softmax scale from the rope when built, and
+    ctxext does not redo that for it (eval, export and the planner's picks all follow this)."""
+    return model_type in SCALE_AT_INIT and model_type not in SCALE_SET
+
+
 def softmax_scale_at_init(rope_parameters: dict[str, Any], head_dim: int) -> float:
     """The softmax scale DeepSeek-V2/V3-style attention (multi-head latent attention) computes when it is built:
     head_dim^-0.5, times mscale(factor, mscale_all_dim)^2 when the config's rope is scaled and names
