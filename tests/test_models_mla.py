@@ -108,6 +108,19 @@ def test_methods_that_patch_attention_are_refused_before_weights(tmp_path):
             check_before_weights(parse_spec(text), info)
 
 
+def test_search_is_refused_before_weights(tmp_path, capsys, monkeypatch):
+    """The search evaluates longrope, which patches attention: it refused only after loading the weights."""
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+
+    src = _checkpoint(tmp_path, "deepseek_v3", False)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("weights were loaded"))
+    rc = main(["search", "--model", str(src), "--target", "256", "--data", str(books_dir() / HELD_OUT_BOOK),
+               "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'longrope' patches attention, which ctxext supports for" in err and "not 'deepseek_v3'" in err
+    assert not (tmp_path / "s").exists()
+
+
 def _checkpoint(tmp_path, arch, shipped):
     import shutil
     from pathlib import Path
@@ -204,3 +217,37 @@ def test_the_plan_picks_nothing_for_a_type_that_takes_default_only(tmp_path, cap
     assert main(["plan", "--model", str(tmp_path / "d"), "--target", "1024", "--json"]) == 0
     picks = {r["method"]: r["recommended"] for r in json.loads(capsys.readouterr().out)["recommendations"]}
     assert "yarn" in picks and "training-free" in picks.values()
+
+
+def test_flash_parts_take_values_narrower_or_wider_than_keys():
+    from ctxext.evals.attention import _flash, merge, prefix_part
+
+    g = torch.Generator().manual_seed(0)
+    for dq, dv in ((24, 16), (16, 24)):
+        q, k, v = (torch.randn(1, 2, n, d, generator=g) for n, d in ((5, dq), (9, dq), (9, dv)))
+        out, lse = _flash(q, k, v, None, False)
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        assert out.shape == (1, 2, 5, dv) and torch.allclose(out, want, atol=1e-6)
+        assert torch.allclose(lse, torch.logsumexp(q @ k.transpose(-1, -2) * dq ** -0.5, -1), atol=1e-5)
+        parts = [prefix_part(q, k[:, :, :4], v[:, :, :4], None), _flash(q, k[:, :, 4:], v[:, :, 4:], None, False)]
+        assert torch.allclose(merge(parts), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["deepseek_v2", "deepseek_v3"])
+def test_needle_tasks_with_the_shared_prefix_answer_as_without(tmp_path, arch):
+    """passkey and niah encode the haystack once and read it through CPU flash attention, which takes one head width:
+    DeepSeek's 16-wide values against 24-wide keys crashed every passkey and niah cell (and `ctxext train`'s evals)."""
+    from ctxext.evals import run_eval
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+
+    src = _checkpoint(tmp_path, arch, True)
+    rows = {}
+    for reuse in (True, False):
+        out = tmp_path / f"r{reuse}"
+        run_eval(str(src), ["default", "yarn:factor=8,mscale=1,mscale_all_dim=1"], ["passkey", "niah"], [256],
+                 depths=[0.2, 0.8], samples=2, data=[str(books_dir() / HELD_OUT_BOOK)], out=out, reuse_prefix=reuse,
+                 progress=False, log=lambda m: None)
+        rows[reuse] = {p.name: [(r["answer"], r["correct"]) for r in map(json.loads, p.read_text().splitlines())]
+                       for p in sorted((out / "answers").glob("*.jsonl"))}
+    assert len(rows[True]) == 4 and all(len(v) == 4 for v in rows[True].values())
+    assert rows[True] == rows[False]

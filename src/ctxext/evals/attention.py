@@ -44,9 +44,18 @@ def _mask(*, mask_function: Any, attention_mask: Any = None, allow_is_causal_ski
 
 def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
            causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """CPU flash attention -> (output (B, H, T, D), log-sum-exp of the scores (B, H, T))."""
+    """CPU flash attention -> (output (B, H, T, Dv), log-sum-exp of the scores (B, H, T)). The kernel takes one head
+    width; latent attention (DeepSeek) has values narrower than queries and keys (16 vs 24 in the tiny models):
+    zero value channels add zero outputs, zero query/key channels zero scores, so padding is exact."""
+    dq, dv = q.shape[-1], v.shape[-1]
+    if dq != dv:
+        scale = dq ** -0.5 if scale is None else scale  # the default would follow the padded width
+        if dv < dq:
+            v = F.pad(v, (0, dq - dv))
+        else:
+            q, k = F.pad(q, (0, dv - dq)), F.pad(k, (0, dv - dq))
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, is_causal=causal, scale=scale)
-    return out, lse
+    return (out[..., :dv] if out.shape[-1] != dv else out), lse
 
 
 def merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -104,7 +113,8 @@ def prefix_part(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     g = k.shape[1]
     qf = q.reshape(B, g, (H // g) * T, D).transpose(0, 1).reshape(1, g, B * (H // g) * T, D)
     out, lse = _flash(qf, k, v, scale, False)
-    out = out.reshape(g, B, H // g, T, D).transpose(0, 1).reshape(B, H, T, D)
+    Dv = out.shape[-1]  # the values' width (latent attention: narrower than D)
+    out = out.reshape(g, B, H // g, T, Dv).transpose(0, 1).reshape(B, H, T, Dv)
     lse = lse.reshape(g, B, H // g, T).transpose(0, 1).reshape(B, H, T)
     return out, lse
 
@@ -194,12 +204,13 @@ def fast_attention(model: Any) -> Iterator[None]:
 def fused_branches(model: Any) -> bool:
     """Can `model` run a BranchCache now: the mask-free attention is active, on CPU, no ctxext attention patch
     (length-dependent RoPE plans, Self-Extend, streaming) replaces the layers' forward, and no layer slides its
-    window (those attend through the mask, which a branch cache cannot give them)."""
+    window (those attend through the mask, which a branch cache cannot give them), and no layer caches latents it
+    expands after the cache (DeepSeek's `expand_kv`: the prefix a branch reads would be the compressed one)."""
     from .scoring import has_sliding_window
 
     return (getattr(model.config, "_attn_implementation", None) == NAME
             and next(model.parameters()).device.type == "cpu"
-            and not any(hasattr(m, "_ctxext_plan") for m in model.modules())
+            and not any(hasattr(m, "_ctxext_plan") or hasattr(m, "expand_kv") for m in model.modules())
             and not has_sliding_window(model))
 
 

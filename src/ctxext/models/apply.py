@@ -63,7 +63,7 @@ def check_before_weights(spec: Spec, info: ModelInfo) -> None:
             raise CtxextError(own_rope_refusal(spec.method, own))
         spec.params.check_trained_len(effective_shape(spec, position_shape(info)).original_len)
     if spec.entry.length_dependent and info.encoding == "rope":  # methods that patch attention
-        check_attention_model(spec, info.config.get("model_type"))
+        check_attention_model(spec.method, info.config.get("model_type"))
         window = info.config.get("sliding_window")
         if spec.method == "streaming" and window and info.config.get("use_sliding_window", True):
             check_no_sliding_window([window])
@@ -95,9 +95,9 @@ def _softmax_scales(lm: LoadedModel, spec: Spec) -> list[tuple[nn.Module, float]
     return [(m, softmax_scale_at_init(rope_parameters, m.qk_head_dim)) for m in found]
 
 
-def check_attention_model(spec: Spec, model_type: str | None, patchable: bool = True) -> None:
+def check_attention_model(method: str, model_type: str | None, patchable: bool = True) -> None:
     if model_type not in SUPPORTED_MODEL_TYPES or not patchable:
-        raise CtxextError(f"'{spec.method}' patches attention, which ctxext supports for "
+        raise CtxextError(f"'{method}' patches attention, which ctxext supports for "
                           f"{', '.join(SUPPORTED_MODEL_TYPES)} models, not '{model_type}'")
 
 
@@ -167,7 +167,7 @@ def _rope_installer(lm: LoadedModel, spec: Spec) -> Installer | None:
         else:
             plan = make_plan(spec, shape, lambda t, f: stock_freqs(lm.model.config, spec, f, seq_len=t))
         model_type = lm.info.config.get("model_type")
-        check_attention_model(spec, model_type, len(attention_modules(lm.model)) == lm.info.n_layers)
+        check_attention_model(spec.method, model_type, len(attention_modules(lm.model)) == lm.info.n_layers)
         freqs = plan.resolved(plan.bucket(plan.L))
     else:  # the float32 rounding stock transformers will use for the exported checkpoint (see stock_rope)
         freqs = stock_freqs(lm.model.config, spec, freqs)

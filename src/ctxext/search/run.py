@@ -52,6 +52,9 @@ def _run_search(model: Any, data: list[str | Path], out: str | Path, config: Sea
     name = model if isinstance(model, str) else lm.name
     if info.encoding != "rope" or info.rope_shape is None:
         raise CtxextError(f"ctxext search needs a RoPE model; {name} uses {info.encoding}")
+    from ..models.apply import check_attention_model
+
+    check_attention_model("longrope", info.config.get("model_type"))  # what the search evaluates, before weights
     shape = info.rope_shape
     config.check(shape.original_len)
     c = critical_dim(shape.rotary_dim, shape.base, shape.original_len) // 2
