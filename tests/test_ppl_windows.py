@@ -94,6 +94,18 @@ def test_an_older_ppl_folder_read_one_window_and_keeps_it(tmp_path, book):
     assert sorted({r["length"] for r in res["records"]}) == [256, 512]
 
 
+def test_an_older_ppl_folder_resumed_with_passkey_still_keeps_one_window(tmp_path, book):
+    """A passkey resume wrote the windows key (null) while the folder's acting keys still lacked it: the next resume
+    took ppl --windows 3 beside the one-window cells."""
+    run_eval("tiny-rope", ["default"], ["ppl"], [256], samples=1, data=[book], out=tmp_path / "o", **QUIET)
+    _as_before_windows(tmp_path / "o")
+    run_eval("tiny-rope", ["default"], ["passkey"], [256], depths=[0.5], samples=1, out=tmp_path / "o", resume=True,
+             **QUIET)
+    with pytest.raises(CtxextError, match=r"other settings \(windows None -> 3\)"):
+        run_eval("tiny-rope", ["default"], ["ppl"], [128], samples=1, windows=3, data=[book], out=tmp_path / "o",
+                 resume=True, **QUIET)
+
+
 def test_an_older_passkey_folder_takes_ppl_with_windows(tmp_path, book):
     run_eval("tiny-rope", ["default"], ["passkey"], [256], depths=[0.5], samples=1, out=tmp_path / "o", **QUIET)
     _as_before_windows(tmp_path / "o")

@@ -82,12 +82,13 @@ class Results:
             # keys no cell of the folder acted on (recorded null; folders from before resume_acting: every key acted)
             # take any value; a null a task did act on is its default (ppl's 4 documents), compared like any value
             old_acting = set(old_meta.get("config", {}).get("resume_acting") or RESUME_KEYS)
-            if "windows" not in before:  # a folder from before --windows: its ppl cells read one window a document
-                before = {**before, "windows": None}
-                if "ppl" not in (old_meta.get("config", {}).get("tasks") or []):
-                    old_acting.discard("windows")
-                else:
-                    old_acting.add("windows")
+            # windows acts exactly when the folder holds ppl cells; folders from before --windows have no such key
+            # (their ppl cells read one window a document) nor, once resumed with other tasks, list it as acting
+            before = {"windows": None, **before}
+            if "ppl" in (old_meta.get("config", {}).get("tasks") or []):
+                old_acting.add("windows")
+            else:
+                old_acting.discard("windows")
             unused = {k for k in RESUME_KEYS if before.get(k) is None and (k not in old_acting or k.startswith("data"))}
             diff = [f"data files (names and sizes) differ: {files_change(before[k], now[k])}" if k == "data_files"
                     else f"{k} {before[k]!r} -> {now[k]!r}" for k in RESUME_KEYS
