@@ -70,6 +70,29 @@ def test_a_rate_measured_under_load_is_kept_two_minutes_only(rates):
     assert cost.matmul_rate() == 95e9 and calls["matmul"] == 3  # an hour now
 
 
+def test_the_best_rate_survives_old_entries_and_a_concurrent_writer(rates, monkeypatch):
+    """An expired entry from before `best` was kept (168 GFLOP/s) and a busy measurement (14): best was the 14, kept
+    an hour. A run that measured slowly while another wrote 168 overwrote it with its own stale copy."""
+    calls, value, path = rates
+    cost.matmul_rate()
+    (key,) = [k for k in json.loads(path.read_text()) if k.endswith("|matmul")]
+    path.write_text(json.dumps({key: {"flops": 168e9, "at": time.time() - cost.RATE_MAX_AGE_S - 1}}))
+    value["matmul"] = 14e9
+    assert cost.matmul_rate() == 14e9
+    entry = json.loads(path.read_text())[key]
+    assert entry["best"] == 168e9 and entry["max_age"] == cost.LOADED_AGE_S
+
+    def slow(dtype, device):  # another run writes its idle measurement while this one measures
+        path.write_text(json.dumps({key: {"flops": 170e9, "at": time.time(), "best": 170e9, "max_age": 3600},
+                                    "other|key": {"flops": 1.0, "at": time.time()}}))
+        return 14e9
+
+    monkeypatch.setattr(cost, "measure_matmul_rate", slow)
+    assert cost.matmul_rate(refresh=True) == 14e9
+    known = json.loads(path.read_text())
+    assert known[key]["best"] == 170e9 and known[key]["max_age"] == cost.LOADED_AGE_S and "other|key" in known
+
+
 def test_estimate_weighs_attention_by_the_measured_rate(rates, tmp_path):
     """The stated time is the ppl task's FLOPs, attention weighted by matmul rate / attention rate, over the matmul
     rate: with attention at 1/4 of the matmul rate the estimate grows by 3x the attention FLOPs."""

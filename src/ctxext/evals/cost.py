@@ -20,6 +20,7 @@ import platform
 import time
 import types
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..data import cache_root
@@ -144,20 +145,30 @@ def _rate_key(dtype: Any, device: str) -> str:
     return f"{platform.node()}|{cpu}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}|{dtype}|{device}"
 
 
+def _read_rates(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _best_of(entry: Any) -> float:
+    """The best rate an entry has seen (entries from before `best` was kept: their rate)."""
+    return float(entry.get("best", entry.get("flops", 0.0))) if isinstance(entry, dict) else 0.0
+
+
 def _cached_rate(what: str, dtype: Any, device: str, measure: Any, refresh: bool) -> float:
     """A rate measured once per machine, thread count, torch version, dtype and device, and kept under the cache
     root for RATE_MAX_AGE_S, or LOADED_AGE_S when it is well under the best this key has measured (a busy machine)."""
     path = cache_root() / "machine.json"
     key = f"{_rate_key(dtype, device)}|{what}"
-    try:
-        known = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        known = {}
-    entry = known.get(key) if isinstance(known.get(key), dict) else {}
+    entry = _read_rates(path).get(key)
+    entry = entry if isinstance(entry, dict) else {}
     if entry and time.time() - entry.get("at", 0.0) < entry.get("max_age", RATE_MAX_AGE_S) and not refresh:
         return float(entry["flops"])
     rate = measure(dtype, device)
-    best = max(rate, float(entry.get("best", 0.0)))
+    known = _read_rates(path)  # again: another run may have written while this one measured
+    best = max(rate, _best_of(entry), _best_of(known.get(key)))
     known[key] = {"flops": rate, "at": time.time(), "best": best,
                   "max_age": LOADED_AGE_S if rate < LOADED_FRACTION * best else RATE_MAX_AGE_S}
     try:
