@@ -151,3 +151,26 @@ def test_the_estimate_leaves_out_windows_read_from_a_longer_forward(tmp_path, bo
     res = run_eval("tiny-rope", ["default"], ["ppl"], [256, 512], samples=1, data=[book], out=tmp_path / "r", **QUIET)
     times = {t["length"]: t["estimated_seconds"] for t in res["meta"]["timings"]}
     assert times[256] == 0 and times[512] > 0
+
+
+def test_the_plot_says_it_averages_windows(tmp_path, book, monkeypatch):
+    """It was titled 'one window of the first L tokens' over 'position in the document' for every --windows run,
+    the tiny-rope demo's included."""
+    import ctxext.evals.plots as plots
+
+    seen = {}
+    real = plots.save
+
+    def save(fig, path):
+        seen[path.name] = (fig.axes[0].get_title(), fig.axes[0].get_xlabel())
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "save", save)
+    for windows, out in ((3, "w"), (None, "one")):
+        run_eval("tiny-rope", ["default"], ["ppl"], [256], samples=1, windows=windows, data=[book],
+                 out=tmp_path / out, **QUIET)
+        title, xlabel = seen.pop("ppl_by_position.png")
+        if windows:
+            assert title.endswith("(mean of 3 consecutive L-token windows)") and xlabel.startswith("position in the window")
+        else:
+            assert title.endswith("(one window of the first L tokens)") and xlabel.startswith("position in the document")

@@ -35,9 +35,11 @@ def _smooth(curve: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(xs), np.asarray(ys)
 
 
-def ppl_curves(out: Path, records: list[dict[str, Any]], metric: str, trained: int | None, model: str) -> Path | None:
+def ppl_curves(out: Path, records: list[dict[str, Any]], metric: str, trained: int | None, model: str,
+               windows: int = 1) -> Path | None:
     """Perplexity vs position at the longest length each spec has, from the saved per-position curves
-    (bucket records when a curve file is missing)."""
+    (bucket records when a curve file is missing); `windows` > 1: each curve averages that many consecutive
+    L-token windows of each document (ppl --windows)."""
     recs = [r for r in records if r["task"] == "ppl" and r["metric"] == metric]
     specs = list(dict.fromkeys(r["scaling"] for r in recs))
     if not specs:
@@ -73,8 +75,10 @@ def ppl_curves(out: Path, records: list[dict[str, Any]], metric: str, trained: i
         ax.set_xlim(0, top)
         ax.xaxis.set_major_locator(_pow2_locator(top))
         ax.xaxis.set_major_formatter(_tokens_fmt())
-        ax.set_xlabel("position in the document (tokens)")
-        what = "one window of the first L tokens" if metric == "ppl" else "sliding window"
+        several = windows > 1 and metric == "ppl"
+        ax.set_xlabel(f"position in the {'window' if several else 'document'} (tokens)")
+        what = ("sliding window" if metric != "ppl" else f"mean of {windows} consecutive L-token windows"
+                if several else "one window of the first L tokens")
         ax.set_ylabel("perplexity (log)")
         ax.set_title(f"{model}: perplexity by position ({what})")
         ax.legend(loc="upper left")
@@ -141,8 +145,9 @@ def heatmap(out: Path, records: list[dict[str, Any]], task: str, trained: int | 
         return save(fig, Path(out) / f"{task}_heatmap.png")
 
 
-def write_plots(out: Path, records: list[dict[str, Any]], trained: int | None, model: str) -> list[str]:
-    """Every plot the records allow; returns file names relative to `out`."""
-    made = [ppl_curves(out, records, m, trained, model) for m in ("ppl", "ppl_sliding")]
+def write_plots(out: Path, records: list[dict[str, Any]], trained: int | None, model: str,
+                windows: int = 1) -> list[str]:
+    """Every plot the records allow (`windows`: ppl's --windows); returns file names relative to `out`."""
+    made = [ppl_curves(out, records, m, trained, model, windows) for m in ("ppl", "ppl_sliding")]
     made += [heatmap(out, records, t, trained, model) for t in ("passkey", "niah")]
     return [p.name for p in made if p is not None]

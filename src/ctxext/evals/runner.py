@@ -414,7 +414,8 @@ def _write_reports(out: Path, results: Results, info: Any) -> None:
     from .plots import write_plots
 
     name = results.meta["config"]["model"]
-    plots = write_plots(out, results.records, info.trained_len, name)
+    windows = (results.meta["config"].get("settings") or {}).get("windows") or 1
+    plots = write_plots(out, results.records, info.trained_len, name, windows)
     write_summary(out, results.meta, results.records, plots)
 
 
