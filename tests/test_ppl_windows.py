@@ -170,7 +170,6 @@ def test_the_plot_says_it_averages_windows(tmp_path, book, monkeypatch):
         run_eval("tiny-rope", ["default"], ["ppl"], [256], samples=1, windows=windows, data=[book],
                  out=tmp_path / out, **QUIET)
         title, xlabel = seen.pop("ppl_by_position.png")
-        if windows:
-            assert title.endswith("(mean of 3 consecutive L-token windows)") and xlabel.startswith("position in the window")
-        else:
-            assert title.endswith("(one window of the first L tokens)") and xlabel.startswith("position in the document")
+        want = ("mean of 3 consecutive L-token windows", "window") if windows else \
+            ("one window of the first L tokens", "document")
+        assert title.endswith(f"({want[0]})") and xlabel.startswith(f"position in the {want[1]}")
