@@ -66,7 +66,8 @@ def ctxext_output(f: Path, marked: set[Path]) -> bool:
 
 
 def _check_text_file(f: Path) -> None:
-    """An explicitly named file must be text: a .json array or a compressed book was read as one raw document."""
+    """A --data file (named, or found in a folder) must be text: a .json array or a compressed book was read as one
+    raw document, a UTF-16 .txt as replacement characters."""
     if f.suffix.lower() == ".json":
         raise CtxextError(f"{f}: --data reads text files and .jsonl (one JSON object per line), not .json; "
                           "write one document per line as .jsonl")
@@ -110,6 +111,8 @@ def data_files(paths: Iterable[str | Path]) -> list[Path]:
             found = [f for f in found if f not in left]
             if not found:
                 raise CtxextError(f"data folder {p} holds no {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)} files")
+            for f in found:  # a UTF-16 or binary .txt in a folder was decoded with replacements and averaged in
+                _check_text_file(f)
             files += found
         elif p.is_file():
             _check_text_file(p)

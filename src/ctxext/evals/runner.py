@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import math
 import sys
 import time
 from pathlib import Path
@@ -400,6 +401,11 @@ def _run(lm: Any, specs: list, tasks: list[Task], plan: Plan, settings: Settings
                         results.timed({"scaling": spec.text, "task": task.name, "length": cell[0], "depth": cell[1],
                                        "seconds": round(now - t0, 3), "estimated_seconds": round(est, 3)})
                         t0 = now
+                        lost = sum(isinstance(r.get("value"), float) and not math.isfinite(r["value"]) for r in recs)
+                        if lost:  # recorded as null: say why where the user sees it
+                            say(f"{task.name} @ {cell[0]:,} ({spec.text}): {lost} value(s) are not finite (NaN/inf) "
+                                "and are recorded as null; in float16 that is an overflow (bfloat16 or float32 "
+                                "avoid it)")
                         results.add(recs)
                         ctx.memo["records"] += recs
                         head = next((r for r in recs if r["bucket"] is None), recs[0] if recs else None)

@@ -241,6 +241,10 @@ class Scorer:
     def _judge(self, pr: Probe, h: torch.Tensor, resume: Callable[[int], Any], prompt_len: int) -> ProbeResult:
         k = len(pr.answer)
         lg = logits(self.model, h)  # (k+1, V): position j predicts answer[j]; row k is after the answer
+        if pr.target is not None and not bool(torch.isfinite(lg).all()):  # argmax of NaN is token 0: a "wrong" answer
+            raise CtxextError(f"the model's logits are not finite (NaN/inf) after a {prompt_len:,}-token prompt: "
+                              "its answers would be noise, not retrieval; in float16 that is an overflow, run with "
+                              "--dtype bfloat16 or float32")
         ans = _ids(pr.answer, lg.device)
         nll = torch.nn.functional.cross_entropy(lg[:k], ans, reduction="none").double().cpu().numpy()
         if pr.target is None:

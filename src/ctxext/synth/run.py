@@ -74,6 +74,8 @@ class SynthSettings:
                               f"got {self.skip_front!r}")
         if self.tries < 1:
             raise CtxextError(f"--tries must be >= 1, got {self.tries}")
+        if not 0 <= self.seed < 2**63:  # numpy refused a negative one with a traceback
+            raise CtxextError(f"--seed must be in [0, 2^63), got {self.seed}")
         if self.per_doc < 1:
             raise CtxextError(f"--per-doc must be >= 1, got {self.per_doc}")
         if self.contexts < 1:

@@ -76,6 +76,9 @@ class TrainConfig:
         need(self.loss_chunk >= 1, f"--loss-chunk must be >= 1, got {self.loss_chunk}")
         need(self.eval_every >= 0, f"--eval-every must be >= 0, got {self.eval_every}")
         need(self.save_every >= 1, f"--save-every must be >= 1, got {self.save_every}")
+        need(self.passkey_trials >= 1, f"--passkey-trials must be >= 1, got {self.passkey_trials}")
+        need(self.eval_docs >= 1, f"--eval-docs must be >= 1, got {self.eval_docs}")
+        need(0 <= self.seed < 2**63, f"--seed must be in [0, 2^63), got {self.seed}")
         need(self.attn != "flash_attention_2" or _has_flash_attn(),
              "--attn flash_attention_2 needs the flash-attn package (and a CUDA GPU); it is not installed")
         need(bool(self.data) != bool(self.instruct),

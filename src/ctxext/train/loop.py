@@ -295,6 +295,10 @@ def _train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None, p
             rows = load_instruct(cfg.instruct, lm.tokenizer, cfg.seq_len, cfg.prompt_loss)
         else:
             rows = load_rows(cfg.data, lm.tokenizer, cfg.seq_len)
+    if rows.n_rows < rows_per_step:  # every step then trains on copies of the same rows
+        say(f"the data makes {rows.n_rows} row(s) of --seq-len {cfg.seq_len:,}, fewer than the {rows_per_step} of one "
+            f"step: each step repeats rows (~{rows_per_step / rows.n_rows:.1f} times); give more data or a smaller "
+            "--batch-tokens")
     if cfg.evaluate and cfg.eval_data:  # before any step or evaluation (it failed after step 0's, naming --lengths)
         if (n_eval := _check_eval_data(cfg, lm.tokenizer)) < cfg.eval_docs:
             say(f"--eval-data: {n_eval} document(s) hold --seq-len {cfg.seq_len:,} tokens, of the --eval-docs "
