@@ -17,3 +17,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def steady_rates(monkeypatch):
+    """Tests compare estimates made minutes apart, which assume one cached machine rate: a rate read while other work
+    shared the cores would be measured again after two minutes (cost.LOADED_FRACTION; test_eval_cost sets it back)."""
+    from ctxext.evals import cost
+
+    monkeypatch.setattr(cost, "LOADED_FRACTION", 0.0)

@@ -15,6 +15,9 @@ from ctxext.fixtures import HELD_OUT_BOOK, books_dir
 from ctxext.models import model_info
 
 
+LOADED_FRACTION = cost.LOADED_FRACTION  # read at import, before conftest's steady_rates sets it to 0
+
+
 @pytest.fixture
 def rates(tmp_path, monkeypatch):
     """machine.json in tmp_path; fake measurements that count their calls."""
@@ -31,6 +34,7 @@ def rates(tmp_path, monkeypatch):
     monkeypatch.setattr(cost, "measure_matmul_rate", fake("matmul"))
     monkeypatch.setattr(cost, "measure_attention_rate", fake("attention"))
     monkeypatch.setattr(cost, "measure_plan_attention_weight", fake("plan"))
+    monkeypatch.setattr(cost, "LOADED_FRACTION", LOADED_FRACTION)  # conftest's steady_rates turns it off elsewhere
     return calls, value, tmp_path / "machine.json"
 
 
