@@ -247,3 +247,27 @@ def test_the_evaluations_are_costed_before_training_and_show_a_bar(tmp_path, cap
                     dry_run=True, progress=False, log=lambda m: None)["estimated_seconds"]
     assert f"≈ {fmt_seconds(want)} each" in line  # the same machine rates (cached for an hour)
     assert "yarn:factor=2 · passkey" in err  # ctxext eval's own bar, per evaluation
+
+
+def test_resume_with_another_lr_or_batch_is_refused_in_one_line(tmp_path):
+    """Both crashed with a TypeError: every message was built, the data-files one from the lr's number."""
+    train(small(tmp_path, steps=2), progress=False)
+    with pytest.raises(CtxextError, match=r"other settings \(lr \(peak_lr\) 0\.001 -> 0\.002\)"):
+        train(small(tmp_path, steps=2, lr=2e-3, resume=True), progress=False)
+    with pytest.raises(CtxextError, match=r"other settings \(batch_tokens \(tokens_per_step\) 1024 -> 2048\)"):
+        train(small(tmp_path, steps=2, batch_tokens=2048, resume=True), progress=False)
+
+
+def test_resume_of_a_finished_run_has_nothing_to_do(tmp_path, capsys):
+    """Its checkpoint was saved before the final evaluation and export: every --resume dropped the last evaluation as
+    one the checkpoint did not hold, ran it again and exported again."""
+    out = tmp_path / "run"
+    first = train(small(tmp_path, steps=2, evaluate=True, passkey_trials=1), progress=False)
+    times = {p: p.stat().st_mtime_ns for p in (out / "eval").rglob("*") if p.is_file()}
+    times |= {p: p.stat().st_mtime_ns for p in (out / "final").iterdir()}
+    capsys.readouterr()
+    again = train(small(tmp_path, steps=2, evaluate=True, passkey_trials=1, resume=True), progress=False)
+    err = capsys.readouterr().err
+    assert "holds a finished run (step 2 of 2, evaluated, exported to" in err and "dropped" not in err
+    assert {p: p.stat().st_mtime_ns for p in times} == times
+    assert again["export_verification"] == first["export_verification"] and again["steps_done"] == 2

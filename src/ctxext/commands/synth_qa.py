@@ -6,8 +6,8 @@ kept when every content word of both answers occurs in the chunk and the model's
 yes. Each kept example's context is the document (after the skipped front) truncated to --max-len minus 128 tokens (room for the question
 and answer); `ctxext eval --task longqa --data OUT` reads the file as it is.
 
-Writes OUT (.jsonl, appended), OUT.log.jsonl (every chunk, with its rejection reason) and OUT.summary.json
-(counts by reason). --resume continues an interrupted run with the same settings.
+Writes OUT (NAME.jsonl, appended), NAME.log.jsonl (every chunk, with its rejection reason) and NAME.summary.json
+(counts by reason) beside it (--out runs/qa.jsonl: runs/qa.log.jsonl, runs/qa.summary.json). --resume continues an interrupted run with the same settings.
 
 examples:
   ctxext synth-qa --model smollm2-135m --data ../shared/data/books/pg1513.txt --out runs/qa.jsonl --per-doc 60 --max-len 2048

@@ -118,6 +118,18 @@ def save(out: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: Any
     return final
 
 
+def record_finished(out: Path, progress: dict[str, Any]) -> None:
+    """Rewrite the newest checkpoint's progress.json (main process) with the finished run's state, its final
+    evaluation included and `finished` set: the checkpoint was saved before that evaluation and the export, so a
+    --resume of a finished run redid both (a whole evaluation at 32k)."""
+    path = find(out)
+    if path is None:
+        return
+    part = path / f"{PROGRESS}.part"
+    part.write_text(json.dumps({**progress, "finished": True}, indent=1) + "\n")
+    os.replace(part, path / PROGRESS)
+
+
 def load(out: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
     """Restore everything `save` wrote, from `find(out)`; returns its progress.json."""
     from accelerate.utils import DistributedType

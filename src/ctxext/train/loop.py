@@ -138,10 +138,13 @@ def _resume_diff(before: dict[str, Any], cfg: TrainConfig, old: dict[str, Any] |
     for key, what in RESOLVED_KEYS.items():
         if what == "tokens_per_step" and not (old["explicit_batch"] or new["explicit_batch"]):
             continue  # one row per process on both sides: a resume on another number of processes may go on
-        if _jsonish(old.get(what)) != _jsonish(new[what]):
-            diff.append({"spec": f"the scaling spec resolves to {_short(old['spec'])} -> {_short(new['spec'])}",
-                         "data_files": f"data files (names and sizes) differ: {files_change(old[what], new[what])}"
-                         }.get(what, f"{key} ({what}) {old.get(what)!r} -> {new[what]!r}"))
+        if _jsonish(old.get(what)) != _jsonish(new[what]):  # only this key's message: files_change reads file lists
+            if what == "spec":
+                diff.append(f"the scaling spec resolves to {_short(old['spec'])} -> {_short(new['spec'])}")
+            elif what == "data_files":
+                diff.append(f"data files (names and sizes) differ: {files_change(old[what], new[what])}")
+            else:
+                diff.append(f"{key} ({what}) {old.get(what)!r} -> {new[what]!r}")
     return diff
 
 
@@ -386,6 +389,14 @@ def _train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None, p
             say(f"evaluation at step {s}: " + ", ".join(f"{k} {v:.4g}" for k, v in headline(records, cfg.seq_len).items()))
             write_reports(out, meta, history, evals, summary())
 
+    if prev is not None and state.get("finished") and step >= cfg.steps and (out / FINAL_DIR / "config.json").is_file():
+        say(f"{out} holds a finished run (step {step} of {cfg.steps}, evaluated, exported to {out / FINAL_DIR}): "
+            "nothing to do")
+        result = summary()
+        if (saved := out / FINAL_DIR / "results.json").is_file():
+            result["export_verification"] = json.loads(saved.read_text()).get("verification")
+        acc.wait_for_everyone()
+        return result
     if step == 0 or (cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps):
         run_eval_at(step)  # a checkpoint saved at an evaluation step is written before that evaluation runs
     reset_peak_memory(device)
@@ -455,6 +466,8 @@ def _train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None, p
                 f"{v['max_abs_logit_diff']:.3g} ({'ok' if v['passed'] else 'MISMATCH'})")
             result["export_verification"] = v
         write_reports(out, meta, history, evals, result)
+        if final is not None:
+            ckpt.record_finished(out, progress_state())
     acc.wait_for_everyone()
     return result
 
