@@ -117,10 +117,11 @@ def plan_check(out: Path, model: str, specs: list[str], length: int) -> tuple[st
         rows[s] = (pred, ppl_break(curve[1:], shape.original_len) if curve is not None else None)
     d = rows.get("default")
     cal = Calibration(d[0].tokens, d[1].reach, False) if d and d[0] and d[1] and not d[1].censored else None
+    calibrated = f" Calibrated: the prediction times default RoPE's measured / predicted ({cal.tolerance:.2f})." \
+        if cal else ""
     lines = [f"Predicted reach (step 1) vs measured: the first position where perplexity passes 2x its in-window "
              f"value on the {length:,}-token curve of step 2{_averaged(out / 'ppl')} (buckets of "
-             f"{shape.original_len // 8:,} tokens; ≥: held to the end of the curve)." + (f" Calibrated: the prediction times default RoPE's measured / predicted "
-                                           f"({cal.tolerance:.2f})." if cal else ""), "",
+             f"{shape.original_len // 8:,} tokens; ≥: held to the end of the curve).{calibrated}", "",
              "| spec | predicted reach | measured | measured / predicted | calibrated |", "|---|---:|---:|---:|---:|"]
     table = []
     for s, (pred, brk) in rows.items():
