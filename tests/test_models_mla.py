@@ -251,3 +251,16 @@ def test_needle_tasks_with_the_shared_prefix_answer_as_without(tmp_path, arch):
                        for p in sorted((out / "answers").glob("*.jsonl"))}
     assert len(rows[True]) == 4 and all(len(v) == 4 for v in rows[True].values())
     assert rows[True] == rows[False]
+
+
+def test_lora_on_deepseek_names_its_attention_layers(tmp_path, capsys):
+    """The default targets (q_proj, k_proj, v_proj, o_proj) do not all exist in latent attention: the refusal named
+    what was missing only."""
+    from ctxext.fixtures import HELD_OUT_BOOK, books_dir
+
+    src = _checkpoint(tmp_path, "deepseek_v3", False)
+    rc = main(["train", "--model", str(src), "--scaling", "yarn:factor=2", "--data", str(books_dir() / HELD_OUT_BOOK),
+               "--seq-len", "128", "--steps", "1", "--no-eval", "--lora", "--out", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no module named q_proj, k_proj, v_proj in this model; its attention's linear layers are " \
+                       "kv_a_proj_with_mqa, kv_b_proj, o_proj, q_a_proj, q_b_proj" in err

@@ -24,8 +24,12 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str], 
 
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in targets if t not in present]
-    if missing:
-        raise CtxextError(f"--lora-targets: no module named {', '.join(missing)} in this model")
+    if missing:  # name what the attention has (DeepSeek: q_a_proj, q_b_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj)
+        attn = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                       if isinstance(m, nn.Linear) and ".self_attn." in f".{name}"})
+        raise CtxextError(f"--lora-targets: no module named {', '.join(missing)} in this model"
+                          + (f"; its attention's linear layers are {', '.join(attn)}: pass the ones to adapt, "
+                             f"e.g. --lora-targets {','.join(attn)}" if attn else ""))
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets), bias="none")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
