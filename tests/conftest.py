@@ -19,10 +19,18 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="session")
+def rates_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("rates")
+
+
 @pytest.fixture(autouse=True)
-def steady_rates(monkeypatch):
+def steady_rates(monkeypatch, rates_dir):
     """Tests compare estimates made minutes apart, which assume one cached machine rate: a rate read while other work
-    shared the cores would be measured again after two minutes (cost.LOADED_FRACTION; test_eval_cost sets it back)."""
+    shared the cores would be measured again after two minutes (cost.LOADED_FRACTION; test_eval_cost sets it back).
+    Their rates live in a file of the test session's own: one read under a test's load, kept an hour, skewed the
+    estimates of the next benchmark run (5x)."""
     from ctxext.evals import cost
 
     monkeypatch.setattr(cost, "LOADED_FRACTION", 0.0)
+    monkeypatch.setattr(cost, "cache_root", lambda: rates_dir)
